@@ -1,0 +1,32 @@
+"""synthface: identity-conditioned synthetic face datasets.
+
+Light names are imported eagerly; those that pull in torch/diffusers/onnxruntime load on first use,
+so `import synthface` and the CLI's `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "IdentityBank": "synthface.identity",
+    "sample_identities": "synthface.identity",
+    "verify": "synthface.identity",
+    "perturb": "synthface.identity",
+    "perturb_mixture": "synthface.identity",
+    "load_bank": "synthface.identity",
+    "Arc2FacePipeline": "synthface.pipelines",
+    "Arc2FacePipelineOutput": "synthface.pipelines",
+    "Face": "synthface.faces",
+    "get_analyzer": "synthface.faces",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'synthface' has no attribute {name!r}")
