@@ -1,0 +1,562 @@
+"""Identity banks: well-separated unit vectors in a face recogniser's embedding space.
+
+`sample_identities` draws candidates from a prior and keeps one only if its cosine to every kept
+vector (and to every excluded real person) is at most the threshold. Checks are blocked matrix
+products on CPU or CUDA, so memory stays bounded (never an N x N matrix) and the total work is
+about one all-pairs GEMM pass. An infeasible threshold ends in bounded time with an error that
+says how far sampling got and which threshold would work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthface import __version__
+from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError
+from synthface.io import atomic_write_bytes, check_output_path
+
+PRIORS = ("isotropic", "gaussian")
+# Sampling accepts only cosines this far below the threshold, so that recomputing them on another
+# device or with another GEMM kernel (float32 rounding is ~1e-7) never exceeds the threshold.
+GUARANTEE_MARGIN = 1e-5
+CANDIDATE_BATCH = 8192
+BLOCK = 8192
+
+ProgressCallback = Callable[[int, int], None]
+# Independent random streams per purpose, so that e.g. perturbation noise for seed s is never the
+# very draw that produced identity vectors for seed s.
+_STREAM_SAMPLE, _STREAM_PERTURB, _STREAM_MIXTURE, _STREAM_PROBE = 0x5A, 0x9E, 0x3C, 0x71
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), stream])))
+
+
+# --------------------------------------------------------------------------- priors
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A distribution on the unit sphere: normalised draws from N(mean, cov) or uniform (isotropic)."""
+
+    name: str
+    dim: int
+    mean: np.ndarray | None = None  # (D,) float64, gaussian only
+    cov_factor: np.ndarray | None = None  # (D, D) float64 lower Cholesky factor, gaussian only
+    shrinkage: float | None = None
+
+    def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Return `count` unit vectors (float32) from this prior."""
+        z = rng.standard_normal((count, self.dim))
+        if self.name == "gaussian":
+            z = self.mean + z @ self.cov_factor.T
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        return z.astype(np.float32)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.name != "gaussian":
+            return {}
+        return {
+            "prior_mean": torch.from_numpy(self.mean.astype(np.float32)),
+            "prior_cov_factor": torch.from_numpy(self.cov_factor.astype(np.float32)),
+        }
+
+
+def isotropic_prior(dim: int = 512) -> Prior:
+    """Uniform on the unit sphere."""
+    _check_positive_int("dim", dim)
+    return Prior("isotropic", dim)
+
+
+def gaussian_prior(reference: np.ndarray, shrinkage: float | None = None) -> Prior:
+    """Gaussian fitted to reference embeddings (normalised first), with Ledoit-Wolf shrinkage.
+
+    Shrinking the sample covariance towards a scaled identity keeps it well conditioned when there
+    are fewer references than dimensions (a few hundred references for 512-d work). `shrinkage`
+    None picks the Ledoit-Wolf optimum; a value in [0, 1] forces it.
+    """
+    ref = _check_vectors("reference", reference)
+    if ref.shape[0] < 2:
+        raise InvalidInputError(
+            f"A gaussian prior needs at least 2 reference embeddings, got {ref.shape[0]}. Pass an "
+            "(N, D) array of real embeddings with N >= 2 (a few hundred is better), or use the "
+            "isotropic prior."
+        )
+    x = ref.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    n, d = centred.shape
+    sample_cov = centred.T @ centred / n
+    mu = np.trace(sample_cov) / d
+    if shrinkage is None:
+        # Ledoit & Wolf (2004): optimal convex weight between the sample covariance and mu * I.
+        # Written out because scikit-learn is not a dependency; it is a dozen lines.
+        delta = np.sum((sample_cov - mu * np.eye(d)) ** 2) / d
+        sq = centred**2
+        beta_bar = (np.sum(sq.T @ sq) / n - np.sum(sample_cov**2)) / (d * n)
+        beta = min(beta_bar, delta)
+        shrinkage = 0.0 if delta == 0 else beta / delta
+    if not 0.0 <= shrinkage <= 1.0:
+        raise InvalidInputError(f"shrinkage must lie in [0, 1], got {shrinkage}.")
+    cov = (1.0 - shrinkage) * sample_cov + shrinkage * mu * np.eye(d)
+    factor = np.linalg.cholesky(cov + 1e-12 * mu * np.eye(d))
+    return Prior("gaussian", d, mean=mean, cov_factor=factor, shrinkage=float(shrinkage))
+
+
+# --------------------------------------------------------------------------- bank
+
+
+@dataclass
+class IdentityBank:
+    """N unit-norm float32 identity vectors plus how they were made."""
+
+    vectors: np.ndarray  # (N, D) float32, unit norm
+    prior: Prior
+    max_cos: float | None = None
+    seed: int | None = None
+    exclude_max_cos: float | None = None
+    num_excluded: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def save(self, path: str | Path) -> Path:
+        """Write `ids` (N, D) float32 and the prior as safetensors, atomically."""
+        from safetensors.torch import save
+
+        path = check_output_path(path)
+        meta = {
+            "format": "synthface.identity_bank",
+            "version": __version__,
+            "prior": self.prior.name,
+            "dim": str(self.dim),
+            "count": str(len(self)),
+            "max_cos": "" if self.max_cos is None else repr(float(self.max_cos)),
+            "seed": "" if self.seed is None else str(self.seed),
+            "exclude_max_cos": "" if self.exclude_max_cos is None else repr(self.exclude_max_cos),
+            "num_excluded": str(self.num_excluded),
+        }
+        if self.prior.shrinkage is not None:
+            meta["prior_shrinkage"] = repr(self.prior.shrinkage)
+        meta.update(self.metadata)
+        tensors = {"ids": torch.from_numpy(np.ascontiguousarray(self.vectors)), **self.prior.tensors()}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+        return path
+
+
+def load_bank(path: str | Path) -> IdentityBank:
+    """Load a bank saved by `IdentityBank.save`, or import an (N, D) `.npy` array of vectors."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        vectors = _normalise_rows(load_vectors(path))
+        return IdentityBank(vectors, isotropic_prior(vectors.shape[1]), metadata={"imported_from": path.name})
+    tensors, meta = _read_safetensors(path)
+    if "ids" not in tensors:
+        raise FileFormatError(
+            f"{path} holds no tensor named 'ids' (found: {', '.join(sorted(tensors)) or 'none'}). "
+            "An identity bank is written by `synthface ids sample`; to import raw vectors, save "
+            "them as an (N, D) .npy file."
+        )
+    vectors = _check_vectors(f"{path}: ids", tensors["ids"].float().numpy())
+    prior_name = meta.get("prior", "isotropic")
+    if prior_name == "gaussian" and "prior_mean" in tensors:
+        prior = Prior(
+            "gaussian",
+            vectors.shape[1],
+            mean=tensors["prior_mean"].double().numpy(),
+            cov_factor=tensors["prior_cov_factor"].double().numpy(),
+            shrinkage=float(meta["prior_shrinkage"]) if meta.get("prior_shrinkage") else None,
+        )
+    else:
+        prior = isotropic_prior(vectors.shape[1])
+    known = {"format", "version", "prior", "dim", "count", "max_cos", "seed", "exclude_max_cos",
+             "num_excluded", "prior_shrinkage"}
+    return IdentityBank(
+        vectors=vectors if np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4) else _normalise_rows(vectors),
+        prior=prior,
+        max_cos=float(meta["max_cos"]) if meta.get("max_cos") else None,
+        seed=int(meta["seed"]) if meta.get("seed") else None,
+        exclude_max_cos=float(meta["exclude_max_cos"]) if meta.get("exclude_max_cos") else None,
+        num_excluded=int(meta.get("num_excluded") or 0),
+        metadata={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def load_vectors(path: str | Path, dim: int | None = None) -> np.ndarray:
+    """Read an (N, D) float array from `.npy` or `.safetensors` (tensor `ids`, `embeddings`, or the only one)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise FileFormatError(f"{path} does not exist. Pass the path of an (N, D) .npy array.")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise FileFormatError(
+                f"{path} is not a readable .npy array ({exc}). It may be empty, truncated or "
+                "pickled; save vectors with numpy.save(path, array) as a plain float array."
+            ) from None
+    else:
+        tensors, _ = _read_safetensors(path)
+        for name in ("ids", "embeddings"):
+            if name in tensors:
+                array = tensors[name].float().numpy()
+                break
+        else:
+            if len(tensors) != 1:
+                raise FileFormatError(
+                    f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}) and none "
+                    "is named 'ids' or 'embeddings'; name the (N, D) vectors tensor 'embeddings'."
+                )
+            array = next(iter(tensors.values())).float().numpy()
+    return _check_vectors(str(path), array, dim=dim)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileFormatError(f"{path} does not exist. Check the path, or create the file with `synthface ids sample`.")
+    if path.stat().st_size == 0:
+        raise FileFormatError(f"{path} is empty (0 bytes), probably left by an interrupted write; create it again.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FileFormatError(
+            f"{path} is not a readable safetensors file ({exc}). It may be truncated or in another "
+            "format; recreate it, or pass an (N, D) .npy array instead."
+        ) from None
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_identities(
+    n: int,
+    *,
+    max_cos: float,
+    prior: str | Prior = "isotropic",
+    dim: int = 512,
+    seed: int = 0,
+    reference: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    exclude_max_cos: float | None = None,
+    device: str | torch.device | None = None,
+    max_draws: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> IdentityBank:
+    """Sample `n` unit vectors whose pairwise cosines are all <= `max_cos`.
+
+    Candidates come from `prior` ("isotropic", or "gaussian" fitted to `reference`), in seeded
+    batches that are the same on every device, and are accepted greedily in draw order. Every
+    cosine to a row of `exclude` is also kept <= `exclude_max_cos` (default: `max_cos`).
+    Sampling stops after `max_draws` candidates (default 20 n + 100 000), or earlier once the
+    acceptance rate shows `n` cannot be reached; it then raises `InfeasibleThresholdError`.
+    `progress(accepted, n)` is called after each batch.
+    """
+    _check_positive_int("n", n)
+    _check_cosine("max_cos", max_cos)
+    prior_obj = _resolve_prior(prior, dim, reference)
+    dim = prior_obj.dim
+    if exclude is not None:
+        exclude = _normalise_rows(_check_vectors("exclude", exclude, dim=dim))
+        exclude_max_cos = max_cos if exclude_max_cos is None else exclude_max_cos
+        _check_cosine("exclude_max_cos", exclude_max_cos)
+    elif exclude_max_cos is not None:
+        raise InvalidInputError("exclude_max_cos was given without exclude vectors; pass both or neither.")
+    _check_geometric_feasibility(n, max_cos, dim)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    max_draws = max_draws if max_draws is not None else 20 * n + 100_000
+
+    rng = _rng(seed, _STREAM_SAMPLE)
+    accepted = torch.empty((n, dim), dtype=torch.float32, device=device)
+    excluded = torch.from_numpy(exclude).to(device) if exclude is not None else None
+    count = draws = 0
+    limit = max_cos - GUARANTEE_MARGIN
+    ex_limit = None if exclude_max_cos is None else exclude_max_cos - GUARANTEE_MARGIN
+    while count < n:
+        batch = min(CANDIDATE_BATCH, max_draws - draws)
+        if batch <= 0:
+            break
+        cand = torch.from_numpy(prior_obj.draw(rng, batch)).to(device)
+        draws += batch
+        ok = torch.ones(batch, dtype=torch.bool, device=device)
+        if excluded is not None:
+            ok &= _max_cos_against(cand, excluded) <= ex_limit
+        if count:
+            ok &= _max_cos_against(cand, accepted[:count]) <= limit
+        cand = cand[ok]
+        keep = _greedy_within(cand, limit)
+        new = cand[keep][: n - count]
+        accepted[count : count + len(new)] = new
+        count += len(new)
+        if progress:
+            progress(count, n)
+        rate = len(new) / batch
+        if count < n and count + rate * (max_draws - draws) < n:
+            break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
+    if count < n:
+        raise InfeasibleThresholdError(
+            _infeasible_message(n, count, draws, max_cos, prior_obj, seed),
+            reached=count,
+            feasible_max_cos=_feasible_threshold(n, prior_obj, seed),
+        )
+    return IdentityBank(
+        vectors=accepted.cpu().numpy(),
+        prior=prior_obj,
+        max_cos=float(max_cos),
+        seed=seed,
+        exclude_max_cos=exclude_max_cos,
+        num_excluded=0 if exclude is None else int(exclude.shape[0]),
+        metadata={"exclude_sha256": _digest(exclude)} if exclude is not None else {},
+    )
+
+
+def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Row-wise max cosine of `cand` against `bank`, in blocks of the bank."""
+    best = torch.full((cand.shape[0],), -2.0, device=cand.device)
+    for start in range(0, bank.shape[0], BLOCK):
+        best = torch.maximum(best, (cand @ bank[start : start + BLOCK].T).amax(dim=1))
+    return best
+
+
+def _greedy_within(cand: torch.Tensor, limit: float) -> torch.Tensor:
+    """Greedy acceptance in order inside one batch: keep i unless it clashes with a kept j < i."""
+    if cand.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=cand.device)
+    clash = torch.tril(cand @ cand.T > limit, diagonal=-1)
+    keep = torch.ones(cand.shape[0], dtype=torch.bool)
+    rows, cols = (t.cpu().numpy() for t in clash.nonzero(as_tuple=True))
+    if rows.size:
+        # Only candidates with an earlier clash need the sequential rule; others are kept outright.
+        keep_np = keep.numpy()
+        splits = np.flatnonzero(np.diff(rows)) + 1
+        for row, earlier in zip(rows[np.r_[0, splits]], np.split(cols, splits)):
+            keep_np[row] = not keep_np[earlier].any()
+    return keep.to(cand.device)
+
+
+def _feasible_threshold(n: int, prior: Prior, seed: int) -> float:
+    """A threshold that n plain draws from the prior already satisfy (their exact max cosine)."""
+    rng = _rng(seed, _STREAM_PROBE)
+    sample = prior.draw(rng, min(n, 50_000))
+    observed = float(verify_vectors(sample, bins=0).max_cos)
+    if n > sample.shape[0]:
+        # The maximum of m pairwise cosines grows like sqrt(log m); scale to n's pair count.
+        m = sample.shape[0]
+        observed = min(1.0, observed * math.sqrt(math.log(n * (n - 1) / 2) / math.log(m * (m - 1) / 2)))
+    return round(math.ceil(observed * 1000) / 1000, 3)
+
+
+def _infeasible_message(n: int, count: int, draws: int, max_cos: float, prior: Prior, seed: int) -> str:
+    feasible = _feasible_threshold(n, prior, seed)
+    return (
+        f"Reached only {count} of {n} identities with every pairwise cosine <= {max_cos} after "
+        f"{draws} candidates from the {prior.name} prior (dim {prior.dim}); the acceptance rate "
+        f"shows the rest cannot be reached. Ask for fewer identities, or raise --max-cos: about "
+        f"{feasible} is met by {n} plain draws from this prior."
+    )
+
+
+def _check_geometric_feasibility(n: int, max_cos: float, dim: int) -> None:
+    """Reject thresholds no set of n unit vectors can meet, before drawing anything."""
+    if n > 1 and max_cos < -1.0 / (n - 1):
+        bound = -1.0 / (n - 1)
+        raise InfeasibleThresholdError(
+            f"No {n} unit vectors can have every pairwise cosine <= {max_cos}: the mean pairwise "
+            f"cosine of {n} unit vectors is at least {bound:.6f}. Raise --max-cos to at least that.",
+            reached=0,
+            feasible_max_cos=bound,
+        )
+    if max_cos < 0 and n > dim + 1:
+        raise InfeasibleThresholdError(
+            f"At most {dim + 1} vectors in {dim} dimensions can have all pairwise cosines below 0, "
+            f"so {n} identities at max_cos {max_cos} are impossible. Use a threshold >= 0.",
+            reached=0,
+            feasible_max_cos=0.0,
+        )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Exact separation statistics of a bank."""
+
+    count: int
+    max_cos: float
+    nearest_cos: np.ndarray  # (N,) each vector's cosine to its nearest neighbour
+    histogram: np.ndarray  # counts of nearest_cos over `edges`
+    edges: np.ndarray
+    seconds: float
+
+
+def verify(bank: IdentityBank | np.ndarray, *, bins: int = 40, device: str | torch.device | None = None) -> Verification:
+    """Exact maximum pairwise cosine and nearest-neighbour cosine histogram, in bounded memory."""
+    vectors = bank.vectors if isinstance(bank, IdentityBank) else bank
+    return verify_vectors(vectors, bins=bins, device=device)
+
+
+def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.device | None = None) -> Verification:
+    start = time.perf_counter()
+    x = _check_vectors("vectors", vectors)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t = torch.from_numpy(_normalise_rows(x)).to(device)
+    n = t.shape[0]
+    nearest = torch.full((n,), -2.0, device=device)
+    # Upper-triangular blocks only: each block updates the row maxima of both its sides.
+    for i in range(0, n, BLOCK):
+        a = t[i : i + BLOCK]
+        for j in range(i, n, BLOCK):
+            g = a @ t[j : j + BLOCK].T
+            if i == j:
+                g.fill_diagonal_(-2.0)
+            nearest[i : i + BLOCK] = torch.maximum(nearest[i : i + BLOCK], g.amax(dim=1))
+            if i != j:
+                nearest[j : j + BLOCK] = torch.maximum(nearest[j : j + BLOCK], g.amax(dim=0))
+    nearest_np = nearest.cpu().numpy()
+    if n < 2:
+        nearest_np = np.full(n, np.nan, dtype=np.float32)
+    max_cos = float(np.nanmax(nearest_np)) if n >= 2 else float("nan")
+    if bins and n >= 2:
+        hist, edges = np.histogram(nearest_np, bins=bins)
+    else:
+        hist, edges = np.zeros(0, dtype=np.int64), np.zeros(0)
+    return Verification(n, max_cos, nearest_np, hist, edges, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- perturbation
+
+
+def perturb(
+    vectors: np.ndarray,
+    cos: float | Sequence[float] | np.ndarray | Mapping[float, float],
+    seed: int | Sequence[int] = 0,
+) -> np.ndarray:
+    """Unit vectors at an exact target cosine to each row of `vectors` (angular perturbation).
+
+    Each output is cos * v + sin * u with u a random unit direction orthogonal to v. `cos` is one
+    value, one per row, or a mixture such as {0.96: 0.4, 0.90: 0.4, 0.82: 0.2} assigned to rows by
+    `mixture_cosines`. `seed` is one seed, or one per row so that a row's result does not depend on
+    its batch-mates (the engine derives one per image).
+    """
+    v = _normalise_rows(_check_vectors("vectors", vectors)).astype(np.float64)
+    n, d = v.shape
+    if isinstance(cos, Mapping):
+        base = seed if isinstance(seed, int) else int(seed[0]) if len(seed) else 0
+        targets = mixture_cosines(cos, n, seed=base)
+    else:
+        targets = np.broadcast_to(np.asarray(cos, dtype=np.float64), (n,)).copy()
+    if not np.all(np.isfinite(targets)) or np.any(targets < -1) or np.any(targets > 1):
+        raise InvalidInputError(f"target cosines must lie in [-1, 1]; got values from {targets.min()} to {targets.max()}.")
+    if isinstance(seed, int):
+        noise = _rng(seed, _STREAM_PERTURB).standard_normal((n, d))
+    else:
+        if len(seed) != n:
+            raise InvalidInputError(f"got {len(seed)} seeds for {n} vectors; pass one seed, or one per vector.")
+        noise = np.stack([_rng(s, _STREAM_PERTURB).standard_normal(d) for s in seed]) if n else np.zeros((0, d))
+    noise -= np.sum(noise * v, axis=1, keepdims=True) * v
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    out = targets[:, None] * v + np.sqrt(1.0 - targets[:, None] ** 2) * noise
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out.astype(np.float32)
+
+
+def mixture_cosines(mixture: Mapping[float, float], count: int, seed: int = 0) -> np.ndarray:
+    """`count` target cosines in the mixture's proportions (largest remainder), in seeded order."""
+    if not mixture:
+        raise InvalidInputError("the perturbation mixture is empty; give at least one {cosine: share} pair.")
+    cosines = np.array([float(c) for c in mixture], dtype=np.float64)
+    shares = np.array([float(s) for s in mixture.values()], dtype=np.float64)
+    if np.any(shares < 0) or not np.isfinite(shares).all() or shares.sum() <= 0:
+        raise InvalidInputError(f"mixture shares must be non-negative and sum to more than 0; got {dict(mixture)}.")
+    shares = shares / shares.sum()
+    exact = shares * count
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: count - counts.sum()]:
+        counts[i] += 1
+    values = np.repeat(cosines, counts)
+    _rng(seed, _STREAM_MIXTURE).shuffle(values)
+    return values
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _resolve_prior(prior: str | Prior, dim: int, reference: np.ndarray | None) -> Prior:
+    if isinstance(prior, Prior):
+        return prior
+    if prior == "isotropic":
+        if reference is not None:
+            raise InvalidInputError("reference embeddings were given with the isotropic prior; use prior='gaussian' to fit them.")
+        return isotropic_prior(dim)
+    if prior == "gaussian":
+        if reference is None:
+            raise InvalidInputError(
+                "The gaussian prior is fitted to reference embeddings, and none were given. Pass "
+                "reference=<(N, D) array> (CLI: --reference ref.npy), or use the isotropic prior."
+            )
+        return gaussian_prior(reference)
+    raise InvalidInputError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}.")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_cosine(name: str, value: float) -> None:
+    if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or not -1.0 < value < 1.0:
+        raise InvalidInputError(
+            f"{name} must be a cosine strictly between -1 and 1, got {value!r}. Typical identity "
+            "separation thresholds are 0.3 to 0.4."
+        )
+
+
+def _check_vectors(name: str, array, dim: int | None = None) -> np.ndarray:
+    x = np.asarray(array)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidInputError(f"{name} must be a non-empty (N, D) array of vectors, got shape {x.shape}.")
+    if dim is not None and x.shape[1] != dim:
+        raise InvalidInputError(
+            f"{name} has dimension {x.shape[1]} but {dim} is expected; its vectors must come from "
+            "the same recogniser as the identities (ArcFace: 512)."
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise InvalidInputError(f"{name} must hold numbers, got dtype {x.dtype}.")
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise InvalidInputError(
+            f"{name} has {int(bad.sum())} row(s) with NaN or inf (first: row {int(np.flatnonzero(bad)[0])}); "
+            "remove them before use."
+        )
+    zero = np.linalg.norm(x, axis=1) == 0
+    if zero.any():
+        raise InvalidInputError(f"{name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.flatnonzero(zero)[0])}), which have no direction; remove them.")
+    return x
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _digest(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()

@@ -1,0 +1,68 @@
+"""Safe file output: checked destinations and atomic writes (temporary name, then rename).
+
+A file under its final name is always complete: a killed process leaves at most a hidden
+temporary file, never a half-written result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from synthface.errors import OutputPathError
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Return `path` if its folder exists and is writable, else raise a clear OutputPathError."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputPathError(
+            f"Cannot write {path}: the folder {folder} does not exist. Create it first "
+            f"(mkdir -p {folder}) or choose another output path."
+        )
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(
+            f"Cannot write {path}: the folder {folder} is read-only for this user. Choose a "
+            "writable output folder."
+        )
+    if path.is_dir():
+        raise OutputPathError(f"Cannot write {path}: it is a folder. Give a file name.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it into place, on error remove it."""
+    path = check_output_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise OutputPathError(
+                f"Writing {path} failed: {os.strerror(exc.errno)}. Nothing under that name was "
+                "changed; free space or choose another folder, then run the command again."
+            ) from None
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (fsync'd before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)

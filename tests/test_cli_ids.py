@@ -1,0 +1,83 @@
+"""`synthface ids sample|verify` run as a user runs them: exit codes, tables, files, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthface.identity import load_bank
+from tests.cli_helpers import run_cli
+
+
+def test_sample_then_verify(tmp_path):
+    out = tmp_path / "ids.safetensors"
+    result = run_cli("ids", "sample", "--num", "2000", "--max-cos", "0.3", "--seed", "5", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "2000 x 512" in result.stdout and "threshold 0.3" in result.stdout
+    bank = load_bank(out)
+    assert bank.vectors.shape == (2000, 512) and bank.seed == 5
+    g = bank.vectors @ bank.vectors.T
+    np.fill_diagonal(g, -1)
+    assert g.max() <= 0.3
+    printed_max = float(result.stdout.split("max pairwise cosine")[1].split()[1])
+    assert printed_max == pytest.approx(g.max(), abs=1e-4)
+
+    check = run_cli("ids", "verify", out, "--bins", "4")
+    assert check.returncode == 0, check.stderr
+    assert "0.3 (holds)" in check.stdout and "nearest-neighbour cosine" in check.stdout
+
+
+def test_gaussian_prior_with_reference_and_exclusion(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "ref.npy", rng.standard_normal((300, 512)) * np.exp(-np.arange(512) / 200))
+    np.save(tmp_path / "real.npy", rng.standard_normal((50, 512)))
+    out = tmp_path / "ids.safetensors"
+    result = run_cli(
+        "ids", "sample", "--num", "300", "--max-cos", "0.4", "--prior", "gaussian",
+        "--reference", tmp_path / "ref.npy", "--exclude", tmp_path / "real.npy",
+        "--exclude-max-cos", "0.2", "--out", out,
+    )
+    assert result.returncode == 0, result.stderr
+    bank = load_bank(out)
+    real = np.load(tmp_path / "real.npy")
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    assert bank.prior.name == "gaussian" and bank.num_excluded == 50
+    assert (bank.vectors @ real.T).max() <= 0.2
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--num", "0", "--max-cos", "0.3"], 2, "n must be a positive integer"),
+        (["--num", "10", "--max-cos", "1.5"], 2, "strictly between -1 and 1"),
+        (["--num", "100", "--max-cos", "-0.5"], 3, "Raise --max-cos"),
+        (["--num", "10", "--max-cos", "0.3", "--prior", "gaussian"], 2, "fitted to reference embeddings"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_one_paragraph(tmp_path, args, code, message):
+    result = run_cli("ids", "sample", *args, "--out", tmp_path / "ids.safetensors")
+    assert result.returncode == code
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "ids.safetensors").exists()
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    nan = np.ones((20, 512))
+    nan[4, 7] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "short.npy", np.ones((20, 128)))
+    out = tmp_path / "ids.safetensors"
+    cases = [
+        (["--reference", tmp_path / "empty.npy", "--prior", "gaussian"], "not a readable .npy"),
+        (["--reference", tmp_path / "nan.npy", "--prior", "gaussian"], "NaN or inf"),
+        (["--exclude", tmp_path / "short.npy"], "dimension 128 but 512"),
+    ]
+    for extra, message in cases:
+        result = run_cli("ids", "sample", "--num", "5", "--max-cos", "0.3", *extra, "--out", out)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = run_cli("ids", "sample", "--num", "5", "--max-cos", "0.3", "--out", tmp_path / "no" / "ids.safetensors")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    (tmp_path / "corrupt.safetensors").write_bytes(b"garbage that is not safetensors")
+    result = run_cli("ids", "verify", tmp_path / "corrupt.safetensors")
+    assert result.returncode == 2 and "not a readable safetensors" in result.stderr
