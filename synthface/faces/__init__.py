@@ -1,0 +1,82 @@
+"""Face analysis: detect, align to the ArcFace template, embed; one interchangeable backend per name.
+
+    from synthface.faces import get_analyzer, load_image
+    faces = get_analyzer("dlib").analyze([load_image("photo.jpg")])[0]   # largest face first
+
+Backends: "dlib" (offline default, public-domain models from PyPI) and "insightface" (SCRFD
+detection + an ArcFace ONNX recogniser such as antelopev2's or Arc2Face's `arcface.onnx`;
+insightface's pretrained models are for non-commercial research only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from synthface.errors import InvalidInputError
+from synthface.faces.align import ARCFACE_TEMPLATE, estimate_similarity, norm_crop, norm_crop_torch
+from synthface.faces.dlib_backend import DLIB_SAME_PERSON_COS, DLIB_SAME_PERSON_DISTANCE
+from synthface.faces.image import MAX_PIXELS, as_rgb_uint8, load_image
+from synthface.faces.types import Face, FaceAnalyzer, l2_normalize
+
+DEFAULT_BACKEND = "dlib"
+
+_REGISTRY: dict[str, Callable[..., FaceAnalyzer]] = {}
+
+
+def register_analyzer(name: str):
+    """Decorator: make a factory available to `get_analyzer(name)`."""
+
+    def wrap(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+@register_analyzer("dlib")
+def _dlib(**kwargs) -> FaceAnalyzer:
+    from synthface.faces.dlib_backend import DlibAnalyzer
+
+    return DlibAnalyzer(**kwargs)
+
+
+@register_analyzer("insightface")
+def _insightface(**kwargs) -> FaceAnalyzer:
+    from synthface.faces.onnx_backend import InsightFaceAnalyzer
+
+    return InsightFaceAnalyzer(**kwargs)
+
+
+def available_analyzers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_analyzer(name: str = DEFAULT_BACKEND, **kwargs) -> FaceAnalyzer:
+    """Build the analyser registered as `name` with backend-specific keyword arguments."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise InvalidInputError(
+            f"Unknown face backend {name!r}; choose one of: {', '.join(available_analyzers())}."
+        ) from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "DEFAULT_BACKEND",
+    "DLIB_SAME_PERSON_COS",
+    "DLIB_SAME_PERSON_DISTANCE",
+    "MAX_PIXELS",
+    "Face",
+    "FaceAnalyzer",
+    "as_rgb_uint8",
+    "available_analyzers",
+    "estimate_similarity",
+    "get_analyzer",
+    "l2_normalize",
+    "load_image",
+    "norm_crop",
+    "norm_crop_torch",
+    "register_analyzer",
+]
