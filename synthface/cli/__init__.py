@@ -25,9 +25,10 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command module imports its heavy dependencies inside its commands, so `--help` is fast.
-    from synthface.cli import ids
+    from synthface.cli import ids, run
 
     ids.register(app)
+    run.register(app)
 
 
 _register()

@@ -1,0 +1,144 @@
+"""`synthface run RECIPE` and `synthface export DIR`: the dataset engine from the command line."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+
+LICENCE_NOTE = (
+    "Pretrained face models carry non-commercial licences: Arc2Face weights (trained on WebFace42M) "
+    "and insightface models are for non-commercial research only; the dataset card records which models made the data."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("export")(export_command)
+
+
+def run_command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML, e.g. pipelines/smoke.toml.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: out/<recipe name>).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: section.field=value (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different recipe's run in --out.")] = False,
+    shard_index: Annotated[Optional[int], typer.Option(help="This process's rank (default: from torchrun/accelerate/Slurm).")] = None,
+    num_shards: Annotated[Optional[int], typer.Option(help="Number of ranks (with --shard-index).")] = None,
+) -> None:
+    """Turn a recipe into a finished training set; rerun the same command to resume."""
+    from synthface import engine
+    from synthface.recipe import load_recipe
+
+    spec = load_recipe(recipe, set_ or [])
+    out_dir = out or Path("out") / spec.name
+    ranks = engine.ranks_from_environment(shard_index, num_shards)
+    plan = engine.make_plan(spec, out_dir)
+    _print_plan(spec, plan, out_dir, ranks)
+    if dry_run:
+        return
+    console.print(f"[dim]{LICENCE_NOTE}[/]")
+    command = "synthface run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
+    start = time.perf_counter()
+    summary = engine.run(spec, out_dir, ranks=ranks, overwrite=overwrite, progress=_RichProgress(), command=command)
+    elapsed = time.perf_counter() - start
+    if not summary.finalized and not summary.stats:
+        console.print(f"rank {ranks.rank}: {len(summary.shards_run)} shards done in {elapsed:.1f} s; rank 0 finalizes.")
+        return
+    stats = summary.stats
+    table = Table(title=f"{spec.name} -> {out_dir}", show_header=False)
+    for key, value in [
+        ("identities kept", f"{stats['identities_kept']} of {stats['identities_requested']}"),
+        ("images kept", f"{stats['images_kept']} of {stats['candidates']} candidates"),
+        ("drop reasons", ", ".join(f"{k}: {v}" for k, v in stats["drop_reasons"].items()) or "none"),
+        ("identity collisions", str(stats["collisions"])),
+        ("formats", ", ".join(stats["formats"])),
+        ("shards run / skipped", f"{len(summary.shards_run)} / {len(summary.shards_skipped)}"),
+        ("time", f"{elapsed:.1f} s"),
+    ]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    format_: Annotated[list[str], typer.Option("--format", "-f", help="imagefolder, recordio, webdataset or parquet (repeatable).")],
+) -> None:
+    """Build more export formats from a finished run."""
+    import pyarrow.parquet as pq
+
+    from synthface import engine
+    from synthface.errors import InvalidInputError
+    from synthface.recipe import load_recipe
+
+    layout = engine.RunLayout(run_dir)
+    if not layout.final_done.exists():
+        raise InvalidInputError(
+            f"{run_dir} is not a finished run (no {engine.FINAL_DONE}). Finish it first with "
+            f"`synthface run {run_dir / 'recipe.toml'} --out {run_dir}`."
+        )
+    known = {"imagefolder", "recordio", "webdataset", "parquet"}
+    unknown = sorted(set(format_) - known)
+    if unknown:
+        raise InvalidInputError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}.")
+    spec = load_recipe(layout.root / "recipe.toml")
+    rows = [r for r in pq.read_table(layout.root / "manifest.parquet").to_pylist() if r["kept"]]
+    engine.export_run(spec, layout, rows, formats=format_)
+    console.print(f"wrote {', '.join(format_)} for {len(rows)} images under {layout.root / 'export'}")
+
+
+def _print_plan(spec, plan, out_dir: Path, ranks) -> None:
+    table = Table(title=f"plan: {spec.name}", show_header=False)
+    eta = "unknown until a shard has finished" if plan.remaining_hours is None else f"{plan.remaining_hours:.2f} device-hours left"
+    for key, value in [
+        ("identities", f"{plan.identities} (max cos {spec.identities.max_cos}, {spec.identities.prior} prior)"),
+        ("images", f"{plan.images_wanted} kept from {plan.candidates_first_round} candidates (first round)"),
+        ("model", f"{spec.generation.model}, {spec.generation.steps} steps, guidance {spec.generation.guidance}"),
+        ("filter", spec.filtering.analyzer if spec.filtering.enabled else "off"),
+        ("shards", f"{plan.shards} of {spec.compute.shard_size} identities, {plan.shards_done} done"),
+        ("ranks", f"this is rank {ranks.rank} of {ranks.world_size}"),
+        ("disk", f"about {plan.disk_bytes / 1e9:.2f} GB"),
+        ("time", eta),
+        ("output", str(out_dir)),
+    ]:
+        table.add_row(key, value)
+    console.print(table)
+
+
+class _ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
+
+
+class _RichProgress:
+    """Adapter from the engine's start/advance/stop calls to a rich progress bar."""
+
+    def __init__(self):
+        self._bar = None
+
+    def start(self, total: int) -> None:
+        self._bar = Progress(
+            TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("images", total=total)
+
+    def advance(self, images: int) -> None:
+        self._bar.update(self._task, advance=images)
+
+    def stop(self) -> None:
+        if self._bar:
+            self._bar.stop()

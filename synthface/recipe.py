@@ -1,0 +1,222 @@
+"""Dataset recipes: a TOML file validated by a pydantic schema, with `--set a.b=value` overrides.
+
+A recipe is plain data (like an arcface_torch config): it says what to make, never how the
+engine schedules it. Every field has a default, so a recipe names only what it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthface.errors import FileFormatError, InvalidInputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IdentitiesConfig(_Section):
+    count: int = Field(1000, ge=1, le=10_000_000, description="identities to sample")
+    prior: Literal["isotropic", "gaussian"] = "isotropic"
+    reference: str | None = Field(None, description="reference embeddings (.npy/.safetensors) for the gaussian prior")
+    max_cos: float = Field(0.3, gt=-1.0, lt=1.0, description="largest cosine between two identities")
+    exclude: str | None = Field(None, description="embeddings of real people to stay away from")
+    exclude_max_cos: float | None = Field(None, gt=-1.0, lt=1.0)
+    dim: int = Field(512, ge=2, le=4096)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _gaussian_needs_reference(self):
+        if self.prior == "gaussian" and not self.reference:
+            raise ValueError("the gaussian prior needs identities.reference (a .npy or .safetensors of real embeddings)")
+        return self
+
+
+class GenerationConfig(_Section):
+    model: str = Field("arc2face", description="'arc2face', 'tiny' (random weights, plumbing only) or a local path")
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(3.0, ge=0.0, le=30.0)
+    resolution: int | None = Field(None, ge=16, le=2048, description="image side in pixels; default: the model's own")
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+    batch_size: int = Field(16, ge=1, le=4096, description="images rendered per model call")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value):
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
+        return value
+
+
+class VariationConfig(_Section):
+    images_per_identity: int = Field(50, ge=1, le=10_000)
+    overgenerate: float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
+    perturbation: dict[float, float] = Field(
+        default_factory=lambda: {1.0: 1.0},
+        description="target cosine of each condition vector to its identity -> share of images",
+    )
+
+    @field_validator("perturbation")
+    @classmethod
+    def _valid_mixture(cls, value):
+        if not value:
+            raise ValueError("needs at least one {cosine = share} pair, e.g. { \"1.0\" = 1.0 }")
+        for cos, share in value.items():
+            if not 0.0 < cos <= 1.0:
+                raise ValueError(f"target cosine {cos} must lie in (0, 1]")
+            if share < 0:
+                raise ValueError(f"share {share} for cosine {cos} must be >= 0")
+        if sum(value.values()) <= 0:
+            raise ValueError("shares must sum to more than 0")
+        return value
+
+    @property
+    def candidates_per_identity(self) -> int:
+        return -(-int(self.images_per_identity * self.overgenerate * 1000) // 1000)
+
+
+class FilteringConfig(_Section):
+    enabled: bool = True
+    analyzer: str = Field("dlib", description="face analyser backend: 'dlib' (offline) or 'insightface'")
+    min_cos: float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
+    min_det_score: float = Field(0.0, ge=0.0)
+    near_duplicate_cos: float = Field(0.98, gt=0.0, le=1.0)
+    collision_cos: float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
+    collision_policy: Literal["drop", "flag"] = "drop"
+    min_images: int = Field(1, ge=1, description="identities keeping fewer images are handled by on_too_few")
+    on_too_few: Literal["drop", "resample", "keep"] = "resample"
+    max_rounds: int = Field(3, ge=1, le=20, description="rendering rounds per identity when resampling")
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["imagefolder", "recordio", "webdataset", "parquet"]] = Field(
+        default_factory=lambda: ["imagefolder", "recordio"]
+    )
+    crop_size: int = Field(112, ge=32, le=1024)
+    keep_full_images: bool = False
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class ComputeConfig(_Section):
+    shard_size: int = Field(64, ge=1, le=100_000, description="identities per shard (the unit of resumption)")
+
+
+class Recipe(_Section):
+    """A whole dataset recipe."""
+
+    name: str = "synthface-dataset"
+    description: str = ""
+    seed: int = Field(0, ge=0, description="derives every image's seed")
+    identities: IdentitiesConfig = Field(default_factory=IdentitiesConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    variation: VariationConfig = Field(default_factory=VariationConfig)
+    filtering: FilteringConfig = Field(default_factory=FilteringConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the data (not the batch size or device)."""
+        data = self.model_dump(mode="json")
+        for key in ("batch_size", "device"):
+            data["generation"].pop(key)
+        data.pop("description")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return _dump_toml(self.model_dump(mode="json", exclude_none=True))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read and validate a recipe file, applying `a.b=value` overrides (values parsed as TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"Recipe {path} does not exist. Recipes live in pipelines/*.toml; pass one of those or your own copy.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"Recipe {path} is not valid TOML: {exc}. Fix the line it names.") from None
+    for item in overrides:
+        _apply_override(data, item)
+    return parse_recipe(data, source=str(path))
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(f"{source} is not a valid recipe: " + _explain(exc)) from None
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise InvalidInputError(f"--set {item!r} must look like section.field=value, e.g. --set identities.count=100.")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InvalidInputError(f"--set {item!r}: {part} is a value, not a section.")
+    node[parts[-1]] = value
+
+
+def _explain(exc: ValidationError) -> str:
+    """One readable sentence per problem: the field's dotted name, the message, the value given."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "recipe"
+        message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        if error["type"] == "extra_forbidden":
+            message = "is not a recipe field (check the spelling; `synthface run --help` lists the sections)"
+        elif error["type"] == "literal_error":
+            message = message.replace("must be", "must be one of", 1)
+        given = error.get("input")
+        hidden = error["type"] in ("extra_forbidden", "missing", "value_error") or isinstance(given, dict)
+        shown = "" if hidden else f" (given: {given!r})"
+        parts.append(f"{where} {message}{shown}")
+    return "; ".join(parts) + "."
+
+
+def _dump_toml(data: dict) -> str:
+    """Minimal TOML writer for recipe data (scalars, lists, one level of nested tables, inline maps).
+
+    Written here because the standard library reads TOML but does not write it, and a recipe's
+    shape is fixed and small.
+    """
+    lines: list[str] = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

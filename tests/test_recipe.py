@@ -1,0 +1,87 @@
+"""Recipes: every shipped recipe validates; bad values name the field and the allowed range."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from synthface.errors import FileFormatError, InvalidInputError
+from synthface.recipe import Recipe, load_recipe, parse_recipe
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["smoke", "quickstart", "hsface10k", "scale-1m"])
+def test_shipped_recipes_validate_and_document_themselves(name):
+    path = PIPELINES / f"{name}.toml"
+    recipe = load_recipe(path)
+    assert recipe.name == name
+    header = path.read_text().split("\nname")[0]
+    assert "Makes:" in header and "Weights:" in header  # what it makes and which weights it needs
+    assert ("Time:" in header) or ("minutes" in header)
+
+
+def test_hsface10k_is_the_standard_comparison_size():
+    recipe = load_recipe(PIPELINES / "hsface10k.toml")
+    assert (recipe.identities.count, recipe.variation.images_per_identity) == (10_000, 50)
+    assert recipe.variation.perturbation == {0.96: 0.4, 0.9: 0.4, 0.82: 0.2}
+
+
+def test_overrides_parse_values_as_toml(tmp_path):
+    recipe = load_recipe(
+        PIPELINES / "smoke.toml",
+        ["identities.count=5", "generation.guidance=2.5", "export.formats=['parquet']", "name=renamed", "filtering.enabled=true"],
+    )
+    assert recipe.identities.count == 5 and recipe.generation.guidance == 2.5
+    assert recipe.export.formats == ["parquet"] and recipe.name == "renamed" and recipe.filtering.enabled
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"identities": {"count": 0}}, "identities.count must be greater than or equal to 1 (given: 0)"),
+        ({"identities": {"max_cos": 1.2}}, "identities.max_cos must be less than 1 (given: 1.2)"),
+        ({"generation": {"dtype": "fp8"}}, "generation.dtype must be one of 'fp32', 'fp16' or 'bf16' (given: 'fp8')"),
+        ({"generation": {"resolution": 100}}, "generation.resolution must be a multiple of 8"),
+        ({"identitys": {}}, "identitys is not a recipe field"),
+        ({"variation": {"perturbation": {"1.5": 1.0}}}, "target cosine 1.5 must lie in (0, 1]"),
+        ({"identities": {"prior": "gaussian"}}, "the gaussian prior needs identities.reference"),
+        ({"export": {"formats": ["lmdb"]}}, "export.formats.0 must be one of"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(data, fragment):
+    with pytest.raises(InvalidInputError) as info:
+        parse_recipe(data, source="r.toml")
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("r.toml is not a valid recipe: ")
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(FileFormatError, match="does not exist"):
+        load_recipe(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("name = [unclosed\n")
+    with pytest.raises(FileFormatError, match="not valid TOML"):
+        load_recipe(tmp_path / "bad.toml")
+    with pytest.raises(InvalidInputError, match="section.field=value"):
+        load_recipe(PIPELINES / "smoke.toml", ["identities.count"])
+
+
+def test_toml_round_trip_and_fingerprint():
+    recipe = load_recipe(PIPELINES / "hsface10k.toml")
+    again = parse_recipe(tomllib.loads(recipe.to_toml()))
+    assert again == recipe
+    assert again.fingerprint() == recipe.fingerprint()
+    # Batch size and device change speed, not data; the seed changes data.
+    faster = recipe.model_copy(deep=True)
+    faster.generation.batch_size = 7
+    assert faster.fingerprint() == recipe.fingerprint()
+    other = recipe.model_copy(deep=True)
+    other.seed = 1
+    assert other.fingerprint() != recipe.fingerprint()
+
+
+def test_candidates_per_identity_rounds_up():
+    assert Recipe(variation={"images_per_identity": 50, "overgenerate": 1.3}).variation.candidates_per_identity == 65
+    assert Recipe(variation={"images_per_identity": 3, "overgenerate": 1.5}).variation.candidates_per_identity == 5
