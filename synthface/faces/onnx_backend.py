@@ -1,0 +1,296 @@
+"""insightface-style analysis: SCRFD detection and an ArcFace ONNX recogniser.
+
+Works from a model-pack folder (antelopev2, buffalo_l: detector + recogniser side by side) or from
+explicit ONNX files (e.g. Arc2Face's `arcface.onnx`). The recogniser runs on onnxruntime with
+providers picked automatically, or inside torch (`runtime="torch"`) so it batches on the GPU next
+to the diffusion model without onnxruntime-gpu. insightface's pretrained models are licensed for
+non-commercial research only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from synthface.errors import FileFormatError, InvalidInputError, ModelNotFoundError
+from synthface.faces.image import as_rgb_uint8
+from synthface.faces.types import AnalyzerBase, Face, _as_list, l2_normalize, largest_first
+
+INSIGHTFACE_LICENSE = "insightface pretrained models: non-commercial research only"
+#: Detection input sizes tried in turn when nothing is found: a face that fills the frame is too
+#: big for SCRFD at 640, and smaller inputs make it the size the detector was trained on.
+DET_SIZE_FALLBACK = (640, 480, 320, 256, 160)
+
+
+def select_providers(preferred: Sequence[str] | None = None) -> list[str]:
+    """onnxruntime providers to use: `preferred` if given, else CUDA when present, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if preferred:
+        missing = [p for p in preferred if p not in available]
+        if missing:
+            raise InvalidInputError(
+                f"onnxruntime provider(s) {', '.join(missing)} are not available here (available: "
+                f"{', '.join(available)}). For CUDA install the onnxruntime-gpu build matching your CUDA, "
+                "or use runtime='torch' to run the recogniser inside torch."
+            )
+        return list(preferred)
+    order = ["CUDAExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in order if p in available] or available
+
+
+def _session(path: Path, providers: Sequence[str] | None):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=select_providers(providers))
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(f"Cannot load {path} as an ONNX model: {str(exc).splitlines()[0]}") from None
+
+
+def _input_normalisation(model) -> tuple[float, float]:
+    """(mean, std) the recogniser expects on 0-255 RGB input.
+
+    Graphs converted from MXNet subtract and scale inside the graph (Sub and Mul among their first
+    nodes) and take raw pixels; PyTorch-exported ArcFace graphs expect (x - 127.5) / 127.5.
+    """
+    first = model.graph.node[:8]
+    names = [n.name for n in first] + [n.op_type for n in first]
+    has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
+    has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
+    return (0.0, 1.0) if has_sub and has_mul else (127.5, 127.5)
+
+
+class ArcFaceRecognizer:
+    """An ArcFace-style ONNX recogniser: aligned RGB crops -> unit-norm embeddings.
+
+    runtime: "onnxruntime" (providers chosen automatically) or "torch" (graph converted to torch
+    ops, run on `device`, batched; no onnxruntime-gpu needed).
+    """
+
+    def __init__(self, path: str | Path, *, runtime: str = "onnxruntime", providers=None, device=None, batch_size: int = 64):
+        import onnx
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"Recogniser file {path} does not exist.")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
+        inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        dims = [d.dim_value or None for d in inp.type.tensor_type.shape.dim]
+        if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
+            raise FileFormatError(
+                f"{path.name} does not look like a face recogniser: its input is {dims}, expected "
+                "(N, 3, S, S). Is it a detector or another model from the pack?"
+            )
+        out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        self.path, self.runtime, self.batch_size = path, runtime, batch_size
+        self.input_size = int(dims[2])
+        self.fixed_batch = dims[0]  # None when dynamic
+        self.embedding_dim = int(out_dims[-1])
+        self.mean, self.std = _input_normalisation(model)
+        if runtime == "onnxruntime":
+            self._session = _session(path, providers)
+            self._input_name = self._session.get_inputs()[0].name
+        elif runtime == "torch":
+            import torch
+
+            from synthface.faces.onnx_torch import OnnxModule
+
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self._module = OnnxModule(model).eval().to(self.device)
+        else:
+            raise InvalidInputError(f"runtime must be 'onnxruntime' or 'torch', got {runtime!r}")
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB crops -> (N, D) float32 unit-norm."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3) or crops.dtype != np.uint8:
+            raise InvalidInputError(
+                f"{self.path.name} takes uint8 RGB crops of shape (N, {self.input_size}, {self.input_size}, 3); "
+                f"got {crops.dtype} {crops.shape}. Align faces with synthface.faces.align.norm_crop first."
+            )
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        step = 1 if self.fixed_batch == 1 else self.batch_size
+        out = [self._run(crops[i : i + step]) for i in range(0, len(crops), step)]
+        return l2_normalize(np.concatenate(out))
+
+    def _blob(self, crops: np.ndarray) -> np.ndarray:
+        x = crops.astype(np.float32).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray((x - self.mean) / self.std)
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnxruntime":
+            return self._session.run(None, {self._input_name: self._blob(crops)})[0]
+        import torch
+
+        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float()
+        return self.forward_tensor(x).cpu().numpy()
+
+    def forward_tensor(self, x):
+        """torch runtime only: (N, 3, S, S) float 0-255 RGB tensor -> (N, D) unit-norm, same device.
+
+        Takes `synthface.faces.align.norm_crop_torch` output directly, so render -> align -> embed
+        never leaves the GPU.
+        """
+        import torch
+
+        if self.runtime != "torch":
+            raise InvalidInputError("forward_tensor needs runtime='torch'")
+        with torch.inference_mode():
+            y = self._module(((x - self.mean) / self.std).to(next(iter(self._module.buffers())).dtype))
+        return torch.nn.functional.normalize(y.float(), dim=-1)
+
+
+def find_pack_files(folder: str | Path) -> tuple[Path, Path]:
+    """(detector, recogniser) ONNX files in an insightface model-pack folder, with clear errors
+    for the usual mistakes: a pack nested one level too deep, or one missing a model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"Model pack folder {folder} does not exist.")
+    onnx_files = sorted(folder.glob("*.onnx"))
+    if not onnx_files:
+        nested = sorted(folder.glob("*/*.onnx"))
+        if nested:
+            inner = nested[0].parent
+            raise ModelNotFoundError(
+                f"The model pack is nested: its ONNX files are in {inner}, not in {folder}. Unzipping "
+                f"often adds an extra folder level; move them up with: mv {inner}/*.onnx {folder}/"
+            )
+        raise ModelNotFoundError(f"No ONNX files in {folder}; the model pack is missing or empty.")
+    detector = recognizer = None
+    for f in onnx_files:
+        kind = _classify(f)
+        if kind == "detector" and detector is None:
+            detector = f
+        elif kind == "recognizer" and recognizer is None:
+            recognizer = f
+    if detector is None or recognizer is None:
+        need = " and ".join(k for k, v in (("a SCRFD detector", detector), ("an ArcFace recogniser", recognizer)) if v is None)
+        raise ModelNotFoundError(
+            f"The model pack in {folder} is incomplete: it lacks {need} (found: "
+            f"{', '.join(f.name for f in onnx_files)}). Download the whole pack again."
+        )
+    return detector, recognizer
+
+
+def _classify(path: Path) -> str:
+    """'detector' (SCRFD: several outputs), 'recognizer' (one (N, D) output from a square face
+    crop of 112 or more) or 'other' (landmarks, gender/age, ...), from the graph's signature."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return "other"
+    init = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        return "other"
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    outputs = model.graph.output
+    if len(outputs) >= 6:
+        return "detector"
+    out_dims = [d.dim_value for d in outputs[0].type.tensor_type.shape.dim]
+    if len(outputs) == 1 and len(dims) == 4 and dims[2] == dims[3] and dims[2] >= 112 and len(out_dims) == 2 and out_dims[1] >= 128:
+        return "recognizer"
+    return "other"
+
+
+class InsightFaceAnalyzer(AnalyzerBase):
+    """SCRFD detection + ArcFace recognition from a pack (`pack="antelopev2"` or a folder) or files.
+
+    detector: a SCRFD ONNX path, or "dlib" to detect with the offline dlib backend instead.
+    recognizer: an ArcFace ONNX path (e.g. Arc2Face's arcface.onnx); overrides the pack's.
+    runtime: "onnxruntime" or "torch" for the recogniser (see ArcFaceRecognizer).
+    det_size / det_thresh: SCRFD input size and score threshold; smaller sizes from
+    DET_SIZE_FALLBACK are tried when nothing is found (tight crops).
+    """
+
+    name = "insightface"
+    license = INSIGHTFACE_LICENSE
+
+    def __init__(
+        self,
+        *,
+        pack: str | Path | None = None,
+        detector: str | Path | None = None,
+        recognizer: str | Path | None = None,
+        runtime: str = "onnxruntime",
+        providers: Sequence[str] | None = None,
+        device=None,
+        det_size: int = 640,
+        det_thresh: float = 0.5,
+        allow_download: bool = False,
+    ) -> None:
+        if pack is None and (detector is None or recognizer is None):
+            pack = "antelopev2"
+        if pack is not None:
+            folder = Path(pack)
+            if not folder.is_dir():
+                from synthface import weights
+
+                folder = weights.find(str(pack), allow_download=allow_download)
+            pack_det, pack_rec = find_pack_files(folder)
+            detector = detector or pack_det
+            recognizer = recognizer or pack_rec
+        self.recognizer = ArcFaceRecognizer(recognizer, runtime=runtime, providers=providers, device=device)
+        self.embedding_dim = self.recognizer.embedding_dim
+        self.det_size, self.det_thresh = det_size, det_thresh
+        if str(detector) == "dlib":
+            from synthface.faces.dlib_backend import DlibAnalyzer
+
+            self._dlib = DlibAnalyzer()
+            self._scrfd = None
+        else:
+            self._dlib = None
+            self._scrfd = self._load_scrfd(Path(detector), providers)
+
+    @staticmethod
+    def _load_scrfd(path: Path, providers):
+        from insightface.model_zoo.scrfd import SCRFD
+
+        if not path.is_file():
+            raise ModelNotFoundError(f"Detector file {path} does not exist.")
+        model = SCRFD(model_file=str(path), session=_session(path, providers))
+        return model
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        images = [as_rgb_uint8(im) for im in _as_list(images)]
+        if self._dlib is not None:
+            return [[_rebrand(f, self.name) for f in faces] for faces in self._dlib.detect(images)]
+        return [self._detect_one(im) for im in images]
+
+    def _detect_one(self, image: np.ndarray) -> list[Face]:
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        sizes = [self.det_size, *(s for s in DET_SIZE_FALLBACK if s < self.det_size)]
+        for size in sizes:
+            self._scrfd.prepare(0, input_size=(size, size), det_thresh=self.det_thresh)
+            det, kps = self._scrfd.detect(bgr, input_size=(size, size))
+            if det is not None and len(det):
+                if kps is None:
+                    raise FileFormatError("This SCRFD model gives no keypoints; use a *_kps detector (antelopev2, buffalo_l).")
+                faces = [Face(bbox=d[:4], kps=k, det_score=float(d[4]), backend=self.name) for d, k in zip(det, kps)]
+                return largest_first(faces)
+        return []
+
+    def crops(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        from synthface.faces.align import norm_crop
+
+        return np.stack([norm_crop(image, f.kps, size=self.recognizer.input_size) for f in faces])
+
+    def embed(self, aligned: np.ndarray) -> np.ndarray:
+        return self.recognizer(aligned)
+
+
+def _rebrand(face: Face, backend: str) -> Face:
+    face.backend = backend
+    return face

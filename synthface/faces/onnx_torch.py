@@ -1,0 +1,297 @@
+"""Run an ONNX recogniser (ArcFace / IResNet style) as a torch module, batched on any device.
+
+This avoids onnxruntime-gpu and its CUDA-version pairing: the graph is executed op by op with
+torch functions and the ONNX initializers become module buffers, so `.to("cuda")`, `.half()` and
+`torch.compile` work as for any module. Only the operators recogniser graphs use are implemented;
+anything else is refused up front with the list of missing operators.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthface.errors import FileFormatError
+
+_OPS: dict[str, Callable] = {}
+
+
+def _op(*names: str):
+    def wrap(fn):
+        for name in names:
+            _OPS[name] = fn
+        return fn
+
+    return wrap
+
+
+def supported_ops() -> list[str]:
+    return sorted(_OPS)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph executed with torch ops. Build it with `onnx_to_torch(path_or_model)`."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        from onnx import numpy_helper
+
+        graph = model.graph
+        missing = sorted({n.op_type for n in graph.node} - set(_OPS))
+        if missing:
+            raise FileFormatError(
+                f"The ONNX graph uses operators the torch runner does not implement: {', '.join(missing)}. "
+                "Run this model with onnxruntime instead (runtime='onnxruntime')."
+            )
+        self._names: dict[str, str] = {}
+        for init in graph.initializer:
+            self._add_constant(init.name, numpy_helper.to_array(init))
+        init_names = {i.name for i in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in init_names]
+        self.output_names = [o.name for o in graph.output]
+        self.nodes = []
+        for node in graph.node:
+            attrs = {a.name: _attr_value(a) for a in node.attribute}
+            if node.op_type == "Constant":
+                self._add_constant(node.output[0], _constant_value(attrs))
+                continue
+            self.nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+
+    def _add_constant(self, onnx_name: str, array: np.ndarray) -> None:
+        key = f"c{len(self._names)}_" + re.sub(r"\W", "_", onnx_name)[:40]
+        self._names[onnx_name] = key
+        tensor = torch.from_numpy(np.array(array, copy=True))
+        self.register_buffer(key, tensor, persistent=True)
+
+    def forward(self, *inputs: torch.Tensor):
+        env: dict[str, object] = {name: getattr(self, key) for name, key in self._names.items()}
+        env.update(zip(self.input_names, inputs))
+        env[""] = None  # an omitted optional input
+        for op_type, ins, outs, attrs in self.nodes:
+            result = _OPS[op_type](*[env[i] for i in ins], **attrs)
+            if not isinstance(result, tuple):
+                result = (result,)
+            env.update(zip(outs, result))
+        out = [env[name] for name in self.output_names]
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def onnx_to_torch(source) -> OnnxModule:
+    """Convert an ONNX file (path or bytes) or a loaded `onnx.ModelProto` to an `OnnxModule`."""
+    import onnx
+
+    if isinstance(source, (str, Path)):
+        try:
+            source = onnx.load(str(source))
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise FileFormatError(f"Cannot read {source} as an ONNX model: {exc}") from None
+    elif isinstance(source, (bytes, bytearray)):
+        source = onnx.load_model_from_string(bytes(source))
+    return OnnxModule(source)
+
+
+# --- attribute helpers ---------------------------------------------------------------------------
+
+
+def _attr_value(attr):
+    from onnx import helper
+
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def _constant_value(attrs: dict) -> np.ndarray:
+    from onnx import numpy_helper
+
+    if "value" in attrs:
+        return numpy_helper.to_array(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    raise FileFormatError(f"Unsupported Constant node attributes: {sorted(attrs)}")
+
+
+def _ints(t) -> list[int]:
+    return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
+
+
+# --- operators -----------------------------------------------------------------------------------
+
+
+@_op("Conv")
+def _conv(x, w, b=None, *, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET", kernel_shape=None):
+    nd = w.dim() - 2
+    strides, dilations = strides or [1] * nd, dilations or [1] * nd
+    pads = pads or [0] * (2 * nd)
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise FileFormatError(f"Conv auto_pad={auto_pad} is not supported by the torch runner")
+    begin, end = pads[:nd], pads[nd:]
+    if begin != end:  # asymmetric: pad explicitly (F.pad takes the last dimension first)
+        x = F.pad(x, [p for i in reversed(range(nd)) for p in (begin[i], end[i])])
+        begin = [0] * nd
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return conv(x, w, b, stride=strides, padding=begin, dilation=dilations, groups=group)
+
+
+@_op("BatchNormalization")
+def _bn(x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1):
+    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
+
+
+@_op("PRelu")
+def _prelu(x, slope):
+    return torch.where(x >= 0, x, x * slope)
+
+
+@_op("Relu")
+def _relu(x):
+    return F.relu(x)
+
+
+@_op("LeakyRelu")
+def _leaky(x, *, alpha=0.01):
+    return F.leaky_relu(x, alpha)
+
+
+@_op("Sigmoid")
+def _sigmoid(x):
+    return torch.sigmoid(x)
+
+
+@_op("Clip")
+def _clip(x, lo=None, hi=None, *, min=None, max=None):  # noqa: A002 - ONNX attribute names
+    lo = min if lo is None else lo
+    hi = max if hi is None else hi
+    return torch.clamp(x, lo, hi)
+
+
+@_op("Add")
+def _add(a, b):
+    return a + b
+
+
+@_op("Sub")
+def _sub(a, b):
+    return a - b
+
+
+@_op("Mul")
+def _mul(a, b):
+    return a * b
+
+
+@_op("Div")
+def _div(a, b):
+    return a / b
+
+
+@_op("Identity", "Dropout")
+def _identity(x, *rest, **attrs):
+    return x
+
+
+@_op("Flatten")
+def _flatten(x, *, axis=1):
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+@_op("Reshape")
+def _reshape(x, shape, *, allowzero=0):
+    dims = _ints(shape)
+    if not allowzero:
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+@_op("Shape")
+def _shape(x, *, start=0, end=None):
+    return torch.tensor(x.shape[start:end], dtype=torch.int64)
+
+
+@_op("Gather")
+def _gather(x, idx, *, axis=0):
+    return torch.index_select(x, axis, idx.reshape(-1).long()).reshape(
+        x.shape[:axis] + idx.shape + x.shape[axis + 1 :]
+    )
+
+
+@_op("Unsqueeze")
+def _unsqueeze(x, axes=None, **attrs):
+    axes = _ints(axes if axes is not None else attrs["axes"])
+    for a in sorted(a % (x.dim() + len(axes)) for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+@_op("Squeeze")
+def _squeeze(x, axes=None, **attrs):
+    axes = axes if axes is not None else attrs.get("axes")
+    if axes is None:
+        return x.squeeze()
+    for a in sorted((a % x.dim() for a in _ints(axes)), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+@_op("Concat")
+def _concat(*xs, axis):
+    return torch.cat([t if t.dim() else t.reshape(1) for t in xs], dim=axis)
+
+
+@_op("Transpose")
+def _transpose(x, *, perm=None):
+    return x.permute(*(perm or reversed(range(x.dim()))))
+
+
+@_op("Gemm")
+def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    a = a.t() if transA else a
+    b = b.t() if transB else b
+    y = alpha * (a @ b)
+    return y + beta * c if c is not None else y
+
+
+@_op("MatMul")
+def _matmul(a, b):
+    return torch.matmul(a, b)
+
+
+@_op("GlobalAveragePool")
+def _gap(x):
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@_op("ReduceMean")
+def _reduce_mean(x, axes=None, *, keepdims=1, **attrs):
+    axes = axes if axes is not None else attrs.get("axes")
+    dims = tuple(_ints(axes)) if axes is not None else tuple(range(x.dim()))
+    return x.mean(dim=dims, keepdim=bool(keepdims))
+
+
+@_op("MaxPool")
+def _max_pool(x, **kw):
+    kernel, strides, pads = kw["kernel_shape"], kw.get("strides") or [1, 1], kw.get("pads") or [0, 0, 0, 0]
+    return F.max_pool2d(x, kernel, strides, pads[:2], ceil_mode=bool(kw.get("ceil_mode", 0)))
+
+
+@_op("AveragePool")
+def _avg_pool(x, **kw):
+    kernel, strides, pads = kw["kernel_shape"], kw.get("strides") or [1, 1], kw.get("pads") or [0, 0, 0, 0]
+    return F.avg_pool2d(
+        x, kernel, strides, pads[:2], ceil_mode=bool(kw.get("ceil_mode", 0)),
+        count_include_pad=bool(kw.get("count_include_pad", 0)),
+    )
+
