@@ -34,6 +34,9 @@ Renderer = Callable[[np.ndarray, Sequence[int]], list[np.ndarray]]
 
 SHARDS = "shards"
 RUN_FILE = "run.json"
+# Cosine above which two ArcFace embeddings are usually the same person (the common 1:1 operating
+# point on LFW-style benchmarks); used only when neither the recipe nor the analyser sets one.
+ARCFACE_SAME_PERSON_COS = 0.3
 FINAL_DONE = "finalize.done"
 
 
@@ -380,9 +383,13 @@ class ShardWorker:
         return self.analyzer is not None and self.analyzer.embedding_dim == self.bank.dim
 
     def _same_space_threshold(self) -> float:
-        from synthface.faces import same_person_threshold
+        """The analyser's documented same-person cosine, used when the recipe sets no min_cos."""
+        value = getattr(self.analyzer, "same_person_cos", None)
+        if value is None:
+            from synthface.faces import DLIB_SAME_PERSON_COS
 
-        return same_person_threshold(self.analyzer)
+            value = DLIB_SAME_PERSON_COS if self.analyzer.name.startswith("dlib") else ARCFACE_SAME_PERSON_COS
+        return float(value)
 
     def _write(self, shard: int, candidates: list[Candidate], decision: dict) -> ShardResult:
         from safetensors.numpy import save_file
