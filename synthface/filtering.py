@@ -369,6 +369,7 @@ def near_duplicates(
     threshold: float,
     *,
     device: str | None = None,
+    batch_elements: int = 1 << 24,
 ) -> np.ndarray:
     """Images (among `mask`) whose cosine to a better-ranked kept image of the same class exceeds `threshold`.
 
@@ -384,7 +385,7 @@ def near_duplicates(
     g = inv[order]
     starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
     sizes = np.diff(np.r_[starts, g.size])
-    budget = 1 << 24
+    budget = batch_elements
     c0 = 0
     while c0 < starts.size:
         k = int(sizes[c0])
