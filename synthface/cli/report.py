@@ -1,0 +1,55 @@
+"""`synthface report DIR`: report.json and a self-contained report.html for a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(root: typer.Typer) -> None:
+    root.command("report")(report)
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (manifest.parquet, embeddings.safetensors, identities.safetensors).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and report.html (default: the run folder).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Real identity centres (.safetensors or .npy, filter space) for the leakage check.")] = None,
+    leak_cos: Annotated[float, typer.Option(help="Flag a synthetic identity whose best cosine to a real centre exceeds this.")] = 0.4,
+    max_genuine_pairs: Annotated[int, typer.Option(help="Genuine pairs scored exactly up to this many, sampled beyond.")] = 2_000_000,
+    impostor_images: Annotated[int, typer.Option(help="Images sampled for impostor pairs (all different-identity pairs among them).")] = 4096,
+    seed: Annotated[int, typer.Option(help="Seed for the pair sampling.")] = 0,
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Also write report.html (needs matplotlib).")] = True,
+    device: Annotated[Optional[str], typer.Option(help="torch device for the identity packing products (default: numpy on CPU).")] = None,
+) -> None:
+    """Measure a generated dataset: counts, EER and TAR@FAR, unique identities, spread, pose, leakage."""
+    from synthface.report import ReportOptions, write_report
+
+    options = ReportOptions(
+        max_genuine_pairs=max_genuine_pairs, impostor_images=impostor_images, leak_cos=leak_cos, seed=seed, device=device
+    )
+    json_path, html_path, rep = write_report(run_dir, out, reference=reference, options=options, html=html)
+    d = rep.data
+    table = Table(title=f"report: {run_dir}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    c, v = d["counts"], d["verification"]
+    table.add_row("kept / candidates", f"{c['kept']} / {c['candidates']}")
+    table.add_row("EER", _f(v["eer"]))
+    for far, r in v["tar_at_far"].items():
+        table.add_row(f"TAR @ FAR {far}", _f(r["tar"]))
+    for t, cur in d["unique_identities"].items():
+        table.add_row(f"unique identities @ cos {t}", f"{cur['final']} of {c['identities_generated']}")
+    if d["leakage"]:
+        table.add_row("leakage flagged", str(d["leakage"]["flagged_count"]))
+    table.add_row("written", str(json_path) + (f", {html_path}" if html_path else ""))
+    console.print(table)
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"

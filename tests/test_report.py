@@ -1,0 +1,271 @@
+"""report.json against brute-force recomputation on hand-built run folders, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthface.errors import FileFormatError
+from synthface.report import ReportOptions, compute_report, load_run, write_report
+from synthface.report.metrics import _pair_from_index, class_pass, impostor_scores
+from tests.cli_helpers import run_cli
+
+# ---------------------------------------------------------------- building run folders by hand
+
+
+def write_run(root: Path, labels, emb, kept, reasons, *, ids=None, pose=None, paths=None) -> Path:
+    """A run folder in the engine's layout: manifest.parquet, embeddings.safetensors, identities.safetensors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels, np.int64)
+    m = labels.size
+    image = np.zeros(m, np.int64)
+    for lab in np.unique(labels):
+        image[labels == lab] = np.arange(np.count_nonzero(labels == lab))
+    cols = {
+        "identity": pa.array(labels, pa.int64()),
+        "image": pa.array(image, pa.int64()),
+        "seed": pa.array(np.arange(m) * 7919, pa.int64()),
+        "condition_cos": pa.array(np.full(m, 0.9, np.float32)),
+        "filter_cos": pa.array(np.full(m, np.nan, np.float32)),
+        "kept": pa.array(np.asarray(kept, bool)),
+        "drop_reason": pa.array([str(r) for r in reasons], pa.string()),
+        "path": pa.array(paths if paths is not None else [""] * m, pa.string()),
+        "det_score": pa.array(np.full(m, 0.99, np.float32)),
+    }
+    if pose is not None:
+        for k, name in enumerate(("yaw", "pitch", "roll")):
+            cols[name] = pa.array(np.asarray(pose, np.float32)[:, k])
+    pq.write_table(pa.table(cols), root / "manifest.parquet")
+    save_file({"embeddings": np.ascontiguousarray(emb, dtype=np.float32)}, str(root / "embeddings.safetensors"))
+    if ids is not None:
+        save_file({"ids": np.ascontiguousarray(ids, dtype=np.float32)}, str(root / "identities.safetensors"))
+    return root
+
+
+def hand_example(root: Path, *, images: bool = False) -> Path:
+    """Five identities in 3-d, small enough to check by eye.
+
+    0 ~ x axis, 1 ~ y axis, 2 ~ z axis; 3 renders as 0 (a collision); 4 sits between all three.
+    Greedy packing at 0.3 and 0.4 keeps 0, 1, 2 only: unique = 1, 2, 3, 3, 3.
+    """
+    nan = [np.nan] * 3
+    rows = [
+        (0, [1, 0, 0], True, ""), (0, [0.9, 0.1, 0], True, ""), (0, [0.8, 0, 0.2], True, ""),
+        (0, nan, False, "no_face"), (0, [0, 1, 0], False, "low_similarity"),
+        (1, [0, 1, 0], True, ""), (1, [0.1, 0.9, 0], True, ""), (1, [0.2, 0.9, 0.1], False, "near_duplicate"),
+        (2, [0, 0, 1], True, ""), (2, [0, 0.2, 1], True, ""), (2, [0.1, 0, 1], True, ""),
+        (3, [1, 0.1, 0], True, ""), (3, [0.9, 0, 0.1], True, ""),
+        (4, [0.6, 0.6, 0.5], True, ""), (4, [0.5, 0.5, 0.5], False, "surplus"),
+    ]
+    labels = [r[0] for r in rows]
+    emb = np.array([r[1] for r in rows], np.float32)
+    pose = np.stack([np.linspace(-40, 40, len(rows)), np.linspace(10, -10, len(rows)), np.zeros(len(rows))], 1)
+    paths = None
+    if images:
+        from PIL import Image
+
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (lab, *_rest) in enumerate(rows):
+            colour = [(200, 60, 60), (60, 160, 60), (60, 60, 200), (200, 200, 40), (160, 60, 160)][lab]
+            Image.new("RGB", (64, 64), colour).save(root / "images" / f"{i:04d}.png")
+            paths.append(f"images/{i:04d}.png")
+    ids = np.eye(5, 3, dtype=np.float32) + 0.01
+    return write_run(root, labels, emb, [r[2] for r in rows], [r[3] for r in rows], ids=ids, pose=pose, paths=paths)
+
+
+# ---------------------------------------------------------------- brute-force definitions
+
+
+def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def brute_scores(labels, emb, kept):
+    rows = [i for i in range(len(labels)) if kept[i]]
+    gen, imp = [], []
+    for a, b in combinations(rows, 2):
+        s = float(unit(emb[a]) @ unit(emb[b]))
+        (gen if labels[a] == labels[b] else imp).append(s)
+    return np.array(gen), np.array(imp)
+
+
+def brute_eer(gen, imp):
+    best = None
+    for t in sorted({-2.0, *gen.tolist(), *imp.tolist()}):
+        far = sum(s > t for s in imp) / len(imp)
+        frr = sum(s <= t for s in gen) / len(gen)
+        if best is None or abs(far - frr) < best[0]:
+            best = (abs(far - frr), (far + frr) / 2, t)
+    return best[1], best[2]
+
+
+def brute_tar(gen, imp, far):
+    for t in sorted({-2.0, *imp.tolist()}):
+        if sum(s > t for s in imp) <= far * len(imp) + 1e-9:
+            return sum(s > t for s in gen) / len(gen), t
+
+
+def brute_greedy(centres, t):
+    kept = []
+    for i, c in enumerate(centres):
+        if np.isfinite(c).all() and all(c @ centres[j] <= t for j in kept):
+            kept.append(i)
+    return kept
+
+
+def load_example(root: Path):
+    import pyarrow.parquet as pq
+    from safetensors.numpy import load_file
+
+    table = pq.read_table(root / "manifest.parquet").to_pydict()
+    return np.array(table["identity"]), load_file(str(root / "embeddings.safetensors"))["embeddings"], np.array(table["kept"]), table
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_every_metric_matches_brute_force_on_the_hand_example(tmp_path):
+    root = hand_example(tmp_path / "run")
+    reference = np.array([[1, 0, 0], [0, 0, -1], [0.2, 0.2, 0.95]], np.float32)
+    rep = compute_report(load_run(root), reference, ReportOptions(leak_cos=0.4)).data
+    labels, emb, kept, table = load_example(root)
+    n_ids = 5
+
+    c = rep["counts"]
+    assert (c["candidates"], c["kept"], c["dropped"]) == (15, 11, 4)
+    assert c["drop_reasons"] == {"no_face": 1, "low_similarity": 1, "low_quality": 0, "near_duplicate": 1, "surplus": 1, "collision": 0}
+    assert (c["identities_in_bank"], c["identities_generated"], c["identities_with_images"]) == (5, 5, 5)
+    per_id = np.bincount(labels[kept], minlength=n_ids)
+    assert per_id.tolist() == [3, 2, 3, 2, 1]
+    assert c["images_per_identity"]["mean"] == pytest.approx(per_id.mean())
+    assert c["images_per_identity"]["median"] == pytest.approx(np.median(per_id))
+
+    gen, imp = brute_scores(labels, emb, kept)
+    v = rep["verification"]
+    assert (v["genuine_pairs"], v["impostor_pairs"]) == (len(gen), len(imp)) == (3 + 1 + 3 + 1, math.comb(11, 2) - 8)
+    assert v["genuine_exact"] and v["impostor_exact"]
+    assert v["genuine_mean"] == pytest.approx(gen.mean(), abs=1e-6)
+    assert v["impostor_mean"] == pytest.approx(imp.mean(), abs=1e-6)
+    eer, eer_t = brute_eer(gen, imp)
+    assert v["eer"] == pytest.approx(eer, abs=1e-9) and v["eer_threshold"] == pytest.approx(eer_t, abs=1e-6)
+    for far in ("0.001", "0.0001"):
+        tar, t = brute_tar(gen, imp, float(far))
+        assert v["tar_at_far"][far]["tar"] == pytest.approx(tar)
+        assert v["tar_at_far"][far]["threshold"] == pytest.approx(t, abs=1e-6)
+        assert v["tar_at_far"][far]["reliable"] is False  # 45 impostor pairs cannot measure 1e-3
+    edges = np.linspace(-1, 1, 201)
+    assert v["histogram"]["genuine"] == np.histogram(gen, edges)[0].tolist()
+    assert v["histogram"]["impostor"] == np.histogram(imp, edges)[0].tolist()
+
+    centres = np.stack([unit(unit(emb[(labels == i) & kept]).sum(0)) for i in range(n_ids)])
+    for t in ("0.3", "0.4"):
+        curve = rep["unique_identities"][t]
+        assert brute_greedy(centres, float(t)) == [0, 1, 2]  # by hand: 3 is a copy of 0, 4 is too close to all
+        assert curve["generated"] == [1, 2, 3, 4, 5] and curve["unique"] == [1, 2, 3, 3, 3] and curve["final"] == 3
+
+    cos = np.array([unit(emb[i]) @ centres[labels[i]] for i in range(15) if kept[i]])
+    s = rep["intra_class"]
+    assert s["cos_to_centre"]["mean"] == pytest.approx(cos.mean(), abs=1e-6)
+    assert s["cos_to_centre"]["p05"] == pytest.approx(np.percentile(cos, 5), abs=1e-6)
+    assert s["share_within"] == {"0.5": pytest.approx(np.mean(cos >= 0.5)), "0.7": pytest.approx(np.mean(cos >= 0.7))}
+    klab = labels[kept]
+    assert s["identity_mean_cos"]["min"] == pytest.approx(min(cos[klab == i].mean() for i in range(n_ids)), abs=1e-6)
+
+    yaw = np.array(table["yaw"])[kept]
+    assert rep["pose"]["yaw"]["mean"] == pytest.approx(yaw.mean(), abs=1e-5)
+    assert rep["pose"]["yaw"]["p95"] == pytest.approx(np.percentile(yaw, 95), abs=1e-4)
+    assert sum(rep["pose"]["pitch"]["histogram"]["counts"]) == 11
+
+    lk = rep["leakage"]
+    ref = unit(reference)
+    best = [(float((centres[i] @ ref.T).max()), int((centres[i] @ ref.T).argmax()), i) for i in range(n_ids)]
+    flagged = sorted([b for b in best if b[0] > 0.4], key=lambda b: -b[0])
+    assert [(f["identity"], f["reference"]) for f in lk["flagged"]] == [(i, r) for _, r, i in flagged]
+    assert [f["cos"] for f in lk["flagged"]] == pytest.approx([b[0] for b in flagged], abs=1e-6)
+    assert {f["identity"] for f in lk["flagged"]} == {0, 2, 3, 4}  # by hand: 1 (the y axis) matches no one
+    assert lk["max_cos"] == pytest.approx(max(b[0] for b in best), abs=1e-6)
+    json.dumps(rep, allow_nan=False)  # strict JSON
+
+
+def test_sampled_pairs_are_true_pairs_and_chunking_changes_nothing():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, size=60)
+    labels = np.repeat(np.arange(60), sizes)
+    rng.shuffle(labels)  # manifest rows need not be grouped by identity
+    emb = unit(rng.standard_normal((labels.size, 8)) + 2 * np.eye(60, 8)[labels % 8]).astype(np.float32)
+    kept = rng.random(labels.size) > 0.2
+    gen, imp = brute_scores(labels, emb, kept)
+    whole = class_pass(emb, labels, kept, max_genuine_pairs=10**6)
+    chunked = class_pass(emb, labels, kept, max_genuine_pairs=10**6, chunk_rows=7)
+    assert whole.genuine_exact and np.allclose(np.sort(whole.genuine), np.sort(gen), atol=1e-6)
+    np.testing.assert_allclose(chunked.genuine, whole.genuine, atol=1e-6)
+    np.testing.assert_allclose(chunked.centres, whole.centres, atol=1e-6, equal_nan=True)
+    sampled = class_pass(emb, labels, kept, max_genuine_pairs=50, chunk_rows=7, seed=3)
+    assert not sampled.genuine_exact and sampled.genuine.size == 50 and sampled.genuine_pairs_total == gen.size
+    assert np.abs(sampled.genuine[:, None] - gen[None, :]).min(axis=1).max() < 1e-6
+    scores, exact = impostor_scores(emb, labels, whole.rows, images=40)
+    assert not exact and scores.size > 600
+    assert np.abs(scores[:, None] - imp[None, :]).min(axis=1).max() < 1e-6
+    all_scores, exact = impostor_scores(emb, labels, whole.rows, images=10**4)
+    assert exact and np.allclose(np.sort(all_scores), np.sort(imp), atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50, 401])
+def test_pair_index_decoding(n):
+    i, j = _pair_from_index(np.arange(n * (n - 1) // 2), np.full(n * (n - 1) // 2, n))
+    assert list(zip(i.tolist(), j.tolist())) == list(combinations(range(n), 2))
+
+
+def test_cli_writes_json_and_html_with_plots_and_contact_sheet(tmp_path):
+    root = hand_example(tmp_path / "run", images=True)
+    np.save(tmp_path / "real.npy", np.array([[1, 0, 0], [0, 0, -1]], np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("report", root, "--out", out, "--reference", tmp_path / "real.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert "unique identities @ cos 0.3" in proc.stdout and "3 of 5" in proc.stdout
+    data = json.loads((out / "report.json").read_text())
+    assert data["leakage"]["flagged_count"] == 3 and data["counts"]["kept"] == 11
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 7  # reasons, scores, unique, spread, pose, sheet, leakage
+    assert 'alt="contact sheet"' in page and "http" not in page.replace("http-equiv", "")  # self-contained
+    assert not (root / "report.json").exists()
+
+
+def test_cli_errors_are_one_paragraph(tmp_path):
+    proc = run_cli("report", tmp_path / "missing")
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    root = hand_example(tmp_path / "run")
+    (root / "embeddings.safetensors").write_bytes(b"\x08\x00")
+    proc = run_cli("report", root)
+    assert proc.returncode == 2 and "safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    np.save(tmp_path / "wrong_dim.npy", np.ones((2, 5), np.float32))
+    root = hand_example(tmp_path / "run2")
+    proc = run_cli("report", root, "--reference", tmp_path / "wrong_dim.npy", "--no-html")
+    assert proc.returncode == 2 and "dimension" in proc.stderr
+
+
+def test_kept_row_without_embedding_is_a_format_error(tmp_path):
+    root = write_run(tmp_path / "run", [0, 0, 1], np.array([[1, 0], [np.nan, np.nan], [0, 1]]), [True, True, True], ["", "", ""])
+    with pytest.raises(FileFormatError, match="marked kept"):
+        write_report(root, html=False)
+
+
+def test_run_without_kept_images_still_reports(tmp_path):
+    root = write_run(tmp_path / "run", [0, 1], np.full((2, 4), np.nan), [False, False], ["no_face", "no_face"])
+    _, _, rep = write_report(root, html=True)
+    d = rep.data
+    assert d["counts"]["kept"] == 0 and d["verification"]["eer"] is None
+    assert d["unique_identities"]["0.3"]["unique"] == [0, 0]
+    assert (root / "report.html").exists()
