@@ -25,10 +25,15 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command module imports its heavy dependencies inside its commands, so `--help` is fast.
-    from synthface.cli import ids, run
+    from synthface.cli import ids, report, run
 
     ids.register(app)
     run.register(app)
+    report.register(app)
+    from synthface.cli import faces, models
+
+    faces.register(app)
+    models.register(app)
 
 
 _register()
