@@ -58,11 +58,15 @@ def load_image(source: str | os.PathLike | bytes | np.ndarray, *, max_pixels: in
             return _pil_to_rgb(img)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit tripped first
+        raise ImageError(
+            f"Refusing {label}: {exc} It is treated as a decompression bomb; downscale the image if it is genuine."
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"Cannot read {label}: not a recognised image format (JPEG, PNG, WebP, BMP, TIFF, ...)."
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"Cannot read {label}: the file is damaged or truncated ({exc}).") from None
 
 

