@@ -30,6 +30,10 @@ def _register() -> None:
     ids.register(app)
     run.register(app)
     report.register(app)
+    from synthface.cli import faces, models
+
+    faces.register(app)
+    models.register(app)
 
 
 _register()
