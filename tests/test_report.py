@@ -243,17 +243,20 @@ def test_cli_writes_json_and_html_with_plots_and_contact_sheet(tmp_path):
     assert not (root / "report.json").exists()
 
 
-def test_cli_errors_are_one_paragraph(tmp_path):
-    proc = run_cli("report", tmp_path / "missing")
-    assert proc.returncode == 2 and "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_run_folders_raise_format_errors_and_the_cli_prints_one_paragraph(tmp_path):
+    with pytest.raises(FileFormatError, match="is not a folder"):
+        load_run(tmp_path / "missing")
     root = hand_example(tmp_path / "run")
     (root / "embeddings.safetensors").write_bytes(b"\x08\x00")
-    proc = run_cli("report", root)
-    assert proc.returncode == 2 and "safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(FileFormatError, match="safetensors"):
+        load_run(root)
+    (root / "manifest.parquet").write_bytes(b"PAR1")
+    with pytest.raises(FileFormatError, match="Parquet"):
+        load_run(root)
     np.save(tmp_path / "wrong_dim.npy", np.ones((2, 5), np.float32))
     root = hand_example(tmp_path / "run2")
     proc = run_cli("report", root, "--reference", tmp_path / "wrong_dim.npy", "--no-html")
-    assert proc.returncode == 2 and "dimension" in proc.stderr
+    assert proc.returncode == 2 and "dimension" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_kept_row_without_embedding_is_a_format_error(tmp_path):
