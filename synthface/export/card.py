@@ -1,8 +1,8 @@
 """The dataset card `README.md`: a YAML header the Hugging Face Hub reads, then what the data is,
 which models made it under which licences, the counts, the command and the recipe.
 
-Facts (all optional): name, description, generator, analyzer, models (list of {name, role,
-licence}), stats (dict of counts; `images_kept`, `identities_kept` are shown first), command,
+Facts (all optional): name, description, generator, analyzer, models (list of {name, role, licence,
+restricted}), stats (dict of counts; `images_kept`, `identities_kept` are shown first), command,
 recipe_toml, formats.
 """
 
@@ -15,27 +15,29 @@ from synthface.io import atomic_write_bytes
 
 NON_COMMERCIAL = "non-commercial research only"
 
-# Lower-case name fragment -> licence statement; the first match wins.
-MODEL_LICENCES: tuple[tuple[str, str], ...] = (
+# Lower-case name fragment -> (licence statement, restricts use); the first match wins.
+MODEL_LICENCES: tuple[tuple[str, str, bool], ...] = (
     ("arc2face", f"Arc2Face weights: {NON_COMMERCIAL} (they build on Stable Diffusion 1.5, CreativeML OpenRAIL-M, "
-                 "and on insightface ArcFace features)"),
-    ("insightface", f"insightface pretrained models: {NON_COMMERCIAL}"),
-    ("antelopev2", f"insightface pretrained models: {NON_COMMERCIAL}"),
-    ("buffalo", f"insightface pretrained models: {NON_COMMERCIAL}"),
-    ("glintr100", f"insightface pretrained models: {NON_COMMERCIAL}"),
-    ("arcface", f"ArcFace weights from insightface / Arc2Face: {NON_COMMERCIAL}"),
-    ("dlib68", "dlib 68-point landmark model (iBUG 300-W): commercial use excluded"),
-    ("dlib", "dlib models: public domain (the 68-point landmark model excludes commercial use)"),
-    ("tiny", "random weights for plumbing tests: no restriction, and no faces"),
+                 "and on insightface ArcFace features)", True),
+    ("insightface", f"insightface pretrained models: {NON_COMMERCIAL}", True),
+    ("antelopev2", f"insightface pretrained models: {NON_COMMERCIAL}", True),
+    ("buffalo", f"insightface pretrained models: {NON_COMMERCIAL}", True),
+    ("glintr100", f"insightface pretrained models: {NON_COMMERCIAL}", True),
+    ("arcface", f"ArcFace weights from insightface / Arc2Face: {NON_COMMERCIAL}", True),
+    ("dlib68", "dlib 68-point landmark model (iBUG 300-W data): commercial use excluded", True),
+    ("dlib", "dlib 5-point landmarks and face descriptor: public domain", False),
+    ("tiny", "random weights for plumbing tests: no restriction, and no faces", False),
 )
+UNKNOWN = "unknown: check the model's own licence before using this data"
 
 
-def licence_for(name: str) -> str:
+def licence_for(name: str) -> tuple[str, bool]:
+    """(licence statement, whether it restricts use) for a model name; unknown models count as restricted."""
     low = (name or "").lower()
-    for fragment, licence in MODEL_LICENCES:
+    for fragment, licence, restricted in MODEL_LICENCES:
         if fragment in low:
-            return licence
-    return "unknown: check the model's own licence before using this data"
+            return licence, restricted
+    return UNKNOWN, True
 
 
 def _models(facts: dict) -> list[dict]:
@@ -45,7 +47,9 @@ def _models(facts: dict) -> list[dict]:
         if facts.get(key) and facts[key] not in named:
             models.append({"name": facts[key], "role": role})
     for m in models:
-        m.setdefault("licence", licence_for(m["name"]))
+        licence, restricted = licence_for(m["name"])
+        m.setdefault("licence", licence)
+        m.setdefault("restricted", restricted if m["licence"] == licence else "non-commercial" in m["licence"].lower())
         m.setdefault("role", "")
     return models
 
@@ -66,7 +70,7 @@ def render_card(facts: dict) -> str:
     """The card as markdown text with a YAML front matter."""
     stats = dict(facts.get("stats") or {})
     models = _models(facts)
-    restricted = any("non-commercial" in m["licence"] or "excludes commercial" in m["licence"] or "commercial use excluded" in m["licence"] for m in models)
+    restricted = any(m["restricted"] for m in models)
     name = facts.get("name") or "synthface dataset"
     images = int(stats.get("images_kept", 0) or 0)
     header = [
@@ -93,8 +97,8 @@ def render_card(facts: dict) -> str:
         "",
     ]
     if restricted:
-        body += [f"**Licence: {NON_COMMERCIAL}.** At least one model below restricts use of what it produces; "
-                 "this data inherits the strictest of their terms.", ""]
+        body += [f"**Licence: {NON_COMMERCIAL}, or stricter.** At least one model below restricts use (or its "
+                 "licence is unknown); this data inherits the strictest of their terms.", ""]
     body += ["## Models", "", "| model | role | licence |", "| --- | --- | --- |"]
     body += [f"| {m['name']} | {m['role']} | {m['licence']} |" for m in models] or ["| (none recorded) | | |"]
     body += ["", "## Counts", ""]
