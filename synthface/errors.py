@@ -50,3 +50,9 @@ class ModelNotFoundError(SynthfaceError):
     """Model weights are not available locally; the message names the command that fetches them."""
 
     exit_code = 6
+
+
+class DeviceMemoryError(SynthfaceError, MemoryError):
+    """The accelerator ran out of memory; the message suggests a smaller batch or a memory option."""
+
+    exit_code = 7

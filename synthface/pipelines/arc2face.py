@@ -1,0 +1,326 @@
+"""Arc2Face as a batched diffusers pipeline: many identities per call, one generator per image.
+
+Stable Diffusion 1.5 with Arc2Face's fine-tuned UNet and CLIP text encoder. An identity is a unit
+512-d ArcFace vector; it conditions the UNet through the text encoder (see `id_encoder`), and the
+unconditional branch of classifier-free guidance is the same encoder on the empty prompt.
+Components are stock diffusers/transformers classes, so `save_pretrained`/`from_pretrained`,
+`.to()`, offload, LoRA and attention backends behave as in any diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from synthface.errors import DeviceMemoryError, InvalidInputError
+from synthface.pipelines import id_encoder
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def default_scheduler(config) -> DPMSolverMultistepScheduler:
+    """Arc2Face's sampler: DPM-Solver++ (2M) on the SD 1.5 noise schedule given by `config`."""
+    return DPMSolverMultistepScheduler.from_config(config)
+
+
+@dataclass
+class Arc2FacePipelineOutput(BaseOutput):
+    """Output of `Arc2FacePipeline`.
+
+    Args:
+        images: N*K images in identity-major order (all K images of identity 0 first): a list of
+            PIL images, an (N*K, H, W, 3) float array in [0, 1], an (N*K, 3, H, W) tensor in
+            [0, 1], or latents, depending on `output_type`.
+        id_embeds: the (N, D) unit ID vectors actually used (after normalisation), float32.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    id_embeds: torch.Tensor
+
+
+class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """Identity-conditioned face generation with Arc2Face (Papantoniou et al., ECCV 2024).
+
+    Args:
+        vae: `AutoencoderKL` (stock SD 1.5).
+        text_encoder: `CLIPTextModel` fine-tuned by Arc2Face (its `encoder/` subfolder).
+        tokenizer: `CLIPTokenizer` (stock SD 1.5).
+        unet: `UNet2DConditionModel` fine-tuned by Arc2Face (its `arc2face/` subfolder).
+        scheduler: any diffusers scheduler; Arc2Face uses `DPMSolverMultistepScheduler`.
+        id_dim: width of the ID vectors (512 for ArcFace).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    _optional_components: list[str] = []
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, id_dim: int = 512):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_to_config(id_dim=id_dim)
+        hidden = text_encoder.config.hidden_size
+        if id_dim > hidden:
+            raise InvalidInputError(f"id_dim {id_dim} exceeds the text encoder's hidden size {hidden}.")
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ conditioning
+
+    @torch.no_grad()
+    def encode_identity(self, id_embeds: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Prompt embeddings (N, 77, hidden) for ID vectors (N, D), as Arc2Face conditions its UNet.
+
+        Vectors are checked and L2-normalised first (with a warning when they were not unit-norm).
+        """
+        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
+        return id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit)
+
+    @torch.no_grad()
+    def encode_unconditional(self, count: int = 1) -> torch.Tensor:
+        """The empty prompt through the fine-tuned encoder: the unconditional branch of CFG."""
+        return id_encoder.encode_prompt(self.text_encoder, self.tokenizer, "", count)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        id_embeds: torch.Tensor | np.ndarray,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> Arc2FacePipelineOutput | tuple:
+        """Render `num_images_per_prompt` images of each identity.
+
+        Args:
+            id_embeds: (N, D) ArcFace ID vectors (tensor or array; a 1-D vector is one identity).
+                Rows are L2-normalised; rows that were not unit-norm trigger a warning.
+            num_images_per_prompt: K images per identity; the output holds N*K images,
+                identity-major (all K images of identity 0, then identity 1, ...).
+            num_inference_steps: denoising steps (25 for DPM-Solver++, 2-4 with LCM-LoRA).
+            guidance_scale: classifier-free guidance weight; <= 1 disables the unconditional pass.
+            height, width: output size in pixels, multiples of the VAE factor (default: the UNet's
+                native size, 512 for Arc2Face).
+            generator: one `torch.Generator` per output image (a list of N*K) makes each image
+                depend only on its own generator, whatever else is in the batch; a single
+                generator seeds the whole batch; None uses the global RNG.
+            latents: optional starting noise (N*K, 4, h, w); drawn from `generator` otherwise.
+            eta: DDIM's eta, passed to schedulers that accept it.
+            output_type: "pil", "np", "pt" or "latent".
+            return_dict: return an `Arc2FacePipelineOutput` rather than a tuple.
+            callback_on_step_end: called after every step as `fn(pipe, step, timestep, kwargs)`
+                with the tensors named in `callback_on_step_end_tensor_inputs`; may return a dict
+                replacing some of them (e.g. `latents`).
+            callback_on_step_end_tensor_inputs: names from `_callback_tensor_inputs` (default
+                `["latents"]`).
+
+        Raises:
+            InvalidInputError: bad ID vectors, sizes, generator count or output type.
+            DeviceMemoryError: the GPU ran out of memory; the message suggests a batch size.
+        """
+        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
+        n = unit.shape[0]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        height, width = self._check_call(n, num_images_per_prompt, num_inference_steps, height, width,
+                                         generator, latents, output_type, tensor_inputs)
+        batch = n * num_images_per_prompt
+        try:
+            images = self._generate(unit, num_images_per_prompt, num_inference_steps, guidance_scale, height,
+                                    width, generator, latents, eta, output_type, callback_on_step_end, tensor_inputs)
+        except torch.OutOfMemoryError as exc:
+            self._free_after_oom()
+            raise DeviceMemoryError(_oom_message(batch, height, width, self.unet.dtype, exc)) from None
+        finally:
+            self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, unit
+        return Arc2FacePipelineOutput(images=images, id_embeds=unit)
+
+    def _generate(self, unit, k, steps, guidance_scale, height, width, generator, latents, eta, output_type,
+                  callback_on_step_end, tensor_inputs):
+        device = self._execution_device
+        dtype = self.unet.dtype
+        batch = unit.shape[0] * k
+        do_cfg = guidance_scale > 1.0
+
+        prompt_embeds = id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit)
+        prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(k, dim=0)
+        uncond = self.encode_unconditional(1).to(device, dtype) if do_cfg else None
+
+        self.scheduler.set_timesteps(steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latents = self._prepare_latents(batch, height, width, generator, latents, device, dtype)
+        step_kwargs = self._step_kwargs(generator, eta)
+
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                if do_cfg:
+                    context = torch.cat([uncond.expand(batch, -1, -1), prompt_embeds])
+                    model_in = torch.cat([latents, latents])
+                else:
+                    context, model_in = prompt_embeds, latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                noise = self.unet(model_in, t, encoder_hidden_states=context, return_dict=False)[0]
+                if do_cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    returned = callback_on_step_end(self, i, t, {name: local[name] for name in tensor_inputs})
+                    latents = (returned or {}).get("latents", latents)
+                    prompt_embeds = (returned or {}).get("prompt_embeds", prompt_embeds)
+                progress.update()
+
+        if output_type == "latent":
+            return latents
+        decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.image_processor.postprocess(decoded.float(), output_type=output_type)
+
+    def _prepare_latents(self, batch, height, width, generator, latents, device, dtype):
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            # Draw in float32 so a seed gives the same starting noise in every dtype.
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise InvalidInputError(f"latents have shape {tuple(latents.shape)}; expected {shape}.")
+        return (latents.to(device, torch.float32) * self.scheduler.init_noise_sigma).to(dtype)
+
+    def _step_kwargs(self, generator, eta) -> dict:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
+
+    def _check_call(self, n, k, steps, height, width, generator, latents, output_type, tensor_inputs):
+        if not isinstance(k, int) or k < 1:
+            raise InvalidInputError(f"num_images_per_prompt must be a positive integer, got {k!r}.")
+        if not isinstance(steps, int) or steps < 1:
+            raise InvalidInputError(f"num_inference_steps must be a positive integer, got {steps!r}.")
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or native, width or native
+        for name, value in (("height", height), ("width", width)):
+            if value % self.vae_scale_factor:
+                raise InvalidInputError(f"{name} {value} is not a multiple of {self.vae_scale_factor} (the VAE factor).")
+        if isinstance(generator, list) and len(generator) != n * k:
+            raise InvalidInputError(
+                f"Got {len(generator)} generators for {n} identities x {k} images = {n * k} images; "
+                "pass one generator per output image (identity-major order), a single generator, or None."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise InvalidInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise InvalidInputError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from {self._callback_tensor_inputs}."
+            )
+        return height, width
+
+    def _free_after_oom(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ speed and memory options
+
+    def use_lcm(self, lora: str | None = None, **load_kwargs) -> Arc2FacePipeline:
+        """Switch to Latent Consistency sampling (2-4 steps, guidance 1.0).
+
+        `lora` is LCM-LoRA for SD 1.5 (`latent-consistency/lcm-lora-sdv1-5`, a repo id or a local
+        folder/file); it is loaded into the UNet and fused. Needs `peft` installed.
+        """
+        from diffusers import LCMScheduler
+
+        if lora is not None:
+            self.load_lora_weights(lora, adapter_name="lcm", **load_kwargs)
+            self.fuse_lora()
+        self.scheduler = LCMScheduler.from_config(self.scheduler.config)
+        return self
+
+    def optimize(
+        self,
+        *,
+        attention: str = "auto",
+        compile: bool = False,
+        vae_slicing: bool = False,
+        offload: str | None = None,
+    ) -> Arc2FacePipeline:
+        """Apply speed/memory settings; returns self.
+
+        Args:
+            attention: "sdpa" (PyTorch scaled-dot-product attention, diffusers' default),
+                "xformers" (requires xformers) or "auto" (xformers when installed and on CUDA).
+            compile: `torch.compile` the UNet in place (first call is slow; CUDA recommended).
+            vae_slicing: decode one image at a time, bounding VAE memory for large batches.
+            offload: None, "model" (whole models to the GPU in turn) or "sequential" (layer by
+                layer, slowest, least memory); both need a CUDA device.
+        """
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        if attention not in ("auto", "sdpa", "xformers"):
+            raise InvalidInputError(f"attention must be 'auto', 'sdpa' or 'xformers', got {attention!r}.")
+        want_xformers = attention == "xformers" or (
+            attention == "auto" and _xformers_installed() and self._execution_device.type == "cuda"
+        )
+        if want_xformers:
+            if not _xformers_installed():
+                raise InvalidInputError("attention='xformers' needs the xformers package (pip install xformers).")
+            self.enable_xformers_memory_efficient_attention()
+        else:
+            self.unet.set_attn_processor(AttnProcessor2_0())
+            self.vae.set_attn_processor(AttnProcessor2_0())
+        if vae_slicing:
+            self.vae.enable_slicing()
+        if offload is not None:
+            if offload not in ("model", "sequential"):
+                raise InvalidInputError(f"offload must be None, 'model' or 'sequential', got {offload!r}.")
+            if not torch.cuda.is_available():
+                raise InvalidInputError("CPU offload moves models to a CUDA GPU in turn; no CUDA device is available.")
+            if offload == "model":
+                self.enable_model_cpu_offload()
+            else:
+                self.enable_sequential_cpu_offload()
+        if compile:
+            self.unet.compile(fullgraph=True)
+        return self
+
+
+def _xformers_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xformers") is not None
+
+
+def _oom_message(batch: int, height: int, width: int, dtype: torch.dtype, exc: Exception) -> str:
+    smaller = max(1, batch // 2)
+    return (
+        f"The GPU ran out of memory rendering {batch} images of {height}x{width} in {dtype} at once. "
+        f"Render fewer images per call (try a batch of {smaller} or less, e.g. `--batch-size {smaller}`), "
+        "use fp16/bf16, enable VAE slicing, or offload models to the CPU. "
+        f"(CUDA said: {str(exc).splitlines()[0] if str(exc) else 'out of memory'})"
+    )
