@@ -25,6 +25,7 @@ from synthface.filtering import _mm, curve_points, greedy_pack
 
 ACCEPT_ALL = -2.0
 CHUNK_ROWS = 1 << 16
+PAIR_BATCH = 1 << 15
 
 
 @dataclass
@@ -83,7 +84,7 @@ def class_pass(
         r0, r1 = int(starts[c0]), int(starts[c1 - 1] + counts[present[c1 - 1]])
         x = _read_unit(embeddings, rows[r0:r1])
         local_starts = starts[c0:c1] - r0
-        sums = np.add.reduceat(x.astype(np.float64), local_starts, axis=0)
+        sums = np.add.reduceat(x, local_starts, axis=0)
         cen = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
         centres[present[c0:c1]] = cen
         sizes = counts[present[c0:c1]]
@@ -94,7 +95,10 @@ def class_pass(
             k = np.searchsorted(pair_cum[c0 : c1 + 1], w, side="right") - 1  # class within chunk
             i, j = _pair_from_index(w - pair_cum[c0 + k], sizes[k].astype(np.int64))
             a, b = local_starts[k] + i, local_starts[k] + j
-            genuine[p0:p1] = np.einsum("ij,ij->i", x[a], x[b])
+            for q in range(0, a.size, PAIR_BATCH):  # gather a bounded number of rows at a time
+                genuine[p0 + q : min(p1, p0 + q + PAIR_BATCH)] = np.einsum(
+                    "ij,ij->i", x[a[q : q + PAIR_BATCH]], x[b[q : q + PAIR_BATCH]]
+                )
         c0 = c1
     return ClassPass(labels, counts, centres, cos_to_centre, rows, genuine, total_pairs, exact)
 
@@ -160,8 +164,11 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, 
     """(EER, threshold); NaN when either side is empty."""
     if genuine.size == 0 or impostor.size == 0:
         return math.nan, math.nan
-    t = np.unique(np.concatenate([[ACCEPT_ALL], genuine.astype(np.float64), impostor.astype(np.float64)]))
-    far, frr = far_frr(genuine, impostor, t)
+    g, i = np.sort(genuine.astype(np.float64)), np.sort(impostor.astype(np.float64))
+    t = np.sort(np.concatenate([[ACCEPT_ALL], g, i]), kind="stable")  # two sorted runs: a linear merge
+    t = t[np.r_[True, t[1:] != t[:-1]]]
+    far = (i.size - np.searchsorted(i, t, side="right")) / i.size
+    frr = np.searchsorted(g, t, side="right") / g.size
     k = int(np.argmin(np.abs(far - frr)))
     return float((far[k] + frr[k]) / 2), float(t[k])
 

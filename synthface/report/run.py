@@ -81,8 +81,10 @@ def read_manifest(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in table.column_names:
         col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            out[name] = np.array(col.fill_null("").to_pylist(), dtype=object)
+            out[name] = np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
         else:
             out[name] = col.to_numpy(zero_copy_only=False)
     if not np.issubdtype(out["identity"].dtype, np.integer):
