@@ -34,6 +34,9 @@ def _register() -> None:
 
     faces.register(app)
     models.register(app)
+    from synthface.cli import demo
+
+    demo.register(app)
 
 
 _register()

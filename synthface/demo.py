@@ -1,0 +1,659 @@
+"""The identity-customisation demo: photos of one person (or a random identity) in, new images of
+that identity out, each captioned with its measured cosine to the identity and a keep/drop verdict.
+
+The first half is plain logic (`DemoSession`: identity from photos, rendering, judging, the zip);
+the second half, `build_demo`, is the thin Gradio page over it. `synthface demo` launches it.
+
+Two embedding spaces meet here. The generator is conditioned on an ArcFace vector from Arc2Face's
+own `arcface.onnx` (the conditioning recogniser); images are judged by the analyser (dlib offline,
+or insightface). When `arcface.onnx` is not installed, the tiny test model is conditioned on a
+*stand-in* (the analyser's descriptor through a fixed random orthogonal projection to 512-d): it
+exercises the plumbing only and carries no identity. A real model refuses the stand-in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError, NoFaceError, SynthfaceError
+
+#: Largest upload accepted (enforced by the server on upload and again before reading).
+MAX_UPLOAD_MB = 15
+#: Largest photo accepted, in pixels (checked from the header, before decoding).
+MAX_PHOTO_PIXELS = 40_000_000
+#: Photos are downscaled to this longest side before face detection (speed; faces stay large).
+ANALYSIS_SIDE = 1600
+MAX_PHOTOS = 10
+MAX_IMAGES = 8
+CONDITIONING_DIM = 512
+#: Seed of the stand-in projection; fixed so a photo always maps to the same stand-in vector.
+STANDIN_SEED = 7_2024
+#: Generated images and zips older than this are removed from the demo's temporary folder.
+KEEP_OUTPUTS_S = 3600
+TINY = "tiny"
+NON_COMMERCIAL_NOTE = (
+    "Arc2Face and insightface weights are licensed for non-commercial research only; "
+    "dlib's 5-point and descriptor models are public domain."
+)
+STANDIN_NOTE = (
+    "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
+    "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
+    "projection. The tiny model accepts any 512-d vector; to draw the same person with a real "
+    "Arc2Face model, run: synthface models download arc2face-arcface"
+)
+
+
+# ------------------------------------------------------------------------------------ conditioning
+
+
+class ArcFaceConditioner:
+    """Conditioning vectors from Arc2Face's ArcFace recogniser, on crops aligned from `face.kps`."""
+
+    name = "arcface"
+    note = ""
+
+    def __init__(self, recognizer) -> None:
+        self.recognizer = recognizer
+
+    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
+        from synthface.faces import norm_crop
+
+        size = self.recognizer.input_size
+        return self.recognizer(np.stack([norm_crop(im, f.kps, size) for im, f in zip(images, faces)]))
+
+
+class StandInConditioner:
+    """Plumbing-only conditioning: analyser descriptor -> fixed orthogonal projection -> unit 512-d."""
+
+    name = "stand-in"
+
+    def __init__(self, in_dim: int, analyzer_name: str, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED) -> None:
+        self.projection = standin_projection(in_dim, dim, seed)
+        self.note = STANDIN_NOTE.format(analyzer=analyzer_name)
+
+    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
+        from synthface.faces import l2_normalize
+
+        return l2_normalize(np.stack([f.embedding for f in faces]) @ self.projection.T)
+
+
+def standin_projection(in_dim: int, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED) -> np.ndarray:
+    """(dim, in_dim) matrix with orthonormal columns (so it preserves cosines), fixed by `seed`."""
+    if in_dim > dim:
+        raise InvalidInputError(f"cannot project {in_dim}-d descriptors into {dim}-d orthogonally.")
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, in_dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)  # sign fix: unique for a given seed
+
+
+def make_conditioner(kind: str, model: str, analyzer):
+    """"arcface" (Arc2Face's arcface.onnx, found locally), "stand-in", or "auto": arcface when
+    installed, else the stand-in for the tiny model; a real model without arcface.onnx is an error."""
+    if kind not in ("auto", "arcface", "stand-in"):
+        raise InvalidInputError(f"conditioner must be 'auto', 'arcface' or 'stand-in', got {kind!r}.")
+    if kind == "stand-in":
+        return StandInConditioner(analyzer.embedding_dim, analyzer.name)
+    from synthface import weights
+
+    try:
+        path = weights.find("arc2face-arcface")
+    except ModelNotFoundError as exc:
+        if kind == "auto" and model == TINY:
+            return StandInConditioner(analyzer.embedding_dim, analyzer.name)
+        raise ModelNotFoundError(
+            f"The {model} model is conditioned on ArcFace vectors from Arc2Face's own recogniser, which is "
+            f"not installed. {exc}"
+        ) from None
+    rec = getattr(analyzer, "recognizer", None)
+    if rec is not None and Path(getattr(rec, "path", "")) == Path(path):
+        return ArcFaceConditioner(rec)  # the analyser already runs that recogniser: share it
+    from synthface.faces.onnx_backend import ArcFaceRecognizer
+
+    return ArcFaceConditioner(ArcFaceRecognizer(path))
+
+
+# ----------------------------------------------------------------------------------------- identity
+
+
+@dataclass
+class Identity:
+    """What the generator is conditioned on and what its images are measured against.
+
+    vector: unit (512,) conditioning vector. reference: unit vector in the analyser's space, or
+    None (random identity in another space: images are measured against their own centre).
+    crops: the aligned 112 x 112 faces used. notes: messages for the user (several faces, ...).
+    """
+
+    vector: np.ndarray
+    reference: np.ndarray | None
+    crops: list[np.ndarray] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+
+
+def read_photo(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
+    """An uploaded photo as RGB uint8, within the demo's size limits, downscaled for analysis."""
+    name = name or Path(path).name
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise ImageError(f"Cannot read {name}: the upload is missing. Upload it again.") from None
+    if size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ImageError(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB. Use a smaller photo.")
+    try:
+        image = _load(path)
+    except ImageError as exc:
+        raise ImageError(str(exc).replace(str(path), name)) from None
+    return _downscale(image, ANALYSIS_SIDE)
+
+
+def _load(path) -> np.ndarray:
+    from synthface.faces import load_image
+
+    return load_image(path, max_pixels=MAX_PHOTO_PIXELS)
+
+
+def _downscale(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    from PIL import Image
+
+    scale = side / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.LANCZOS))
+
+
+def identity_from_photos(paths: Sequence[str | os.PathLike], analyzer, conditioner) -> Identity:
+    """Average the largest face of each photo into one identity (both spaces), with the crops used."""
+    from synthface.faces import l2_normalize, norm_crop
+
+    if not paths:
+        raise InvalidInputError("Upload at least one photo of the person, or use Random identity.")
+    if len(paths) > MAX_PHOTOS:
+        raise InvalidInputError(f"{len(paths)} photos uploaded; use at most {MAX_PHOTOS} of one person.")
+    names = [Path(p).name for p in paths]
+    images = [read_photo(p, n) for p, n in zip(paths, names)]
+    found = analyzer.analyze(images, all_faces=True)
+    notes, faces = [], []
+    for name, image_faces in zip(names, found):
+        if not image_faces:
+            raise NoFaceError(
+                f"No face found in {name}. Use a photo where the face is clearly visible, frontal and not too "
+                "small; if the face fills the frame, use a wider crop that shows the whole head and some background."
+            )
+        if len(image_faces) > 1:
+            notes.append(f"{name} shows {len(image_faces)} faces; the largest one was used.")
+        faces.append(image_faces[0])
+    vectors = conditioner(images, faces)
+    reference = l2_normalize(np.mean(l2_normalize(np.stack([f.embedding for f in faces])), axis=0))
+    return Identity(
+        vector=l2_normalize(vectors.mean(axis=0)),
+        reference=reference,
+        crops=[norm_crop(im, f.kps, 112) for im, f in zip(images, faces)],
+        notes=notes,
+        source={"kind": "photos", "photos": names},
+    )
+
+
+def random_identity(seed: int, analyzer, conditioner) -> Identity:
+    """An identity drawn from the isotropic prior; judged against the ID vector only when the
+    analyser embeds into the conditioning space (same recogniser), else against the batch centre."""
+    from synthface.identity import sample_identities
+
+    vector = sample_identities(1, max_cos=0.3, seed=int(seed), dim=CONDITIONING_DIM).vectors[0]
+    same_space = isinstance(conditioner, ArcFaceConditioner) and conditioner.recognizer is getattr(analyzer, "recognizer", None)
+    return Identity(vector=vector, reference=vector if same_space else None, source={"kind": "random", "seed": int(seed)})
+
+
+# ---------------------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class Settings:
+    """Generation controls, as on the page."""
+
+    num_images: int = 4
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int = 0
+    variation: float = 1.0
+    lcm: bool = False
+
+    def check(self) -> None:
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise InvalidInputError(f"Number of images must be 1 to {MAX_IMAGES}, got {self.num_images}.")
+        if not 1 <= self.steps <= 100:
+            raise InvalidInputError(f"Steps must be 1 to 100, got {self.steps}.")
+        if not 0 <= self.guidance <= 20:
+            raise InvalidInputError(f"Guidance must be 0 to 20, got {self.guidance}.")
+        if not 0 <= self.variation <= 1:
+            raise InvalidInputError(f"Variation (cosine to the identity) must be 0 to 1, got {self.variation}.")
+
+    def image_seeds(self) -> list[int]:
+        """One seed per image, derived from the seed, so image k is the same whatever the count."""
+        return [(self.seed + k) % 2**32 for k in range(self.num_images)]
+
+
+@dataclass
+class Rendered:
+    """One generated image and how the analyser judged it."""
+
+    index: int  # 1-based position in the request
+    image: np.ndarray
+    seed: int
+    condition_cos: float
+    cos: float | None
+    verdict: str  # "keep", "drop", "no face", or "unjudged" (nothing to compare with)
+
+    @property
+    def caption(self) -> str:
+        if self.verdict == "no face":
+            measured = "no face found"
+        elif self.cos is None:
+            measured = "ID cos n/a (no reference)"
+        else:
+            measured = f"ID cos {self.cos:.2f} → {self.verdict}"
+        return f"#{self.index} seed {self.seed} · {measured} · condition cos {self.condition_cos:.2f}"
+
+
+def same_person_cos(analyzer) -> float:
+    """The analyser's documented same-person cosine (dlib: its 0.6 distance rule; ArcFace: 0.3)."""
+    value = getattr(analyzer, "same_person_cos", None)
+    if value is not None:
+        return float(value)
+    from synthface.engine import ARCFACE_SAME_PERSON_COS
+    from synthface.faces import DLIB_SAME_PERSON_COS
+
+    return float(DLIB_SAME_PERSON_COS if analyzer.name.startswith("dlib") else ARCFACE_SAME_PERSON_COS)
+
+
+def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) -> list[tuple[float | None, str]]:
+    """(cosine, verdict) per image: largest face vs `reference`, or vs the faces' robust centre."""
+    from synthface.faces import l2_normalize
+
+    threshold = same_person_cos(analyzer)
+    found = analyzer.analyze(list(images))
+    with_face = [i for i, faces in enumerate(found) if faces]
+    out: list[tuple[float | None, str]] = [(None, "no face")] * len(images)
+    if not with_face:
+        return out
+    emb = l2_normalize(np.stack([found[i][0].embedding for i in with_face]))
+    if reference is None:
+        if len(with_face) < 2:
+            return [(None, "unjudged") if i in with_face else o for i, o in enumerate(out)]
+        from synthface.filtering import robust_centres
+
+        ones = np.ones(len(with_face), dtype=bool)
+        reference = robust_centres(emb, np.zeros(len(with_face), dtype=np.int64), ones, 1)[0]
+    cos = emb @ np.asarray(reference, dtype=np.float32)
+    for i, c in zip(with_face, cos):
+        out[i] = (float(c), "keep" if c >= threshold else "drop")
+    return out
+
+
+class DemoSession:
+    """Everything the page needs, loaded lazily and kept: analyser, conditioner, one pipeline.
+
+    model: "tiny" (random weights, for tests), a registry name or a local folder, passed to
+    `synthface.pipelines.load_arc2face`. Pipelines are cached per model name (the last one only).
+    """
+
+    def __init__(self, model: str = "arc2face", analyzer: str = "dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
+        self.model, self.analyzer_name, self.conditioner_kind = model, analyzer, conditioner
+        self.device = device
+        self._analyzer = None
+        self._conditioners: dict[str, object] = {}
+        self._pipe: tuple[str, object] | None = None
+        self._lcm: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self.outputs = Path(tempfile.mkdtemp(prefix="synthface-demo-"))
+
+    # -- components --------------------------------------------------------------------------
+
+    @property
+    def analyzer(self):
+        if self._analyzer is None:
+            from synthface.faces import get_analyzer
+
+            kwargs = {}
+            if self.analyzer_name == "insightface":
+                kwargs = _insightface_kwargs()
+            self._analyzer = get_analyzer(self.analyzer_name, **kwargs)
+        return self._analyzer
+
+    def conditioner(self, model: str):
+        key = "tiny" if model == TINY else "real"
+        if key not in self._conditioners:
+            self._conditioners[key] = make_conditioner(self.conditioner_kind, model, self.analyzer)
+        return self._conditioners[key]
+
+    def pipeline(self, model: str):
+        with self._lock:
+            if self._pipe is None or self._pipe[0] != model:
+                import torch
+
+                from synthface.pipelines import load_arc2face
+
+                self._pipe = None  # release the previous model before loading the next
+                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+                dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+                self._pipe = (model, load_arc2face(model, dtype=dtype, device=device))
+            return self._pipe[1]
+
+    # -- one request -------------------------------------------------------------------------
+
+    def identity(self, photos: Sequence[str] | None, model: str, random_seed: int | None = None) -> Identity:
+        conditioner = self.conditioner(model)
+        if random_seed is not None:
+            return random_identity(random_seed, self.analyzer, conditioner)
+        return identity_from_photos(list(photos or []), self.analyzer, conditioner)
+
+    def render(self, identity: Identity, settings: Settings, model: str) -> list[Rendered]:
+        """Render `settings.num_images` images of `identity`, then judge each one."""
+        import torch
+
+        from synthface.identity import perturb
+
+        settings.check()
+        seeds = settings.image_seeds()
+        base = np.repeat(identity.vector[None], len(seeds), axis=0)
+        conditions = base if settings.variation >= 1.0 else perturb(base, settings.variation, seed=seeds)
+        pipe = self.pipeline(model)
+        self._set_lcm(pipe, model, settings.lcm)
+        out = pipe(
+            id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
+            output_type="np",
+        )
+        images = [np.clip(np.rint(np.asarray(im) * 255), 0, 255).astype(np.uint8) for im in out.images]
+        verdicts = judge(images, identity.reference, self.analyzer)
+        condition_cos = conditions @ identity.vector
+        return [
+            Rendered(k + 1, im, s, float(cc), c, v)
+            for k, (im, s, cc, (c, v)) in enumerate(zip(images, seeds, condition_cos, verdicts))
+        ]
+
+    def _set_lcm(self, pipe, model: str, on: bool) -> None:
+        """Switch LCM-LoRA sampling on or off: the LoRA is loaded and fused once, then unfused and
+        fused again with the scheduler swapped, so the toggle costs no reload."""
+        state = self._lcm.get(id(pipe))
+        if on == (state is not None and state["on"]):
+            return
+        if on and state is None:
+            if not lcm_available(model):
+                raise ModelNotFoundError(
+                    "LCM needs a real Stable Diffusion 1.5 based model, the peft package (pip install peft) and the "
+                    "LCM-LoRA weights: synthface models download lcm-lora-sdv15"
+                )
+            from synthface import weights
+
+            lora = weights.find("lcm-lora-sdv15")
+            default = pipe.scheduler
+            pipe.use_lcm(str(lora.parent), weight_name=lora.name)
+            state = self._lcm[id(pipe)] = {"default": default, "lcm": pipe.scheduler}
+        elif on:
+            pipe.fuse_lora()
+            pipe.scheduler = state["lcm"]
+        else:
+            pipe.unfuse_lora()
+            pipe.scheduler = state["default"]
+        state["on"] = on
+
+    def write_zip(self, results: Sequence[Rendered], identity: Identity, settings: Settings, model: str) -> Path:
+        """A zip of the images (PNG) and manifest.json: settings, identity source, per-image verdicts."""
+        from PIL import Image
+
+        self._prune()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.outputs / f"synthface-{stamp}-seed{settings.seed}.zip"
+        conditioner = self.conditioner(model)
+        manifest = {
+            "model": model,
+            "analyzer": self.analyzer.name,
+            "conditioning": conditioner.name,
+            "conditioning_note": conditioner.note or None,
+            "identity": identity.source,
+            "identity_vector": [round(float(x), 7) for x in identity.vector],
+            "settings": asdict(settings),
+            "same_person_cos": same_person_cos(self.analyzer),
+            "judged_against": "photos" if identity.reference is not None and identity.source.get("kind") == "photos"
+            else "identity vector" if identity.reference is not None else "centre of the generated faces",
+            "licence": NON_COMMERCIAL_NOTE,
+            "images": [],
+        }
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for r in results:
+                name = f"image_{r.index:02d}_seed{r.seed}.png"
+                buf = io.BytesIO()
+                Image.fromarray(r.image).save(buf, format="PNG")
+                zf.writestr(name, buf.getvalue())
+                manifest["images"].append(
+                    {"file": name, "seed": r.seed, "condition_cos": round(r.condition_cos, 6),
+                     "id_cos": None if r.cos is None else round(r.cos, 6), "verdict": r.verdict}
+                )
+            zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+        return path
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_OUTPUTS_S
+        for old in self.outputs.glob("*.zip"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+
+
+def _insightface_kwargs() -> dict:
+    """insightface analyser settings: Arc2Face's arcface.onnx as recogniser when installed (then the
+    judge and the conditioning share one space), else the antelopev2 pack's own."""
+    from synthface import weights
+
+    try:
+        return {"recognizer": weights.find("arc2face-arcface")}
+    except ModelNotFoundError:
+        return {}
+
+
+def installed_models(current: str) -> list[str]:
+    """Model choices for the page: the launched one first, then registry models found locally."""
+    from synthface import weights
+
+    choices = [current]
+    try:
+        weights.find("arc2face")
+        weights.find("sd15")
+        choices.append("arc2face")
+    except ModelNotFoundError:
+        pass
+    return list(dict.fromkeys(choices))
+
+
+def lcm_available(model: str) -> bool:
+    """LCM-LoRA can be switched on: a real model, peft installed, the LoRA weights found locally."""
+    import importlib.util
+
+    if model == TINY or importlib.util.find_spec("peft") is None:
+        return False
+    from synthface import weights
+
+    try:
+        weights.find("lcm-lora-sdv15")
+        return True
+    except ModelNotFoundError:
+        return False
+
+
+def new_seed() -> int:
+    return random.SystemRandom().randrange(2**31)
+
+
+# ---------------------------------------------------------------------------------------------- UI
+
+DESCRIPTION = """\
+# synthface · identity customisation
+Upload one or more photos of **one person** (their identity vectors are averaged), or draw a
+**random identity**; get new images of that identity. Each caption gives the image's cosine to the
+identity as measured by the face analyser, and whether a dataset filter would **keep** or **drop** it.
+"""
+
+HOW_TO_READ = """\
+**Reading the captions.** *ID cos* is measured by the analyser ({analyzer}) between the generated
+face and the uploaded photos (for a random identity: the centre of the generated faces, unless the
+analyser is the conditioning recogniser); *keep* means at least {threshold:.2f}, the analyser's
+same-person threshold. *condition cos* is the cosine between the vector the image was rendered
+from and the identity (the *variation* control). {licence}
+"""
+
+
+def build_demo(
+    model: str = "arc2face",
+    analyzer: str = "dlib",
+    *,
+    conditioner: str = "auto",
+    device: str | None = None,
+    session: DemoSession | None = None,
+):
+    """The Gradio page over a `DemoSession`; `.launch()` it, or use `launch_demo` for the safe defaults."""
+    import gradio as gr
+
+    session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device)
+    models = installed_models(model)
+
+    def run(photos, random_seed, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress):
+        seed = new_seed() if randomize_seed else int(seed)
+        settings = Settings(int(num_images), int(steps), float(guidance), seed, float(variation), bool(lcm))
+        model_choice = model_choice or model
+        try:
+            settings.check()
+            progress(0, desc="Finding the face")
+            ident = session.identity(_paths(photos), model_choice, random_seed=seed if random_seed else None)
+            for note in ident.notes:
+                gr.Warning(note)
+            progress(0.1, desc="Loading the model")
+            session.pipeline(model_choice)
+            results = session.render(ident, settings, model_choice)
+            archive = session.write_zip(results, ident, settings, model_choice)
+        except SynthfaceError as exc:
+            raise gr.Error(str(exc), title=_error_title(exc), print_exception=False) from None
+        kept = sum(r.verdict == "keep" for r in results)
+        summary = [f"**{len(results)} images**, seed {seed}; {kept} kept by the {session.analyzer.name} check."]
+        summary += [f"- {n}" for n in ident.notes]
+        note = session.conditioner(model_choice).note
+        if note and ident.source["kind"] == "photos":
+            summary.append(f"- {note}")
+        return ([(r.image, r.caption) for r in results], ident.crops, str(archive), seed, "\n".join(summary))
+
+    def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):
+        """New images of the person in the uploaded photos, each captioned with its identity cosine."""
+        return run(photos, False, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
+
+    def generate_random(num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):
+        """Images of a random identity drawn from the prior with the seed."""
+        return run(None, True, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
+
+    with gr.Blocks(title="synthface demo", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
+        gr.Markdown(DESCRIPTION)
+        standin = _standin_note(session, model)
+        if standin:
+            gr.Markdown(f"> ⚠️ {standin}", elem_id="standin-note")
+        with gr.Row():
+            with gr.Column(scale=1):
+                photos = gr.File(
+                    label=f"Photos of one person (JPEG/PNG/WebP, up to {MAX_UPLOAD_MB} MB each)",
+                    file_count="multiple", file_types=["image"], elem_id="photos",
+                )
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    rand = gr.Button("🎲 Random identity", elem_id="random-identity")
+                num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+                with gr.Accordion("Settings", open=False):
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
+                    guidance = gr.Slider(0.1, 10.0, value=3.0, step=0.1, label="Guidance")
+                    with gr.Row():
+                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
+                        randomize = gr.Checkbox(value=True, label="Randomise seed")
+                    variation = gr.Slider(
+                        0.5, 1.0, value=1.0, step=0.01, label="Variation: target cosine to the identity",
+                        info="1 = exactly the identity; lower = more varied, less similar",
+                    )
+                    lcm = gr.Checkbox(
+                        value=False, label="LCM (2-4 steps)", interactive=lcm_available(model),
+                        info=None if lcm_available(model) else "needs a real model, pip install peft, synthface models download lcm-lora-sdv15",
+                    )
+                    model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
+                crops = gr.Gallery(
+                    label="Face used (aligned)", columns=4, height=160, format="png", object_fit="contain", elem_id="crops"
+                )
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Generated", columns=4, format="png", object_fit="contain", elem_id="gallery")
+                info = gr.Markdown(elem_id="info")
+                archive = gr.File(label="Download (images + manifest.json)", elem_id="download")
+                gr.Markdown(HOW_TO_READ.format(
+                    analyzer=analyzer, threshold=_threshold_or_nan(session), licence=NON_COMMERCIAL_NOTE,
+                ))
+
+        controls = [num_images, steps, guidance, seed, randomize, variation, lcm, model_choice]
+        outputs = [gallery, crops, archive, seed, info]
+        go.click(generate, [photos, *controls], outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+        rand.click(generate_random, controls, outputs, api_name="random_identity", concurrency_limit=1, concurrency_id="gpu")
+        lcm.change(_lcm_defaults, lcm, [steps, guidance], api_visibility="private", queue=False)
+        model_choice.change(
+            lambda m: gr.Checkbox(value=False, interactive=lcm_available(m)), model_choice, lcm,
+            api_visibility="private", queue=False,
+        )
+    demo.queue(max_size=16, default_concurrency_limit=1)
+    return demo
+
+
+_ERROR_TITLES = {
+    NoFaceError: "No face found",
+    ImageError: "Unusable photo",
+    ModelNotFoundError: "Weights missing",
+    InvalidInputError: "Check the inputs",
+}
+
+
+def _error_title(exc: SynthfaceError) -> str:
+    return next((t for cls, t in _ERROR_TITLES.items() if isinstance(exc, cls)), "Error")
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        return []
+    files = files if isinstance(files, (list, tuple)) else [files]
+    return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in files]
+
+
+def _lcm_defaults(on: bool):
+    return (4, 1.0) if on else (25, 3.0)
+
+
+def _standin_note(session: DemoSession, model: str) -> str:
+    try:
+        return session.conditioner(model).note
+    except SynthfaceError:  # reported on the first Generate instead, as an error in the page
+        return ""
+
+
+def _threshold_or_nan(session: DemoSession) -> float:
+    try:
+        return same_person_cos(session.analyzer)
+    except SynthfaceError:
+        return float("nan")
+
+
+def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
+    """Launch with the demo's safety defaults: localhost only unless told, upload size limit."""
+    kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB}mb")
+    return demo.launch(server_name=host, server_port=port, share=share, **kwargs)
