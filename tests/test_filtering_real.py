@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("dlib")
 
-from synthface.faces import DLIB_SAME_PERSON_COS  # noqa: E402
-from synthface.filtering import FilterConfig, filter_candidates  # noqa: E402
-from tests.faces_fixtures import dlib_analyzer, t1_faces, t1_image  # noqa: E402
+from synthface.faces import DLIB_SAME_PERSON_COS
+from synthface.filtering import FilterConfig, filter_candidates
+from tests.faces_fixtures import dlib_analyzer, t1_faces, t1_image
 
 AUGMENT = (
     lambda im: im,

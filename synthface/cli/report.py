@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,14 +18,14 @@ def register(root: typer.Typer) -> None:
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (manifest.parquet, embeddings.safetensors, identities.safetensors).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and report.html (default: the run folder).")] = None,
-    reference: Annotated[Optional[Path], typer.Option(help="Real identity centres (.safetensors or .npy, filter space) for the leakage check.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.json and report.html (default: the run folder).")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Real identity centres (.safetensors or .npy, filter space) for the leakage check.")] = None,
     leak_cos: Annotated[float, typer.Option(help="Flag a synthetic identity whose best cosine to a real centre exceeds this.")] = 0.4,
     max_genuine_pairs: Annotated[int, typer.Option(help="Genuine pairs scored exactly up to this many, sampled beyond.")] = 2_000_000,
     impostor_images: Annotated[int, typer.Option(help="Images sampled for impostor pairs (all different-identity pairs among them).")] = 4096,
     seed: Annotated[int, typer.Option(help="Seed for the pair sampling.")] = 0,
     html: Annotated[bool, typer.Option("--html/--no-html", help="Also write report.html (needs matplotlib).")] = True,
-    device: Annotated[Optional[str], typer.Option(help="torch device for the identity packing products (default: numpy on CPU).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device for the identity packing products (default: numpy on CPU).")] = None,
 ) -> None:
     """Measure a generated dataset: counts, EER and TAR@FAR, unique identities, spread, pose, leakage."""
     from synthface.report import ReportOptions, write_report

@@ -80,7 +80,7 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
     }
     lap("rates")
     unique = M.unique_identities(cp.centres, opt.thresholds, device=opt.device)
-    for t, curve in unique.items():
+    for curve in unique.values():
         curve["final"] = curve["unique"][-1] if curve["unique"] else 0
     lap("unique_identities")
 
