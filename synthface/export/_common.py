@@ -193,14 +193,21 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+FSYNC_EACH_MAX = 64  # beyond this many files one os.sync() beats a flush per file (ImageFolder: ~1M files)
+
+
 def _fsync_tree(folder: Path) -> None:
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    """Flush the staged files to disk before the rename makes them visible."""
+    paths = [os.path.join(root, name) for root, _dirs, files in os.walk(folder) for name in files]
+    if len(paths) > FSYNC_EACH_MAX and hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- disk spool
