@@ -116,8 +116,9 @@ def test_parquet_loads_with_datasets_as_images(tmp_path):
     assert ds["meta_image"] == [s.meta["image"] for s in samples]
     first = ds[0]["image"]
     assert first.size == (112, 112)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert np.array_equal(np.asarray(first), np.asarray(Image.open(io.BytesIO(samples[0].jpeg))))
 

@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from synthface.errors import InvalidInputError, OutputPathError
 
@@ -219,7 +220,7 @@ class Spool:
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "w+b")
+        self._file = open(path, "w+b")  # noqa: SIM115 - lives as long as the spool; closed by close()
         self._offsets = array("q")
         self._sizes = array("l")  # key, jpeg and meta lengths, three per sample
         self.labels = array("q")
@@ -251,7 +252,7 @@ class Spool:
         self._file.close()
         self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> Spool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,8 @@ NON_COMMERCIAL = "non-commercial research only"
 
 # Lower-case name fragment -> (licence statement, restricts use); the first match wins.
 MODEL_LICENCES: tuple[tuple[str, str, bool], ...] = (
-    ("arc2face", f"Arc2Face weights: {NON_COMMERCIAL} (they build on Stable Diffusion 1.5, CreativeML OpenRAIL-M, "
-                 "and on insightface ArcFace features)", True),
+    ("arc2face", (f"Arc2Face weights: {NON_COMMERCIAL} (they build on Stable Diffusion 1.5, CreativeML "
+                  "OpenRAIL-M, and on insightface ArcFace features)"), True),
     ("insightface", f"insightface pretrained models: {NON_COMMERCIAL}", True),
     ("antelopev2", f"insightface pretrained models: {NON_COMMERCIAL}", True),
     ("buffalo", f"insightface pretrained models: {NON_COMMERCIAL}", True),
@@ -92,13 +92,13 @@ def render_card(facts: dict) -> str:
     if facts.get("description"):
         body += [str(facts["description"]), ""]
     body += [
-        "Synthetic, identity-conditioned face images made with synthface. The identities are sampled vectors, "
-        "not real people, though a generator can still reproduce likenesses from its training data.",
+        ("Synthetic, identity-conditioned face images made with synthface. The identities are sampled vectors, "
+         "not real people, though a generator can still reproduce likenesses from its training data."),
         "",
     ]
     if restricted:
-        body += [f"**Licence: {NON_COMMERCIAL}, or stricter.** At least one model below restricts use (or its "
-                 "licence is unknown); this data inherits the strictest of their terms.", ""]
+        body += [(f"**Licence: {NON_COMMERCIAL}, or stricter.** At least one model below restricts use (or its "
+                  "licence is unknown); this data inherits the strictest of their terms."), ""]
     body += ["## Models", "", "| model | role | licence |", "| --- | --- | --- |"]
     body += [f"| {m['name']} | {m['role']} | {m['licence']} |" for m in models] or ["| (none recorded) | | |"]
     body += ["", "## Counts", ""]

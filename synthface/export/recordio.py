@@ -19,12 +19,18 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Self
 
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportSummary, Sample, SampleChecker, Spool, staged_dir
+from synthface.export._common import (
+    ExportSummary,
+    Sample,
+    SampleChecker,
+    Spool,
+    staged_dir,
+)
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -146,12 +152,12 @@ class RecordIOReader:
                 self.property = tuple(int(x) for x in prop.read_text().strip().split(","))
             except ValueError:
                 raise FileFormatError(f"{prop} should read '<classes>,<height>,<width>'; it reads {prop.read_text()!r}.") from None
-        self._file = open(self.rec_path, "rb")
+        self._file = open(self.rec_path, "rb")  # noqa: SIM115 - the reader owns it; closed by close()
 
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> RecordIOReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -227,7 +233,7 @@ def _image_size(jpeg: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(jpeg)) as im:
             return im.size
-    except Exception:
+    except (OSError, ValueError):
         raise InvalidInputError("The first sample's JPEG cannot be read to learn the image size; pass image_size=(h, w).") from None
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportSummary, Sample, SampleChecker, Spool, dump_meta, staged_dir
+from synthface.export._common import (
+    ExportSummary,
+    Sample,
+    SampleChecker,
+    Spool,
+    dump_meta,
+    staged_dir,
+)
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -54,7 +61,7 @@ def write(
                     if tar is not None:
                         tar.close()
                     names.append(SHARD_PATTERN % len(names))
-                    tar = tarfile.open(tmp / names[-1], "w", format=tarfile.PAX_FORMAT)
+                    tar = tarfile.open(tmp / names[-1], "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed below
                 meta = dump_meta({**s.meta, "label": s.label, "key": s.key})
                 for ext, data in (("jpg", s.jpeg), ("cls", str(s.label).encode()), ("json", meta)):
                     tar.addfile(*_member(f"{s.key}.{ext}", bytes(data)))
