@@ -37,6 +37,9 @@ def _register() -> None:
     from synthface.cli import demo
 
     demo.register(app)
+    from synthface.cli import generate
+
+    generate.register(app)
 
 
 _register()
