@@ -247,3 +247,50 @@ def test_cuda_out_of_memory_becomes_a_batch_size_message(monkeypatch):
     with pytest.raises(DeviceMemoryError, match=r"8 images of 32x32.*batch of 4 or less") as info:
         p(unit_ids(4), num_images_per_prompt=2, num_inference_steps=2)
     assert info.value.exit_code == 7 and "Tried to allocate" in str(info.value)
+
+
+# ---------------------------------------------------------------- LCM-LoRA, full size, compile
+
+
+def test_lcm_lora_loads_fuses_and_matches_the_unfused_adapter(tmp_path):
+    """A LoRA saved in the diffusers format (as lcm-lora-sdv1-5 is) loads through use_lcm and,
+    fused, renders what the same adapter does unfused."""
+    pytest.importorskip("peft")
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    with_adapter = tiny_arc2face_pipeline()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        with_adapter.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
+                                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    Arc2FacePipeline.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(with_adapter.unet))
+    )
+    with_adapter.use_lcm()
+    fused = tiny_arc2face_pipeline().use_lcm(str(tmp_path / "lora"))
+    plain = tiny_arc2face_pipeline().use_lcm()
+    assert type(fused.scheduler).__name__ == "LCMScheduler"
+    kwargs = dict(num_inference_steps=2, guidance_scale=1.0, output_type="np")
+    want = with_adapter(unit_ids(2), generator=gens([0, 1]), **kwargs).images
+    got = fused(unit_ids(2), generator=gens([0, 1]), **kwargs).images
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert np.abs(got - plain(unit_ids(2), generator=gens([0, 1]), **kwargs).images).max() > 1e-3
+
+
+def test_full_size_components_match_stable_diffusion_1_5():
+    from synthface.pipelines.testing import full_size_arc2face_pipeline
+
+    big = full_size_arc2face_pipeline(device="meta")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(big.unet) == 859_520_964 and count(big.vae) == 83_653_863 and count(big.text_encoder) == 123_060_480
+    assert big.vae_scale_factor == 8 and big.unet.config.sample_size * big.vae_scale_factor == 512
+    assert big.unet.config.cross_attention_dim == big.text_encoder.config.hidden_size == 768
+
+
+@pytest.mark.slow
+def test_compiled_unet_renders_the_same(pipe):
+    compiled = tiny_arc2face_pipeline().optimize(compile=True)
+    a = compiled(unit_ids(2), num_inference_steps=2, generator=gens([0, 1]), output_type="np").images
+    b = pipe(unit_ids(2), num_inference_steps=2, generator=gens([0, 1]), output_type="np").images
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)

@@ -84,12 +84,12 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         Vectors are checked and L2-normalised first (with a warning when they were not unit-norm).
         """
         unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
-        return id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit)
+        return id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit, device=self._execution_device)
 
     @torch.no_grad()
     def encode_unconditional(self, count: int = 1) -> torch.Tensor:
         """The empty prompt through the fine-tuned encoder: the unconditional branch of CFG."""
-        return id_encoder.encode_prompt(self.text_encoder, self.tokenizer, "", count)
+        return id_encoder.encode_prompt(self.text_encoder, self.tokenizer, "", count, device=self._execution_device)
 
     # ------------------------------------------------------------------ generation
 
@@ -165,7 +165,7 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         batch = unit.shape[0] * k
         do_cfg = guidance_scale > 1.0
 
-        prompt_embeds = id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit)
+        prompt_embeds = id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit, device=device)
         prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(k, dim=0)
         uncond = self.encode_unconditional(1).to(device, dtype) if do_cfg else None
 

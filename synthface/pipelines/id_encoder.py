@@ -120,10 +120,14 @@ def substituted_token(embedding: nn.Module, token_mask: torch.Tensor, rows: torc
         handle.remove()
 
 
-def encode_ids(text_encoder, tokenizer, unit_ids: torch.Tensor, prompt: str = ARC2FACE_PROMPT) -> torch.Tensor:
-    """Prompt embeddings (N, L, H) for unit ID vectors (N, D): `id` row substituted per identity."""
+def encode_ids(text_encoder, tokenizer, unit_ids: torch.Tensor, prompt: str = ARC2FACE_PROMPT,
+               device: torch.device | None = None) -> torch.Tensor:
+    """Prompt embeddings (N, L, H) for unit ID vectors (N, D): `id` row substituted per identity.
+
+    `device` is where the inputs go (the pipeline's execution device under CPU offload).
+    """
     n = unit_ids.shape[0]
-    device = text_encoder.device
+    device = device or text_encoder.device
     input_ids = tokenize(tokenizer, prompt, n)
     token_mask = input_ids == id_token_id(tokenizer)
     if not bool((token_mask.sum(dim=1) == 1).all()):
@@ -136,7 +140,7 @@ def encode_ids(text_encoder, tokenizer, unit_ids: torch.Tensor, prompt: str = AR
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def encode_prompt(text_encoder, tokenizer, prompt: str, count: int = 1) -> torch.Tensor:
+def encode_prompt(text_encoder, tokenizer, prompt: str, count: int = 1, device: torch.device | None = None) -> torch.Tensor:
     """Plain prompt embeddings (count, L, H), e.g. the empty prompt for classifier-free guidance."""
-    out = text_encoder(tokenize(tokenizer, prompt, count).to(text_encoder.device))
+    out = text_encoder(tokenize(tokenizer, prompt, count).to(device or text_encoder.device))
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

@@ -190,3 +190,60 @@ def save_tiny_published_layout(
                     "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"]})
     )
     return root
+
+
+def full_size_arc2face_pipeline(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Arc2Face at full size with random weights: SD 1.5's UNet/VAE, CLIP ViT-L/14 text encoder.
+
+    For speed and memory measurements without the weights (output is noise). The tokenizer is the
+    tiny one (prompt handling costs nothing at this scale). Built directly on `device`; pass
+    device="meta" to inspect shapes without allocating.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from synthface.pipelines.arc2face import Arc2FacePipeline, default_scheduler
+
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=max(len(tokenizer), 49408), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        ))
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        )
+    parts = [m.to(dtype=dtype).eval() for m in (text_encoder, unet, vae)] if str(device) != "meta" else [text_encoder, unet, vae]
+    return Arc2FacePipeline(vae=parts[2], text_encoder=parts[0], tokenizer=tokenizer, unet=parts[1],
+                            scheduler=default_scheduler(SD15_SCHEDULE))
+
+
+def measure_throughput(pipe, batch_sizes=(1, 4, 8, 16), *, steps: int = 25, guidance: float = 3.0,
+                       size: int | None = None, repeats: int = 2) -> list[dict]:
+    """Images per second and peak GPU memory per batch size (one warm-up call each)."""
+    import time
+
+    rows = []
+    for batch in batch_sizes:
+        ids = torch.nn.functional.normalize(torch.randn(batch, pipe.config.id_dim), dim=1)
+        gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+        run = lambda: pipe(ids, num_inference_steps=steps, guidance_scale=guidance, generator=gens,  # noqa: E731
+                           height=size, width=size, output_type="np")
+        run()
+        cuda = torch.cuda.is_available() and pipe._execution_device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / repeats
+        rows.append({"batch": batch, "seconds_per_call": seconds, "images_per_s": batch / seconds,
+                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
+    return rows
