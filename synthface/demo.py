@@ -54,6 +54,7 @@ STANDIN_NOTE = (
     "Arc2Face model, run: synthface models download arc2face-arcface"
 )
 
+STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
 
 # ------------------------------------------------------------------------------------ conditioning
 
@@ -207,11 +208,12 @@ def identity_from_photos(paths: Sequence[str | os.PathLike], analyzer, condition
 
 
 def random_identity(seed: int, analyzer, conditioner) -> Identity:
-    """An identity drawn from the isotropic prior; judged against the ID vector only when the
-    analyser embeds into the conditioning space (same recogniser), else against the batch centre."""
-    from synthface.identity import sample_identities
+    """An identity drawn from the isotropic prior with `seed`; judged against the ID vector only when
+    the analyser embeds into the conditioning space (same recogniser), else against the batch centre."""
+    from synthface.identity import isotropic_prior
 
-    vector = sample_identities(1, max_cos=0.3, seed=int(seed), dim=CONDITIONING_DIM).vectors[0]
+    # One draw needs no separation check: sample_identities would draw a whole candidate batch.
+    vector = isotropic_prior(CONDITIONING_DIM).draw(np.random.default_rng(int(seed)), 1)[0]
     same_space = isinstance(conditioner, ArcFaceConditioner) and conditioner.recognizer is getattr(analyzer, "recognizer", None)
     return Identity(vector=vector, reference=vector if same_space else None, source={"kind": "random", "seed": int(seed)})
 
@@ -264,7 +266,7 @@ class Rendered:
             measured = "ID cos n/a (no reference)"
         else:
             measured = f"ID cos {self.cos:.2f} → {self.verdict}"
-        return f"#{self.index} seed {self.seed} · {measured} · condition cos {self.condition_cos:.2f}"
+        return f"{measured} · #{self.index} seed {self.seed} · condition cos {self.condition_cos:.2f}"
 
 
 def same_person_cos(analyzer) -> float:
@@ -306,13 +308,14 @@ class DemoSession:
     """Everything the page needs, loaded lazily and kept: analyser, conditioner, one pipeline.
 
     model: "tiny" (random weights, for tests), a registry name or a local folder, passed to
-    `synthface.pipelines.load_arc2face`. Pipelines are cached per model name (the last one only).
+    `synthface.pipelines.load_arc2face`; the last model used stays loaded. analyzer: a backend
+    name for `get_analyzer` or an analyser instance.
     """
 
-    def __init__(self, model: str = "arc2face", analyzer: str = "dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
-        self.model, self.analyzer_name, self.conditioner_kind = model, analyzer, conditioner
-        self.device = device
-        self._analyzer = None
+    def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
+        self.model, self.conditioner_kind, self.device = model, conditioner, device
+        self.analyzer_name = analyzer if isinstance(analyzer, str) else analyzer.name
+        self._analyzer = None if isinstance(analyzer, str) else analyzer
         self._conditioners: dict[str, object] = {}
         self._pipe: tuple[str, object] | None = None
         self._lcm: dict[int, object] = {}
@@ -549,9 +552,8 @@ def build_demo(
         kept = sum(r.verdict == "keep" for r in results)
         summary = [f"**{len(results)} images**, seed {seed}; {kept} kept by the {session.analyzer.name} check."]
         summary += [f"- {n}" for n in ident.notes]
-        note = session.conditioner(model_choice).note
-        if note and ident.source["kind"] == "photos":
-            summary.append(f"- {note}")
+        if session.conditioner(model_choice).note and ident.source["kind"] == "photos":
+            summary.append(f"- {STANDIN_SHORT}")
         return ([(r.image, r.caption) for r in results], ident.crops, str(archive), seed, "\n".join(summary))
 
     def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):
@@ -575,7 +577,7 @@ def build_demo(
                 )
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    rand = gr.Button("🎲 Random identity", elem_id="random-identity")
+                    rand = gr.Button("Random identity", elem_id="random-identity")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
@@ -593,7 +595,8 @@ def build_demo(
                     )
                     model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
                 crops = gr.Gallery(
-                    label="Face used (aligned)", columns=4, height=160, format="png", object_fit="contain", elem_id="crops"
+                    label="Face used (aligned)", columns=4, height="auto", fit_columns=False, format="png",
+                    object_fit="contain", elem_id="crops",
                 )
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Generated", columns=4, format="png", object_fit="contain", elem_id="gallery")
