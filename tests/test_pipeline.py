@@ -282,7 +282,7 @@ def test_full_size_components_match_stable_diffusion_1_5():
     from synthface.pipelines.testing import full_size_arc2face_pipeline
 
     big = full_size_arc2face_pipeline(device="meta")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(big.unet) == 859_520_964 and count(big.vae) == 83_653_863 and count(big.text_encoder) == 123_060_480
     assert big.vae_scale_factor == 8 and big.unet.config.sample_size * big.vae_scale_factor == 512
     assert big.unet.config.cross_attention_dim == big.text_encoder.config.hidden_size == 768
@@ -294,3 +294,11 @@ def test_compiled_unet_renders_the_same(pipe):
     a = compiled(unit_ids(2), num_inference_steps=2, generator=gens([0, 1]), output_type="np").images
     b = pipe(unit_ids(2), num_inference_steps=2, generator=gens([0, 1]), output_type="np").images
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_measure_throughput_reports_rows_per_batch_size(pipe):
+    from synthface.pipelines.testing import measure_throughput
+
+    rows = measure_throughput(pipe, (1, 2), steps=1, repeats=1)
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["images_per_s"] > 0 and r["peak_gib"] is None for r in rows)  # no GPU memory on CPU

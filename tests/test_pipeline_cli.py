@@ -11,14 +11,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.cli_helpers import run_cli
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture

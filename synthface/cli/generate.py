@@ -6,11 +6,17 @@ import json
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 console = Console()
 
@@ -33,12 +39,12 @@ def generate_command(
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora).")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora).")] = 3.0,
     seed: Annotated[int, typer.Option(help="Base seed; image j of identity i always gets the same derived seed.")] = 0,
-    size: Annotated[Optional[int], typer.Option(help="Image side in pixels (default: the model's own, 512 for Arc2Face).")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own, 512 for Arc2Face).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per diffusion call; lower it if the GPU runs out of memory.")] = 8,
     dtype: Annotated[DType, typer.Option(help="Weights dtype (fp16/bf16 on GPU).")] = DType.fp32,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda, cuda:1 ...")] = "auto",
-    base: Annotated[Optional[str], typer.Option(help="SD 1.5 base (folder or repo id) for a published-layout model.")] = None,
-    lcm_lora: Annotated[Optional[str], typer.Option(help="LCM-LoRA for SD 1.5 (folder, file or repo id); use with --steps 4 --guidance 1.")] = None,
+    base: Annotated[str | None, typer.Option(help="SD 1.5 base (folder or repo id) for a published-layout model.")] = None,
+    lcm_lora: Annotated[str | None, typer.Option(help="LCM-LoRA for SD 1.5 (folder, file or repo id); use with --steps 4 --guidance 1.")] = None,
     vae_slicing: Annotated[bool, typer.Option(help="Decode one image at a time (less VAE memory).")] = False,
     compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (slow first batch).")] = False,
     allow_download: Annotated[bool, typer.Option(help="Download missing weights from the Hugging Face Hub.")] = False,

@@ -231,16 +231,16 @@ def measure_throughput(pipe, batch_sizes=(1, 4, 8, 16), *, steps: int = 25, guid
     for batch in batch_sizes:
         ids = torch.nn.functional.normalize(torch.randn(batch, pipe.config.id_dim), dim=1)
         gens = [torch.Generator().manual_seed(i) for i in range(batch)]
-        run = lambda: pipe(ids, num_inference_steps=steps, guidance_scale=guidance, generator=gens,  # noqa: E731
-                           height=size, width=size, output_type="np")
-        run()
+        call = dict(id_embeds=ids, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                    height=size, width=size, output_type="np")
+        pipe(**call)  # warm-up
         cuda = torch.cuda.is_available() and pipe._execution_device.type == "cuda"
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         for _ in range(repeats):
-            run()
+            pipe(**call)
         if cuda:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / repeats
