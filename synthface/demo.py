@@ -239,6 +239,8 @@ class Settings:
             raise InvalidInputError(f"Steps must be 1 to 100, got {self.steps}.")
         if not 0 <= self.guidance <= 20:
             raise InvalidInputError(f"Guidance must be 0 to 20, got {self.guidance}.")
+        if not 0 <= self.seed < 2**32:
+            raise InvalidInputError(f"Seed must be 0 to 2**32 - 1, got {self.seed}.")
         if not 0 <= self.variation <= 1:
             raise InvalidInputError(f"Variation (cosine to the identity) must be 0 to 1, got {self.variation}.")
 
@@ -556,11 +558,11 @@ def build_demo(
             summary.append(f"- {STANDIN_SHORT}")
         return ([(r.image, r.caption) for r in results], ident.crops, str(archive), seed, "\n".join(summary))
 
-    def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):
+    def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         """New images of the person in the uploaded photos, each captioned with its identity cosine."""
         return run(photos, False, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
 
-    def generate_random(num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):
+    def generate_random(num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         """Images of a random identity drawn from the prior with the seed."""
         return run(None, True, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
 
@@ -595,7 +597,7 @@ def build_demo(
                     )
                     model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
                 crops = gr.Gallery(
-                    label="Face used (aligned)", columns=4, height="auto", fit_columns=False, format="png",
+                    label="Face used (aligned)", columns=4, height=170, fit_columns=False, format="png",
                     object_fit="contain", elem_id="crops",
                 )
             with gr.Column(scale=2):

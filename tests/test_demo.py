@@ -3,7 +3,6 @@ gradio_client as a remote user would; plus the judging logic on real photos."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,12 +16,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import Client, handle_file
 
-from synthface import demo as demo_lib  # noqa: E402
-from synthface.errors import ModelNotFoundError  # noqa: E402
-from synthface.faces import load_image  # noqa: E402
-from tests.faces_fixtures import HANKS, T1, astronaut, dlib_analyzer  # noqa: E402
+from synthface import demo as demo_lib
+from synthface.errors import ModelNotFoundError
+from synthface.faces import load_image
+from tests.faces_fixtures import HANKS, T1, astronaut, dlib_analyzer
 
 CAPTION = re.compile(r"^(no face found|ID cos -?\d\.\d\d → (keep|drop)) · #(\d) seed (\d+) · condition cos (\d\.\d\d)$")
 TINY_CONTROLS = {"steps": 2, "guidance": 3.0, "randomize_seed": False, "lcm": False, "model_choice": "tiny"}
@@ -133,7 +132,7 @@ def test_random_identity_is_seeded(app):
     first = client.predict(num_images=2, seed=5, variation=1.0, **TINY_CONTROLS, api_name="/random_identity")
     again = client.predict(num_images=2, seed=5, variation=1.0, **TINY_CONTROLS, api_name="/random_identity")
     other = client.predict(num_images=1, seed=6, variation=1.0, **TINY_CONTROLS, api_name="/random_identity")
-    gallery, crops, archive, _, info = first
+    gallery, crops, archive, _, _ = first
     assert len(gallery) == 2 and crops == [] and all(CAPTION.match(g["caption"]) for g in gallery)
     manifest, images = _zip(archive)
     assert manifest["identity"] == {"kind": "random", "seed": 5}

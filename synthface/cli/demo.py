@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,9 +21,9 @@ def demo(
     model: Annotated[str, typer.Option(help="Generator: a registry name (arc2face), a local pipeline folder, or 'tiny' (random weights, for a smoke test).")] = "arc2face",
     analyzer: Annotated[Analyzer, typer.Option(help="Judge of the generated faces: dlib (offline, public domain) or insightface (non-commercial).")] = Analyzer.dlib,
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only. Use 0.0.0.0 to serve your network.")] = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option(help="Port (default: the first free one from 7860).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (anyone with the link can use your GPU).")] = False,
-    device: Annotated[Optional[str], typer.Option(help="torch device for the generator (default: cuda when available, else cpu).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device for the generator (default: cuda when available, else cpu).")] = None,
 ) -> None:
     """Upload photos of a person (or draw a random identity) and get new images of that identity."""
     from synthface.demo import build_demo, launch_demo
