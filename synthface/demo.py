@@ -515,7 +515,7 @@ identity as measured by the face analyser, and whether a dataset filter would **
 HOW_TO_READ = """\
 **Reading the captions.** *ID cos* is measured by the analyser ({analyzer}) between the generated
 face and the uploaded photos (for a random identity: the centre of the generated faces, unless the
-analyser is the conditioning recogniser); *keep* means at least {threshold:.2f}, the analyser's
+analyser is the conditioning recogniser); *keep* means at least {threshold}, the analyser's
 same-person threshold. *condition cos* is the cosine between the vector the image was rendered
 from and the identity (the *variation* control). {licence}
 """
@@ -605,7 +605,7 @@ def build_demo(
                 info = gr.Markdown(elem_id="info")
                 archive = gr.File(label="Download (images + manifest.json)", elem_id="download")
                 gr.Markdown(HOW_TO_READ.format(
-                    analyzer=analyzer, threshold=_threshold_or_nan(session), licence=NON_COMMERCIAL_NOTE,
+                    analyzer=analyzer, threshold=_threshold_text(session), licence=NON_COMMERCIAL_NOTE,
                 ))
 
         controls = [num_images, steps, guidance, seed, randomize, variation, lcm, model_choice]
@@ -651,11 +651,11 @@ def _standin_note(session: DemoSession, model: str) -> str:
         return ""
 
 
-def _threshold_or_nan(session: DemoSession) -> float:
+def _threshold_text(session: DemoSession) -> str:
     try:
-        return same_person_cos(session.analyzer)
-    except SynthfaceError:
-        return float("nan")
+        return f"{same_person_cos(session.analyzer):.2f}"
+    except SynthfaceError:  # analyser weights missing: reported on the first Generate
+        return "the threshold"
 
 
 def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
