@@ -24,7 +24,7 @@ import numpy as np
 
 from synthface.errors import InvalidInputError, OutputPathError
 from synthface.identity import IdentityBank, load_bank, load_vectors, mixture_cosines, perturb, sample_identities
-from synthface.io import atomic_write_bytes
+from synthface.io import atomic_write_bytes, safetensors_bytes
 from synthface.recipe import Recipe
 
 log = logging.getLogger("synthface.engine")
@@ -392,13 +392,30 @@ class ShardWorker:
         return float(value)
 
     def _write(self, shard: int, candidates: list[Candidate], decision: dict) -> ShardResult:
-        from safetensors.numpy import save_file
-
+        """Write the shard under a temporary folder, then rename it into place (atomic on POSIX)."""
         final = self.layout.shard_dir(shard)
-        shutil.rmtree(final, ignore_errors=True)  # an earlier attempt that never got its done-marker
+        # Leftovers of an earlier attempt that never got its done-marker (a shard has one owner rank).
+        shutil.rmtree(final, ignore_errors=True)
+        for stale in self.layout.shards.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.layout.temp_dir(shard)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+            rows = self._write_files(tmp, final.name, candidates, decision)
+            _fsync_tree(tmp)
+            os.replace(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputPathError(
+                f"Writing shard {shard} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
+                "are kept and nothing half-written is left; free space or fix permissions, then run the same "
+                "command again to resume."
+            ) from None
+        return ShardResult(shard, len(candidates), sum(r["kept"] for r in rows), 0.0, rows)
+
+    def _write_files(self, tmp: Path, shard_name: str, candidates: list[Candidate], decision: dict) -> list[dict]:
+        from synthface.export import write_manifest
+
         kept_flat = {i for idx in decision["kept_by_identity"].values() for i in idx}
         rows = []
         quality = self.recipe.export.jpeg_quality
@@ -423,15 +440,13 @@ class ShardWorker:
                 "det_score": c.det_score,
                 "kept": i in kept_flat,
                 "drop_reason": "" if i in kept_flat else decision["reasons"][i] or "surplus",
-                "path": f"{SHARDS}/{final.name}/{rel}" if rel else "",
-                "shard": shard,
+                "path": f"{SHARDS}/{shard_name}/{rel}" if rel else "",
+                "shard": int(shard_name.rsplit("-", 1)[1]),
             })
-        write_table(tmp / "manifest.parquet", rows)
+        write_manifest(tmp / "manifest.parquet", rows)
         dim = self.analyzer.embedding_dim if self.analyzer is not None else 0
-        save_file({"embeddings": _stack_embeddings(candidates, dim)}, str(tmp / "embeddings.safetensors"))
-        _fsync_tree(tmp)
-        os.replace(tmp, final)
-        return ShardResult(shard, len(candidates), len(kept_flat), 0.0, rows)
+        (tmp / "embeddings.safetensors").write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
+        return rows
 
 
 def filter_config(recipe: Recipe, default_min_cos: float):
@@ -480,13 +495,6 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-
-
-def write_table(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -626,12 +634,12 @@ def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
 
 def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> dict:
     """Merge shard manifests, judge collisions between identities, write exports and the card."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
+
+    from synthface.export import concat_manifests, write_manifest
 
     shards = range(num_shards(recipe))
-    table = pa.concat_tables([pq.read_table(layout.shard_dir(s) / "manifest.parquet") for s in shards])
+    table = concat_manifests([layout.shard_dir(s) / "manifest.parquet" for s in shards])
     embeddings = np.concatenate([load_file(str(layout.shard_dir(s) / "embeddings.safetensors"))["embeddings"] for s in shards])
     rows = table.to_pylist()
     kept = np.array([r["kept"] for r in rows], dtype=bool)
@@ -663,10 +671,8 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
         row["kept"] = bool(kept[i])
         row["drop_reason"] = "" if kept[i] else reasons[i]
         row["label"] = int(label_of[row["identity"]]) if kept[i] else -1
-    write_table(layout.root / ".manifest.parquet.tmp", rows)
-    os.replace(layout.root / ".manifest.parquet.tmp", layout.root / "manifest.parquet")
-    save_file({"embeddings": embeddings}, str(layout.root / ".embeddings.tmp"))
-    os.replace(layout.root / ".embeddings.tmp", layout.root / "embeddings.safetensors")
+    write_manifest(layout.root / "manifest.parquet", rows)
+    atomic_write_bytes(layout.root / "embeddings.safetensors", safetensors_bytes({"embeddings": embeddings}))
 
     kept_rows = [r for r in rows if r["kept"]]
     stats = {
@@ -700,10 +706,10 @@ def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats
                 meta={k: row[k] for k in ("identity", "image", "seed", "condition_cos", "filter_cos")},
             )
 
+    num_classes = int(max((r["label"] for r in kept_rows), default=-1)) + 1
     for fmt in formats or recipe.export.formats:
-        target = layout.root / "export" / fmt
-        shutil.rmtree(target, ignore_errors=True)
-        write_format(fmt, samples(), target, num_classes=int(max((r["label"] for r in kept_rows), default=-1)) + 1)
+        # Each writer builds its folder under a hidden name and swaps it in only when complete.
+        write_format(fmt, samples(), layout.root / "export" / fmt, num_classes=num_classes, overwrite=True)
 
 
 def dataset_card_facts(recipe: Recipe, layout: RunLayout, stats: dict, analyzer_name: str) -> dict:
@@ -716,4 +722,5 @@ def dataset_card_facts(recipe: Recipe, layout: RunLayout, stats: dict, analyzer_
         "stats": stats,
         "command": run_info.get("command", ""),
         "recipe_toml": recipe.to_toml(),
+        "formats": list(recipe.export.formats),
     }

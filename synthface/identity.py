@@ -21,7 +21,7 @@ import torch
 
 from synthface import __version__
 from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError
-from synthface.io import atomic_write_bytes, check_output_path
+from synthface.io import atomic_write_bytes, check_output_path, safetensors_bytes
 
 PRIORS = ("isotropic", "gaussian")
 # Sampling accepts only cosines this far below the threshold, so that recomputing them on another
@@ -61,12 +61,12 @@ class Prior:
         z /= np.linalg.norm(z, axis=1, keepdims=True)
         return z.astype(np.float32)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, np.ndarray]:
         if self.name != "gaussian":
             return {}
         return {
-            "prior_mean": torch.from_numpy(self.mean.astype(np.float32)),
-            "prior_cov_factor": torch.from_numpy(self.cov_factor.astype(np.float32)),
+            "prior_mean": self.mean.astype(np.float32),
+            "prior_cov_factor": np.ascontiguousarray(self.cov_factor, dtype=np.float32),
         }
 
 
@@ -136,8 +136,6 @@ class IdentityBank:
 
     def save(self, path: str | Path) -> Path:
         """Write `ids` (N, D) float32 and the prior as safetensors, atomically."""
-        from safetensors.torch import save
-
         path = check_output_path(path)
         meta = {
             "format": "synthface.identity_bank",
@@ -153,8 +151,8 @@ class IdentityBank:
         if self.prior.shrinkage is not None:
             meta["prior_shrinkage"] = repr(self.prior.shrinkage)
         meta.update(self.metadata)
-        tensors = {"ids": torch.from_numpy(np.ascontiguousarray(self.vectors)), **self.prior.tensors()}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        tensors = {"ids": np.ascontiguousarray(self.vectors, dtype=np.float32), **self.prior.tensors()}
+        atomic_write_bytes(path, safetensors_bytes(tensors, meta))
         return path
 
 

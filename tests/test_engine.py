@@ -1,0 +1,194 @@
+"""The dataset engine: plans and seeds, resumable shards, ranks, filtering with a real recogniser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from synthface import engine
+from synthface.errors import InvalidInputError, OutputPathError
+from synthface.recipe import parse_recipe
+from tests.engine_doubles import PhotoRenderer, noise_renderer
+
+
+def small_recipe(**sections) -> "engine.Recipe":
+    data = {
+        "name": "t",
+        "seed": 3,
+        "identities": {"count": 7, "max_cos": 0.3, "dim": 64},
+        "generation": {"model": "test-double", "batch_size": 5},
+        "variation": {"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 0.5, "0.9": 0.5}},
+        "filtering": {"enabled": False},
+        "export": {"formats": ["imagefolder", "recordio"]},
+        "compute": {"shard_size": 2},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
+    return parse_recipe(data)
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under root except logs and timing-bearing markers, with its bytes."""
+    skip = {"run.log", "run.json", "finalize.done"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip and not p.name.endswith(".done")
+    }
+
+
+def test_seeds_depend_only_on_recipe_seed_identity_and_image():
+    recipe = small_recipe()
+    a = engine.plan_identity(recipe, 5)
+    assert [t.image for t in a] == [0, 1, 2]
+    assert a[1].seed == engine.derive_seed(3, 5, 1)
+    assert len({t.seed for i in range(7) for t in engine.plan_identity(recipe, i)}) == 21
+    other = small_recipe(compute={"shard_size": 5})
+    assert engine.plan_identity(other, 5) == a
+    assert sorted(t.target_cos for t in a) in ([0.9, 1.0, 1.0], [0.9, 0.9, 1.0])
+
+
+def test_ranks_from_launchers(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(var, raising=False)
+    assert engine.ranks_from_environment() == engine.Ranks(0, 1, 0)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert engine.ranks_from_environment() == engine.Ranks(3, 8, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert engine.ranks_from_environment() == engine.Ranks(1, 2, 1)
+    assert engine.ranks_from_environment(2, 4) == engine.Ranks(2, 4, 0)
+    with pytest.raises(InvalidInputError, match="0 <= shard-index < num-shards"):
+        engine.ranks_from_environment(4, 4)
+
+
+def test_run_writes_every_candidate_and_the_exports(tmp_path):
+    recipe = small_recipe()
+    summary = engine.run(recipe, tmp_path / "run", renderer=noise_renderer())
+    assert summary.finalized and summary.shards_run == [0, 1, 2, 3]
+    rows = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()
+    assert len(rows) == 21 and all(r["kept"] for r in rows)
+    assert sorted({r["label"] for r in rows}) == list(range(7))
+    for r in rows:
+        assert (tmp_path / "run" / r["path"]).is_file()
+        assert r["condition_cos"] == pytest.approx(r["target_cos"], abs=1e-5)
+    assert (tmp_path / "run" / "export" / "recordio" / "train.rec").is_file()
+    assert len(list((tmp_path / "run" / "export" / "imagefolder").rglob("*.jpg"))) == 21
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "non-commercial" in card.lower()
+    # A rerun skips every shard and leaves the data untouched.
+    before = tree_digest(tmp_path / "run")
+    again = engine.run(recipe, tmp_path / "run", renderer=noise_renderer())
+    assert again.shards_run == [] and again.shards_skipped == [0, 1, 2, 3]
+    assert tree_digest(tmp_path / "run") == before
+
+
+def test_ranks_split_shards_and_give_the_same_dataset(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    recipe = small_recipe()
+    engine.run(recipe, tmp_path / "one", renderer=noise_renderer())
+    engine.prepare_output(recipe, tmp_path / "two")  # as the launcher's first rank to start would
+
+    def rank(r):
+        return engine.run(recipe, tmp_path / "two", ranks=engine.Ranks(r, 2), renderer=noise_renderer(), wait_seconds=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        r0, r1 = pool.map(rank, [0, 1])
+    assert r0.shards_run == [0, 2] and r0.finalized
+    assert r1.shards_run == [1, 3] and not r1.finalized
+    assert tree_digest(tmp_path / "one") == {k: v for k, v in tree_digest(tmp_path / "two").items() if "rank" not in k}
+
+
+def test_a_shard_without_done_marker_is_redone_and_temporaries_vanish(tmp_path):
+    recipe = small_recipe()
+    out = tmp_path / "run"
+    engine.run(recipe, out, renderer=noise_renderer())
+    reference = tree_digest(out)
+    layout = engine.RunLayout(out)
+    # Simulate a crash between the rename and the marker, and a crash mid-write of another shard.
+    layout.done_marker(2).unlink()
+    (layout.shard_dir(2) / "manifest.parquet").write_bytes(b"half")
+    stale = layout.shards / ".shard-000001.tmp-999999"
+    stale.mkdir()
+    layout.done_marker(1).unlink()
+    layout.final_done.unlink()
+    summary = engine.run(recipe, out, renderer=noise_renderer())
+    assert summary.shards_run == [1, 2]
+    assert tree_digest(out) == reference
+    assert not list(layout.shards.glob(".*tmp*"))
+
+
+def test_a_different_recipe_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    engine.run(small_recipe(), out, renderer=noise_renderer())
+    other = small_recipe(seed=4)
+    with pytest.raises(OutputPathError, match="different recipe"):
+        engine.run(other, out, renderer=noise_renderer())
+    assert (out / "manifest.parquet").is_file()  # nothing was deleted
+    engine.run(other, out, renderer=noise_renderer(), overwrite=True)
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == other.fingerprint()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="holds no synthface run"):
+        engine.run(small_recipe(), tmp_path / "foreign", renderer=noise_renderer())
+
+
+def test_filtering_drops_swapped_faces_with_the_real_recogniser(tmp_path):
+    recipe = small_recipe(
+        identities={"count": 6, "dim": 512},
+        variation={"images_per_identity": 4, "overgenerate": 1.5, "perturbation": {"1.0": 1.0}},
+        filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0, "collision_cos": 0.95},
+        compute={"shard_size": 3},
+    )
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    swaps = {(0, 1): 3, (2, 4): 5, (4, 0): 1}  # (identity, image) -> person rendered instead
+    renderer = PhotoRenderer(bank.vectors, recipe.seed, swaps)
+    engine.run(recipe, tmp_path / "run", renderer=renderer)
+    rows = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()
+    by_key = {(r["identity"], r["image"]): r for r in rows}
+    for key in swaps:
+        assert not by_key[key]["kept"] and by_key[key]["drop_reason"] == "low_similarity", by_key[key]
+    genuine = [r for k, r in by_key.items() if k not in swaps]
+    assert min(r["filter_cos"] for r in genuine) > max(by_key[k]["filter_cos"] for k in swaps)
+    kept = [r for r in rows if r["kept"]]
+    assert all(sum(r["identity"] == i for r in kept) == 4 for i in range(6))
+
+
+def test_full_disk_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
+    import errno
+
+    recipe = small_recipe()
+    out = tmp_path / "run"
+    engine.run(recipe, tmp_path / "reference", renderer=noise_renderer())
+    calls = {"n": 0}
+    real = engine.encode_jpeg
+
+    def fill_disk_after_seven(image, quality=95):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(image, quality)
+
+    monkeypatch.setattr(engine, "encode_jpeg", fill_disk_after_seven)
+    with pytest.raises(OutputPathError, match="No space left on device.*run the same command again"):
+        engine.run(recipe, out, renderer=noise_renderer())
+    layout = engine.RunLayout(out)
+    assert [s for s in range(4) if layout.done_marker(s).exists()] == [0]
+    assert not layout.shard_dir(1).exists() and not list(layout.shards.glob(".*tmp*"))
+    monkeypatch.setattr(engine, "encode_jpeg", real)
+    engine.run(recipe, out, renderer=noise_renderer())
+    assert tree_digest(out) == tree_digest(tmp_path / "reference")
