@@ -46,6 +46,9 @@ class GenerationConfig(_Section):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
     batch_size: int = Field(16, ge=1, le=4096, description="images rendered per model call")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    allow_pickle: bool = Field(
+        False, description="also load pickled weights (the published Arc2Face encoder is a pytorch_model.bin)"
+    )
 
     @field_validator("resolution")
     @classmethod

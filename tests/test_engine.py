@@ -37,8 +37,9 @@ def small_recipe(**sections) -> "engine.Recipe":
 
 
 def tree_digest(root: Path) -> dict[str, bytes]:
-    """Every file under root except logs and timing-bearing markers, with its bytes."""
-    skip = {"run.log", "run.json", "finalize.done"}
+    """Every file under root with its bytes, except logs, timing-bearing markers and the files that
+    record the command line (and so the output folder's name)."""
+    skip = {"run.log", "run.json", "finalize.done", "README.md"}
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))

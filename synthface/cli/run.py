@@ -64,7 +64,7 @@ def run_command(
         ("images kept", f"{stats['images_kept']} of {stats['candidates']} candidates"),
         ("drop reasons", ", ".join(f"{k}: {v}" for k, v in stats["drop_reasons"].items()) or "none"),
         ("identity collisions", str(stats["collisions"])),
-        ("formats", ", ".join(stats["formats"])),
+        ("formats", ", ".join(spec.export.formats)),
         ("shards run / skipped", f"{len(summary.shards_run)} / {len(summary.shards_skipped)}"),
         ("time", f"{elapsed:.1f} s"),
     ]:

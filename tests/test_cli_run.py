@@ -1,0 +1,115 @@
+"""`synthface run` end to end on the smoke recipe: formats, kill-and-resume, two ranks, bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.cli_helpers import run_cli
+from tests.engine_doubles import read_labels
+from tests.test_engine import tree_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "pipelines" / "smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    start = time.perf_counter()
+    result = run_cli("run", SMOKE, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, time.perf_counter() - start, result
+
+
+def test_smoke_run_writes_every_format_with_matching_counts(smoke_run):
+    out, _, result = smoke_run
+    assert "images kept" in result.stdout and "32 of 32 candidates" in result.stdout
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(rows) == 32 and sum(r["kept"] for r in rows) == 32
+    assert {r["identity"] for r in rows} == set(range(8))
+    for fmt in ("imagefolder", "recordio", "webdataset", "parquet"):
+        labels = read_labels(fmt, out / "export" / fmt)
+        assert len(labels) == 32, fmt
+        assert sorted(set(labels)) == list(range(8)) and labels.count(0) == 4, fmt
+    card = (out / "README.md").read_text()
+    assert "synthface run" in card and "tiny" in card
+    assert (out / "run.log").read_text().count("shard") >= 3
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    result = run_cli("run", SMOKE, "--out", tmp_path / "x", "--dry-run", "--set", "identities.count=20")
+    assert result.returncode == 0, result.stderr
+    assert "20 (max cos 0.3" in result.stdout and "80 kept from 80 candidates" in result.stdout
+    assert "7 of 3 identities, 0 done" in result.stdout
+    assert not (tmp_path / "x").exists()
+
+
+def test_killed_run_resumes_to_identical_files(smoke_run, tmp_path):
+    reference, seconds, _ = smoke_run
+    out = tmp_path / "run"
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "synthface", "run", str(SMOKE), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    delay = random.Random(os.getpid()).uniform(0.3 * seconds, 0.9 * seconds)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_cli("run", SMOKE, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert tree_digest(out) == tree_digest(reference), f"differs after a kill at {delay:.1f} s"
+    assert not [p for p in out.rglob("*") if "tmp" in p.name]
+
+
+def test_two_ranks_under_torchrun_make_the_same_dataset(smoke_run, tmp_path):
+    reference, _, _ = smoke_run
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun ships with torch"
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+         "-m", "synthface", "run", str(SMOKE), "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "run.rank0.log").is_file() and (out / "run.rank1.log").is_file()
+    digest = {k: v for k, v in tree_digest(out).items() if not k.startswith("run.rank")}
+    assert digest == tree_digest(reference)
+
+
+def test_bad_recipe_value_names_field_and_exit_code(tmp_path):
+    result = run_cli("run", SMOKE, "--out", tmp_path / "x", "--set", "variation.images_per_identity=0")
+    assert result.returncode == 2
+    assert "variation.images_per_identity must be greater than or equal to 1 (given: 0)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_other_recipe_in_output_folder_is_refused(smoke_run, tmp_path):
+    reference, _, _ = smoke_run
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    result = run_cli("run", SMOKE, "--out", out, "--set", "seed=9")
+    assert result.returncode == 2 and "different recipe" in result.stderr and "--overwrite" in result.stderr
+    assert tree_digest(out) == tree_digest(reference)
+
+
+def test_export_command_builds_a_format_later(smoke_run, tmp_path):
+    reference, _, _ = smoke_run
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "export" / "webdataset")
+    result = run_cli("export", out, "--format", "webdataset")
+    assert result.returncode == 0, result.stderr
+    assert len(read_labels("webdataset", out / "export" / "webdataset")) == 32
+    bad = run_cli("export", out, "--format", "lmdb")
+    assert bad.returncode == 2 and "unknown export format" in bad.stderr
