@@ -478,12 +478,16 @@ def greedy_pack(
         rows = valid[s : s + block]
         xb = x[rows]
         rejected = {t: np.zeros(rows.size, dtype=bool) for t in thresholds}
+        lowest = min(thresholds)
         for prev in pool_rows:
             g = _mm(xb, x[prev], device)
-            for t in thresholds:
-                cols = keep[t][prev]
-                if cols.any():
-                    rejected[t] |= (g[:, cols] > t).any(axis=1)
+            near = np.flatnonzero(g.max(axis=1) > lowest)  # usually few rows: only they need masking
+            if near.size:
+                g = g[near]
+                for t in thresholds:
+                    cols = keep[t][prev]
+                    if cols.any():
+                        rejected[t][near] |= (g[:, cols] > t).any(axis=1)
         g = _mm(xb, xb, device)
         for t in thresholds:
             keep[t][rows] = _greedy_block(g, ~rejected[t], t)
