@@ -25,21 +25,11 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # Each command module imports its heavy dependencies inside its commands, so `--help` is fast.
-    from synthface.cli import ids, report, run
+    # Registered in the order of the data flow, which is the order `synthface --help` lists them.
+    from synthface.cli import demo, faces, generate, ids, models, report, run
 
-    ids.register(app)
-    run.register(app)
-    report.register(app)
-    from synthface.cli import faces, models
-
-    faces.register(app)
-    models.register(app)
-    from synthface.cli import demo
-
-    demo.register(app)
-    from synthface.cli import generate
-
-    generate.register(app)
+    for module in (ids, models, faces, generate, run, report, demo):
+        module.register(app)
 
 
 _register()

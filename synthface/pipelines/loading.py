@@ -79,6 +79,8 @@ def load_arc2face(
             f"Pass a folder saved by Arc2FacePipeline.save_pretrained, a folder with the published "
             f"Arc2Face layout (arc2face/ and encoder/), or 'arc2face' for {ARC2FACE_REPO}."
         )
+    if pipe.dtype == dtype:  # skip the cast (and diffusers' warning about casting with `to()`)
+        return pipe.to(device=device)
     return pipe.to(device=device, dtype=dtype)
 
 
