@@ -692,6 +692,10 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
     from synthface.export.card import write_card
 
     write_card(layout.root / "README.md", dataset_card_facts(recipe, layout, stats, analyzer_name))
+    if recipe.filtering.enabled:
+        from synthface.report import write_report
+
+        write_report(layout.root)  # report.json + report.html: what the set is worth, measured
     atomic_write_bytes(layout.final_done, json.dumps(stats, indent=2).encode())
     log.info("finalized: %s", stats)
     return stats

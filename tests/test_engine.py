@@ -167,6 +167,10 @@ def test_filtering_drops_swapped_faces_with_the_real_recogniser(tmp_path):
     assert min(r["filter_cos"] for r in genuine) > max(by_key[k]["filter_cos"] for k in swaps)
     kept = [r for r in rows if r["kept"]]
     assert all(sum(r["identity"] == i for r in kept) == 4 for i in range(6))
+    # Finalize measured the set: six distinct people, the swaps counted among the drops.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert report["counts"]["drop_reasons"]["low_similarity"] == 3
 
 
 def test_full_disk_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):

@@ -56,6 +56,12 @@ def load_run(root: str | Path) -> Run:
             f"{columns['identity'].shape[0]} rows; they must be (rows, D) in manifest order. The run may be "
             "unfinished: finalize it first."
         )
+    if embeddings.ndim == 2 and embeddings.shape[1] == 0:
+        raise FileFormatError(
+            f"{root} holds no face embeddings: its recipe ran with filtering off, so no recogniser looked at "
+            "the images (the smoke recipe does this, since random weights draw no faces). The report measures "
+            "identities through a recogniser; make the run with [filtering] enabled = true."
+        )
     ids = None
     if (root / IDENTITIES).exists():
         ids = np.asarray(map_tensor(root / IDENTITIES, "ids"), dtype=np.float32)
