@@ -24,7 +24,7 @@ import numpy as np
 
 from synthface.errors import InvalidInputError, OutputPathError
 from synthface.identity import IdentityBank, load_bank, load_vectors, mixture_cosines, perturb, sample_identities
-from synthface.io import atomic_write_bytes, safetensors_bytes
+from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
 
 log = logging.getLogger("synthface.engine")
@@ -402,7 +402,7 @@ class ShardWorker:
         try:
             tmp.mkdir(parents=True)
             rows = self._write_files(tmp, final.name, candidates, decision)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.replace(tmp, final)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -495,13 +495,6 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------- run and finalize

@@ -91,3 +91,29 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
     return len(header).to_bytes(8, "little") + header + raw[8 + size :]
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+FSYNC_EACH_MAX = 64  # beyond this many files one os.sync() beats a flush per file (ImageFolder: ~1M files)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush the staged files to disk before the rename makes them visible."""
+    paths = [os.path.join(root, name) for root, _dirs, files in os.walk(folder) for name in files]
+    if len(paths) > FSYNC_EACH_MAX and hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

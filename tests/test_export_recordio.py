@@ -14,14 +14,7 @@ from PIL import Image
 
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError
 from synthface.export import Sample, recordio
-from synthface.export.recordio import (
-    MAGIC,
-    MAGIC_BYTES,
-    RecordIOReader,
-    RecordIOWriter,
-    frame,
-    pack,
-)
+from synthface.export.recordio import MAGIC, MAGIC_BYTES, RecordIOReader, RecordIOWriter, frame, pack
 
 _JPEGS: list[bytes] = []
 

@@ -8,8 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from synthface.faces import ARCFACE_TEMPLATE, DLIB_SAME_PERSON_COS, DLIB_SAME_PERSON_DISTANCE, get_analyzer, load_image, norm_crop
-from synthface.faces.align import estimate_similarity, transform_points
+from synthface.faces import (
+    ARCFACE_TEMPLATE,
+    DLIB_SAME_PERSON_COS,
+    DLIB_SAME_PERSON_DISTANCE,
+    get_analyzer,
+    load_image,
+    norm_crop,
+)
 from synthface.faces.dlib_backend import DLIB_TYPICAL_NORM
 from tests.faces_fixtures import HANKS, astronaut, dlib_analyzer, t1_faces, t1_image
 

@@ -15,12 +15,7 @@ from synthface.errors import InvalidInputError
 from synthface.export import imagefolder, parquet, recordio, webdataset
 from synthface.export._common import ExportSummary, Sample
 from synthface.export.card import render_card, write_card
-from synthface.export.manifest import (
-    concat_manifests,
-    manifest_table,
-    read_manifest,
-    write_manifest,
-)
+from synthface.export.manifest import concat_manifests, manifest_table, read_manifest, write_manifest
 
 
 class Writer(Protocol):

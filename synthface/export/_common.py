@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from synthface.errors import InvalidInputError, OutputPathError
+from synthface.io import fsync_dir, fsync_tree
 
 JPEG_SOI = b"\xff\xd8"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -165,7 +166,7 @@ def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = Tr
     try:
         yield tmp
         if fsync:
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir) + "old-", dir=parent))
             os.replace(out_dir, old / "x")
@@ -174,7 +175,7 @@ def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = Tr
         else:
             os.replace(tmp, out_dir)
         if fsync:
-            _fsync_dir(parent)
+            fsync_dir(parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in _DISK_ERRNOS:
@@ -183,32 +184,6 @@ def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = Tr
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-FSYNC_EACH_MAX = 64  # beyond this many files one os.sync() beats a flush per file (ImageFolder: ~1M files)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush the staged files to disk before the rename makes them visible."""
-    paths = [os.path.join(root, name) for root, _dirs, files in os.walk(folder) for name in files]
-    if len(paths) > FSYNC_EACH_MAX and hasattr(os, "sync"):
-        os.sync()
-        return
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- disk spool

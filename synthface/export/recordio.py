@@ -24,13 +24,7 @@ from typing import BinaryIO, Literal, Self
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import (
-    ExportSummary,
-    Sample,
-    SampleChecker,
-    Spool,
-    staged_dir,
-)
+from synthface.export._common import ExportSummary, Sample, SampleChecker, Spool, staged_dir
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

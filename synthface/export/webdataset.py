@@ -17,14 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import (
-    ExportSummary,
-    Sample,
-    SampleChecker,
-    Spool,
-    dump_meta,
-    staged_dir,
-)
+from synthface.export._common import ExportSummary, Sample, SampleChecker, Spool, dump_meta, staged_dir
 
 SHARD_PATTERN = "shard-%06d.tar"
 

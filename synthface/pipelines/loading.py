@@ -157,11 +157,7 @@ def _check_weights(folder: Path, allow_pickle: bool, *, what: str) -> None:
 
 def _snapshot(repo: str, patterns: list[str], *, allow_download, cache_dir, allow_pickle) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     if allow_pickle:
         patterns = patterns + [p.replace("*.safetensors", "*.bin") for p in patterns if p.endswith("*.safetensors")]

@@ -6,12 +6,7 @@ The CLI is `synthface report DIR`.
 """
 
 from synthface.report.build import Report, ReportOptions, compute_report, write_report
-from synthface.report.metrics import (
-    equal_error_rate,
-    leakage,
-    tar_at_far,
-    unique_identities,
-)
+from synthface.report.metrics import equal_error_rate, leakage, tar_at_far, unique_identities
 from synthface.report.run import Run, load_run
 
 __all__ = [
