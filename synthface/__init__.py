@@ -15,12 +15,20 @@ _LAZY = {
     "sample_identities": "synthface.identity",
     "verify": "synthface.identity",
     "perturb": "synthface.identity",
-    "perturb_mixture": "synthface.identity",
+    "mixture_cosines": "synthface.identity",
     "load_bank": "synthface.identity",
     "Arc2FacePipeline": "synthface.pipelines",
     "Arc2FacePipelineOutput": "synthface.pipelines",
+    "load_arc2face": "synthface.pipelines",
     "Face": "synthface.faces",
     "get_analyzer": "synthface.faces",
+    "load_image": "synthface.faces",
+    "FilterConfig": "synthface.filtering",
+    "filter_candidates": "synthface.filtering",
+    "Recipe": "synthface.recipe",
+    "load_recipe": "synthface.recipe",
+    "compute_report": "synthface.report",
+    "write_report": "synthface.report",
 }
 
 __all__ = ["__version__", *_LAZY]
