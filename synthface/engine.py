@@ -379,8 +379,19 @@ class ShardWorker:
         return {"kept_by_identity": kept_by, "reasons": reasons, "filter_cos": filter_cos}
 
     def _same_space(self) -> bool:
-        # Compare images with the ID vector only when the analyser embeds into the conditioning space.
-        return self.analyzer is not None and self.analyzer.embedding_dim == self.bank.dim
+        """Compare images with the ID vector only when the analyser embeds into the conditioning space.
+
+        Equal dimensions are not enough (insightface's glintr100 and Arc2Face's arcface.onnx are both
+        512-d and unrelated), so the recipe says so explicitly.
+        """
+        if not self.recipe.filtering.same_space:
+            return False
+        if self.analyzer.embedding_dim != self.bank.dim:
+            raise InvalidInputError(
+                f"filtering.same_space is true, but the analyser embeds into {self.analyzer.embedding_dim} dimensions "
+                f"and the identities have {self.bank.dim}; set same_space = false or use the conditioning recogniser."
+            )
+        return True
 
     def _same_space_threshold(self) -> float:
         """The analyser's documented same-person cosine, used when the recipe sets no min_cos."""
@@ -538,7 +549,7 @@ def run(
         if analyzer is None and recipe.filtering.enabled:
             from synthface.faces import get_analyzer
 
-            analyzer = get_analyzer(recipe.filtering.analyzer)
+            analyzer = get_analyzer(recipe.filtering.analyzer, **recipe.filtering.analyzer_options)
         worker = ShardWorker(recipe, layout, bank, renderer, analyzer)
         total = sum(len(shard_identities(recipe, s)) for s in todo) * recipe.variation.candidates_per_identity
         if progress:

@@ -88,6 +88,15 @@ class VariationConfig(_Section):
 class FilteringConfig(_Section):
     enabled: bool = True
     analyzer: str = Field("dlib", description="face analyser backend: 'dlib' (offline) or 'insightface'")
+    analyzer_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="keyword arguments for the analyser, e.g. { recognizer = \"arcface.onnx\" }"
+    )
+    same_space: bool = Field(
+        False,
+        description="true only when the analyser's recogniser is the one the generator is conditioned on "
+        "(Arc2Face: its own arcface.onnx); images are then compared with the ID vector, otherwise with "
+        "their identity's robust centre",
+    )
     min_cos: float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
     min_det_score: float = Field(0.0, ge=0.0)
     near_duplicate_cos: float = Field(0.98, gt=0.0, le=1.0)

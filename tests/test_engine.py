@@ -192,3 +192,17 @@ def test_full_disk_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "encode_jpeg", real)
     engine.run(recipe, out, renderer=noise_renderer())
     assert tree_digest(out) == tree_digest(tmp_path / "reference")
+
+
+def test_same_space_needs_matching_dimensions(tmp_path):
+    recipe = small_recipe(
+        identities={"count": 2, "dim": 512},
+        filtering={"enabled": True, "analyzer": "dlib", "same_space": True},
+    )
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    from synthface.faces import get_analyzer
+
+    worker = engine.ShardWorker(recipe, layout, bank, noise_renderer(), get_analyzer("dlib"))
+    with pytest.raises(InvalidInputError, match="embeds into 128 dimensions and the identities have 512"):
+        worker.run_shard(0)
