@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+import synthface.identity as identity
 from synthface.identity import gaussian_prior, isotropic_prior, sample_identities, verify
 
 DIM = 512
@@ -77,8 +78,17 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow reference sampler")
+    parser.add_argument("--no-screen", action="store_true", help="plain float32, no bfloat16 screening")
     args = parser.parse_args()
-    results: dict[str, object] = {"num": args.num, "max_cos": THRESHOLD, "torch_threads": torch.get_num_threads()}
+    if args.no_screen:
+        identity.SCREEN = False
+    screen = identity._screen_dtype(torch.device("cpu"))
+    results: dict[str, object] = {
+        "num": args.num,
+        "max_cos": THRESHOLD,
+        "torch_threads": torch.get_num_threads(),
+        "screen": "float32" if screen is None else f"{str(screen).removeprefix('torch.')} + float32 recheck",
+    }
 
     for name, prior in (("isotropic", isotropic_prior(DIM)), ("gaussian", anisotropic_prior())):
         start = time.perf_counter()

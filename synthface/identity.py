@@ -9,10 +9,11 @@ says how far sampling got and which threshold would work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,14 @@ PRIORS = ("isotropic", "gaussian")
 GUARANTEE_MARGIN = 1e-5
 CANDIDATE_BATCH = 8192
 BLOCK = 8192
+# Screening: cosines are first computed in bfloat16 (3-4x faster than float32 on CPUs with
+# avx512_bf16 and on CUDA tensor cores); only the few that land within `_screen_delta` of a
+# decision are recomputed in float32, so every decision and every reported cosine is the float32
+# one. None: screen where a one-off probe shows bfloat16 matmul is faster (always on CUDA with
+# bf16 support); False: plain float32 throughout (the reference the tests compare against);
+# True: always screen.
+SCREEN: bool | None = None
+TILE = 64  # columns per tile whose screened maximum verification keeps for its exact recheck
 
 ProgressCallback = Callable[[int, int], None]
 # Independent random streams per purpose, so that e.g. perturbation noise for seed s is never the
@@ -285,30 +294,46 @@ def sample_identities(
     rng = _rng(seed, _STREAM_SAMPLE)
     accepted = torch.empty((n, dim), dtype=torch.float32, device=device)
     excluded = torch.from_numpy(exclude).to(device) if exclude is not None else None
+    lp = _screen_dtype(device)
+    delta = _screen_delta(dim)
+    accepted_lp = torch.empty((n, dim), dtype=lp, device=device) if lp else None
+    excluded_lp = excluded.to(lp) if lp and excluded is not None else None
     count = draws = 0
     limit = max_cos - GUARANTEE_MARGIN
     ex_limit = None if exclude_max_cos is None else exclude_max_cos - GUARANTEE_MARGIN
-    while count < n:
-        batch = min(CANDIDATE_BATCH, max_draws - draws)
-        if batch <= 0:
-            break
-        cand = torch.from_numpy(prior_obj.draw(rng, batch)).to(device)
-        draws += batch
-        ok = torch.ones(batch, dtype=torch.bool, device=device)
-        if excluded is not None:
-            ok &= _max_cos_against(cand, excluded) <= ex_limit
-        if count:
-            ok &= _max_cos_against(cand, accepted[:count]) <= limit
-        cand = cand[ok]
-        keep = _greedy_within(cand, limit)
-        new = cand[keep][: n - count]
-        accepted[count : count + len(new)] = new
-        count += len(new)
-        if progress:
-            progress(count, n)
-        rate = len(new) / batch
-        if count < n and count + rate * (max_draws - draws) < n:
-            break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
+    with _full_precision_accumulation(device):
+        while count < n:
+            batch = min(CANDIDATE_BATCH, max_draws - draws)
+            if batch <= 0:
+                break
+            cand = torch.from_numpy(prior_obj.draw(rng, batch)).to(device)
+            draws += batch
+            ok = torch.ones(batch, dtype=torch.bool, device=device)
+            if lp is None:
+                if excluded is not None:
+                    ok &= _max_cos_against(cand, excluded) <= ex_limit
+                if count:
+                    ok &= _max_cos_against(cand, accepted[:count]) <= limit
+                cand = cand[ok]
+                keep = _greedy_within(cand, limit)
+            else:
+                cand_lp = cand.to(lp)
+                if excluded is not None:
+                    _screened_within(cand, cand_lp, excluded, excluded_lp, ex_limit, delta, ok)
+                if count:
+                    _screened_within(cand, cand_lp, accepted[:count], accepted_lp[:count], limit, delta, ok)
+                cand, cand_lp = cand[ok], cand_lp[ok]
+                keep = _greedy_within(cand, limit, cand_lp, delta)
+            new = cand[keep][: n - count]
+            accepted[count : count + len(new)] = new
+            if lp:
+                accepted_lp[count : count + len(new)] = new.to(lp)
+            count += len(new)
+            if progress:
+                progress(count, n)
+            rate = len(new) / batch
+            if count < n and count + rate * (max_draws - draws) < n:
+                break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
     if count < n:
         raise InfeasibleThresholdError(
             _infeasible_message(n, count, draws, max_cos, prior_obj, seed),
@@ -327,20 +352,63 @@ def sample_identities(
 
 
 def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Row-wise max cosine of `cand` against `bank`, in blocks of the bank."""
+    """Row-wise max cosine of `cand` against `bank`, in blocks of the bank (float32)."""
     best = torch.full((cand.shape[0],), -2.0, device=cand.device)
     for start in range(0, bank.shape[0], BLOCK):
         best = torch.maximum(best, (cand @ bank[start : start + BLOCK].T).amax(dim=1))
     return best
 
 
-def _greedy_within(cand: torch.Tensor, limit: float) -> torch.Tensor:
-    """Greedy acceptance in order inside one batch: keep i unless it clashes with a kept j < i."""
-    if cand.shape[0] == 0:
+def _screened_within(
+    cand: torch.Tensor,
+    cand_lp: torch.Tensor,
+    bank: torch.Tensor,
+    bank_lp: torch.Tensor,
+    limit: float,
+    delta: float,
+    ok: torch.Tensor,
+) -> torch.Tensor:
+    """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to some row of `bank`.
+
+    The same decisions as `_max_cos_against(cand, bank) <= limit`, from a bfloat16 pass: per bank
+    block, a row whose screened maximum exceeds limit + delta certainly clashes, one below
+    limit - delta certainly does not, and only rows in between are recomputed in float32 against
+    that block. Rows already rejected are skipped.
+    """
+    high, low = limit + delta, limit - delta
+    for start in range(0, bank.shape[0], BLOCK):
+        rows = ok.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        sub_lp = cand_lp if rows.numel() == ok.numel() else cand_lp[rows]
+        screened = (sub_lp @ bank_lp[start : start + BLOCK].T).amax(dim=1).float()
+        reject = screened > high
+        band = (screened > low) & ~reject
+        if bool(band.any()):
+            recheck = rows[band]
+            exact = (cand[recheck] @ bank[start : start + BLOCK].T).amax(dim=1)
+            reject[band] = exact > limit
+        ok[rows[reject]] = False
+    return ok
+
+
+def _greedy_within(
+    cand: torch.Tensor, limit: float, cand_lp: torch.Tensor | None = None, delta: float = 0.0
+) -> torch.Tensor:
+    """Greedy acceptance in order inside one batch: keep i unless it clashes with a kept j < i.
+
+    With `cand_lp` the clash matrix comes from a bfloat16 gram, and the rows with any entry
+    within `delta` of `limit` are recomputed in float32, so it equals the float32 one.
+    """
+    m = cand.shape[0]
+    if m == 0:
         return torch.zeros(0, dtype=torch.bool, device=cand.device)
-    clash = torch.tril(cand @ cand.T > limit, diagonal=-1)
-    keep = torch.ones(cand.shape[0], dtype=torch.bool)
-    rows, cols = (t.cpu().numpy() for t in clash.nonzero(as_tuple=True))
+    if cand_lp is None:
+        clash = torch.tril(cand @ cand.T > limit, diagonal=-1)
+        rows, cols = (t.cpu().numpy() for t in clash.nonzero(as_tuple=True))
+    else:
+        rows, cols = _screened_clashes(cand, cand_lp, limit, delta)
+    keep = torch.ones(m, dtype=torch.bool)
     if rows.size:
         # Only candidates with an earlier clash need the sequential rule; others are kept outright.
         keep_np = keep.numpy()
@@ -348,6 +416,139 @@ def _greedy_within(cand: torch.Tensor, limit: float) -> torch.Tensor:
         for row, earlier in zip(rows[np.r_[0, splits]], np.split(cols, splits)):
             keep_np[row] = not keep_np[earlier].any()
     return keep.to(cand.device)
+
+
+def _screened_clashes(
+    cand: torch.Tensor, cand_lp: torch.Tensor, limit: float, delta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i, j), j < i, with float32 cosine > limit, sorted by i then j, from a bfloat16 gram.
+
+    Entries screened at or below limit - delta cannot clash; rows with an entry between limit -
+    delta and limit + delta are recomputed in float32; in the others every screened entry above
+    limit + delta is a clash. Comparisons happen in bfloat16 against thresholds rounded outwards
+    to bfloat16 values, so no full-size float copy of the gram is made.
+    """
+    m = cand.shape[0]
+    screened = cand_lp @ cand_lp.T
+    r, c = (screened > _bf16_round(limit - delta, up=False)).nonzero(as_tuple=True)
+    lower = c < r
+    r, c = r[lower], c[lower]
+    band = screened[r, c] <= _bf16_round(limit + delta, up=True)
+    del screened
+    band_row = torch.zeros(m, dtype=torch.bool, device=cand.device)
+    band_row[r[band]] = True
+    certain = ~band_row[r]
+    rows_l, cols_l = [r[certain]], [c[certain]]
+    recheck = band_row.nonzero().squeeze(1)
+    cols = torch.arange(m, device=cand.device)
+    for lo in range(0, recheck.numel(), 2048):
+        part = recheck[lo : lo + 2048]
+        i, j = ((cand[part] @ cand.T > limit) & (cols[None, :] < part[:, None])).nonzero(as_tuple=True)
+        rows_l.append(part[i])
+        cols_l.append(j)
+    rows, cols = torch.cat(rows_l), torch.cat(cols_l)
+    order = torch.argsort(rows * m + cols)
+    return rows[order].cpu().numpy(), cols[order].cpu().numpy()
+
+
+def _bf16_round(x: float, *, up: bool) -> float:
+    """The nearest bfloat16 value at or above (`up`) or at or below `x`, as a Python float, so
+    that comparing a bfloat16 tensor with it (done in bfloat16) is exact."""
+    f = np.float32(x)
+    if (f < x) if up else (f > x):
+        f = np.nextafter(f, np.float32(np.inf if up else -np.inf))
+    bits = np.array(f, dtype=np.float32).view(np.uint32)
+    truncated = bits & np.uint32(0xFFFF0000)  # towards zero
+    if truncated.view(np.float32) != f and up == (f > 0):
+        truncated = truncated + np.uint32(0x10000)  # one bfloat16 step away from zero
+    value = float(truncated.view(np.float32))
+    assert float(torch.tensor(value).to(torch.bfloat16)) == value
+    return value
+
+
+# --------------------------------------------------------------------------- bfloat16 screening
+
+_BF16_FAST: dict[str, bool] = {}
+_U = 2.0**-8  # unit roundoff of bfloat16 (8 significand bits, round to nearest even)
+
+
+def _screen_delta(dim: int) -> float:
+    """A bound on |cosine from the bfloat16 GEMM - cosine from the float32 GEMM| for unit vectors.
+
+    For unit x, y (float32, norms 1 within 1e-6) of dimension D:
+    - rounding each element to bfloat16 changes it by a relative u = 2^-8 at most, so each product
+      x_i y_i moves by at most (2u + u^2)|x_i y_i|, and in all by (2u + u^2) sum|x_i y_i| <=
+      (2u + u^2) ||x|| ||y|| = 0.00782 (Cauchy-Schwarz);
+    - the bfloat16 GEMM multiplies exactly and accumulates in float32 (oneDNN, cuBLAS with
+      reduced-precision reductions switched off, see `_full_precision_accumulation`): at most
+      D 2^-24 sum|x_i y_i| in any summation order, and the float32 GEMM we compare with errs by
+      as much again (3e-5 each for D = 512);
+    - the result is rounded to bfloat16: at most u times its magnitude (<= 1 + the above), 0.0039.
+    That sums to 0.0118 for D = 512; the 25 % on top covers norms that are 1 only to float32
+    precision and thresholds rounded to float32. tests/test_identity.py checks it against
+    vectors built to round badly. Sampling and verification only ever use it as "screened value
+    more than delta above/below x means float32 value above/below x", so a larger delta costs
+    rechecks, never correctness.
+    """
+    first = 2 * _U + _U * _U
+    accumulate = dim * 2.0**-24 * (1 + first)
+    output = _U * (1 + first + accumulate)
+    return 1.25 * (first + 2 * accumulate + output)
+
+
+def _screen_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 when screening is on and pays on this device, else None (plain float32)."""
+    if SCREEN is False:
+        return None
+    if SCREEN is True:
+        return torch.bfloat16
+    if device.type not in _BF16_FAST:
+        _BF16_FAST[device.type] = _bf16_matmul_is_fast(device)
+    return torch.bfloat16 if _BF16_FAST[device.type] else None
+
+
+def _bf16_matmul_is_fast(device: torch.device) -> bool:
+    """CUDA: bf16 support. CPU: a one-off timed probe (~0.2 s), since without avx512_bf16 or AMX
+    a bfloat16 GEMM is emulated and no faster than float32. Results never depend on the answer,
+    only speed does."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2048, 512, generator=gen)
+    b = torch.randn(2048, 512, generator=gen)
+
+    def best(x: torch.Tensor, y: torch.Tensor) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            (x @ y.T).amax()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    try:
+        fp32 = best(a, b)
+        bf16 = best(a.bfloat16(), b.bfloat16())
+    except RuntimeError:
+        return False
+    return bf16 < 0.7 * fp32
+
+
+@contextlib.contextmanager
+def _full_precision_accumulation(device: torch.device) -> Iterator[None]:
+    """On CUDA, forbid cuBLAS's reduced-precision (bfloat16) split-K reductions, which
+    `_screen_delta` does not allow for; restore the user's setting afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = saved
 
 
 def _feasible_threshold(n: int, prior: Prior, seed: int) -> float:
@@ -418,7 +619,24 @@ def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.d
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t = torch.from_numpy(_normalise_rows(x)).to(device)
     n = t.shape[0]
-    nearest = torch.full((n,), -2.0, device=device)
+    lp = _screen_dtype(device)
+    with _full_precision_accumulation(device):
+        nearest = _nearest_fp32(t) if lp is None else _nearest_screened(t, lp, _screen_delta(t.shape[1]))
+    nearest_np = nearest.cpu().numpy()
+    if n < 2:
+        nearest_np = np.full(n, np.nan, dtype=np.float32)
+    max_cos = float(np.nanmax(nearest_np)) if n >= 2 else float("nan")
+    if bins and n >= 2:
+        hist, edges = np.histogram(nearest_np, bins=bins)
+    else:
+        hist, edges = np.zeros(0, dtype=np.int64), np.zeros(0)
+    return Verification(n, max_cos, nearest_np, hist, edges, time.perf_counter() - start)
+
+
+def _nearest_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Each row's maximum cosine to another row, in float32."""
+    n = t.shape[0]
+    nearest = torch.full((n,), -2.0, device=t.device)
     # Upper-triangular blocks only: each block updates the row maxima of both its sides.
     for i in range(0, n, BLOCK):
         a = t[i : i + BLOCK]
@@ -429,15 +647,69 @@ def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.d
             nearest[i : i + BLOCK] = torch.maximum(nearest[i : i + BLOCK], g.amax(dim=1))
             if i != j:
                 nearest[j : j + BLOCK] = torch.maximum(nearest[j : j + BLOCK], g.amax(dim=0))
-    nearest_np = nearest.cpu().numpy()
-    if n < 2:
-        nearest_np = np.full(n, np.nan, dtype=np.float32)
-    max_cos = float(np.nanmax(nearest_np)) if n >= 2 else float("nan")
-    if bins and n >= 2:
-        hist, edges = np.histogram(nearest_np, bins=bins)
-    else:
-        hist, edges = np.zeros(0, dtype=np.int64), np.zeros(0)
-    return Verification(n, max_cos, nearest_np, hist, edges, time.perf_counter() - start)
+    return nearest
+
+
+def _nearest_screened(t: torch.Tensor, lp: torch.dtype, delta: float) -> torch.Tensor:
+    """The same float32 nearest-neighbour cosines as `_nearest_fp32`, from one bfloat16 pass.
+
+    The pass keeps, per row, the screened maximum over each tile of TILE columns. A tile whose
+    screened maximum is below (row's screened maximum - 2 delta) holds only float32 cosines below
+    (row's float32 maximum) - as its own best tile is within delta of the screened maximum - so
+    only the (row, tile) pairs at or above that line are recomputed in float32. Those are kept
+    as a list filtered against the running row maxima (a superset of the final ones), so memory
+    is O(N x tiles near the maximum), never N x N.
+    """
+    n, device = t.shape[0], t.device
+    tile = math.gcd(TILE, BLOCK)
+    t_lp = t.to(lp)
+    screened = torch.full((n,), -2.0, device=device)
+    rows_l: list[torch.Tensor] = []
+    tiles_l: list[torch.Tensor] = []
+    vals_l: list[torch.Tensor] = []
+
+    def keep(first_row: int, first_tile: int, tile_max: torch.Tensor) -> None:
+        part = screened[first_row : first_row + tile_max.shape[0]]
+        torch.maximum(part, tile_max.amax(dim=1), out=part)
+        r, k = (tile_max >= (part - 2 * delta)[:, None]).nonzero(as_tuple=True)
+        rows_l.append(r + first_row)
+        tiles_l.append(k + first_tile)
+        vals_l.append(tile_max[r, k])
+
+    def compact() -> None:
+        rows, tiles, vals = torch.cat(rows_l), torch.cat(tiles_l), torch.cat(vals_l)
+        near = vals >= screened[rows] - 2 * delta
+        rows_l[:], tiles_l[:], vals_l[:] = [rows[near]], [tiles[near]], [vals[near]]
+
+    for i in range(0, n, BLOCK):
+        a = t_lp[i : i + BLOCK]
+        for j in range(i, n, BLOCK):
+            g = a @ t_lp[j : j + BLOCK].T
+            if i == j:
+                g.fill_diagonal_(-2.0)
+            bi, bj = g.shape
+            pad_i, pad_j = -bi % tile, -bj % tile
+            if pad_i or pad_j:
+                g = torch.nn.functional.pad(g, (0, pad_j, 0, pad_i), value=-2.0)
+            keep(i, j // tile, g.view(g.shape[0], -1, tile).amax(dim=2)[:bi].float())
+            if i != j:
+                keep(j, i // tile, g.view(-1, tile, g.shape[1]).amax(dim=1)[:, :bj].T.float())
+        compact()
+
+    nearest = torch.full((n,), -2.0, device=device)
+    if n == 0:
+        return nearest
+    compact()
+    rows, tiles = rows_l[0], tiles_l[0]
+    order = torch.argsort(tiles * n + rows)
+    rows, tiles = rows[order], tiles[order]
+    ids, counts = torch.unique_consecutive(tiles, return_counts=True)
+    for k, part in zip(ids.tolist(), torch.split(rows, counts.tolist())):
+        lo = k * tile
+        g = t[part] @ t[lo : lo + tile].T
+        g[part[:, None] == torch.arange(lo, lo + g.shape[1], device=device)[None, :]] = -2.0
+        nearest.scatter_reduce_(0, part, g.amax(dim=1), reduce="amax")
+    return nearest
 
 
 # --------------------------------------------------------------------------- perturbation

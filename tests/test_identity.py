@@ -273,3 +273,94 @@ def test_cuda_gives_same_bank_as_cpu():
     gpu = sample_identities(2000, max_cos=0.3, seed=4, device="cuda")
     assert brute_max_cos(gpu.vectors) <= 0.3
     assert np.allclose(cpu.vectors, gpu.vectors, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bfloat16 screening
+
+
+def _bench_like_gaussian(dim: int = 512):
+    """Variance decaying across dimensions (as in benchmarks/bench_identity.py): at 0.3 the
+    threshold binds, so many cosines fall near it and the float32 rechecks are exercised."""
+    rng = np.random.default_rng(0)
+    return gaussian_prior(rng.standard_normal((2000, dim)) * np.sqrt(np.exp(-np.arange(dim) / 150.0)))
+
+
+def _rounds_badly(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    """Vectors whose every element sits just below a bfloat16 rounding midpoint, so that
+    rounding loses almost 2^-8 of each, in the same direction (down in magnitude)."""
+    exponents = rng.integers(-6, -3, size=(count, dim))
+    signs = rng.choice([-1.0, 1.0], size=(count, dim))
+    return (signs * np.ldexp(1 + 2.0**-8 - 2.0**-20, exponents)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dim", [64, 512])
+def test_bf16_screening_error_is_within_the_bound(dim):
+    from synthface.identity import _screen_delta
+
+    rng = np.random.default_rng(dim)
+    bad = _rounds_badly(rng, 256, dim)
+    # Pairs that share a fraction of coordinates exactly: their rounding errors add up coherently,
+    # at cosines from about 0.3 to 1 (x with itself).
+    partner = _rounds_badly(rng, 256, dim)
+    share = rng.uniform(0.3, 1.0, size=(256, 1)) > np.linspace(0, 1, dim)[None, :]
+    partner = np.where(share, bad, partner)
+    unit = rng.standard_normal((256, dim)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    raw_bound = _screen_delta(dim) / 1.25
+    worst = 0.0
+    for x, y in ((bad, partner), (bad, bad), (unit, unit), (_normalise(bad), _normalise(partner))):
+        exact = torch.from_numpy(x) @ torch.from_numpy(y).T
+        screened = (torch.from_numpy(x).bfloat16() @ torch.from_numpy(y).bfloat16().T).float()
+        norms = np.linalg.norm(x, axis=1)[:, None] * np.linalg.norm(y, axis=1)[None, :]
+        diff = (screened - exact).abs().numpy()
+        assert (diff <= raw_bound * norms).all(), float((diff / norms).max())
+        worst = max(worst, float((diff / norms).max()))
+    assert worst > 0.6 * raw_bound  # the vectors really are adversarial, so the check has teeth
+    assert _screen_delta(dim) < 0.02
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["isotropic", "gaussian", "exclude", "small-blocks"])
+def test_bf16_screened_sampling_and_verify_equal_float32(case, monkeypatch):
+    """Screening changes speed only: the bank and every verified cosine are the float32 ones."""
+    import synthface.identity as identity
+
+    kwargs = dict(n=1500, max_cos=0.3, seed=11, device="cpu")
+    if case == "gaussian":
+        kwargs.update(prior=_bench_like_gaussian(), max_cos=0.25)
+    elif case == "exclude":
+        kwargs.update(exclude=_bench_like_gaussian().draw(np.random.default_rng(5), 700), exclude_max_cos=0.25,
+                      prior=_bench_like_gaussian())
+    elif case == "small-blocks":  # several blocks and batches, ragged tiles (gcd(64, 96) = 32)
+        monkeypatch.setattr(identity, "BLOCK", 96)
+        monkeypatch.setattr(identity, "CANDIDATE_BATCH", 250)
+        kwargs.update(n=700, prior=_bench_like_gaussian(64), max_cos=0.5)
+    results = {}
+    for screen in (False, True):
+        monkeypatch.setattr(identity, "SCREEN", screen)
+        bank = sample_identities(**kwargs)
+        results[screen] = (bank.vectors, verify(bank, bins=10, device="cpu"))
+    (plain, plain_check), (screened, screened_check) = results[False], results[True]
+    assert np.array_equal(plain, screened)
+    assert screened_check.max_cos == plain_check.max_cos <= kwargs["max_cos"]
+    np.testing.assert_array_equal(screened_check.nearest_cos, plain_check.nearest_cos)
+    g = plain.astype(np.float64) @ plain.T.astype(np.float64)
+    np.fill_diagonal(g, -2)
+    np.testing.assert_allclose(screened_check.nearest_cos, g.max(1), atol=1e-6)
+    if case == "gaussian":  # the threshold binds: cosines fell in the recheck band
+        assert plain_check.max_cos > kwargs["max_cos"] - 0.01
+
+
+def test_bf16_probe_is_cached_and_falls_back(monkeypatch):
+    import synthface.identity as identity
+
+    monkeypatch.setattr(identity, "SCREEN", None)
+    monkeypatch.setattr(identity, "_BF16_FAST", {"cpu": False})
+    assert identity._screen_dtype(torch.device("cpu")) is None
+    bank = sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu")
+    monkeypatch.setattr(identity, "_BF16_FAST", {"cpu": True})
+    assert identity._screen_dtype(torch.device("cpu")) == torch.bfloat16
+    assert np.array_equal(sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu").vectors, bank.vectors)
