@@ -9,11 +9,10 @@ says how far sampling got and which threshold would work.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,20 +22,18 @@ import torch
 from synthface import __version__
 from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError
 from synthface.io import atomic_write_bytes, check_output_path, safetensors_bytes
+from synthface.screening import Screen, bf16_dtype, bf16_round, full_precision_accumulation, gemm_screen, screen_delta
 
 PRIORS = ("isotropic", "gaussian")
 # Sampling accepts only cosines this far below the threshold, so that recomputing them on another
 # device or with another GEMM kernel (float32 rounding is ~1e-7) never exceeds the threshold.
 GUARANTEE_MARGIN = 1e-5
-CANDIDATE_BATCH = 8192
+# Within-batch greedy costs N x batch x D in all, against N^2 D / 2 for the bank checks: 4096
+# keeps it under a tenth at 100K while the GEMMs stay large enough to run at full speed.
+CANDIDATE_BATCH = 4096
+# Below this many identities the int8 probe (~0.6 s) would cost more than int8 screening saves.
+INT8_MIN_COUNT = 20_000
 BLOCK = 8192
-# Screening: cosines are first computed in bfloat16 (3-4x faster than float32 on CPUs with
-# avx512_bf16 and on CUDA tensor cores); only the few that land within `_screen_delta` of a
-# decision are recomputed in float32, so every decision and every reported cosine is the float32
-# one. None: screen where a one-off probe shows bfloat16 matmul is faster (always on CUDA with
-# bf16 support); False: plain float32 throughout (the reference the tests compare against);
-# True: always screen.
-SCREEN: bool | None = None
 TILE = 64  # columns per tile whose screened maximum verification keeps for its exact recheck
 
 ProgressCallback = Callable[[int, int], None]
@@ -294,40 +291,38 @@ def sample_identities(
     rng = _rng(seed, _STREAM_SAMPLE)
     accepted = torch.empty((n, dim), dtype=torch.float32, device=device)
     excluded = torch.from_numpy(exclude).to(device) if exclude is not None else None
-    lp = _screen_dtype(device)
-    delta = _screen_delta(dim)
-    accepted_lp = torch.empty((n, dim), dtype=lp, device=device) if lp else None
-    excluded_lp = excluded.to(lp) if lp and excluded is not None else None
+    lp = bf16_dtype(device)  # the within-batch gram (small); the bank checks use `screen`
+    delta = screen_delta(dim)
+    screen: Screen | None = None
+    bank: _Screened | None = None
+    excluded_s: _Screened | None = None
     count = draws = 0
     limit = max_cos - GUARANTEE_MARGIN
     ex_limit = None if exclude_max_cos is None else exclude_max_cos - GUARANTEE_MARGIN
-    with _full_precision_accumulation(device):
+    with full_precision_accumulation(device):
         while count < n:
             batch = min(CANDIDATE_BATCH, max_draws - draws)
             if batch <= 0:
                 break
             cand = torch.from_numpy(prior_obj.draw(rng, batch)).to(device)
             draws += batch
+            if draws == batch:  # first batch: pick the screen (an int8 scale fits these draws)
+                screen = gemm_screen(device, cand, allow_int8=n >= INT8_MIN_COUNT)
+                if screen is not None:
+                    bank = _Screened.empty(screen, n, dim, device)
+                    excluded_s = _Screened.of(screen, excluded) if excluded is not None else None
             ok = torch.ones(batch, dtype=torch.bool, device=device)
-            if lp is None:
-                if excluded is not None:
-                    ok &= _max_cos_against(cand, excluded) <= ex_limit
-                if count:
-                    ok &= _max_cos_against(cand, accepted[:count]) <= limit
-                cand = cand[ok]
-                keep = _greedy_within(cand, limit)
-            else:
-                cand_lp = cand.to(lp)
-                if excluded is not None:
-                    _screened_within(cand, cand_lp, excluded, excluded_lp, ex_limit, delta, ok)
-                if count:
-                    _screened_within(cand, cand_lp, accepted[:count], accepted_lp[:count], limit, delta, ok)
-                cand, cand_lp = cand[ok], cand_lp[ok]
-                keep = _greedy_within(cand, limit, cand_lp, delta)
+            cand_s = _Screened.of(screen, cand) if screen is not None else None
+            if excluded is not None:
+                _check_against(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok)
+            if count:
+                _check_against(cand, cand_s, accepted, bank, count, limit, ok)
+            cand = cand[ok]
+            keep = _greedy_within(cand, limit, cand.to(lp) if lp else None, delta)
             new = cand[keep][: n - count]
             accepted[count : count + len(new)] = new
-            if lp:
-                accepted_lp[count : count + len(new)] = new.to(lp)
+            if bank is not None:
+                bank.put(count, cand_s.take(ok).take(keep), len(new))
             count += len(new)
             if progress:
                 progress(count, n)
@@ -351,6 +346,50 @@ def sample_identities(
     )
 
 
+@dataclass
+class _Screened:
+    """Vectors in a screen's low-precision form, with each vector's rounding error (int8)."""
+
+    screen: Screen
+    low: torch.Tensor
+    err: torch.Tensor | None
+
+    @classmethod
+    def of(cls, screen: Screen, x: torch.Tensor) -> _Screened:
+        return cls(screen, *screen.prepare(x))
+
+    @classmethod
+    def empty(cls, screen: Screen, n: int, dim: int, device: torch.device) -> _Screened:
+        probe_low, probe_err = screen.prepare(torch.zeros((1, dim), device=device))
+        err = None if probe_err is None else torch.empty(n, dtype=probe_err.dtype, device=device)
+        return cls(screen, torch.empty((n, dim), dtype=probe_low.dtype, device=device), err)
+
+    def take(self, index: torch.Tensor) -> _Screened:
+        return _Screened(self.screen, self.low[index], None if self.err is None else self.err[index])
+
+    def put(self, at: int, other: _Screened, count: int) -> None:
+        self.low[at : at + count] = other.low[:count]
+        if self.err is not None:
+            self.err[at : at + count] = other.err[:count]
+
+
+def _check_against(
+    cand: torch.Tensor,
+    cand_s: _Screened | None,
+    bank: torch.Tensor,
+    bank_s: _Screened | None,
+    count: int,
+    limit: float,
+    ok: torch.Tensor,
+) -> None:
+    """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to one of the first `count`
+    rows of `bank`, screened when `cand_s`/`bank_s` are given (same decisions either way)."""
+    if cand_s is None:
+        ok &= _max_cos_against(cand, bank[:count]) <= limit
+    else:
+        _screened_within(cand, cand_s, bank, bank_s, count, limit, ok)
+
+
 def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Row-wise max cosine of `cand` against `bank`, in blocks of the bank (float32)."""
     best = torch.full((cand.shape[0],), -2.0, device=cand.device)
@@ -360,36 +399,35 @@ def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def _screened_within(
-    cand: torch.Tensor,
-    cand_lp: torch.Tensor,
-    bank: torch.Tensor,
-    bank_lp: torch.Tensor,
-    limit: float,
-    delta: float,
+    cand: torch.Tensor, cand_s: _Screened, bank: torch.Tensor, bank_s: _Screened, count: int, limit: float,
     ok: torch.Tensor,
-) -> torch.Tensor:
-    """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to some row of `bank`.
+) -> None:
+    """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to one of the first `count`
+    rows of `bank`.
 
-    The same decisions as `_max_cos_against(cand, bank) <= limit`, from a bfloat16 pass: per bank
-    block, a row whose screened maximum exceeds limit + delta certainly clashes, one below
-    limit - delta certainly does not, and only rows in between are recomputed in float32 against
-    that block. Rows already rejected are skipped.
+    The same decisions as `_max_cos_against(cand, bank) <= limit`, from a screened pass: per bank
+    block, a row whose screened maximum exceeds limit + slack certainly clashes, one below
+    limit - slack certainly does not (slack: the screen's error bound for that row and block),
+    and only rows in between are recomputed in float32 against that block. Rows already
+    rejected are skipped.
     """
-    high, low = limit + delta, limit - delta
-    for start in range(0, bank.shape[0], BLOCK):
+    screen = cand_s.screen
+    for start in range(0, count, BLOCK):
+        stop = min(start + BLOCK, count)
         rows = ok.nonzero().squeeze(1)
         if rows.numel() == 0:
             break
-        sub_lp = cand_lp if rows.numel() == ok.numel() else cand_lp[rows]
-        screened = (sub_lp @ bank_lp[start : start + BLOCK].T).amax(dim=1).float()
-        reject = screened > high
-        band = (screened > low) & ~reject
+        sub = cand_s if rows.numel() == ok.numel() else cand_s.take(rows)
+        screened = screen.cosines(screen.gram(sub.low, bank_s.low[start:stop]).amax(dim=1))
+        col_err = None if bank_s.err is None else float(bank_s.err[start:stop].max())
+        slack = screen.slack(sub.err, col_err)
+        reject = screened > limit + slack
+        band = (screened > limit - slack) & ~reject
         if bool(band.any()):
             recheck = rows[band]
-            exact = (cand[recheck] @ bank[start : start + BLOCK].T).amax(dim=1)
+            exact = (cand[recheck] @ bank[start:stop].T).amax(dim=1)
             reject[band] = exact > limit
         ok[rows[reject]] = False
-    return ok
 
 
 def _greedy_within(
@@ -430,10 +468,10 @@ def _screened_clashes(
     """
     m = cand.shape[0]
     screened = cand_lp @ cand_lp.T
-    r, c = (screened > _bf16_round(limit - delta, up=False)).nonzero(as_tuple=True)
+    r, c = (screened > bf16_round(limit - delta, up=False)).nonzero(as_tuple=True)
     lower = c < r
     r, c = r[lower], c[lower]
-    band = screened[r, c] <= _bf16_round(limit + delta, up=True)
+    band = screened[r, c] <= bf16_round(limit + delta, up=True)
     del screened
     band_row = torch.zeros(m, dtype=torch.bool, device=cand.device)
     band_row[r[band]] = True
@@ -449,106 +487,6 @@ def _screened_clashes(
     rows, cols = torch.cat(rows_l), torch.cat(cols_l)
     order = torch.argsort(rows * m + cols)
     return rows[order].cpu().numpy(), cols[order].cpu().numpy()
-
-
-def _bf16_round(x: float, *, up: bool) -> float:
-    """The nearest bfloat16 value at or above (`up`) or at or below `x`, as a Python float, so
-    that comparing a bfloat16 tensor with it (done in bfloat16) is exact."""
-    f = np.float32(x)
-    if (f < x) if up else (f > x):
-        f = np.nextafter(f, np.float32(np.inf if up else -np.inf))
-    bits = np.array(f, dtype=np.float32).view(np.uint32)
-    truncated = bits & np.uint32(0xFFFF0000)  # towards zero
-    if truncated.view(np.float32) != f and up == (f > 0):
-        truncated = truncated + np.uint32(0x10000)  # one bfloat16 step away from zero
-    value = float(truncated.view(np.float32))
-    assert float(torch.tensor(value).to(torch.bfloat16)) == value
-    return value
-
-
-# --------------------------------------------------------------------------- bfloat16 screening
-
-_BF16_FAST: dict[str, bool] = {}
-_U = 2.0**-8  # unit roundoff of bfloat16 (8 significand bits, round to nearest even)
-
-
-def _screen_delta(dim: int) -> float:
-    """A bound on |cosine from the bfloat16 GEMM - cosine from the float32 GEMM| for unit vectors.
-
-    For unit x, y (float32, norms 1 within 1e-6) of dimension D:
-    - rounding each element to bfloat16 changes it by a relative u = 2^-8 at most, so each product
-      x_i y_i moves by at most (2u + u^2)|x_i y_i|, and in all by (2u + u^2) sum|x_i y_i| <=
-      (2u + u^2) ||x|| ||y|| = 0.00782 (Cauchy-Schwarz);
-    - the bfloat16 GEMM multiplies exactly and accumulates in float32 (oneDNN, cuBLAS with
-      reduced-precision reductions switched off, see `_full_precision_accumulation`): at most
-      D 2^-24 sum|x_i y_i| in any summation order, and the float32 GEMM we compare with errs by
-      as much again (3e-5 each for D = 512);
-    - the result is rounded to bfloat16: at most u times its magnitude (<= 1 + the above), 0.0039.
-    That sums to 0.0118 for D = 512; the 25 % on top covers norms that are 1 only to float32
-    precision and thresholds rounded to float32. tests/test_identity.py checks it against
-    vectors built to round badly. Sampling and verification only ever use it as "screened value
-    more than delta above/below x means float32 value above/below x", so a larger delta costs
-    rechecks, never correctness.
-    """
-    first = 2 * _U + _U * _U
-    accumulate = dim * 2.0**-24 * (1 + first)
-    output = _U * (1 + first + accumulate)
-    return 1.25 * (first + 2 * accumulate + output)
-
-
-def _screen_dtype(device: torch.device) -> torch.dtype | None:
-    """bfloat16 when screening is on and pays on this device, else None (plain float32)."""
-    if SCREEN is False:
-        return None
-    if SCREEN is True:
-        return torch.bfloat16
-    if device.type not in _BF16_FAST:
-        _BF16_FAST[device.type] = _bf16_matmul_is_fast(device)
-    return torch.bfloat16 if _BF16_FAST[device.type] else None
-
-
-def _bf16_matmul_is_fast(device: torch.device) -> bool:
-    """CUDA: bf16 support. CPU: a one-off timed probe (~0.2 s), since without avx512_bf16 or AMX
-    a bfloat16 GEMM is emulated and no faster than float32. Results never depend on the answer,
-    only speed does."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(2048, 512, generator=gen)
-    b = torch.randn(2048, 512, generator=gen)
-
-    def best(x: torch.Tensor, y: torch.Tensor) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            (x @ y.T).amax()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    try:
-        fp32 = best(a, b)
-        bf16 = best(a.bfloat16(), b.bfloat16())
-    except RuntimeError:
-        return False
-    return bf16 < 0.7 * fp32
-
-
-@contextlib.contextmanager
-def _full_precision_accumulation(device: torch.device) -> Iterator[None]:
-    """On CUDA, forbid cuBLAS's reduced-precision (bfloat16) split-K reductions, which
-    `_screen_delta` does not allow for; restore the user's setting afterwards."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.allow_bf16_reduced_precision_reduction
-    matmul.allow_bf16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        matmul.allow_bf16_reduced_precision_reduction = saved
 
 
 def _feasible_threshold(n: int, prior: Prior, seed: int) -> float:
@@ -619,9 +557,9 @@ def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.d
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t = torch.from_numpy(_normalise_rows(x)).to(device)
     n = t.shape[0]
-    lp = _screen_dtype(device)
-    with _full_precision_accumulation(device):
-        nearest = _nearest_fp32(t) if lp is None else _nearest_screened(t, lp, _screen_delta(t.shape[1]))
+    screen = gemm_screen(device, t, allow_int8=False)
+    with full_precision_accumulation(device):
+        nearest = _nearest_fp32(t) if screen is None else _nearest_screened(t, screen)
     nearest_np = nearest.cpu().numpy()
     if n < 2:
         nearest_np = np.full(n, np.nan, dtype=np.float32)
@@ -650,8 +588,8 @@ def _nearest_fp32(t: torch.Tensor) -> torch.Tensor:
     return nearest
 
 
-def _nearest_screened(t: torch.Tensor, lp: torch.dtype, delta: float) -> torch.Tensor:
-    """The same float32 nearest-neighbour cosines as `_nearest_fp32`, from one bfloat16 pass.
+def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
+    """The same float32 nearest-neighbour cosines as `_nearest_fp32`, from one screened pass.
 
     The pass keeps, per row, the screened maximum over each tile of TILE columns. A tile whose
     screened maximum is below (row's screened maximum - 2 delta) holds only float32 cosines below
@@ -662,7 +600,9 @@ def _nearest_screened(t: torch.Tensor, lp: torch.dtype, delta: float) -> torch.T
     """
     n, device = t.shape[0], t.device
     tile = math.gcd(TILE, BLOCK)
-    t_lp = t.to(lp)
+    low, err = screen.prepare(t)
+    worst = None if err is None else float(err.max())  # int8: one bound from the worst vector, both sides
+    delta = float(screen.slack(worst, worst))
     screened = torch.full((n,), -2.0, device=device)
     rows_l: list[torch.Tensor] = []
     tiles_l: list[torch.Tensor] = []
@@ -682,18 +622,18 @@ def _nearest_screened(t: torch.Tensor, lp: torch.dtype, delta: float) -> torch.T
         rows_l[:], tiles_l[:], vals_l[:] = [rows[near]], [tiles[near]], [vals[near]]
 
     for i in range(0, n, BLOCK):
-        a = t_lp[i : i + BLOCK]
+        a = low[i : i + BLOCK]
         for j in range(i, n, BLOCK):
-            g = a @ t_lp[j : j + BLOCK].T
+            g = screen.gram(a, low[j : j + BLOCK])
             if i == j:
-                g.fill_diagonal_(-2.0)
+                g.fill_diagonal_(screen.fill)
             bi, bj = g.shape
             pad_i, pad_j = -bi % tile, -bj % tile
             if pad_i or pad_j:
-                g = torch.nn.functional.pad(g, (0, pad_j, 0, pad_i), value=-2.0)
-            keep(i, j // tile, g.view(g.shape[0], -1, tile).amax(dim=2)[:bi].float())
+                g = torch.nn.functional.pad(g, (0, pad_j, 0, pad_i), value=screen.fill)
+            keep(i, j // tile, screen.cosines(g.view(g.shape[0], -1, tile).amax(dim=2)[:bi]))
             if i != j:
-                keep(j, i // tile, g.view(-1, tile, g.shape[1]).amax(dim=1)[:, :bj].T.float())
+                keep(j, i // tile, screen.cosines(g.view(-1, tile, g.shape[1]).amax(dim=1)[:, :bj].T))
         compact()
 
     nearest = torch.full((n,), -2.0, device=device)

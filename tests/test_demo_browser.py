@@ -24,8 +24,8 @@ if not CHROMIUM.is_file():
         allow_module_level=True,
     )
 
-from synthface import demo as demo_lib
-from tests.faces_fixtures import T1
+from synthface import demo as demo_lib  # noqa: E402 (after the skip checks above)
+from tests.faces_fixtures import T1  # noqa: E402
 
 NUM_IMAGES = 4  # the page's default
 

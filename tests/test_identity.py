@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from synthface import screening
 from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError, OutputPathError
 from synthface.identity import (
     gaussian_prior,
@@ -20,6 +21,7 @@ from synthface.identity import (
     sample_identities,
     verify,
 )
+from synthface.screening import Int8Screen, screen_delta
 
 
 def brute_max_cos(x: np.ndarray) -> float:
@@ -295,8 +297,6 @@ def _rounds_badly(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
 
 @pytest.mark.parametrize("dim", [64, 512])
 def test_bf16_screening_error_is_within_the_bound(dim):
-    from synthface.identity import _screen_delta
-
     rng = np.random.default_rng(dim)
     bad = _rounds_badly(rng, 256, dim)
     # Pairs that share a fraction of coordinates exactly: their rounding errors add up coherently,
@@ -306,7 +306,7 @@ def test_bf16_screening_error_is_within_the_bound(dim):
     partner = np.where(share, bad, partner)
     unit = rng.standard_normal((256, dim)).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    raw_bound = _screen_delta(dim) / 1.25
+    raw_bound = screen_delta(dim) / 1.25
     worst = 0.0
     for x, y in ((bad, partner), (bad, bad), (unit, unit), (_normalise(bad), _normalise(partner))):
         exact = torch.from_numpy(x) @ torch.from_numpy(y).T
@@ -316,18 +316,50 @@ def test_bf16_screening_error_is_within_the_bound(dim):
         assert (diff <= raw_bound * norms).all(), float((diff / norms).max())
         worst = max(worst, float((diff / norms).max()))
     assert worst > 0.6 * raw_bound  # the vectors really are adversarial, so the check has teeth
-    assert _screen_delta(dim) < 0.02
+    assert screen_delta(dim) < 0.02
+
+
+@pytest.mark.parametrize("dim", [64, 512])
+def test_int8_screening_error_is_within_the_per_pair_bound(dim):
+    """Vectors whose coordinates all sit just below a rounding midpoint of the int8 grid (errors
+    add up coherently), pairs sharing coordinates, plain random vectors, and vectors the scale
+    was not fitted to (clipped coordinates): |screened - float32| stays within the bound."""
+    rng = np.random.default_rng(dim)
+    unit = _normalise(rng.standard_normal((256, dim)).astype(np.float32))
+    screen = Int8Screen.fitted(torch.from_numpy(unit))
+    steps = rng.integers(1, 40, size=(256, dim)) * rng.choice([-1, 1], size=(256, dim))
+    bad = _normalise(((steps + np.sign(steps) * 0.499) / screen.scale).astype(np.float32))
+    share = rng.uniform(0.3, 1.0, size=(256, 1)) > np.linspace(0, 1, dim)[None, :]
+    partner = _normalise(np.where(share, bad, unit))
+    spiky = unit.copy()
+    spiky[:, 0] = 0.9  # far outside the fitted range: clipped to 127
+    spiky = _normalise(spiky)
+    worst = 0.0
+    for x, y in ((bad, partner), (bad, bad), (unit, unit), (spiky, unit), (spiky, bad)):
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        (qx, ex), (qy, ey) = screen.prepare(tx), screen.prepare(ty)
+        screened = screen.cosines(screen.gram(qx, qy)).double()
+        exact = (tx @ ty.T).double()
+        bound = torch.stack([screen.slack(ex, float(e)) for e in ey], dim=1)
+        assert ((screened - exact).abs() <= bound).all()
+        worst = max(worst, float(((screened - exact).abs() / bound).max()))
+    assert worst > 0.3  # the bound is not vacuous: coherent errors come within a few times of it
+    assert float(screen.slack(torch.tensor(0.011), 0.011)) < 0.03  # 512-d: ~0.02, a few rechecks
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "int8"])
 @pytest.mark.parametrize("case", ["isotropic", "gaussian", "exclude", "small-blocks"])
-def test_bf16_screened_sampling_and_verify_equal_float32(case, monkeypatch):
+def test_screened_sampling_and_verify_equal_float32(case, kind, monkeypatch):
     """Screening changes speed only: the bank and every verified cosine are the float32 ones."""
     import synthface.identity as identity
 
+    monkeypatch.setattr(screening, "INT8", kind == "int8")
+    monkeypatch.setattr(identity, "INT8_MIN_COUNT", 0)
+    monkeypatch.setattr(identity, "CANDIDATE_BATCH", 512)  # several batches: the bank checks run screened
     kwargs = dict(n=1500, max_cos=0.3, seed=11, device="cpu")
     if case == "gaussian":
         kwargs.update(prior=_bench_like_gaussian(), max_cos=0.25)
@@ -340,7 +372,9 @@ def test_bf16_screened_sampling_and_verify_equal_float32(case, monkeypatch):
         kwargs.update(n=700, prior=_bench_like_gaussian(64), max_cos=0.5)
     results = {}
     for screen in (False, True):
-        monkeypatch.setattr(identity, "SCREEN", screen)
+        monkeypatch.setattr(screening, "SCREEN", screen)
+        if screen:
+            assert screening.gemm_screen(torch.device("cpu"), torch.ones(1, 8)).name == kind
         bank = sample_identities(**kwargs)
         results[screen] = (bank.vectors, verify(bank, bins=10, device="cpu"))
     (plain, plain_check), (screened, screened_check) = results[False], results[True]
@@ -354,13 +388,21 @@ def test_bf16_screened_sampling_and_verify_equal_float32(case, monkeypatch):
         assert plain_check.max_cos > kwargs["max_cos"] - 0.01
 
 
-def test_bf16_probe_is_cached_and_falls_back(monkeypatch):
+def test_screen_probes_are_cached_and_fall_back(monkeypatch):
     import synthface.identity as identity
 
-    monkeypatch.setattr(identity, "SCREEN", None)
-    monkeypatch.setattr(identity, "_BF16_FAST", {"cpu": False})
-    assert identity._screen_dtype(torch.device("cpu")) is None
+    monkeypatch.setattr(identity, "INT8_MIN_COUNT", 0)
+    monkeypatch.setattr(screening, "SCREEN", None)
+    monkeypatch.setattr(screening, "INT8", None)
+    monkeypatch.setattr(screening, "_BF16_FAST", {"cpu": False})
+    monkeypatch.setattr(screening, "_INT8_FAST", {"cpu": False})
+    cpu = torch.device("cpu")
+    assert screening.bf16_dtype(cpu) is None and screening.gemm_screen(cpu, torch.ones(2, 8)) is None
     bank = sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu")
-    monkeypatch.setattr(identity, "_BF16_FAST", {"cpu": True})
-    assert identity._screen_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(screening, "_BF16_FAST", {"cpu": True})
+    assert screening.bf16_dtype(cpu) == torch.bfloat16
+    assert screening.gemm_screen(cpu, torch.ones(2, 8)).name == "bfloat16"
+    assert np.array_equal(sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu").vectors, bank.vectors)
+    monkeypatch.setattr(screening, "_INT8_FAST", {"cpu": True})
+    assert screening.gemm_screen(cpu, torch.ones(2, 8)).name == "int8"
     assert np.array_equal(sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu").vectors, bank.vectors)

@@ -282,7 +282,10 @@ def test_full_size_components_match_stable_diffusion_1_5():
     from synthface.pipelines.testing import full_size_arc2face_pipeline
 
     big = full_size_arc2face_pipeline(device="meta")
-    count = lambda m: sum(p.numel() for p in m.parameters())
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
     assert count(big.unet) == 859_520_964 and count(big.vae) == 83_653_863 and count(big.text_encoder) == 123_060_480
     assert big.vae_scale_factor == 8 and big.unet.config.sample_size * big.vae_scale_factor == 512
     assert big.unet.config.cross_attention_dim == big.text_encoder.config.hidden_size == 768
