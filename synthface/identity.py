@@ -22,7 +22,15 @@ import torch
 from synthface import __version__
 from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError
 from synthface.io import atomic_write_bytes, check_output_path, safetensors_bytes
-from synthface.screening import Screen, bf16_dtype, bf16_round, full_precision_accumulation, gemm_screen, screen_delta
+from synthface.screening import (
+    Int8Screen,
+    Screen,
+    bf16_dtype,
+    bf16_round,
+    full_precision_accumulation,
+    gemm_screen,
+    screen_delta,
+)
 
 PRIORS = ("isotropic", "gaussian")
 # Sampling accepts only cosines this far below the threshold, so that recomputing them on another
@@ -360,9 +368,8 @@ class _Screened:
 
     @classmethod
     def empty(cls, screen: Screen, n: int, dim: int, device: torch.device) -> _Screened:
-        probe_low, probe_err = screen.prepare(torch.zeros((1, dim), device=device))
-        err = None if probe_err is None else torch.empty(n, dtype=probe_err.dtype, device=device)
-        return cls(screen, torch.empty((n, dim), dtype=probe_low.dtype, device=device), err)
+        err = torch.empty(n, dtype=torch.float64, device=device) if isinstance(screen, Int8Screen) else None
+        return cls(screen, torch.empty((n, dim), dtype=screen.dtype, device=device), err)
 
     def take(self, index: torch.Tensor) -> _Screened:
         return _Screened(self.screen, self.low[index], None if self.err is None else self.err[index])

@@ -68,6 +68,7 @@ class Bf16Screen:
     """bfloat16 operands; one bound for every pair (`screen_delta`)."""
 
     name = "bfloat16"
+    dtype = torch.bfloat16
     fill = -2.0  # below every cosine
 
     def __init__(self, dim: int):
@@ -101,6 +102,7 @@ class Int8Screen:
     scale: float
     dim: int
     name = "int8"
+    dtype = torch.int8
     fill = torch.iinfo(torch.int32).min  # below every product
 
     @classmethod
