@@ -1,12 +1,15 @@
 """The `synthface` command: one thin typer sub-app per capability, each in its own module.
 
-Commands parse arguments and call the library; any `SynthfaceError` is printed as its paragraph
-and turned into the error's exit code.
+Commands parse arguments and call the library. `cli()` is the one place that turns outcomes into
+exit codes: a `SynthfaceError` prints its paragraph and exits with the error's code, a usage
+mistake (unknown option, bad value, missing argument) prints click's usage message and exits 2,
+Ctrl-C prints "aborted" and exits 130. No user mistake ends in a Python traceback.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import typer
 from rich.console import Console
@@ -23,6 +26,9 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+EXIT_USAGE = 2  # click's convention for a usage error
+EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by SIGINT
+
 
 def _register() -> None:
     # Each command module imports its heavy dependencies inside its commands, so `--help` is fast.
@@ -36,22 +42,48 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Console entry point: run the app, mapping library errors to a message and an exit code."""
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Usage errors as raised by typer's bundled click copy and, for older typer, by click itself."""
+    types: list[type[BaseException]] = [typer.exceptions.TyperException]
     try:
-        rc = app(standalone_mode=False)
-    except SynthfaceError as exc:
-        # Text, not markup: messages may contain brackets such as "[filtering]".
-        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer bundles its own copy
+        pass
+    return tuple(types)
+
+
+def print_error(message: str) -> None:
+    """One paragraph on stderr, as text (messages may contain brackets such as "[filtering]")."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+
+
+def cli(args: Sequence[str] | None = None) -> int:
+    """Run the command line `args` (default: sys.argv[1:]) and return its exit code; never raises
+    for a user mistake. Tests call this in-process; `main` is the console entry point."""
+    usage_errors = _usage_error_types()
+    try:
+        rc = app(args=list(args) if args is not None else None, prog_name="synthface", standalone_mode=False)
+    except SynthfaceError as exc:
+        print_error(str(exc))
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        return EXIT_INTERRUPTED
+    except usage_errors as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:  # pragma: no cover
+            print_error(str(exc))
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+        return code if isinstance(code, int) else EXIT_USAGE
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    return rc if isinstance(rc, int) else 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(cli())
