@@ -10,6 +10,7 @@ Components are stock diffusers/transformers classes, so `save_pretrained`/`from_
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,13 @@ from synthface.errors import DeviceMemoryError, InvalidInputError
 from synthface.pipelines import id_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+#: Largest output side accepted, in pixels (4x Arc2Face's native 512; as a recipe's `resolution`).
+MAX_IMAGE_SIDE = 2048
+#: Largest guidance accepted: far past any useful setting (Arc2Face uses 3.0, its demo offers
+#: 0.1-10); infinite guidance renders black images and NaN silently turns guidance off.
+MAX_GUIDANCE_SCALE = 100.0
+#: Denoising-step bound for a scheduler whose config names no training timesteps (SD 1.5's count).
+MAX_TRAIN_TIMESTEPS = 1000
 
 
 def default_scheduler(config) -> DPMSolverMultistepScheduler:
@@ -117,15 +125,17 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 Rows are L2-normalised; rows that were not unit-norm trigger a warning.
             num_images_per_prompt: K images per identity; the output holds N*K images,
                 identity-major (all K images of identity 0, then identity 1, ...).
-            num_inference_steps: denoising steps (25 for DPM-Solver++, 2-4 with LCM-LoRA).
-            guidance_scale: classifier-free guidance weight; <= 1 disables the unconditional pass.
-            height, width: output size in pixels, multiples of the VAE factor (default: the UNet's
-                native size, 512 for Arc2Face).
+            num_inference_steps: denoising steps (25 for DPM-Solver++, 2-4 with LCM-LoRA), 1 to
+                `max_inference_steps()` (1000 for SD 1.5 schedulers, 50 for LCM).
+            guidance_scale: classifier-free guidance weight, a finite number from 0 to
+                `MAX_GUIDANCE_SCALE`; <= 1 disables the unconditional pass.
+            height, width: output size in pixels, multiples of the VAE factor up to
+                `MAX_IMAGE_SIDE` (None: the UNet's native size, 512 for Arc2Face).
             generator: one `torch.Generator` per output image (a list of N*K) makes each image
                 depend only on its own generator, whatever else is in the batch; a single
                 generator seeds the whole batch; None uses the global RNG.
-            latents: optional starting noise (N*K, 4, h, w); drawn from `generator` otherwise.
-            eta: DDIM's eta, passed to schedulers that accept it.
+            latents: optional finite starting noise (N*K, 4, h, w); drawn from `generator` otherwise.
+            eta: DDIM's eta (0 to 1), passed to schedulers that accept it.
             output_type: "pil", "np", "pt" or "latent".
             return_dict: return an `Arc2FacePipelineOutput` rather than a tuple.
             callback_on_step_end: called after every step as `fn(pipe, step, timestep, kwargs)`
@@ -135,17 +145,20 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 `["latents"]`).
 
         Raises:
-            InvalidInputError: bad ID vectors, sizes, generator count or output type.
+            InvalidInputError: any argument `check_inputs` refuses: bad or non-finite ID vectors,
+                sizes, steps, guidance, eta, latents, generator count or output type.
             DeviceMemoryError: the GPU ran out of memory; the message suggests a batch size.
         """
-        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
-        n = unit.shape[0]
+        # 1. Check inputs: anything non-finite or out of range is refused before any work is done.
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
-        height, width = self._check_call(n, num_images_per_prompt, num_inference_steps, height, width,
-                                         generator, latents, output_type, tensor_inputs)
-        batch = n * num_images_per_prompt
+        unit, height, width = self.check_inputs(
+            id_embeds, num_images_per_prompt, num_inference_steps, guidance_scale, height, width, generator,
+            latents, eta, output_type, tensor_inputs,
+        )
+        batch = unit.shape[0] * num_images_per_prompt
+        # 2. Denoise and decode (steps 2a-2e in `_generate`); an out-of-memory GPU becomes a message.
         try:
             images = self._generate(unit, num_images_per_prompt, num_inference_steps, guidance_scale, height,
                                     width, generator, latents, eta, output_type, callback_on_step_end, tensor_inputs)
@@ -154,6 +167,7 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise DeviceMemoryError(_oom_message(batch, height, width, self.unet.dtype, exc)) from None
         finally:
             self.maybe_free_model_hooks()
+        # 3. Output.
         if not return_dict:
             return images, unit
         return Arc2FacePipelineOutput(images=images, id_embeds=unit)
@@ -165,15 +179,18 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         batch = unit.shape[0] * k
         do_cfg = guidance_scale > 1.0
 
+        # 2a. Encode the identities (and the empty prompt for classifier-free guidance).
         prompt_embeds = id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit, device=device)
         prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(k, dim=0)
         uncond = self.encode_unconditional(1).to(device, dtype) if do_cfg else None
 
+        # 2b. Timesteps, 2c. starting noise.
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
         latents = self._prepare_latents(batch, height, width, generator, latents, device, dtype)
         step_kwargs = self._step_kwargs(generator, eta)
 
+        # 2d. Denoising loop.
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -195,6 +212,7 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                     prompt_embeds = (returned or {}).get("prompt_embeds", prompt_embeds)
                 progress.update()
 
+        # 2e. Decode.
         if output_type == "latent":
             return latents
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -218,29 +236,69 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             kwargs["generator"] = generator
         return kwargs
 
-    def _check_call(self, n, k, steps, height, width, generator, latents, output_type, tensor_inputs):
-        if not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"num_images_per_prompt must be a positive integer, got {k!r}.")
-        if not isinstance(steps, int) or steps < 1:
-            raise InvalidInputError(f"num_inference_steps must be a positive integer, got {steps!r}.")
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        height, width = height or native, width or native
+    def max_inference_steps(self) -> int:
+        """The most denoising steps the current scheduler can take: its training timesteps (1000 for
+        SD 1.5), or fewer where the scheduler says so (LCM: its `original_inference_steps`, 50)."""
+        config = self.scheduler.config
+        bounds = [b for b in (config.get("num_train_timesteps"), config.get("original_inference_steps")) if b]
+        return int(min(bounds, default=MAX_TRAIN_TIMESTEPS))
+
+    def check_inputs(self, id_embeds, num_images_per_prompt, num_inference_steps, guidance_scale, height, width,
+                     generator, latents, eta, output_type, callback_on_step_end_tensor_inputs):
+        """Refuse every argument that would fail late or render something silently wrong.
+
+        Returns the checked (N, D) unit ID vectors and the output height and width. Non-finite
+        numbers (NaN, inf) are refused everywhere, as are sizes outside 1 x the VAE factor to
+        `MAX_IMAGE_SIDE`, steps beyond `max_inference_steps()` and guidance outside
+        0 to `MAX_GUIDANCE_SCALE`.
+
+        Raises:
+            InvalidInputError: naming the argument, the value received and what is accepted.
+        """
+        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
+        n, k = unit.shape[0], num_images_per_prompt
+        _check_int("num_images_per_prompt", k, 1, None)
+        _check_int("num_inference_steps", num_inference_steps, 1, self.max_inference_steps(),
+                   why=f"the {type(self.scheduler).__name__} scheduler takes at most that many")
+        _check_real("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE,
+                    why="Arc2Face uses 3.0; 1.0 or less turns classifier-free guidance off")
+        _check_real("eta", eta, 0.0, 1.0, why="DDIM's eta mixes in fresh noise, 0 (deterministic) to 1")
+        factor = self.vae_scale_factor
+        native = self.unet.config.sample_size * factor
+        sizes = {}
         for name, value in (("height", height), ("width", width)):
-            if value % self.vae_scale_factor:
-                raise InvalidInputError(f"{name} {value} is not a multiple of {self.vae_scale_factor} (the VAE factor).")
-        if isinstance(generator, list) and len(generator) != n * k:
-            raise InvalidInputError(
-                f"Got {len(generator)} generators for {n} identities x {k} images = {n * k} images; "
-                "pass one generator per output image (identity-major order), a single generator, or None."
-            )
+            if value is None:
+                sizes[name] = native
+                continue
+            _check_int(name, value, factor, MAX_IMAGE_SIDE, why=f"the model's own size is {native}; pass None for it")
+            if value % factor:
+                raise InvalidInputError(
+                    f"{name} {value} is not a multiple of {factor} (the VAE factor); use {value - value % factor or factor}."
+                )
+            sizes[name] = value
+        if isinstance(generator, list):
+            if len(generator) != n * k:
+                raise InvalidInputError(
+                    f"Got {len(generator)} generators for {n} identities x {k} images = {n * k} images; "
+                    "pass one generator per output image (identity-major order), a single generator, or None."
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise InvalidInputError("generator must be a torch.Generator, a list of them, or None.")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise InvalidInputError(f"generator must be a torch.Generator, a list of them, or None; got {type(generator).__name__}.")
+        if latents is not None:
+            if not isinstance(latents, torch.Tensor):
+                raise InvalidInputError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
+            if not bool(torch.isfinite(latents).all()):
+                raise InvalidInputError("latents contain NaN or inf; starting noise must be finite.")
         if output_type not in OUTPUT_TYPES:
             raise InvalidInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
         if unknown:
             raise InvalidInputError(
                 f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from {self._callback_tensor_inputs}."
             )
-        return height, width
+        return unit, sizes["height"], sizes["width"]
 
     def _free_after_oom(self) -> None:
         if torch.cuda.is_available():
@@ -308,6 +366,25 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if compile:
             self.unet.compile(fullgraph=True)
         return self
+
+
+def _check_int(name: str, value, low: int, high: int | None, *, why: str = "") -> None:
+    """`value` is an int (not a bool) in [low, high]; else an InvalidInputError naming the bound."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if ok and value >= low and (high is None or value <= high):
+        return
+    bound = f"from {low} to {high}" if high is not None else f"{low} or more"
+    raise InvalidInputError(f"{name} must be an integer {bound}, got {value!r}{f' ({why})' if why else ''}.")
+
+
+def _check_real(name: str, value, low: float, high: float, *, why: str = "") -> None:
+    """`value` is a finite real number in [low, high]; NaN and inf are refused by name."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok and math.isfinite(value) and low <= value <= high:
+        return
+    raise InvalidInputError(
+        f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
+    )
 
 
 def _xformers_installed() -> bool:

@@ -52,7 +52,8 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
     """Validate ID vectors and return them as (N, dim) float32 unit rows on the CPU.
 
     A 1-D vector is one identity. Wrong shape, an empty batch, NaN/inf and zero vectors raise
-    `InvalidInputError`; vectors that are not unit-norm are normalised with a warning.
+    `InvalidInputError`; any other vector is normalised (with a warning when it was not unit-norm),
+    exactly even when its norm would overflow or underflow float32, so every row returned has norm 1.
     """
     if isinstance(id_embeds, np.ndarray):
         x = torch.from_numpy(np.asarray(id_embeds))
@@ -64,7 +65,7 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
         )
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise InvalidInputError(f"id_embeds must hold real numbers, got dtype {x.dtype}.")
-    x = x.to("cpu", torch.float32)
+    x = x.to("cpu", torch.float64)  # float64 until normalised: float32 overflows from norms of ~1.8e19
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2 or x.shape[1] != dim:
@@ -77,12 +78,16 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
     bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
     if bad:
         raise InvalidInputError(f"id_embeds rows {bad[:10]} contain NaN or inf; every value must be finite.")
-    norms = x.norm(dim=1)
-    zero = (norms < 1e-6).nonzero().flatten().tolist()
+    # Scale each row by its largest magnitude first, so the norm neither overflows nor underflows.
+    peak = x.abs().amax(dim=1)
+    zero = (peak == 0).nonzero().flatten().tolist()
     if zero:
         raise InvalidInputError(
             f"id_embeds rows {zero[:10]} are zero vectors, which name no identity; pass unit-norm ID vectors."
         )
+    scaled = x / peak[:, None]
+    unit = scaled / scaled.norm(dim=1, keepdim=True)
+    norms = peak * scaled.norm(dim=1)  # may be inf for a finite float64 row: only reported, never divided by
     off = ((norms - 1).abs() > NORM_TOLERANCE).nonzero().flatten().tolist()
     if off:
         warnings.warn(
@@ -91,7 +96,7 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
             UserWarning,
             stacklevel=3,
         )
-    return x / norms[:, None]
+    return unit.to(torch.float32)
 
 
 def pad_to_hidden(vectors: torch.Tensor, hidden_size: int) -> torch.Tensor:
