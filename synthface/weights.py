@@ -15,6 +15,10 @@ from pathlib import Path
 from synthface.errors import ModelNotFoundError
 
 NON_COMMERCIAL = "non-commercial research only"
+#: The user's standing opt-in to pickled weights; every loader honours it (see `pickle_allowed`).
+PICKLE_ENV = "SYNTHFACE_ALLOW_PICKLE"
+#: Weight files that are Python pickles (they can run code when loaded), as opposed to safetensors/ONNX.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,31 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def pickle_allowed(allow_pickle: bool | None = None) -> bool:
+    """Whether pickled weights may be loaded: only on an explicit opt-in, `allow_pickle=True` (an
+    `--allow-pickle` flag) or SYNTHFACE_ALLOW_PICKLE=1 in the environment. The variable is honoured
+    by every loader, whatever a flag's default, so setting it once is enough."""
+    return bool(allow_pickle) or os.environ.get(PICKLE_ENV, "") == "1"
+
+
+def pickled_only(folder: Path) -> list[Path]:
+    """The pickled weight files in `folder` when it holds no safetensors beside them, else []."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+
+
+def pickle_refusal(what: str, files: list[Path] | list[str]) -> ModelNotFoundError:
+    """The one-paragraph refusal for pickled weights loaded without an opt-in."""
+    names = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return ModelNotFoundError(
+        f"The {what} is only available as pickled weights ({names}), which synthface loads only on request "
+        f"because unpickling can run code. Opt in with allow_pickle=True, `--allow-pickle` on the command line, "
+        f"or {PICKLE_ENV}=1 in the environment (the files are then read with torch's weights_only loader), "
+        "or convert them once to .safetensors."
+    )
 
 
 def spec(name: str) -> ModelSpec:

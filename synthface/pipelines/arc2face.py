@@ -13,6 +13,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -24,7 +25,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from synthface.errors import DeviceMemoryError, InvalidInputError
+from synthface.errors import DeviceMemoryError, InvalidInputError, ModelNotFoundError
 from synthface.pipelines import id_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -82,6 +83,50 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise InvalidInputError(f"id_dim {id_dim} exceeds the text encoder's hidden size {hidden}.")
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, allow_pickle: bool | None = None, **kwargs):
+        """diffusers' `from_pretrained`, reading safetensors only unless pickled weights are opted in.
+
+        Args:
+            pretrained_model_name_or_path: a folder written by `save_pretrained`, or a repo id.
+            allow_pickle: also read pickled `*.bin` components (with torch's weights_only loader);
+                SYNTHFACE_ALLOW_PICKLE=1 opts in as well (`synthface.weights.pickle_allowed`).
+            **kwargs: passed to `DiffusionPipeline.from_pretrained` (dtype, device_map, ...).
+
+        Raises:
+            ModelNotFoundError: a component exists only pickled and nothing opted in, or the
+                weights cannot be found or read; the message names the files and the fix.
+        """
+        from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
+
+        source = str(pretrained_model_name_or_path)
+        folder = Path(source).expanduser()
+        if not folder.exists() and (source.count("/") != 1 or source.startswith((".", "/", "~"))):
+            raise ModelNotFoundError(
+                f"Cannot load an {cls.__name__} from {source}: no such folder, and it is not a repo id "
+                "(owner/name). Pass a folder written by save_pretrained."
+            )
+        allowed = pickle_allowed(allow_pickle)
+        if not allowed:
+            if kwargs.get("use_safetensors") is False:
+                raise InvalidInputError(
+                    "use_safetensors=False asks for pickled weights, which can run code when loaded; "
+                    "opt in with allow_pickle=True or SYNTHFACE_ALLOW_PICKLE=1, or drop the argument."
+                )
+            kwargs["use_safetensors"] = True
+            pickled = [p for part in sorted(folder.iterdir()) if part.is_dir() for p in pickled_only(part)] \
+                if folder.is_dir() else []
+            if pickled:
+                raise pickle_refusal(f"pipeline in {folder}", [p.relative_to(folder) for p in pickled])
+        try:
+            return super().from_pretrained(str(folder) if folder.exists() else source, **kwargs)
+        except OSError as exc:
+            hint = "" if allowed else " Only safetensors load without an opt-in (allow_pickle=True or SYNTHFACE_ALLOW_PICKLE=1)."
+            raise ModelNotFoundError(
+                f"Cannot load an {cls.__name__} from {source}: {_first_line(exc)}. Pass a folder written by "
+                f"save_pretrained, or use synthface.pipelines.load_arc2face for the published Arc2Face layout.{hint}"
+            ) from None
 
     # ------------------------------------------------------------------ conditioning
 
@@ -306,19 +351,50 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     # ------------------------------------------------------------------ speed and memory options
 
-    def use_lcm(self, lora: str | None = None, **load_kwargs) -> Arc2FacePipeline:
+    def use_lcm(self, lora: str | Path | None = None, *, allow_pickle: bool | None = None,
+                **load_kwargs) -> Arc2FacePipeline:
         """Switch to Latent Consistency sampling (2-4 steps, guidance 1.0).
 
-        `lora` is LCM-LoRA for SD 1.5 (`latent-consistency/lcm-lora-sdv1-5`, a repo id or a local
-        folder/file); it is loaded into the UNet and fused. Needs `peft` installed.
+        Args:
+            lora: LCM-LoRA for SD 1.5 (`latent-consistency/lcm-lora-sdv1-5`): a repo id, a local
+                folder or a weights file; it is loaded into the UNet and fused. Needs `peft`.
+            allow_pickle: also read a pickled `*.bin` LoRA; SYNTHFACE_ALLOW_PICKLE=1 opts in as
+                well. Without it only `.safetensors` LoRA weights are read.
+            **load_kwargs: passed to `load_lora_weights` (e.g. `weight_name`).
+
+        Raises:
+            ModelNotFoundError: the LoRA is pickled without an opt-in, or cannot be found or read.
         """
         from diffusers import LCMScheduler
 
         if lora is not None:
-            self.load_lora_weights(lora, adapter_name="lcm", **load_kwargs)
+            self._load_lora(lora, allow_pickle, load_kwargs)
             self.fuse_lora()
         self.scheduler = LCMScheduler.from_config(self.scheduler.config)
         return self
+
+    def _load_lora(self, lora, allow_pickle, load_kwargs) -> None:
+        from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
+
+        path = Path(str(lora)).expanduser()
+        if path.is_file():  # a weights file: its folder plus its name, so the suffix check below sees it
+            lora, load_kwargs = str(path.parent), {**load_kwargs, "weight_name": path.name}
+        allowed = pickle_allowed(allow_pickle)
+        if not allowed:
+            name = load_kwargs.get("weight_name")
+            if name is not None and not str(name).endswith(".safetensors"):
+                raise pickle_refusal(f"LoRA in {lora}", [name])
+            if name is None and pickled_only(path):
+                raise pickle_refusal(f"LoRA in {lora}", [p.name for p in pickled_only(path)])
+            load_kwargs["use_safetensors"] = True
+        try:
+            self.load_lora_weights(str(lora), adapter_name="lcm", **load_kwargs)
+        except (OSError, ValueError) as exc:
+            hint = "" if allowed else " Only .safetensors LoRA weights load without an opt-in."
+            raise ModelNotFoundError(
+                f"Cannot load the LCM-LoRA from {lora}: {_first_line(exc)}. Fetch it with "
+                f"`synthface models download lcm-lora-sdv15` and pass its folder or file.{hint}"
+            ) from None
 
     def optimize(
         self,
@@ -385,6 +461,11 @@ def _check_real(name: str, value, low: float, high: float, *, why: str = "") -> 
     raise InvalidInputError(
         f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
     )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def _xformers_installed() -> bool:

@@ -9,19 +9,18 @@ Stable Diffusion 1.5. Pickled weights (`*.bin`) load only with an explicit opt-i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from synthface.errors import ModelNotFoundError
 from synthface.pipelines.arc2face import Arc2FacePipeline, default_scheduler
+from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
 
 ARC2FACE_REPO = "FoivosPar/Arc2Face"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # Short names a recipe or the CLI may use for a Hugging Face repo.
 ALIASES = {"arc2face": ARC2FACE_REPO}
-PICKLE_ENV = "SYNTHFACE_ALLOW_PICKLE"
 
 # Fetched (not necessarily loaded): the published encoder exists only as pytorch_model.bin.
 _PUBLISHED_FILES = ["arc2face/*", "encoder/*"]
@@ -52,14 +51,14 @@ def load_arc2face(
         allow_download: fetch missing files from the Hub; otherwise only local files are used.
         cache_dir: Hugging Face cache folder (default: the standard one).
         allow_pickle: also load `pytorch_model.bin`-style pickled weights (as the published
-            encoder ships); default from the environment variable SYNTHFACE_ALLOW_PICKLE=1.
+            encoder ships). SYNTHFACE_ALLOW_PICKLE=1 in the environment opts in as well, whatever
+            this argument says (see `synthface.weights.pickle_allowed`).
 
     Raises:
         ModelNotFoundError: the weights are not available locally (or not in a safe format); the
             message says what to download and from where.
     """
-    if allow_pickle is None:
-        allow_pickle = os.environ.get(PICKLE_ENV, "") == "1"
+    allow_pickle = pickle_allowed(allow_pickle)
     opts = dict(dtype=dtype, allow_download=allow_download, cache_dir=cache_dir, allow_pickle=allow_pickle)
     name = str(model)
     if name == "tiny":
@@ -87,7 +86,7 @@ def load_arc2face(
 def _load_folder(path: Path, base, *, dtype, allow_download, cache_dir, allow_pickle) -> Arc2FacePipeline:
     index = path / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == Arc2FacePipeline.__name__:
-        return Arc2FacePipeline.from_pretrained(path, dtype=dtype, use_safetensors=not allow_pickle or None)
+        return Arc2FacePipeline.from_pretrained(path, dtype=dtype, allow_pickle=allow_pickle)
     if (path / "arc2face").is_dir() and (path / "encoder").is_dir():
         return _load_published(path, base, dtype=dtype, allow_download=allow_download, cache_dir=cache_dir,
                                allow_pickle=allow_pickle)
@@ -143,16 +142,11 @@ def _check_weights(folder: Path, allow_pickle: bool, *, what: str) -> None:
         raise ModelNotFoundError(f"The {what} folder {folder} is missing.")
     if any(folder.glob("*.safetensors")):
         return
-    if any(folder.glob("*.bin")):
-        if allow_pickle:
-            return
-        raise ModelNotFoundError(
-            f"The {what} in {folder} is only available as a pickled .bin file, which synthface loads "
-            f"only on request because pickle can run code. Opt in with allow_pickle=True, "
-            f"`--allow-pickle` on the command line, or {PICKLE_ENV}=1 (it is read with torch's "
-            "weights_only loader), or convert it once to model.safetensors."
-        )
-    raise ModelNotFoundError(f"The {what} folder {folder} holds no weights (*.safetensors or *.bin).")
+    pickled = pickled_only(folder)
+    if pickled and not allow_pickle:
+        raise pickle_refusal(what, pickled)
+    if not pickled:
+        raise ModelNotFoundError(f"The {what} folder {folder} holds no weights (*.safetensors or *.bin).")
 
 
 def _snapshot(repo: str, patterns: list[str], *, allow_download, cache_dir, allow_pickle) -> Path:
