@@ -10,6 +10,7 @@ insightface's pretrained models are for non-commercial research only).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from synthface.errors import InvalidInputError
@@ -37,14 +38,28 @@ def register_analyzer(name: str):
 def _dlib(**kwargs) -> FaceAnalyzer:
     from synthface.faces.dlib_backend import DlibAnalyzer
 
-    return DlibAnalyzer(**kwargs)
+    return build_analyzer(DlibAnalyzer, kwargs)
 
 
 @register_analyzer("insightface")
 def _insightface(**kwargs) -> FaceAnalyzer:
     from synthface.faces.onnx_backend import InsightFaceAnalyzer
 
-    return InsightFaceAnalyzer(**kwargs)
+    return build_analyzer(InsightFaceAnalyzer, kwargs)
+
+
+def build_analyzer(cls: type, options: dict) -> FaceAnalyzer:
+    """`cls(**options)`, refusing an option `cls` does not take with an InvalidInputError that
+    lists the ones it does (the analyser itself checks each value's type and range)."""
+    params = inspect.signature(cls).parameters
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for the {cls.name} face analyser; "
+            f"it accepts: {', '.join(accepted)}. Check the spelling in analyzer_options."
+        )
+    return cls(**options)
 
 
 def available_analyzers() -> list[str]:
@@ -52,7 +67,11 @@ def available_analyzers() -> list[str]:
 
 
 def get_analyzer(name: str = DEFAULT_BACKEND, **kwargs) -> FaceAnalyzer:
-    """Build the analyser registered as `name` with backend-specific keyword arguments."""
+    """Build the analyser registered as `name` with backend-specific keyword arguments.
+
+    Raises InvalidInputError for an unknown name, an option the backend does not take (naming the
+    ones it does) or an option value of the wrong type or range.
+    """
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -72,6 +91,7 @@ __all__ = [
     "FaceAnalyzer",
     "as_rgb_uint8",
     "available_analyzers",
+    "build_analyzer",
     "estimate_similarity",
     "get_analyzer",
     "l2_normalize",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import ModelNotFoundError
+from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.faces.align import ARCFACE_TEMPLATE, estimate_similarity, transform_points
-from synthface.faces.image import as_rgb_uint8
+from synthface.faces.image import as_rgb_uint8, check_image_bounds, fit_pixels
 from synthface.faces.types import AnalyzerBase, Face, l2_normalize, largest_first
 
 #: dlib's 150 x 150 descriptor chip (padding 0.25): where its 5-point predictor's points land
@@ -42,6 +42,13 @@ DLIB_TYPICAL_NORM = 1.5
 #: Cosine equivalent of dlib's rule for unit-normalised descriptors: for two vectors of norm n,
 #: |a - b|^2 = 2 n^2 (1 - cos), so distance 0.6 at the typical norm is cos = 1 - 0.36 / (2 n^2).
 DLIB_SAME_PERSON_COS = float(round(1.0 - DLIB_SAME_PERSON_DISTANCE**2 / (2 * DLIB_TYPICAL_NORM**2), 2))
+
+#: Most pixels dlib's detector works on for one image, counting the padding of the retry and the
+#: 4x of each upsampling: about 9-34 bytes and 0.07-0.5 us per pixel (flat to busy images), so at
+#: most ~0.6 GB and a few seconds per pass. Larger work is downscaled first, coordinates mapped back.
+DLIB_MAX_DETECT_PIXELS = 16_000_000
+#: Upsampling allowed: each step doubles both sides (3 = 8x, faces down to ~10 px).
+MAX_UPSAMPLE = 3
 
 _MODEL_FILES = {
     "shape5": "shape_predictor_5_face_landmarks.dat",
@@ -73,9 +80,16 @@ class DlibAnalyzer(AnalyzerBase):
 
     detector: "hog" (fast on CPU, frontal faces) or "mmod" (CNN, more poses, slow on CPU).
     landmarks: 5 (public domain, default) or 68 (licence excludes commercial use).
-    upsample: how many times the detector doubles the image (finds faces down to ~40 px at 1).
-    pad_retry: when nothing is found, retry once on the image padded by this fraction per side,
-        which rescues tight crops whose face touches the border.
+    upsample: how many times the detector doubles the image, 0 to MAX_UPSAMPLE (finds faces down
+        to ~40 px at 1).
+    pad_retry: when nothing is found, retry once on the image padded by this fraction per side
+        (0 to 1), which rescues tight crops whose face touches the border.
+    det_threshold: HOG score threshold (finite; higher finds fewer faces).
+    num_jitters: descriptor re-samplings averaged per face (0 to 100; 0 is dlib's plain descriptor).
+
+    Bounds: images over MAX_PIXELS pixels or MAX_ASPECT_RATIO:1 are refused (ImageError); each
+    detection pass, padding and upsampling included, works on at most DLIB_MAX_DETECT_PIXELS
+    pixels, the image being downscaled first when needed (boxes and points are mapped back).
     """
 
     name = "dlib"
@@ -93,10 +107,14 @@ class DlibAnalyzer(AnalyzerBase):
     ) -> None:
         import dlib
 
-        if detector not in ("hog", "mmod"):
-            raise ValueError(f"detector must be 'hog' or 'mmod', got {detector!r}")
-        if landmarks not in (5, 68):
-            raise ValueError(f"landmarks must be 5 or 68, got {landmarks!r}")
+        _check_option("detector", detector, detector in ("hog", "mmod"), "'hog' or 'mmod'")
+        _check_option("landmarks", landmarks, landmarks in (5, 68) and not isinstance(landmarks, bool), "5 or 68")
+        _check_option("upsample", upsample, _is_int(upsample) and 0 <= upsample <= MAX_UPSAMPLE,
+                      f"an integer from 0 to {MAX_UPSAMPLE}")
+        _check_option("det_threshold", det_threshold, _is_real(det_threshold), "a finite number")
+        _check_option("pad_retry", pad_retry, _is_real(pad_retry) and 0 <= pad_retry <= 1, "a number from 0 to 1")
+        _check_option("num_jitters", num_jitters, _is_int(num_jitters) and 0 <= num_jitters <= 100,
+                      "an integer from 0 to 100")
         self.detector_name, self.landmarks = detector, landmarks
         self.upsample, self.det_threshold, self.pad_retry = upsample, det_threshold, pad_retry
         self.num_jitters = num_jitters
@@ -120,12 +138,27 @@ class DlibAnalyzer(AnalyzerBase):
         return [self._detect_one(as_rgb_uint8(im)) for im in _as_list(images)]
 
     def _detect_one(self, image: np.ndarray) -> list[Face]:
-        faces = self._detect_at(image, 0)
+        h, w = image.shape[:2]
+        check_image_bounds(w, h)
+        faces = self._detect_bounded(image, 0)
         if not faces and self.pad_retry > 0:
-            pad = int(round(self.pad_retry * max(image.shape[:2])))
-            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-            faces = self._detect_at(padded, pad)
+            faces = self._detect_bounded(image, int(round(self.pad_retry * max(h, w))))
         return largest_first(faces)
+
+    def _detect_bounded(self, image: np.ndarray, pad: int) -> list[Face]:
+        """Detect on `image` padded by `pad` pixels per side, downscaled first so that the detector
+        works on at most DLIB_MAX_DETECT_PIXELS pixels; faces in `image`'s coordinates."""
+        h, w = image.shape[:2]
+        work = (h + 2 * pad) * (w + 2 * pad) * 4**self.upsample
+        small = fit_pixels(image, max(1, h * w * DLIB_MAX_DETECT_PIXELS // work))
+        sy, sx = small.shape[0] / h, small.shape[1] / w
+        p = int(pad * min(sx, sy))
+        faces = self._detect_at(np.pad(small, ((p, p), (p, p), (0, 0)), mode="edge") if p else small, p)
+        if small is not image:  # downscaled: back to the caller's pixels
+            scale = np.array([sx, sy], dtype=np.float32)
+            for f in faces:
+                f.kps, f.bbox = f.kps / scale, f.bbox / np.tile(scale, 2)
+        return faces
 
     def _detect_at(self, image: np.ndarray, offset: int) -> list[Face]:
         import dlib
@@ -183,9 +216,20 @@ class DlibAnalyzer(AnalyzerBase):
         return l2_normalize(np.array([np.array(d) for d in raw], dtype=np.float32))
 
 
-def _check_crops(aligned: np.ndarray, size: int) -> np.ndarray:
-    from synthface.errors import InvalidInputError
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_option(name: str, value, ok: bool, accepted: str) -> None:
+    if not ok:
+        raise InvalidInputError(f"dlib analyser option {name} must be {accepted}, got {value!r}.")
+
+
+def _check_crops(aligned: np.ndarray, size: int) -> np.ndarray:
     arr = np.asarray(aligned)
     if arr.ndim == 3:
         arr = arr[None]

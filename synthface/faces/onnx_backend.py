@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError, ModelNotFoundError
-from synthface.faces.image import as_rgb_uint8
+from synthface.faces.image import as_rgb_uint8, check_image_bounds
 from synthface.faces.types import AnalyzerBase, Face, _as_list, l2_normalize, largest_first
 
 INSIGHTFACE_LICENSE = "insightface pretrained models: non-commercial research only"
@@ -211,8 +211,11 @@ class InsightFaceAnalyzer(AnalyzerBase):
     detector: a SCRFD ONNX path, or "dlib" to detect with the offline dlib backend instead.
     recognizer: an ArcFace ONNX path (e.g. Arc2Face's arcface.onnx); overrides the pack's.
     runtime: "onnxruntime" or "torch" for the recogniser (see ArcFaceRecognizer).
-    det_size / det_thresh: SCRFD input size and score threshold; smaller sizes from
-    DET_SIZE_FALLBACK are tried when nothing is found (tight crops).
+    det_size / det_thresh: SCRFD input size (a multiple of 32, 32 to 1280) and score threshold
+    (0 to 1); smaller sizes from DET_SIZE_FALLBACK are tried when nothing is found (tight crops).
+
+    Bounds: images over MAX_PIXELS pixels or MAX_ASPECT_RATIO:1 are refused (ImageError); SCRFD
+    works on a det_size x det_size resized copy, so its memory does not grow with the image.
     """
 
     name = "insightface"
@@ -231,6 +234,20 @@ class InsightFaceAnalyzer(AnalyzerBase):
         det_thresh: float = 0.5,
         allow_download: bool = False,
     ) -> None:
+        for key, value in (("pack", pack), ("detector", detector), ("recognizer", recognizer)):
+            if value is not None and not isinstance(value, (str, Path)):
+                raise InvalidInputError(
+                    f"insightface analyser option {key} must be a pack name or a path, got {type(value).__name__} {value!r}."
+                )
+        if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
+            raise InvalidInputError(
+                f"insightface analyser option providers must be a list of onnxruntime provider names, got {providers!r}."
+            )
+        if not (isinstance(det_size, int) and not isinstance(det_size, bool) and 32 <= det_size <= 1280
+                and det_size % 32 == 0):
+            raise InvalidInputError(f"insightface analyser option det_size must be a multiple of 32 from 32 to 1280, got {det_size!r}.")
+        if not (isinstance(det_thresh, (int, float)) and not isinstance(det_thresh, bool) and 0 <= det_thresh <= 1):
+            raise InvalidInputError(f"insightface analyser option det_thresh must be a number from 0 to 1, got {det_thresh!r}.")
         if pack is None and (detector is None or recognizer is None):
             pack = "antelopev2"
         if pack is not None:
@@ -270,6 +287,7 @@ class InsightFaceAnalyzer(AnalyzerBase):
         return [self._detect_one(im) for im in images]
 
     def _detect_one(self, image: np.ndarray) -> list[Face]:
+        check_image_bounds(image.shape[1], image.shape[0])
         bgr = np.ascontiguousarray(image[..., ::-1])
         sizes = [self.det_size, *(s for s in DET_SIZE_FALLBACK if s < self.det_size)]
         for size in sizes:
