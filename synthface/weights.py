@@ -8,6 +8,7 @@ the installed dlib model wheel); nothing is downloaded unless asked (`allow_down
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,12 @@ class ModelSpec:
     kind: "hf" (files in a Hub repo), "insightface-pack" (zip unpacked to <root>/models/<name>),
     or "pypi" (model files shipped in an installed package).
     files: paths relative to the repo / pack / package model folder.
-    sha256: expected digests by file where known (verified by `synthface models verify`).
+    sha256: expected digests by file where published or pinned (checked by `models verify`).
+    sizes: exact byte sizes by file where pinned (checked first: a truncated file fails fast).
     size: approximate total download, for the listing only.
+
+    Files with neither are still checked by format (`check_format`): a safetensors header must
+    parse and match the file's length, an ONNX graph must parse, a torch zip must pass its CRCs.
     """
 
     name: str
@@ -41,6 +46,7 @@ class ModelSpec:
     size: str = "?"
     sha256: tuple[tuple[str, str], ...] = ()
     url: str | None = None
+    sizes: tuple[tuple[str, int], ...] = ()
 
     @property
     def fetch_command(self) -> str:
@@ -96,11 +102,17 @@ REGISTRY: dict[str, ModelSpec] = {
                 ("dlib_face_recognition_resnet_model_v1.dat", "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"),
                 ("mmod_human_face_detector.dat", "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"),
             ),
+            sizes=(  # the files with the digests above
+                ("shape_predictor_5_face_landmarks.dat", 9_150_489),
+                ("dlib_face_recognition_resnet_model_v1.dat", 22_466_066),
+                ("mmod_human_face_detector.dat", 729_940),
+            ),
         ),
         ModelSpec(
             "dlib-68", "pypi", "dlib-bin face-recognition-models", ("shape_predictor_68_face_landmarks.dat",),
             "iBUG 300-W licence: no commercial use", "dlib 68-point landmarks (optional alternative to the 5-point model)", "100 MB",
             sha256=(("shape_predictor_68_face_landmarks.dat", "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"),),
+            sizes=(("shape_predictor_68_face_landmarks.dat", 99_693_937),),
         ),
     )
 }
@@ -284,33 +296,103 @@ def _download_pack(s: ModelSpec, folder: Path) -> Path:
 
 @dataclass
 class FileCheck:
+    """One file of a model as `verify` found it; `problem` says what is wrong, None when it is fine."""
+
     path: Path
     exists: bool
     size: int
     sha256: str | None
     expected_sha256: str | None
+    expected_size: int | None = None
+    problem: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.exists and self.size > 0 and (self.expected_sha256 is None or self.sha256 == self.expected_sha256)
+        return self.problem is None
+
+    @property
+    def status(self) -> str:
+        if self.problem:
+            return self.problem
+        return "ok (sha256 matches)" if self.expected_sha256 else "ok (format checked; no published digest)"
 
 
 def verify(name: str, path: str | Path | None = None) -> list[FileCheck]:
-    """Hash every file of model `name` where `find` locates it; compare with known digests."""
+    """Check every file of model `name` where `find` locates it: present, the pinned size and
+    sha256 where recorded, else a readable, complete file by format (`check_format`)."""
     s = spec(name)
     found = find(name, path=path)
     folder = found
     if found.is_file():  # a single-file Hub model: back up to the snapshot root
         for _ in Path(s.files[0]).parts:
             folder = folder.parent
-    expected = dict(s.sha256)
-    checks = []
-    for f in s.files:
-        p = folder / f
-        exists = p.is_file()
-        digest = _sha256(p) if exists else None
-        checks.append(FileCheck(p, exists, p.stat().st_size if exists else 0, digest, expected.get(f)))
-    return checks
+    digests, sizes = dict(s.sha256), dict(s.sizes)
+    return [_check_file(folder / f, digests.get(f), sizes.get(f)) for f in s.files]
+
+
+def _check_file(p: Path, expected_sha256: str | None, expected_size: int | None) -> FileCheck:
+    if not p.is_file():
+        return FileCheck(p, False, 0, None, expected_sha256, expected_size, "MISSING")
+    size = p.stat().st_size
+    check = FileCheck(p, True, size, None, expected_sha256, expected_size)
+    if size == 0:
+        check.problem = "EMPTY (0 bytes)"
+    elif expected_size is not None and size != expected_size:
+        check.problem = f"WRONG SIZE: {size:,} bytes, expected {expected_size:,} (truncated or another version)"
+    else:
+        check.problem = check_format(p)
+    if expected_sha256 is not None and check.problem is None:
+        check.sha256 = _sha256(p)
+        if check.sha256 != expected_sha256:
+            check.problem = f"MISMATCH: sha256 {check.sha256[:16]}..., expected {expected_sha256[:16]}..."
+    return check
+
+
+def check_format(path: Path) -> str | None:
+    """What is wrong with a weights file judged by its format alone, or None when it looks whole.
+
+    .safetensors: the header parses and its tensors end exactly at the end of the file; .onnx: the
+    graph parses; .bin/.pt/.pth (torch zip): every member passes its CRC (nothing is unpickled);
+    .json: parses. Other files (dlib .dat) need a pinned size or digest to be checked.
+    """
+    suffix = path.suffix
+    try:
+        if suffix == ".safetensors":
+            return _check_safetensors(path)
+        if suffix == ".onnx":
+            import onnx
+
+            onnx.load(str(path), load_external_data=False)
+        elif suffix in (".bin", ".pt", ".pth"):
+            import zipfile
+
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                return f"DAMAGED: member {bad} fails its CRC check"
+        elif suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # any parser's complaint is the verdict on the file
+        return f"UNREADABLE {suffix[1:]}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def _check_safetensors(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"TRUNCATED: {size} bytes, shorter than a safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"TRUNCATED: the header alone claims {length:,} bytes; the file has {size:,}"
+        header = json.loads(fh.read(length))
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        what = "TRUNCATED" if size < expected else "OVERLONG"
+        return f"{what}: the header describes {expected:,} bytes; the file has {size:,}"
+    return None
 
 
 def _sha256(path: Path) -> str:

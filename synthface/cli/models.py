@@ -53,8 +53,11 @@ def verify_command(
     names: Annotated[Optional[list[str]], typer.Argument(help="Models to check (default: all found locally).")] = None,
     path: Annotated[Optional[str], typer.Option(help="Folder holding the model (with one NAME).")] = None,
 ) -> None:
-    """Check each file of the models exists, and its sha256 where the digest is known."""
+    """Check each file of the models: present, the pinned size and sha256 where recorded, else a
+    complete file by its format (safetensors header and length, ONNX graph, torch zip CRCs).
+    Exits 1 when any file is missing, truncated or damaged."""
     from synthface import weights
+    from synthface.cli import print_error
     from synthface.errors import InvalidInputError, ModelNotFoundError
 
     if path and (not names or len(names) != 1):
@@ -63,7 +66,7 @@ def verify_command(
     table = Table(title="model files")
     for col in ("model", "file", "size", "sha256", "status"):
         table.add_column(col, overflow="fold")
-    bad = 0
+    broken: dict[str, list[str]] = {}
     for name in names or list(weights.REGISTRY):
         try:
             checks = weights.verify(name, path=path)
@@ -72,9 +75,17 @@ def verify_command(
                 raise
             continue
         for c in checks:
-            status = "ok" if c.ok and c.expected_sha256 else ("ok (no known digest)" if c.ok else "MISSING" if not c.exists else "MISMATCH")
-            bad += not c.ok
-            table.add_row(name, c.path.name, f"{c.size:,}", (c.sha256 or "")[:16], status)
+            if not c.ok:
+                broken.setdefault(name, []).append(c.path.name)
+            table.add_row(name, c.path.name, f"{c.size:,}", (c.sha256 or "")[:16], c.status)
     console.print(table)
-    if bad:
+    if broken:
+        print_error(
+            "; ".join(f"{name}: {', '.join(files)}" for name, files in broken.items())
+            + " failed the check (see the status column). Fetch "
+            + ("them" if len(broken) > 1 else "it")
+            + " again with: "
+            + ", ".join(weights.spec(name).fetch_command for name in broken)
+            + "."
+        )
         raise typer.Exit(code=1)
