@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from synthface import __version__
-from synthface.errors import FileFormatError, InfeasibleThresholdError, InvalidInputError
+from synthface.devices import available_memory, format_bytes, resolve_device
+from synthface.errors import DeviceMemoryError, FileFormatError, InfeasibleThresholdError, InvalidInputError
 from synthface.io import atomic_write_bytes, check_output_path, safetensors_bytes
 from synthface.screening import (
     Int8Screen,
@@ -43,6 +44,7 @@ CANDIDATE_BATCH = 4096
 INT8_MIN_COUNT = 20_000
 BLOCK = 8192
 TILE = 64  # columns per tile whose screened maximum verification keeps for its exact recheck
+MAX_BINS = 10_000  # histogram bins of nearest-neighbour cosines (float32 cosines resolve ~1e-4 anyway)
 
 ProgressCallback = Callable[[int, int], None]
 # Independent random streams per purpose, so that e.g. perturbation noise for seed s is never the
@@ -183,29 +185,64 @@ def load_bank(path: str | Path) -> IdentityBank:
             "An identity bank is written by `synthface ids sample`; to import raw vectors, save "
             "them as an (N, D) .npy file."
         )
-    vectors = _check_vectors(f"{path}: ids", tensors["ids"].float().numpy())
-    prior_name = meta.get("prior", "isotropic")
+    vectors = _check_vectors(f"{path}: ids", _tensor_array(tensors["ids"]))
+    dim = vectors.shape[1]
+    prior_name = meta.get("prior") or "isotropic"
+    if prior_name not in PRIORS:
+        raise _bad_metadata(path, "prior", prior_name, f"one of {', '.join(PRIORS)}")
     if prior_name == "gaussian" and "prior_mean" in tensors:
-        prior = Prior(
-            "gaussian",
-            vectors.shape[1],
-            mean=tensors["prior_mean"].double().numpy(),
-            cov_factor=tensors["prior_cov_factor"].double().numpy(),
-            shrinkage=float(meta["prior_shrinkage"]) if meta.get("prior_shrinkage") else None,
-        )
+        mean = _tensor_array(tensors["prior_mean"]).astype(np.float64)
+        factor = _tensor_array(tensors.get("prior_cov_factor", torch.zeros(0))).astype(np.float64)
+        if mean.shape != (dim,) or factor.shape != (dim, dim) or not (np.isfinite(mean).all() and np.isfinite(factor).all()):
+            raise FileFormatError(
+                f"{path}: the gaussian prior's tensors prior_mean {mean.shape} and prior_cov_factor "
+                f"{factor.shape} must be finite, of shapes ({dim},) and ({dim}, {dim}) for its {dim}-d ids. "
+                "The file is damaged or was edited; sample the bank again with `synthface ids sample`."
+            )
+        shrinkage = _meta_number(path, meta, "prior_shrinkage", float)
+        prior = Prior("gaussian", dim, mean=mean, cov_factor=factor, shrinkage=shrinkage)
     else:
-        prior = isotropic_prior(vectors.shape[1])
+        prior = isotropic_prior(dim)
     known = {"format", "version", "prior", "dim", "count", "max_cos", "seed", "exclude_max_cos",
              "num_excluded", "prior_shrinkage"}
     return IdentityBank(
-        vectors=vectors if np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4) else _normalise_rows(vectors),
+        vectors=vectors if np.allclose(_row_norms(vectors), 1.0, atol=1e-4) else _normalise_rows(vectors),
         prior=prior,
-        max_cos=float(meta["max_cos"]) if meta.get("max_cos") else None,
-        seed=int(meta["seed"]) if meta.get("seed") else None,
-        exclude_max_cos=float(meta["exclude_max_cos"]) if meta.get("exclude_max_cos") else None,
-        num_excluded=int(meta.get("num_excluded") or 0),
+        max_cos=_meta_number(path, meta, "max_cos", float),
+        seed=_meta_number(path, meta, "seed", int),
+        exclude_max_cos=_meta_number(path, meta, "exclude_max_cos", float),
+        num_excluded=_meta_number(path, meta, "num_excluded", int) or 0,
         metadata={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def _meta_number(path: Path, meta: dict[str, str], key: str, kind: type) -> float | int | None:
+    """The number stored under `key` in a bank's metadata (None when absent or empty); a value that
+    is not a finite number of that kind (or a negative count) is a FileFormatError naming file and key."""
+    text = meta.get(key)
+    if not text:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or (kind is int and value < 0):
+        raise _bad_metadata(path, key, text, "a finite number" if kind is float else "a non-negative integer")
+    return value
+
+
+def _bad_metadata(path: Path, key: str, text: str, expected: str) -> FileFormatError:
+    return FileFormatError(
+        f"{path}: metadata {key!r} is {text!r}, expected {expected}. The file is damaged or was edited by "
+        "hand; sample the bank again with `synthface ids sample`, or save the vectors as an (N, D) .npy "
+        "file to import them without metadata."
+    )
+
+
+def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array of the same kind of numbers (bfloat16, which numpy lacks, as float32);
+    complex or boolean tensors stay so, for `_check_vectors` to refuse."""
+    return tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
 
 def load_vectors(path: str | Path, dim: int | None = None) -> np.ndarray:
@@ -213,7 +250,7 @@ def load_vectors(path: str | Path, dim: int | None = None) -> np.ndarray:
     path = Path(path)
     if path.suffix == ".npy":
         if not path.is_file():
-            raise FileFormatError(f"{path} does not exist. Pass the path of an (N, D) .npy array.")
+            raise FileFormatError(f"{path} {_not_a_file(path)}. Pass the path of an (N, D) .npy array.")
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -225,7 +262,7 @@ def load_vectors(path: str | Path, dim: int | None = None) -> np.ndarray:
         tensors, _ = _read_safetensors(path)
         for name in ("ids", "embeddings"):
             if name in tensors:
-                array = tensors[name].float().numpy()
+                array = _tensor_array(tensors[name])
                 break
         else:
             if len(tensors) != 1:
@@ -233,7 +270,7 @@ def load_vectors(path: str | Path, dim: int | None = None) -> np.ndarray:
                     f"{path} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}) and none "
                     "is named 'ids' or 'embeddings'; name the (N, D) vectors tensor 'embeddings'."
                 )
-            array = next(iter(tensors.values())).float().numpy()
+            array = _tensor_array(next(iter(tensors.values())))
     return _check_vectors(str(path), array, dim=dim)
 
 
@@ -241,7 +278,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
-        raise FileFormatError(f"{path} does not exist. Check the path, or create the file with `synthface ids sample`.")
+        raise FileFormatError(f"{path} {_not_a_file(path)}. Check the path, or create the file with `synthface ids sample`.")
     if path.stat().st_size == 0:
         raise FileFormatError(f"{path} is empty (0 bytes), probably left by an interrupted write; create it again.")
     try:
@@ -254,6 +291,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             "format; recreate it, or pass an (N, D) .npy array instead."
         ) from None
     return tensors, meta
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an input `path` that is not a regular file cannot be read, as a predicate."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if path.exists() else "does not exist"
 
 
 # --------------------------------------------------------------------------- sampling
@@ -280,10 +324,14 @@ def sample_identities(
     cosine to a row of `exclude` is also kept <= `exclude_max_cos` (default: `max_cos`).
     Sampling stops after `max_draws` candidates (default 20 n + 100 000), or earlier once the
     acceptance rate shows `n` cannot be reached; it then raises `InfeasibleThresholdError`.
-    `progress(accepted, n)` is called after each batch.
+    `progress(accepted, n)` is called after each batch. `device` goes through
+    `synthface.devices.resolve_device`; a request whose bank cannot fit in the device's free
+    memory raises DeviceMemoryError with the memory it needs, before anything is allocated.
     """
     _check_positive_int("n", n)
     _check_cosine("max_cos", max_cos)
+    _check_seed(seed)
+    device = resolve_device(device)
     prior_obj = _resolve_prior(prior, dim, reference)
     dim = prior_obj.dim
     if exclude is not None:
@@ -293,7 +341,7 @@ def sample_identities(
     elif exclude_max_cos is not None:
         raise InvalidInputError("exclude_max_cos was given without exclude vectors; pass both or neither.")
     _check_geometric_feasibility(n, max_cos, dim)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _check_memory(n, dim, device)
     max_draws = max_draws if max_draws is not None else 20 * n + 100_000
 
     rng = _rng(seed, _STREAM_SAMPLE)
@@ -338,10 +386,11 @@ def sample_identities(
             if count < n and count + rate * (max_draws - draws) < n:
                 break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
     if count < n:
+        feasible = _feasible_threshold(n, prior_obj, seed)
         raise InfeasibleThresholdError(
-            _infeasible_message(n, count, draws, max_cos, prior_obj, seed),
+            _infeasible_message(n, count, draws, max_cos, prior_obj, feasible, exclude, exclude_max_cos, seed),
             reached=count,
-            feasible_max_cos=_feasible_threshold(n, prior_obj, seed),
+            feasible_max_cos=feasible,
         )
     return IdentityBank(
         vectors=accepted.cpu().numpy(),
@@ -496,25 +545,60 @@ def _screened_clashes(
     return rows[order].cpu().numpy(), cols[order].cpu().numpy()
 
 
-def _feasible_threshold(n: int, prior: Prior, seed: int) -> float:
-    """A threshold that n plain draws from the prior already satisfy (their exact max cosine)."""
+FEASIBLE_CAP = 0.999  # thresholds must stay below 1; advice never names 1.0
+
+
+def _feasible_threshold(n: int, prior: Prior, seed: int, exclude: np.ndarray | None = None) -> float:
+    """A threshold that n plain draws from the prior already satisfy: their exact max pairwise
+    cosine, or with `exclude` their max cosine to its rows; rounded up to 0.001, at most FEASIBLE_CAP."""
     rng = _rng(seed, _STREAM_PROBE)
     sample = prior.draw(rng, min(n, 50_000))
-    observed = float(verify_vectors(sample, bins=0).max_cos)
-    if n > sample.shape[0]:
-        # The maximum of m pairwise cosines grows like sqrt(log m); scale to n's pair count.
-        m = sample.shape[0]
-        observed = min(1.0, observed * math.sqrt(math.log(n * (n - 1) / 2) / math.log(m * (m - 1) / 2)))
-    return round(math.ceil(observed * 1000) / 1000, 3)
+    m = sample.shape[0]
+    if exclude is None:
+        observed = float(verify_vectors(sample, bins=0).max_cos)
+        pairs, probed = n * (n - 1) / 2, m * (m - 1) / 2
+    else:
+        ex = torch.from_numpy(exclude)
+        observed = max(
+            float(_max_cos_against(torch.from_numpy(sample[i : i + CANDIDATE_BATCH]), ex).max())
+            for i in range(0, m, CANDIDATE_BATCH)
+        )
+        pairs, probed = n * exclude.shape[0], m * exclude.shape[0]
+    if n > m and probed > 1:
+        # The maximum of m cosines grows like sqrt(log m); scale to n's pair count.
+        observed *= math.sqrt(math.log(pairs) / math.log(probed))
+    return min(FEASIBLE_CAP, math.ceil(min(observed, 1.0) * 1000) / 1000)
 
 
-def _infeasible_message(n: int, count: int, draws: int, max_cos: float, prior: Prior, seed: int) -> str:
-    feasible = _feasible_threshold(n, prior, seed)
+def _infeasible_message(
+    n: int, count: int, draws: int, max_cos: float, prior: Prior, feasible: float,
+    exclude: np.ndarray | None, exclude_max_cos: float | None, seed: int,
+) -> str:
+    """What stopped sampling and the fix: the option at fault, with a valid value that works alone."""
+    head = (
+        f"Reached only {count} of {n} identities with every pairwise cosine <= {max_cos}"
+        + ("" if exclude is None else f" and every cosine to the {exclude.shape[0]} excluded vectors <= {exclude_max_cos}")
+        + f" after {draws} candidates from the {prior.name} prior (dim {prior.dim}); the acceptance rate "
+        "shows the rest cannot be reached."
+    )
+    if feasible > max_cos:
+        if feasible >= FEASIBLE_CAP:
+            return f"{head} No --max-cos below 1 is met by {n} plain draws from this prior; ask for fewer identities."
+        return f"{head} Ask for fewer identities, or raise --max-cos: about {feasible} is met by {n} plain draws from this prior."
+    if exclude is not None:
+        feasible_ex = _feasible_threshold(n, prior, seed, exclude)
+        if feasible_ex > exclude_max_cos:
+            fix = (
+                f"raise --exclude-max-cos: about {feasible_ex} is met by {n} plain draws from this prior"
+                if feasible_ex < FEASIBLE_CAP else "exclude fewer vectors"
+            )
+            return (
+                f"{head} The exclusion is what cannot be met (--max-cos {max_cos} alone is feasible). Ask for "
+                f"fewer identities, or {fix}."
+            )
     return (
-        f"Reached only {count} of {n} identities with every pairwise cosine <= {max_cos} after "
-        f"{draws} candidates from the {prior.name} prior (dim {prior.dim}); the acceptance rate "
-        f"shows the rest cannot be reached. Ask for fewer identities, or raise --max-cos: about "
-        f"{feasible} is met by {n} plain draws from this prior."
+        f"{head} Each threshold is feasible alone but not all together within the draw budget; ask for fewer "
+        "identities, or raise both thresholds a little."
     )
 
 
@@ -559,9 +643,14 @@ def verify(bank: IdentityBank | np.ndarray, *, bins: int = 40, device: str | tor
 
 
 def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.device | None = None) -> Verification:
+    """`verify` of an (N, D) array; `bins` (0 to MAX_BINS, 0: no histogram) and `device` are checked first."""
     start = time.perf_counter()
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= MAX_BINS:
+        raise InvalidInputError(
+            f"bins (--bins) must be an integer from 0 (no histogram) to {MAX_BINS}, got {bins!r}."
+        )
+    device = resolve_device(device)
     x = _check_vectors("vectors", vectors)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t = torch.from_numpy(_normalise_rows(x)).to(device)
     n = t.shape[0]
     screen = gemm_screen(device, t, allow_int8=False)
@@ -739,6 +828,25 @@ def _check_positive_int(name: str, value: int) -> None:
         raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"seed (--seed) must be a non-negative integer, got {seed!r}.")
+
+
+def _check_memory(n: int, dim: int, device: torch.device) -> None:
+    """Refuse a bank that cannot fit: the float32 bank and its screened copy (n x dim x 6 bytes), one
+    candidate batch's draws and copies (x 32 bytes) and its within-batch gram (batch^2 x 8 bytes)."""
+    batch = min(n, CANDIDATE_BATCH)
+    needed = n * dim * 6 + n * 8 + batch * dim * 32 + batch * batch * 8
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise DeviceMemoryError(
+            f"Sampling {n} identities of dimension {dim} needs about {format_bytes(needed)} of memory on "
+            f"{device} (the bank, its screened copy and one batch of candidates), but only about "
+            f"{format_bytes(free)} is free. Ask for fewer identities (--num) or a smaller dimension (--dim)."
+        )
+
+
 def _check_cosine(name: str, value: float) -> None:
     if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or not -1.0 < value < 1.0:
         raise InvalidInputError(
@@ -748,6 +856,9 @@ def _check_cosine(name: str, value: float) -> None:
 
 
 def _check_vectors(name: str, array, dim: int | None = None) -> np.ndarray:
+    """`array` as float32 (N, D) vectors with N, D > 0, every row finite and of non-zero norm in
+    float32 (a direction), else InvalidInputError naming `name` and the first offending row.
+    Complex, boolean and other non-real arrays are refused, never silently cast."""
     x = np.asarray(array)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise InvalidInputError(f"{name} must be a non-empty (N, D) array of vectors, got shape {x.shape}.")
@@ -756,23 +867,50 @@ def _check_vectors(name: str, array, dim: int | None = None) -> np.ndarray:
             f"{name} has dimension {x.shape[1]} but {dim} is expected; its vectors must come from "
             "the same recogniser as the identities (ArcFace: 512)."
         )
-    if not np.issubdtype(x.dtype, np.number):
-        raise InvalidInputError(f"{name} must hold numbers, got dtype {x.dtype}.")
-    x = x.astype(np.float32, copy=False)
-    bad = ~np.isfinite(x).all(axis=1)
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise InvalidInputError(
+            f"{name} holds complex numbers (dtype {x.dtype}); identity vectors are real. Pass the real "
+            "vectors (for example array.real, if every imaginary part is zero) as a float array."
+        )
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InvalidInputError(f"{name} must hold real numbers (a float or integer array), got dtype {x.dtype}.")
+    _refuse_rows(name, ~np.isfinite(x).all(axis=1), "with NaN or inf", "remove them before use")
+    _refuse_rows(name, _row_norms(x) == 0, "that are all zero, which have no direction", "remove them")
+    x32 = x.astype(np.float32, copy=False)
+    if x32 is not x:
+        _refuse_rows(name, ~np.isfinite(x32).all(axis=1), "with values beyond float32's range (3.4e38)",
+                     "scale the vectors down (for example to unit norm)")
+        _refuse_rows(name, _row_norms(x32) == 0, "whose values all underflow to zero in float32",
+                     "scale the vectors up (for example to unit norm)")
+    return x32
+
+
+def _refuse_rows(name: str, bad: np.ndarray, what: str, fix: str) -> None:
     if bad.any():
         raise InvalidInputError(
-            f"{name} has {int(bad.sum())} row(s) with NaN or inf (first: row {int(np.flatnonzero(bad)[0])}); "
-            "remove them before use."
+            f"{name} has {int(bad.sum())} row(s) {what} (first: row {int(np.flatnonzero(bad)[0])}); {fix}."
         )
-    zero = np.linalg.norm(x, axis=1) == 0
-    if zero.any():
-        raise InvalidInputError(f"{name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.flatnonzero(zero)[0])}), which have no direction; remove them.")
-    return x
+
+
+ROW_BLOCK = 1 << 16  # rows converted to float64 at a time, so norms cost bounded extra memory
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row, computed in float64: a float32 row of tiny (or huge) values whose
+    float32 sum of squares underflows (overflows) still gets its true norm."""
+    norms = np.empty(x.shape[0], dtype=np.float64)
+    for i in range(0, x.shape[0], ROW_BLOCK):
+        norms[i : i + ROW_BLOCK] = np.linalg.norm(x[i : i + ROW_BLOCK].astype(np.float64), axis=1)
+    return norms
 
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    """Unit-norm float32 rows, divided in float64 so that tiny or huge rows normalise correctly."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for i in range(0, x.shape[0], ROW_BLOCK):
+        block = x[i : i + ROW_BLOCK].astype(np.float64)
+        out[i : i + ROW_BLOCK] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
 
 
 def _digest(x: np.ndarray) -> str:

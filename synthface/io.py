@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,21 @@ from synthface.errors import OutputPathError
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Return `path` if its folder exists and is writable, else raise a clear OutputPathError."""
+    """Return `path` if a file can be written there, else raise a clear OutputPathError.
+
+    Refused: a folder that is missing, not a folder or read-only, and a `path` that exists but is
+    not a regular file (folder, symbolic link, device such as /dev/null, FIFO, socket). Outputs are
+    written under a temporary name and renamed over `path`, which would replace such an entry
+    itself (for root, /dev/null for the whole machine) instead of writing through it.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            raise OutputPathError(
+                f"Cannot write {path}: {folder} is {_kind(folder)}, not a folder. Give a path inside an "
+                "existing folder."
+            )
         raise OutputPathError(
             f"Cannot write {path}: the folder {folder} does not exist. Create it first "
             f"(mkdir -p {folder}) or choose another output path."
@@ -30,14 +42,47 @@ def check_output_path(path: str | Path) -> Path:
             f"Cannot write {path}: the folder {folder} is read-only for this user. Choose a "
             "writable output folder."
         )
-    if path.is_dir():
-        raise OutputPathError(f"Cannot write {path}: it is a folder. Give a file name.")
+    _refuse_non_regular(path)
     return path
+
+
+def _refuse_non_regular(path: Path) -> None:
+    """Raise OutputPathError if `path` exists and is anything but a regular file (links not followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise OutputPathError(f"Cannot write {path}: it is a folder. Give a file name.")
+    fix = "remove the link" if stat.S_ISLNK(mode) else "remove it"
+    raise OutputPathError(
+        f"Cannot write {path}: it is {_kind(path)}, not a regular file, and synthface replaces an output "
+        f"by renaming a finished file over it, which would replace the {_kind(path, article=False)} "
+        f"itself. Give the path of a regular file (or a new name), or {fix} first."
+    )
+
+
+def _kind(path: Path, *, article: bool = True) -> str:
+    """What `path` is, in words ("a symbolic link to X", "a FIFO", ...), links not followed."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        kind = f"symbolic link to {os.readlink(path)}" if article else "link"
+    else:
+        kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISREG, "file"), (stat.S_ISCHR, "device"),
+                 (stat.S_ISBLK, "device"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"))
+        kind = next((name for test, name in kinds if test(mode)), "special file")
+    return f"a {kind}" if article else kind
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it into place, on error remove it."""
+    """Yield a temporary path beside `path`; on success rename it into place, on error remove it.
+
+    `path` is checked by `check_output_path` first and again just before the rename, so an existing
+    link, device, FIFO, socket or folder under that name is never replaced.
+    """
     path = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -45,6 +90,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+        _refuse_non_regular(path)  # checked again: a link or device may have appeared during the work
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)

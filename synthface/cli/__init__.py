@@ -8,8 +8,11 @@ Ctrl-C prints "aborted" and exits 130. No user mistake ends in a Python tracebac
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import typer
 from rich.console import Console
@@ -59,12 +62,39 @@ def print_error(message: str) -> None:
     err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def _sigint_recorded() -> Iterator[list[bool]]:
+    """Yield a flag that becomes [True] when SIGINT arrives (still raised as KeyboardInterrupt).
+
+    typer turns a KeyboardInterrupt inside a command into a silent exit code 130, so the flag is how
+    `cli` knows to say "aborted". Signal handlers belong to the main thread; elsewhere the flag stays
+    [False] and the handler in place is left alone.
+    """
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_sigint(signum, frame):
+        flag[0] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cli(args: Sequence[str] | None = None) -> int:
     """Run the command line `args` (default: sys.argv[1:]) and return its exit code; never raises
     for a user mistake. Tests call this in-process; `main` is the console entry point."""
     usage_errors = _usage_error_types()
     try:
-        rc = app(args=list(args) if args is not None else None, prog_name="synthface", standalone_mode=False)
+        with _sigint_recorded() as interrupted:
+            rc = app(args=list(args) if args is not None else None, prog_name="synthface", standalone_mode=False)
+        if interrupted[0]:
+            raise KeyboardInterrupt
     except SynthfaceError as exc:
         print_error(str(exc))
         return exc.exit_code

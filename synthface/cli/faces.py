@@ -78,6 +78,7 @@ def embed(
     if mean:
         tensors["face_embeddings"] = emb
         emb = l2_normalize(emb.mean(0, keepdims=True))
+        _warn_if_different_people(l2_normalize(tensors["face_embeddings"]), [sources[i] for i, _ in rows], analyzer)
     tensors["embeddings"] = emb
     metadata = {
         "source": json.dumps(sources),
@@ -91,6 +92,35 @@ def embed(
         save_file(tensors, str(tmp), metadata=metadata)
     spread = ""
     if mean and len(rows) > 1:
-        cos = tensors["face_embeddings"] @ emb[0]
+        cos = l2_normalize(tensors["face_embeddings"]) @ emb[0]
         spread = f"; cosine of each photo to the mean: {cos.min():.3f}-{cos.max():.3f}"
     console.print(f"{len(rows)} face(s) from {len(sources)} photo(s), {analyzer.name} {emb.shape[1]}-d -> {out}{spread}", highlight=False)
+
+
+def _warn_if_different_people(unit, names: list[str], analyzer) -> None:
+    """Warn (the output is still written) when a photo is not the same person as at least half of the
+    other photos, by the analyser's same-person cosine (the threshold the demo judges faces by).
+
+    Photos are compared pairwise, not to the mean: the mean of two faces at cosine c has cosine
+    sqrt((1 + c) / 2) to each, which would pass two different people as one.
+    """
+    import numpy as np
+    from rich.markup import escape
+
+    from synthface.demo import same_person_cos
+
+    if len(names) < 2:
+        return
+    threshold = same_person_cos(analyzer)
+    cos = unit @ unit.T
+    np.fill_diagonal(cos, -1.0)
+    matches = (cos >= threshold).sum(axis=1)
+    odd = [f"{escape(name)} (best {best:.2f})" for name, m, best in zip(names, matches, cos.max(axis=1))
+           if 2 * m < len(names) - 1]
+    if odd:
+        console.print(
+            f"[yellow]warning:[/] --mean averages photos of one person, but by {analyzer.name}'s same-person "
+            f"cosine {threshold:.2f} these photos match fewer than half of the others: {', '.join(odd)}. "
+            "Their mean is nobody's identity; check the photos, or embed them without --mean.",
+            highlight=False,
+        )

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from synthface.errors import InvalidInputError, OutputPathError
+
 console = Console()
 
 
@@ -32,7 +34,7 @@ def generate_command(
     model: Annotated[str, typer.Option(help="'arc2face' (HF cache), 'tiny' (random weights), a repo id or a local folder.")] = "arc2face",
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora).")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora).")] = 3.0,
-    seed: Annotated[int, typer.Option(help="Base seed; image j of identity i always gets the same derived seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Base seed; image j of identity i always gets the same derived seed.")] = 0,
     size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own, 512 for Arc2Face).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per diffusion call; lower it if the GPU runs out of memory.")] = 8,
     dtype: Annotated[DType, typer.Option(help="Weights dtype (fp16/bf16 on GPU).")] = DType.fp32,
@@ -51,15 +53,21 @@ def generate_command(
     import numpy as np
     import torch
 
+    from synthface.devices import resolve_device
     from synthface.engine import derive_seed
     from synthface.identity import load_bank
-    from synthface.io import atomic_write_bytes
-    from synthface.pipelines import load_arc2face
+    from synthface.io import atomic_write_bytes, check_output_path
 
+    _check_bounds(steps=steps, guidance=guidance, resolution=size, batch_size=batch_size,
+                  images_per_identity=images_per_id)
+    device = str(resolve_device(device))
     vectors = np.asarray(load_bank(ids).vectors, dtype=np.float32)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"Cannot write images into {out}: it exists and is not a folder. Give a folder path for --out.")
     out.mkdir(parents=True, exist_ok=True)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_output_path(out / "manifest.json")  # a link or device under that name is refused before rendering
+    from synthface.pipelines import load_arc2face  # diffusers: imported only once the inputs are known good
+
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype.value]
     start = time.perf_counter()
     pipe = load_arc2face(model, dtype=torch_dtype, device=device, allow_download=allow_download, base=base,
@@ -114,6 +122,30 @@ def generate_command(
         f"wrote {len(rows)} images of {len(vectors)} identities to {out} "
         f"(load {loaded:.1f} s, render {rendered:.1f} s, {len(rows) / max(rendered, 1e-9):.2f} images/s on {device})"
     )
+
+
+# Option names of the recipe fields whose bounds `generate` shares with a recipe.
+_OPTIONS = {"steps": "--steps", "guidance": "--guidance", "resolution": "--size", "batch_size": "--batch-size",
+            "images_per_identity": "--images-per-id"}
+
+
+def _check_bounds(*, images_per_identity: int, **generation) -> None:
+    """Refuse values a recipe would refuse (same bounds: steps 1-1000, guidance 0-30 and finite, size
+    16-2048 in multiples of 8, batch 1-4096, 1-10000 images per identity), naming the options."""
+    from pydantic import ValidationError
+
+    from synthface.recipe import GenerationConfig, VariationConfig
+
+    problems = []
+    for section, values in ((GenerationConfig, generation), (VariationConfig, {"images_per_identity": images_per_identity})):
+        try:
+            section(**values)
+        except ValidationError as exc:
+            for error in exc.errors():
+                message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+                problems.append(f"{_OPTIONS[error['loc'][0]]} {message} (given: {error['input']!r})")
+    if problems:
+        raise InvalidInputError("; ".join(problems) + ". These are the bounds of a recipe's [generation] section.")
 
 
 def _png(image) -> bytes:

@@ -39,10 +39,12 @@ def sample(
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")] = None,
 ) -> None:
     """Sample NUM unit vectors with every pairwise cosine <= MAX_COS and write them to OUT."""
+    from synthface.devices import resolve_device
     from synthface.identity import load_vectors, sample_identities, verify
     from synthface.io import check_output_path
 
-    check_output_path(out)  # fail before the work, not after it
+    device = resolve_device(device)  # fail before the work, not after it
+    check_output_path(out)
     ref = load_vectors(reference) if reference is not None else None
     if ref is not None:
         dim = ref.shape[1]
@@ -84,8 +86,10 @@ def verify_command(
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available).")] = None,
 ) -> None:
     """Exact maximum pairwise cosine and the nearest-neighbour cosine histogram of a bank."""
+    from synthface.devices import resolve_device
     from synthface.identity import load_bank, verify
 
+    device = resolve_device(device)
     bank = load_bank(path)
     check = verify(bank, bins=bins, device=device)
     ok = bank.max_cos is None or check.max_cos <= bank.max_cos

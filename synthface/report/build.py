@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.errors import InvalidInputError
 from synthface.filtering import DROP_REASONS
 from synthface.report import metrics as M
 from synthface.report.run import Run, load_run
@@ -19,6 +20,11 @@ HIST_EDGES = np.linspace(-1.0, 1.0, 201)
 POSE_EDGES = np.linspace(-90.0, 90.0, 37)
 SHARE_WITHIN = (0.5, 0.7)
 FARS = (1e-3, 1e-4)
+# Upper bounds that keep the report's memory bounded: 12 bytes per genuine pair sampled (1.2 GB),
+# 2 bytes per impostor pair, images^2 / 2 pairs (270 MB), and the contact sheet's thumbnails.
+MAX_GENUINE_PAIRS = 100_000_000
+MAX_IMPOSTOR_IMAGES = 16_384
+MAX_SHEET = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,22 @@ class ReportOptions:
     sheet_identities: int = 8
     sheet_images: int = 6
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values the measures cannot use (NaN, out of range, too large for bounded memory),
+        each named with its `synthface report` option; `device` goes through `resolve_device`."""
+        for t in self.thresholds:
+            _check_cosine("thresholds", t, -1.0, 1.0, open_range=True)
+        _check_cosine("leak_cos (--leak-cos)", self.leak_cos, -1.0, 1.0)
+        _check_int("max_genuine_pairs (--max-genuine-pairs)", self.max_genuine_pairs, 1, MAX_GENUINE_PAIRS)
+        _check_int("impostor_images (--impostor-images)", self.impostor_images, 2, MAX_IMPOSTOR_IMAGES)
+        _check_int("seed (--seed)", self.seed, 0, 2**63 - 1)
+        _check_int("sheet_identities", self.sheet_identities, 0, MAX_SHEET)
+        _check_int("sheet_images", self.sheet_images, 0, MAX_SHEET)
+        if self.device is not None:
+            from synthface.devices import resolve_device
+
+            resolve_device(self.device)
 
 
 @dataclass
@@ -152,9 +174,11 @@ def write_report(
     """Compute the report of run folder `root`; write report.json (and report.html) into `out` (default: root)."""
     from synthface.io import atomic_write_bytes, check_output_path
 
+    out_dir = Path(out) if out is not None else Path(root)
+    check_output_path(out_dir / "report.json")  # both outputs are checked before the work
+    if html:
+        check_output_path(out_dir / "report.html")
     run = load_run(root)
-    out_dir = Path(out) if out is not None else run.root
-    check_output_path(out_dir / "report.json")
     ref = None
     if reference is not None:
         from synthface.identity import load_vectors
@@ -170,6 +194,21 @@ def write_report(
         page = render_html(report, run, sheet_identities=opt.sheet_identities, sheet_images=opt.sheet_images)
         html_path = atomic_write_bytes(out_dir / "report.html", page.encode())
     return json_path, html_path, report
+
+
+def _check_cosine(name: str, value, lo: float, hi: float, *, open_range: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (lo < value < hi if open_range else lo <= value <= hi):
+        between = f"strictly between {lo:g} and {hi:g}" if open_range else f"from {lo:g} to {hi:g}"
+        raise InvalidInputError(f"{name} must be a cosine {between}, got {value!r}.")
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise InvalidInputError(
+            f"{name} must be an integer from {lo} to {hi} (the upper bound keeps the report's memory bounded), "
+            f"got {value!r}."
+        )
 
 
 def _group_mean(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
