@@ -56,11 +56,14 @@ def _refuse_non_regular(path: Path) -> None:
         return
     if stat.S_ISDIR(mode):
         raise OutputPathError(f"Cannot write {path}: it is a folder. Give a file name.")
-    fix = "remove the link" if stat.S_ISLNK(mode) else "remove it"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        fix = ""  # never advise removing a device node
+    else:
+        fix = f", or remove the {'link' if stat.S_ISLNK(mode) else 'entry'} first"
     raise OutputPathError(
         f"Cannot write {path}: it is {_kind(path)}, not a regular file, and synthface replaces an output "
         f"by renaming a finished file over it, which would replace the {_kind(path, article=False)} "
-        f"itself. Give the path of a regular file (or a new name), or {fix} first."
+        f"itself. Give the path of a regular file (or a new name){fix}."
     )
 
 

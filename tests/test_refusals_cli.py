@@ -156,6 +156,10 @@ CASES = [
     ("15-exclusion-at-fault", ("ids", "sample", "--num", "50", "--max-cos", "0.95", "--dim", "8", "--exclude",
                                "{t}/exclude.npy", "--exclude-max-cos", "0.2", "--out", "{t}/x.safetensors"), 3,
      ["exclusion is what cannot be met", "raise --exclude-max-cos: about 0."]),
+    ("15-max-cos-advice-is-higher", ("ids", "sample", "--num", "3000", "--max-cos", "0.05", "--dim", "8",
+                                     "--out", "{t}/x.safetensors"), 3, ["raise --max-cos: about 0."]),
+    ("15-no-max-cos-below-1", ("ids", "sample", "--num", "3000", "--max-cos", "0.5", "--dim", "2",
+                               "--out", "{t}/x.safetensors"), 3, ["no --max-cos below 1", "fewer identities"]),
     ("15-report-out-is-a-file", ("report", "{t}/run", "--out", "{t}/a_file"), 2, ["a_file is a file, not a folder"]),
     # 16: silent acceptances are refused
     ("16-complex-npy", ("ids", "verify", "{t}/complex.npy"), 2, ["complex", "real"]),
@@ -190,12 +194,16 @@ def test_bad_input_is_a_clean_refusal_that_changes_nothing(tmp_path, capsys, def
     assert _snapshot(tmp_path) == before
     if defect == "15-exclusion-at-fault":
         assert "raise --max-cos" not in result.output
+    if defect == "15-max-cos-advice-is-higher":  # the advised value is above the one given, and valid
+        advised = float(" ".join(result.output.split()).split("raise --max-cos: about ")[1].split(" ")[0])
+        assert 0.05 < advised < 1.0
 
 
 def test_dev_null_as_output_stays_a_device(tmp_path, capsys):
     """Defect 3: as root, renaming over /dev/null would replace it for the whole machine."""
     result = run_cli_inprocess(capsys, "ids", "sample", "--num", "4", "--max-cos", "0.9", "--out", "/dev/null")
     assert_clean_refusal(result, 2, "/dev/null", "device", "regular file")
+    assert "remove" not in result.output
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
     assert not list(Path("/dev").glob(".null.*.tmp"))
 
