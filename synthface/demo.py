@@ -17,9 +17,12 @@ import io
 import json
 import os
 import random
+import shutil
+import socket
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +43,8 @@ MAX_IMAGES = 8
 CONDITIONING_DIM = 512
 #: Seed of the stand-in projection; fixed so a photo always maps to the same stand-in vector.
 STANDIN_SEED = 7_2024
-#: Generated images and zips older than this are removed from the demo's temporary folder.
+#: Generated images and zips older than this are removed from the demo's temporary folder (which
+#: is removed whole when the demo stops).
 KEEP_OUTPUTS_S = 3600
 TINY = "tiny"
 NON_COMMERCIAL_NOTE = (
@@ -144,7 +148,12 @@ class Identity:
 
 
 def read_photo(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """An uploaded photo as RGB uint8, within the demo's size limits, downscaled for analysis."""
+    """An uploaded photo as RGB uint8, downscaled to ANALYSIS_SIDE for analysis.
+
+    Bounds: at most MAX_UPLOAD_MB on disk and MAX_PHOTO_PIXELS pixels, at most MAX_ASPECT_RATIO:1
+    (checked from the header before decoding; ImageError otherwise), so the analyser then works
+    on at most ANALYSIS_SIDE x ANALYSIS_SIDE pixels.
+    """
     name = name or Path(path).name
     try:
         size = os.path.getsize(path)
@@ -172,7 +181,8 @@ def _downscale(image: np.ndarray, side: int) -> np.ndarray:
     from PIL import Image
 
     scale = side / max(h, w)
-    return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.LANCZOS))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
 def identity_from_photos(paths: Sequence[str | os.PathLike], analyzer, conditioner) -> Identity:
@@ -312,6 +322,10 @@ class DemoSession:
     model: "tiny" (random weights, for tests), a registry name or a local folder, passed to
     `synthface.pipelines.load_arc2face`; the last model used stays loaded. analyzer: a backend
     name for `get_analyzer` or an analyser instance.
+
+    Privacy: everything the session writes (zips holding identity vectors of uploaded faces, and,
+    under `build_demo`, the uploads themselves) lives in one private temporary folder, `root`,
+    removed by `close()`, when the session is garbage-collected, or at interpreter exit.
     """
 
     def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
@@ -322,7 +336,16 @@ class DemoSession:
         self._pipe: tuple[str, object] | None = None
         self._lcm: dict[int, object] = {}
         self._lock = threading.Lock()
-        self.outputs = Path(tempfile.mkdtemp(prefix="synthface-demo-"))
+        self.root = Path(tempfile.mkdtemp(prefix="synthface-demo-"))  # mode 0700: this user only
+        self.outputs = self.root / "outputs"
+        self.uploads = self.root / "uploads"
+        self.outputs.mkdir()
+        self.uploads.mkdir()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the session's temporary folder (uploads, zips); safe to call more than once."""
+        self._cleanup()
 
     # -- components --------------------------------------------------------------------------
 
@@ -533,6 +556,9 @@ def build_demo(
     import gradio as gr
 
     session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device)
+    # Gradio stores uploads (and copies of returned files) under GRADIO_TEMP_DIR, read when the page
+    # and its server are built: point it into the session's folder, so closing the session removes them.
+    os.environ["GRADIO_TEMP_DIR"] = str(session.uploads)
     models = installed_models(model)
 
     def run(photos, random_seed, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress):
@@ -618,7 +644,12 @@ def build_demo(
             api_visibility="private", queue=False,
         )
     demo.queue(max_size=16, default_concurrency_limit=1)
+    _SESSIONS[demo] = session
     return demo
+
+
+#: The session behind each page `build_demo` made, so `close_demo` can remove its files.
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 _ERROR_TITLES = {
@@ -659,6 +690,58 @@ def _threshold_text(session: DemoSession) -> str:
 
 
 def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
-    """Launch with the demo's safety defaults: localhost only unless told, upload size limit."""
+    """Launch with the demo's safety defaults: localhost only unless told, upload size limit, the
+    server's refusals shown to the client as messages. A blocking launch (the default) removes the
+    session's files when the server stops (Ctrl-C or SIGTERM); otherwise call `close_demo`.
+
+    Raises:
+        InvalidInputError: `port` is out of range or already in use on `host`.
+    """
+    if port is not None:
+        check_port_free(host, port)
     kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB}mb")
-    return demo.launch(server_name=host, server_port=port, share=share, **kwargs)
+    kwargs.setdefault("show_error", True)  # else a refused file path reaches the client as {"error": null}
+    blocking = not kwargs.get("prevent_thread_lock", False)
+    if blocking:
+        _sigterm_as_interrupt()
+    try:
+        return demo.launch(server_name=host, server_port=port, share=share, **kwargs)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"Cannot start the demo server on {host}:{port or 'a port from 7860'}: {exc}. Pass another --port "
+            "(or none, to take the first free one), or stop the program that holds it."
+        ) from None
+    finally:
+        if blocking:
+            close_demo(demo)
+
+
+def close_demo(demo) -> None:
+    """Stop the page's server and remove its session's temporary files (uploads, zips)."""
+    demo.close()
+    session = _SESSIONS.pop(demo, None)
+    if session is not None:
+        session.close()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise InvalidInputError unless `port` is a valid port that can be bound on `host` now."""
+    if not 1 <= port <= 65535:
+        raise InvalidInputError(f"Port {port} is out of range; use 1 to 65535, or leave --port out for the first free one from 7860.")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InvalidInputError(
+                f"Cannot serve the demo on {host}:{port}: {exc.strerror or exc}. Another program (perhaps an earlier "
+                "demo) holds that port: pass another --port, or leave it out to take the first free one from 7860."
+            ) from None
+
+
+def _sigterm_as_interrupt() -> None:
+    """Let SIGTERM stop the server like Ctrl-C, so the session's files are removed on the way out."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -41,7 +41,7 @@ def app(tmp_path_factory):
     client = Client(url, verbose=False)
     yield url, client
     client.close()
-    page.close()
+    demo_lib.close_demo(page)
 
 
 @pytest.fixture(scope="module")

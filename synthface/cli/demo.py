@@ -25,7 +25,12 @@ def demo(
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (anyone with the link can use your GPU).")] = False,
     device: Annotated[str | None, typer.Option(help="torch device for the generator (default: cuda when available, else cpu).")] = None,
 ) -> None:
-    """Upload photos of a person (or draw a random identity) and get new images of that identity."""
-    from synthface.demo import build_demo, launch_demo
+    """Upload photos of a person (or draw a random identity) and get new images of that identity.
 
+    Uploads and generated zips live in a private temporary folder, removed when the demo stops.
+    """
+    from synthface.demo import build_demo, check_port_free, launch_demo
+
+    if port is not None:  # before the models load, so a busy port is reported at once
+        check_port_free(host, port)
     launch_demo(build_demo(model, analyzer.value, device=device), host=host, port=port, share=share)

@@ -76,13 +76,14 @@ def verify_command(
             continue
         for c in checks:
             if not c.ok:
-                broken.setdefault(name, []).append(c.path.name)
+                broken.setdefault(name, []).append(f"{c.path.name} ({c.status})")
             table.add_row(name, c.path.name, f"{c.size:,}", (c.sha256 or "")[:16], c.status)
     console.print(table)
     if broken:
         print_error(
-            "; ".join(f"{name}: {', '.join(files)}" for name, files in broken.items())
-            + " failed the check (see the status column). Fetch "
+            "Damaged model files: "
+            + "; ".join(f"{name}: {', '.join(files)}" for name, files in broken.items())
+            + ". Fetch "
             + ("them" if len(broken) > 1 else "it")
             + " again with: "
             + ", ".join(weights.spec(name).fetch_command for name in broken)
