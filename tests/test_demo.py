@@ -147,6 +147,19 @@ def test_upload_over_the_size_limit_is_refused(app, tmp_path):
         client.predict(photos=[handle_file(str(big))], num_images=1, seed=0, variation=1.0, **TINY_CONTROLS, api_name="/generate")
 
 
+def test_a_refused_server_path_reaches_the_client_as_a_message(app):
+    """A file path the client did not upload is refused by the server; the client is told why
+    (launch_demo's show_error), not sent {"error": null}."""
+    import httpx
+
+    url, _ = app
+    data = [[{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}], 1, 2, 3.0, 0, False, 1.0, False, "tiny"]
+    event = httpx.post(f"{url}gradio_api/call/generate", json={"data": data}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}gradio_api/call/generate/{event}", timeout=60).text
+    payload = json.loads(stream.split("event: error", 1)[1].split("data:", 1)[1].strip().splitlines()[0])
+    assert "/etc/hostname" in payload["error"] and "not uploaded" in payload["error"], payload
+
+
 # ------------------------------------------------------------------------------- logic, no server
 
 
