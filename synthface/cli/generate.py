@@ -74,7 +74,7 @@ def generate_command(
                          allow_pickle=allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     if lcm_lora:
-        pipe.use_lcm(lcm_lora)
+        pipe.use_lcm(lcm_lora, allow_pickle=allow_pickle)
     pipe.optimize(vae_slicing=vae_slicing, compile=compile_unet)
     loaded = time.perf_counter() - start
 
