@@ -10,7 +10,9 @@ says how far sampling got and which threshold would work.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +24,9 @@ import torch
 from synthface import __version__
 from synthface.devices import available_memory, format_bytes, resolve_device
 from synthface.errors import DeviceMemoryError, FileFormatError, InfeasibleThresholdError, InvalidInputError
-from synthface.io import atomic_write_bytes, check_output_path, safetensors_bytes
+from synthface.io import atomic_path, check_output_path
 from synthface.screening import (
+    Float32Screen,
     Int8Screen,
     Screen,
     bf16_dtype,
@@ -40,13 +43,16 @@ GUARANTEE_MARGIN = 1e-5
 # Within-batch greedy costs N x batch x D in all, against N^2 D / 2 for the bank checks: 4096
 # keeps it under a tenth at 100K while the GEMMs stay large enough to run at full speed.
 CANDIDATE_BATCH = 4096
-# Below this many identities the int8 probe (~0.6 s) would cost more than int8 screening saves.
+# Below this many identities int8's wider bound (more float32 rechecks) and its small GEMMs cost
+# more than int8 screening saves.
 INT8_MIN_COUNT = 20_000
+CHECKPOINT_EVERY = 300.0  # seconds between checkpoints of a sampling given a checkpoint file
+CHECKPOINT_FORMAT = "synthface.identity_checkpoint/1"
 BLOCK = 8192
 TILE = 64  # columns per tile whose screened maximum verification keeps for its exact recheck
 MAX_BINS = 10_000  # histogram bins of nearest-neighbour cosines (float32 cosines resolve ~1e-4 anyway)
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[["SamplingProgress"], None]
 # Independent random streams per purpose, so that e.g. perturbation noise for seed s is never the
 # very draw that produced identity vectors for seed s.
 _STREAM_SAMPLE, _STREAM_PERTURB, _STREAM_MIXTURE, _STREAM_PROBE = 0x5A, 0x9E, 0x3C, 0x71
@@ -133,7 +139,11 @@ def gaussian_prior(reference: np.ndarray, shrinkage: float | None = None) -> Pri
 
 @dataclass
 class IdentityBank:
-    """N unit-norm float32 identity vectors plus how they were made."""
+    """N unit-norm float32 identity vectors plus how they were made.
+
+    `nearest_cos`, when known (banks from `sample_identities`, and files they were saved to), is
+    each vector's exact float32 cosine to its nearest neighbour in the bank (NaN for a bank of one).
+    """
 
     vectors: np.ndarray  # (N, D) float32, unit norm
     prior: Prior
@@ -142,6 +152,7 @@ class IdentityBank:
     exclude_max_cos: float | None = None
     num_excluded: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    nearest_cos: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -150,8 +161,17 @@ class IdentityBank:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    def separation(self, bins: int = 40) -> Verification | None:
+        """The recorded nearest-neighbour cosines as a `Verification` (exact max pairwise cosine and
+        histogram, no products computed), or None for a bank without them (e.g. imported vectors)."""
+        if self.nearest_cos is None:
+            return None
+        _check_bins(bins)
+        return _summary(self.nearest_cos, bins, 0.0)
+
     def save(self, path: str | Path) -> Path:
-        """Write `ids` (N, D) float32 and the prior as safetensors, atomically."""
+        """Write `ids` (N, D) float32, the recorded `nearest_cos` and the prior as safetensors,
+        atomically, straight from the arrays (no serialised copy of the bank in memory)."""
         path = check_output_path(path)
         meta = {
             "format": "synthface.identity_bank",
@@ -167,9 +187,33 @@ class IdentityBank:
         if self.prior.shrinkage is not None:
             meta["prior_shrinkage"] = repr(self.prior.shrinkage)
         meta.update(self.metadata)
-        tensors = {"ids": np.ascontiguousarray(self.vectors, dtype=np.float32), **self.prior.tensors()}
-        atomic_write_bytes(path, safetensors_bytes(tensors, meta))
-        return path
+        tensors = {"ids": self.vectors, **self.prior.tensors()}
+        if self.nearest_cos is not None:
+            tensors["nearest_cos"] = self.nearest_cos
+        return _write_safetensors(path, tensors, meta)
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Path:
+    """Float32 `tensors` as safetensors, written from the arrays themselves in the canonical layout of
+    `synthface.io.safetensors_bytes` (tensors in name order, header keys sorted), atomically."""
+    arrays = {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in sorted(tensors)}
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(len(raw).to_bytes(8, "little") + raw)
+            for array in arrays.values():
+                data = memoryview(array.reshape(-1)).cast("B")
+                for start in range(0, len(data), 1 << 28):  # a single write() moves at most ~2 GB
+                    handle.write(data[start : start + (1 << 28)])
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
 
 
 def load_bank(path: str | Path) -> IdentityBank:
@@ -205,6 +249,17 @@ def load_bank(path: str | Path) -> IdentityBank:
         prior = isotropic_prior(dim)
     known = {"format", "version", "prior", "dim", "count", "max_cos", "seed", "exclude_max_cos",
              "num_excluded", "prior_shrinkage"}
+    nearest = None
+    if "nearest_cos" in tensors:
+        nearest = _tensor_array(tensors["nearest_cos"])
+        valid = nearest.shape == (vectors.shape[0],) and np.issubdtype(nearest.dtype, np.floating)
+        if not valid or not (np.isfinite(nearest).all() or vectors.shape[0] == 1):
+            raise FileFormatError(
+                f"{path}: the tensor nearest_cos has shape {nearest.shape} and dtype {nearest.dtype}; it must be "
+                f"{vectors.shape[0]} finite cosines, one per identity. The file is damaged or was edited; sample "
+                "the bank again with `synthface ids sample`, or check it with `synthface ids verify`."
+            )
+        nearest = nearest.astype(np.float32)
     return IdentityBank(
         vectors=vectors if np.allclose(_row_norms(vectors), 1.0, atol=1e-4) else _normalise_rows(vectors),
         prior=prior,
@@ -213,6 +268,7 @@ def load_bank(path: str | Path) -> IdentityBank:
         exclude_max_cos=_meta_number(path, meta, "exclude_max_cos", float),
         num_excluded=_meta_number(path, meta, "num_excluded", int) or 0,
         metadata={k: v for k, v in meta.items() if k not in known},
+        nearest_cos=nearest,
     )
 
 
@@ -316,6 +372,8 @@ def sample_identities(
     device: str | torch.device | None = None,
     max_draws: int | None = None,
     progress: ProgressCallback | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = CHECKPOINT_EVERY,
 ) -> IdentityBank:
     """Sample `n` unit vectors whose pairwise cosines are all <= `max_cos`.
 
@@ -324,9 +382,18 @@ def sample_identities(
     cosine to a row of `exclude` is also kept <= `exclude_max_cos` (default: `max_cos`).
     Sampling stops after `max_draws` candidates (default 20 n + 100 000), or earlier once the
     acceptance rate shows `n` cannot be reached; it then raises `InfeasibleThresholdError`.
-    `progress(accepted, n)` is called after each batch. `device` goes through
-    `synthface.devices.resolve_device`; a request whose bank cannot fit in the device's free
-    memory raises DeviceMemoryError with the memory it needs, before anything is allocated.
+
+    The bank comes with each vector's exact float32 cosine to its nearest neighbour
+    (`IdentityBank.nearest_cos`), recorded from the same screened products that decide acceptance
+    (only cosines the screen's bound cannot settle are recomputed), so its maximum is the bank's
+    exact max pairwise cosine without a second all-pairs pass; `verify` remains the independent check.
+
+    `progress(SamplingProgress)` is called after each batch, with an ETA. With `checkpoint`, the
+    state is written atomically to that file every `checkpoint_every` seconds, and an existing
+    checkpoint of the same arguments is resumed: the result is identical to an uninterrupted run
+    (a checkpoint of other arguments is refused). The file is left in place; delete it once the
+    bank is saved. `device` goes through `synthface.devices.resolve_device`; a request whose bank
+    cannot fit in the device's free memory raises DeviceMemoryError before anything is allocated.
     """
     _check_positive_int("n", n)
     _check_cosine("max_cos", max_cos)
@@ -343,48 +410,69 @@ def sample_identities(
     _check_geometric_feasibility(n, max_cos, dim)
     _check_memory(n, dim, device)
     max_draws = max_draws if max_draws is not None else 20 * n + 100_000
+    args = {
+        "n": n, "max_cos": repr(float(max_cos)), "dim": dim, "seed": int(seed), "max_draws": max_draws,
+        "candidate_batch": CANDIDATE_BATCH, "prior": prior_obj.name,
+        "prior_sha256": _digest(np.concatenate([t.ravel() for t in prior_obj.tensors().values()] or [np.zeros(0)])),
+        "exclude_sha256": None if exclude is None else _digest(exclude),
+        "exclude_max_cos": None if exclude_max_cos is None else repr(float(exclude_max_cos)),
+    }
 
     rng = _rng(seed, _STREAM_SAMPLE)
-    accepted = torch.empty((n, dim), dtype=torch.float32, device=device)
+    state = _Bank.allocate(n, dim, device)
+    saved = _load_checkpoint(Path(checkpoint), args) if checkpoint is not None and Path(checkpoint).exists() else None
+    draws = 0
+    if saved is not None:
+        draws = saved["draws"]
+        rng.bit_generator.state = saved["rng"]
+        state.restore(saved["ids"], saved["nearest_cos"])
     excluded = torch.from_numpy(exclude).to(device) if exclude is not None else None
     lp = bf16_dtype(device)  # the within-batch gram (small); the bank checks use `screen`
     delta = screen_delta(dim)
-    screen: Screen | None = None
-    bank: _Screened | None = None
     excluded_s: _Screened | None = None
-    count = draws = 0
     limit = max_cos - GUARANTEE_MARGIN
     ex_limit = None if exclude_max_cos is None else exclude_max_cos - GUARANTEE_MARGIN
+    eta = _Eta(n)
+    last_checkpoint = time.monotonic()
     with full_precision_accumulation(device):
-        while count < n:
+        while state.count < n:
             batch = min(CANDIDATE_BATCH, max_draws - draws)
             if batch <= 0:
                 break
+            started = time.perf_counter()
             cand = torch.from_numpy(prior_obj.draw(rng, batch)).to(device)
             draws += batch
-            if draws == batch:  # first batch: pick the screen (an int8 scale fits these draws)
-                screen = gemm_screen(device, cand, allow_int8=n >= INT8_MIN_COUNT)
-                if screen is not None:
-                    bank = _Screened.empty(screen, n, dim, device)
-                    excluded_s = _Screened.of(screen, excluded) if excluded is not None else None
+            if state.screen is None:  # the first batch picks the screen (an int8 scale fits these draws)
+                state.use_screen(gemm_screen(device, cand if state.count == 0 else state.vectors[: state.count],
+                                             allow_int8=n >= INT8_MIN_COUNT) or Float32Screen(dim),
+                                 0 if excluded is None else excluded.shape[0])
+                excluded_s = _Screened.of(state.screen, excluded) if excluded is not None else None
             ok = torch.ones(batch, dtype=torch.bool, device=device)
-            cand_s = _Screened.of(screen, cand) if screen is not None else None
+            cand_s = _Screened.of(state.screen, cand)
             if excluded is not None:
-                _check_against(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok)
-            if count:
-                _check_against(cand, cand_s, accepted, bank, count, limit, ok)
-            cand = cand[ok]
-            keep = _greedy_within(cand, limit, cand.to(lp) if lp else None, delta)
-            new = cand[keep][: n - count]
-            accepted[count : count + len(new)] = new
-            if bank is not None:
-                bank.put(count, cand_s.take(ok).take(keep), len(new))
-            count += len(new)
+                _screened_check(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok, state.work)
+            before = state.count
+            log = state.near_log(batch, cand_s) if before else None
+            if before:
+                _screened_check(cand, cand_s, state.vectors, state.low, before, limit, ok, state.work, log)
+            survivors = ok.nonzero().squeeze(1)
+            keep = _greedy_within(cand[survivors], limit, cand[survivors].to(lp) if lp else None, delta)
+            chosen = survivors[keep][: n - before]
+            state.append(cand[chosen], _Screened(state.screen, cand_s.low[chosen],
+                                                 None if cand_s.err is None else cand_s.err[chosen]))
+            if log is not None:
+                log.settle(chosen, before)
+            state.record_within(before)
+            eta.add(batch, before, state.count - before, time.perf_counter() - started)
             if progress:
-                progress(count, n)
-            rate = len(new) / batch
-            if count < n and count + rate * (max_draws - draws) < n:
+                progress(SamplingProgress(state.count, n, draws, eta.elapsed, eta.remaining(state.count, batch)))
+            rate = (state.count - before) / batch
+            if state.count < n and state.count + rate * (max_draws - draws) < n:
                 break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
+            if checkpoint is not None and state.count < n and time.monotonic() - last_checkpoint >= checkpoint_every:
+                _write_checkpoint(Path(checkpoint), args, state, draws, rng)
+                last_checkpoint = time.monotonic()
+    count = state.count
     if count < n:
         feasible = _feasible_threshold(n, prior_obj, seed)
         raise InfeasibleThresholdError(
@@ -392,15 +480,240 @@ def sample_identities(
             reached=count,
             feasible_max_cos=feasible,
         )
+    nearest = state.nearest.cpu().numpy()
+    if n < 2:
+        nearest = np.full(n, np.nan, dtype=np.float32)
     return IdentityBank(
-        vectors=accepted.cpu().numpy(),
+        vectors=state.vectors.cpu().numpy(),
         prior=prior_obj,
         max_cos=float(max_cos),
         seed=seed,
         exclude_max_cos=exclude_max_cos,
         num_excluded=0 if exclude is None else int(exclude.shape[0]),
         metadata={"exclude_sha256": _digest(exclude)} if exclude is not None else {},
+        nearest_cos=nearest,
     )
+
+
+@dataclass(frozen=True)
+class SamplingProgress:
+    """Where `sample_identities` stands after a batch: identities accepted of `n`, candidates drawn,
+    seconds so far in this process, and the estimated seconds left (None until two batches are timed)."""
+
+    accepted: int
+    n: int
+    draws: int
+    elapsed_s: float
+    eta_s: float | None
+
+
+class _Eta:
+    """Time left, from a model of the work still to do rather than a straight line.
+
+    A batch of B candidates against a bank of c vectors costs about a B c + b B seconds (the GEMMs
+    against the bank, plus drawing and the within-batch checks), and the acceptance rate falls as
+    the bank fills, modelled as exp(-p c) (each bank vector a small, independent chance to clash).
+    a, b and p are least-squares fits to the batches timed so far; the estimate steps the model
+    forward batch by batch until n is reached.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.rows: list[tuple[int, int, int, float]] = []  # (batch, bank size before, accepted, seconds)
+        self.elapsed = 0.0
+
+    def add(self, batch: int, before: int, accepted: int, seconds: float) -> None:
+        self.rows.append((batch, before, accepted, seconds))
+        self.elapsed += seconds
+
+    def remaining(self, count: int, batch: int) -> float | None:
+        timed = self.rows[1:] if len(self.rows) > 2 else self.rows  # the first batch carries warm-up costs
+        if len(timed) < 2 or count >= self.n:
+            return 0.0 if count >= self.n else None
+        b, c, acc, t = (np.array(col, dtype=np.float64) for col in zip(*timed))
+        (a_coef, b_coef), *_ = np.linalg.lstsq(np.stack([b * c, b], axis=1), t, rcond=None)
+        if a_coef <= 0:  # too few batches against a bank to see its cost: charge it all to the bank
+            a_coef, b_coef = float(t.sum() / max((b * c).sum(), 1.0)), 0.0
+        rate = np.clip(acc / b, 1e-6, 1.0)
+        p = max(0.0, float(-(c * np.log(rate)).sum() / max(float((c * c).sum()), 1.0)))
+        seconds, c_now = 0.0, float(count)
+        for _ in range(1_000_000):
+            if c_now >= self.n:
+                return seconds
+            seconds += a_coef * batch * c_now + max(b_coef, 0.0) * batch
+            c_now += batch * math.exp(-p * c_now)
+        return None
+
+
+class _Bank:
+    """The accepted vectors so far with their screened copy and exact nearest-neighbour cosines, in
+    buffers allocated once (the blocked products write into one reused gram buffer), so memory is
+    the bank, its screened copy (none for float32) and O(batch x block) work space, never N x N."""
+
+    def __init__(self, vectors: torch.Tensor, nearest: torch.Tensor):
+        self.vectors = vectors  # (n, D) float32
+        self.nearest = nearest  # (n,) float32, -2 while a vector has no neighbour yet
+        self.count = 0
+        self.screen: Screen | None = None
+        self.low: _Screened | None = None
+        self.work: _Work | None = None
+        self.err_max = 0.0
+
+    @classmethod
+    def allocate(cls, n: int, dim: int, device: torch.device) -> _Bank:
+        return cls(torch.empty((n, dim), dtype=torch.float32, device=device),
+                   torch.full((n,), -2.0, dtype=torch.float32, device=device))
+
+    def use_screen(self, screen: Screen, excluded: int) -> None:
+        """Screen the bank with `screen` from now on; work space fits a candidate batch against a block of
+        the bank or of the `excluded` vectors."""
+        n, dim = self.vectors.shape
+        self.screen = screen
+        self.work = _Work(screen, CANDIDATE_BATCH, min(BLOCK, max(n, excluded)), self.vectors.device)
+        if isinstance(screen, Float32Screen):
+            self.low = _Screened(screen, self.vectors, None)
+        else:
+            self.low = _Screened.empty(screen, n, dim, self.vectors.device)
+            if self.count:
+                self.low.put(0, _Screened.of(screen, self.vectors[: self.count]), self.count)
+        if self.low.err is not None and self.count:
+            self.err_max = float(self.low.err[: self.count].max())
+
+    def restore(self, vectors: np.ndarray, nearest: np.ndarray) -> None:
+        count = vectors.shape[0]
+        self.vectors[:count] = torch.from_numpy(vectors)
+        self.nearest[:count] = torch.from_numpy(nearest)
+        self.count = count
+
+    def append(self, new: torch.Tensor, new_s: _Screened) -> None:
+        at, k = self.count, new.shape[0]
+        self.vectors[at : at + k] = new
+        if self.low.low is not self.vectors:
+            self.low.put(at, new_s, k)
+        if new_s.err is not None and k:
+            self.err_max = max(self.err_max, float(new_s.err.max()))
+        self.count += k
+
+    def slack(self, cand_s: _Screened | None = None) -> float:
+        """One screen bound valid for every pair of bank vectors and candidates in `cand_s`."""
+        worst = self.err_max if cand_s is None or cand_s.err is None else max(self.err_max, float(cand_s.err.max()))
+        return float(self.screen.slack(worst, worst))
+
+    def near_log(self, batch: int, cand_s: _Screened) -> _NearLog:
+        return _NearLog(self, batch, self.slack(cand_s))
+
+    def record_within(self, before: int) -> None:
+        """Exact nearest-neighbour cosines among the vectors accepted in this batch (rows before..count),
+        screened like the bank checks: only tiles that can hold a row's maximum, above its cosine to
+        the earlier bank, are recomputed in float32."""
+        stop, slack = self.count, self.slack()
+        if stop - before < 2:
+            return
+        rows, tiles = [], []
+        low = self.low.low[before:stop]
+        best = torch.full((stop - before,), -2.0, device=self.vectors.device)
+        for start in range(before, stop, BLOCK):
+            end = min(start + BLOCK, stop)
+            g = self.work.gram(low, self.low.low[start:end])
+            g.diagonal(offset=before - start).fill_(self.screen.fill)
+            tile_max = self.work.tile_max(g)
+            torch.maximum(best, tile_max.amax(dim=1), out=best)
+            r, k = (tile_max >= torch.maximum(self.nearest[before:stop] - slack, best - 2 * slack)[:, None]).nonzero(
+                as_tuple=True)
+            rows.append(r + before)
+            tiles.append(k + (start - before) // self.work.tile)
+        _exact_tiles(self, torch.cat(rows), torch.cat(tiles), before, stop, columns=False)
+
+
+class _Work:
+    """Work space reused by every block: a gram buffer for `rows` x `cols` and its per-tile maxima."""
+
+    def __init__(self, screen: Screen, rows: int, cols: int, device: torch.device):
+        self.screen = screen
+        self.tile = math.gcd(TILE, BLOCK)
+        self.gram_buf = torch.empty(rows * cols, dtype=screen.out_dtype, device=device)
+        self.tile_buf = torch.empty(rows * -(-cols // self.tile), dtype=screen.out_dtype, device=device)
+
+    def gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = self.gram_buf[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
+        return self.screen.gram(a, b, out=out)
+
+    def tile_max(self, g: torch.Tensor) -> torch.Tensor:
+        """Screened cosine maxima of `g` over tiles of `tile` columns (the last one possibly short)."""
+        rows, cols = g.shape
+        full, tiles = cols // self.tile, -(-cols // self.tile)
+        out = self.tile_buf[: rows * tiles].view(rows, tiles)
+        if full:
+            torch.amax(g[:, : full * self.tile].unflatten(1, (full, self.tile)), dim=2, out=out[:, :full])
+        if tiles > full:
+            torch.amax(g[:, full * self.tile :], dim=1, keepdim=True, out=out[:, full:])
+        return self.screen.cosines(out)
+
+
+class _NearLog:
+    """(candidate, bank tile) pairs of one batch whose exact cosines can matter for a nearest neighbour.
+
+    A tile's exact maximum is within `slack` of its screened one, so a tile can hold a candidate's
+    exact maximum only if its screened maximum is at least (candidate's screened maximum - 2 slack),
+    and can hold a cosine above a bank vector's current nearest-neighbour cosine only if it is at
+    least (the smallest such cosine in the tile - slack). Pairs meeting neither are dropped as the
+    blocks go by; `settle` recomputes the rest of the accepted candidates' pairs in float32.
+    """
+
+    def __init__(self, bank: _Bank, batch: int, slack: float):
+        self.bank, self.slack = bank, slack
+        tile, count = bank.work.tile, bank.count
+        near = bank.nearest[:count]
+        full = count // tile * tile
+        parts = [near[:full].view(-1, tile).amin(dim=1)] + ([near[full:].amin(dim=0, keepdim=True)] if full < count else [])
+        self.col_ref = torch.cat(parts) - slack
+        self.best = torch.full((batch,), -2.0, device=near.device)
+        self.rows: list[torch.Tensor] = []
+        self.tiles: list[torch.Tensor] = []
+        self.vals: list[torch.Tensor] = []
+
+    def add(self, rows: torch.Tensor, first_tile: int, tile_max: torch.Tensor, row_max: torch.Tensor) -> None:
+        best = torch.maximum(self.best[rows], row_max)
+        self.best[rows] = best
+        refs = torch.minimum((best - 2 * self.slack)[:, None], self.col_ref[first_tile : first_tile + tile_max.shape[1]])
+        r, k = (tile_max >= refs).nonzero(as_tuple=True)
+        self.rows.append(rows[r])
+        self.tiles.append(k + first_tile)
+        self.vals.append(tile_max[r, k])
+        rows_, tiles_, vals_ = torch.cat(self.rows), torch.cat(self.tiles), torch.cat(self.vals)
+        keep = vals_ >= torch.minimum(self.best[rows_] - 2 * self.slack, self.col_ref[tiles_])
+        self.rows[:], self.tiles[:], self.vals[:] = [rows_[keep]], [tiles_[keep]], [vals_[keep]]
+
+    def settle(self, chosen: torch.Tensor, before: int) -> None:
+        """Exact nearest-neighbour updates for the accepted candidates `chosen` (now bank rows
+        before, before + 1, ...) against the earlier bank, on both sides of each pair."""
+        if not self.rows:
+            return
+        position = torch.full_like(self.best, -1, dtype=torch.long)
+        position[chosen] = torch.arange(before, before + chosen.numel(), device=chosen.device)
+        rows, tiles = position[self.rows[0]], self.tiles[0]
+        accepted = rows >= 0
+        _exact_tiles(self.bank, rows[accepted], tiles[accepted], 0, before, columns=True)
+
+
+def _exact_tiles(bank: _Bank, rows: torch.Tensor, tiles: torch.Tensor, base: int, stop: int, *, columns: bool) -> None:
+    """Fold the float32 cosines of bank rows `rows` with the bank vectors of tile `tiles` (columns
+    base + tile x TILE onwards, below `stop`) into the nearest-neighbour cosines: the rows' own,
+    and with `columns` the tile vectors' too. A row is never compared with itself."""
+    if rows.numel() == 0:
+        return
+    tile, vectors, nearest = bank.work.tile, bank.vectors, bank.nearest
+    order = torch.argsort(tiles * vectors.shape[0] + rows)
+    rows, tiles = rows[order], tiles[order]
+    ids, counts = torch.unique_consecutive(tiles, return_counts=True)
+    for k, part in zip(ids.tolist(), torch.split(rows, counts.tolist())):
+        lo = base + k * tile
+        hi = min(lo + tile, stop)
+        g = vectors[part] @ vectors[lo:hi].T
+        g[part[:, None] == torch.arange(lo, hi, device=g.device)[None, :]] = -2.0
+        nearest.scatter_reduce_(0, part, g.amax(dim=1), reduce="amax")
+        if columns:
+            torch.maximum(nearest[lo:hi], g.amax(dim=0), out=nearest[lo:hi])
 
 
 @dataclass
@@ -429,23 +742,6 @@ class _Screened:
             self.err[at : at + count] = other.err[:count]
 
 
-def _check_against(
-    cand: torch.Tensor,
-    cand_s: _Screened | None,
-    bank: torch.Tensor,
-    bank_s: _Screened | None,
-    count: int,
-    limit: float,
-    ok: torch.Tensor,
-) -> None:
-    """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to one of the first `count`
-    rows of `bank`, screened when `cand_s`/`bank_s` are given (same decisions either way)."""
-    if cand_s is None:
-        ok &= _max_cos_against(cand, bank[:count]) <= limit
-    else:
-        _screened_within(cand, cand_s, bank, bank_s, count, limit, ok)
-
-
 def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Row-wise max cosine of `cand` against `bank`, in blocks of the bank (float32)."""
     best = torch.full((cand.shape[0],), -2.0, device=cand.device)
@@ -454,14 +750,14 @@ def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return best
 
 
-def _screened_within(
+def _screened_check(
     cand: torch.Tensor, cand_s: _Screened, bank: torch.Tensor, bank_s: _Screened, count: int, limit: float,
-    ok: torch.Tensor,
+    ok: torch.Tensor, work: _Work, log: _NearLog | None = None,
 ) -> None:
     """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to one of the first `count`
-    rows of `bank`.
+    rows of `bank`, and hand each block's tile maxima to `log`.
 
-    The same decisions as `_max_cos_against(cand, bank) <= limit`, from a screened pass: per bank
+    The same decisions as comparing float32 cosines with `limit`, from a screened pass: per bank
     block, a row whose screened maximum exceeds limit + slack certainly clashes, one below
     limit - slack certainly does not (slack: the screen's error bound for that row and block),
     and only rows in between are recomputed in float32 against that block. Rows already
@@ -474,7 +770,8 @@ def _screened_within(
         if rows.numel() == 0:
             break
         sub = cand_s if rows.numel() == ok.numel() else cand_s.take(rows)
-        screened = screen.cosines(screen.gram(sub.low, bank_s.low[start:stop]).amax(dim=1))
+        tile_max = work.tile_max(work.gram(sub.low, bank_s.low[start:stop]))
+        screened = tile_max.amax(dim=1)
         col_err = None if bank_s.err is None else float(bank_s.err[start:stop].max())
         slack = screen.slack(sub.err, col_err)
         reject = screened > limit + slack
@@ -483,7 +780,52 @@ def _screened_within(
             recheck = rows[band]
             exact = (cand[recheck] @ bank[start:stop].T).amax(dim=1)
             reject[band] = exact > limit
+        if log is not None:
+            log.add(rows, start // work.tile, tile_max, screened)
         ok[rows[reject]] = False
+
+
+def _write_checkpoint(path: Path, args: dict, state: _Bank, draws: int, rng: np.random.Generator) -> None:
+    """The sampling state after a whole batch (accepted vectors, their nearest-neighbour cosines, the
+    draw count and the random generator's state) with the arguments it belongs to, atomically."""
+    count = state.count
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "args": json.dumps(args, sort_keys=True),
+        "draws": str(draws),
+        "rng": json.dumps(rng.bit_generator.state, sort_keys=True),
+    }
+    _write_safetensors(path, {"ids": state.vectors[:count].cpu().numpy(),
+                              "nearest_cos": state.nearest[:count].cpu().numpy()}, meta)
+
+
+def _load_checkpoint(path: Path, args: dict) -> dict:
+    """A checkpoint written by `_write_checkpoint` for these `args`: its arrays, draw count and
+    generator state. A checkpoint of other arguments is an InvalidInputError naming the
+    differences; an unreadable one a FileFormatError."""
+    tensors, meta = _read_safetensors(path)
+    try:
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        saved_args = json.loads(meta["args"])
+        saved = {"draws": int(meta["draws"]), "rng": json.loads(meta["rng"]),
+                 "ids": _tensor_array(tensors["ids"]), "nearest_cos": _tensor_array(tensors["nearest_cos"])}
+        count = saved["ids"].shape[0]
+        if saved["nearest_cos"].shape != (count,) or count > int(saved_args["n"]):
+            raise ValueError("inconsistent tensor shapes")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FileFormatError(
+            f"{path} is not a usable identity-sampling checkpoint ({exc}). It is damaged or is another "
+            "file; delete it (sampling then starts from the beginning) or pass another checkpoint path."
+        ) from None
+    differ = [f"{key} {saved_args.get(key)!r} (now {value!r})" for key, value in args.items() if saved_args.get(key) != value]
+    if differ:
+        raise InvalidInputError(
+            f"The checkpoint {path} belongs to a sampling with other arguments: {'; '.join(differ)}. Resuming "
+            "it would not give the bank these arguments ask for. Run the command with the checkpoint's "
+            "arguments to resume it, or delete the checkpoint to start this sampling afresh."
+        )
+    return saved
 
 
 def _greedy_within(
@@ -645,10 +987,7 @@ def verify(bank: IdentityBank | np.ndarray, *, bins: int = 40, device: str | tor
 def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.device | None = None) -> Verification:
     """`verify` of an (N, D) array; `bins` (0 to MAX_BINS, 0: no histogram) and `device` are checked first."""
     start = time.perf_counter()
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= MAX_BINS:
-        raise InvalidInputError(
-            f"bins (--bins) must be an integer from 0 (no histogram) to {MAX_BINS}, got {bins!r}."
-        )
+    _check_bins(bins)
     device = resolve_device(device)
     x = _check_vectors("vectors", vectors)
     t = torch.from_numpy(_normalise_rows(x)).to(device)
@@ -656,15 +995,26 @@ def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.d
     screen = gemm_screen(device, t, allow_int8=False)
     with full_precision_accumulation(device):
         nearest = _nearest_fp32(t) if screen is None else _nearest_screened(t, screen)
-    nearest_np = nearest.cpu().numpy()
-    if n < 2:
-        nearest_np = np.full(n, np.nan, dtype=np.float32)
-    max_cos = float(np.nanmax(nearest_np)) if n >= 2 else float("nan")
+    nearest_np = nearest.cpu().numpy() if n >= 2 else np.full(n, np.nan, dtype=np.float32)
+    return _summary(nearest_np, bins, time.perf_counter() - start)
+
+
+def _check_bins(bins: int) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 0 <= bins <= MAX_BINS:
+        raise InvalidInputError(
+            f"bins (--bins) must be an integer from 0 (no histogram) to {MAX_BINS}, got {bins!r}."
+        )
+
+
+def _summary(nearest: np.ndarray, bins: int, seconds: float) -> Verification:
+    """Max and histogram of nearest-neighbour cosines (NaN max for fewer than two vectors)."""
+    n = nearest.shape[0]
+    max_cos = float(np.max(nearest)) if n >= 2 else float("nan")
     if bins and n >= 2:
-        hist, edges = np.histogram(nearest_np, bins=bins)
+        hist, edges = np.histogram(nearest, bins=bins)
     else:
         hist, edges = np.zeros(0, dtype=np.int64), np.zeros(0)
-    return Verification(n, max_cos, nearest_np, hist, edges, time.perf_counter() - start)
+    return Verification(n, max_cos, nearest, hist, edges, seconds)
 
 
 def _nearest_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -834,10 +1184,11 @@ def _check_seed(seed: int) -> None:
 
 
 def _check_memory(n: int, dim: int, device: torch.device) -> None:
-    """Refuse a bank that cannot fit: the float32 bank and its screened copy (n x dim x 6 bytes), one
-    candidate batch's draws and copies (x 32 bytes) and its within-batch gram (batch^2 x 8 bytes)."""
-    batch = min(n, CANDIDATE_BATCH)
-    needed = n * dim * 6 + n * 8 + batch * dim * 32 + batch * batch * 8
+    """Refuse a bank that cannot fit: the float32 bank and its screened copy (n x dim x 6 bytes), its
+    nearest-neighbour cosines and int8 errors (n x 12 bytes), one candidate batch's draws and copies
+    (x 32 bytes), its within-batch gram (batch^2 x 8 bytes) and the reused block gram (batch x block x 4)."""
+    batch = CANDIDATE_BATCH
+    needed = n * dim * 6 + n * 12 + batch * dim * 32 + min(n, batch) ** 2 * 8 + batch * min(n, BLOCK) * 4
     free = available_memory(device)
     if free is not None and needed > free:
         raise DeviceMemoryError(

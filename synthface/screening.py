@@ -11,14 +11,24 @@ reported cosine is still the float32 one. Which screen runs changes speed, never
   comes from each vector's own rounding error, so it is per row (about 0.02 for 512-d vectors).
   About 1.25x bfloat16 again on large GEMMs on CPUs with VNNI; used by the sampler on CPU when a
   one-off probe shows it pays. Verification keeps bfloat16: its tighter bound means fewer rechecks.
+- `Float32Screen`: no screening (bound 0), so callers run one code path whatever the device.
+
+Whether bfloat16 or int8 GEMMs pay is a property of the machine, so a CPU's timed probe runs once
+per machine and torch version and its answer is cached in the user's cache folder
+(`$XDG_CACHE_HOME/synthface`, else `~/.cache/synthface`); a cache that cannot be read or written
+only means probing again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +79,7 @@ class Bf16Screen:
 
     name = "bfloat16"
     dtype = torch.bfloat16
+    out_dtype = torch.bfloat16
     fill = -2.0  # below every cosine
 
     def __init__(self, dim: int):
@@ -77,14 +88,31 @@ class Bf16Screen:
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return x.to(torch.bfloat16), None
 
-    def gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b.T
+    def gram(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.matmul(a, b.T, out=out)
 
     def cosines(self, g: torch.Tensor) -> torch.Tensor:
         return g.float()
 
     def slack(self, row_err: torch.Tensor | None, col_err_max: float | None) -> float:
         return self.delta
+
+
+class Float32Screen(Bf16Screen):
+    """No screening: float32 operands and products, bound 0 (every screened value is the float32 one)."""
+
+    name = "float32"
+    dtype = torch.float32
+    out_dtype = torch.float32
+
+    def __init__(self, dim: int):
+        self.delta = 0.0
+
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
+
+    def cosines(self, g: torch.Tensor) -> torch.Tensor:
+        return g
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,7 @@ class Int8Screen:
     dim: int
     name = "int8"
     dtype = torch.int8
+    out_dtype = torch.int32
     fill = torch.iinfo(torch.int32).min  # below every product
 
     @classmethod
@@ -121,8 +150,8 @@ class Int8Screen:
             low[start : start + 65536] = q
         return low, err
 
-    def gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch._int_mm(a, b.T)
+    def gram(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch._int_mm(a, b.T) if out is None else torch._int_mm(a, b.T, out=out)
 
     def cosines(self, g: torch.Tensor) -> torch.Tensor:
         return (g.double() / self.scale**2).float()
@@ -132,7 +161,7 @@ class Int8Screen:
         return 1.01 * ((1 + _NORM_SLACK + row_err) * col_err_max + row_err * (1 + _NORM_SLACK)) + gemm
 
 
-Screen = Bf16Screen | Int8Screen
+Screen = Bf16Screen | Int8Screen | Float32Screen
 
 
 def bf16_dtype(device: torch.device) -> torch.dtype | None:
@@ -142,7 +171,7 @@ def bf16_dtype(device: torch.device) -> torch.dtype | None:
     if SCREEN is True:
         return torch.bfloat16
     if device.type not in _BF16_FAST:
-        _BF16_FAST[device.type] = _probe_faster(device, torch.bfloat16)
+        _BF16_FAST[device.type] = _cached_probe(device, "bfloat16", lambda: _probe_faster(device, torch.bfloat16))
     return torch.bfloat16 if _BF16_FAST[device.type] else None
 
 
@@ -164,9 +193,53 @@ def _int8_wanted(device: torch.device) -> bool:
         return False  # on CUDA, bfloat16 tensor cores are already fast and better tested
     if device.type not in _INT8_FAST:
         # At the sampler's block shape: int8 wins only on large GEMMs (~0.8x bfloat16 there).
-        _INT8_FAST[device.type] = _probe_faster(device, torch.int8, versus=bf16_dtype(device), shape=(4096, 8192),
-                                                margin=0.9)
+        versus = bf16_dtype(device)
+        _INT8_FAST[device.type] = _cached_probe(
+            device, f"int8-vs-{versus}",
+            lambda: _probe_faster(device, torch.int8, versus=versus, shape=(4096, 8192), margin=0.9),
+        )
     return _INT8_FAST[device.type]
+
+
+def cache_dir() -> Path:
+    """Where synthface caches per-machine facts: `$XDG_CACHE_HOME/synthface`, else `~/.cache/synthface`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "synthface"
+
+
+def _machine_key(device: torch.device, probe: str) -> str:
+    """The probe's answer holds for this CPU model, torch build and thread count."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    return f"{device.type}|{model}|torch {torch.__version__}|{torch.get_num_threads()} threads|{probe}"
+
+
+def _cached_probe(device: torch.device, probe: str, run) -> bool:
+    """`run()`'s answer for this machine: read from the cache file when there, else probed and stored.
+    CUDA answers come from the device's properties, so only CPU probes are cached. A cache that is
+    missing, damaged, unreadable or unwritable is never an error: the probe simply runs."""
+    if device.type != "cpu":
+        return run()
+    path = cache_dir() / "screening.json"
+    key = _machine_key(device, probe)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if isinstance(cached.get(key), bool):
+        return cached[key]
+    answer = run()
+    cached[key] = answer
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return answer
 
 
 def _probe_faster(
