@@ -19,8 +19,12 @@ def test_sample_then_verify(tmp_path):
     g = bank.vectors @ bank.vectors.T
     np.fill_diagonal(g, -1)
     assert g.max() <= 0.3
+    # The exact maximum comes from the cosines recorded while sampling: no second pass by default.
     printed_max = float(result.stdout.split("max pairwise cosine")[1].split()[1])
     assert printed_max == pytest.approx(g.max(), abs=1e-4)
+    assert "recorded while sampling" in result.stdout and "verify time" not in result.stdout
+    np.testing.assert_allclose(bank.nearest_cos, g.max(axis=1), atol=1e-6)
+    assert not (tmp_path / "ids.safetensors.checkpoint").exists()
 
     check = run_cli("ids", "verify", out, "--bins", "4")
     assert check.returncode == 0, check.stderr
@@ -81,3 +85,28 @@ def test_bad_files(tmp_path):
     (tmp_path / "corrupt.safetensors").write_bytes(b"garbage that is not safetensors")
     result = run_cli("ids", "verify", tmp_path / "corrupt.safetensors")
     assert result.returncode == 2 and "not a readable safetensors" in result.stderr
+
+
+def test_sample_with_verify_runs_the_independent_check(tmp_path):
+    out = tmp_path / "ids.safetensors"
+    result = run_cli("ids", "sample", "--num", "500", "--max-cos", "0.4", "--dim", "64", "--verify", "--out", out)
+    assert result.returncode == 0, result.stderr
+    recorded = float(result.stdout.split("max pairwise cosine")[1].split()[1])
+    independent = float(result.stdout.split("independent check")[1].split("max pairwise cosine")[1].split()[0])
+    assert recorded == independent and "verify time" in result.stdout
+
+
+def test_checkpoint_of_other_arguments_is_refused(tmp_path):
+    from synthface.identity import _Bank, _write_checkpoint, sample_identities
+
+    out = tmp_path / "ids.safetensors"
+    # A checkpoint left by `--seed 1`, then the command run with --seed 2 next to it.
+    checkpoint = out.with_name(out.name + ".checkpoint")
+    rng = np.random.default_rng(0)
+    state = _Bank.allocate(10, 8, __import__("torch").device("cpu"))
+    state.restore(sample_identities(3, max_cos=0.9, dim=8).vectors, np.zeros(3, np.float32))
+    args = dict(n=10, max_cos=repr(0.9), dim=8, seed=1)
+    _write_checkpoint(checkpoint, args, state, 4096, rng)
+    result = run_cli("ids", "sample", "--num", "10", "--max-cos", "0.9", "--dim", "8", "--seed", "2", "--out", out)
+    assert result.returncode == 2 and "seed 1 (now 2)" in result.stderr and "delete the checkpoint" in result.stderr
+    assert not out.exists() and checkpoint.exists()

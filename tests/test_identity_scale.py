@@ -1,0 +1,162 @@
+"""Identity banks at scale: nearest-neighbour cosines recorded while sampling, resumable
+checkpoints, the cached screening probe and the ETA model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import synthface.identity as identity
+from synthface import screening
+from synthface.errors import InvalidInputError
+from synthface.identity import gaussian_prior, load_bank, sample_identities, verify
+from synthface.io import safetensors_bytes
+
+
+def brute_nearest(x: np.ndarray) -> np.ndarray:
+    g = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(g, -2)
+    return g.max(axis=1)
+
+
+def steep_gaussian(dim: int = 64):
+    """Variance decaying across dimensions: the threshold binds, so rejections and rechecks happen."""
+    rng = np.random.default_rng(0)
+    return gaussian_prior(rng.standard_normal((2000, dim)) * np.sqrt(np.exp(-np.arange(dim) / 20.0)))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 96 (tiles of 32, a ragged last one) and batches of 250: many block boundaries."""
+    monkeypatch.setattr(identity, "BLOCK", 96)
+    monkeypatch.setattr(identity, "CANDIDATE_BATCH", 250)
+    monkeypatch.setattr(identity, "INT8_MIN_COUNT", 0)
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("case", ["isotropic", "gaussian", "exclude"])
+def test_recorded_nearest_cosines_equal_brute_force(case, kind, small_blocks, monkeypatch):
+    monkeypatch.setattr(screening, "SCREEN", kind != "float32")
+    monkeypatch.setattr(screening, "INT8", kind == "int8")
+    kwargs = dict(n=700, max_cos=0.4, dim=64, seed=3, device="cpu")
+    if case != "isotropic":
+        kwargs.update(prior=steep_gaussian(), max_cos=0.5)
+    if case == "exclude":
+        kwargs.update(exclude=steep_gaussian().draw(np.random.default_rng(9), 300), exclude_max_cos=0.45)
+    bank = sample_identities(**kwargs)
+    truth = brute_nearest(bank.vectors)
+    np.testing.assert_allclose(bank.nearest_cos, truth, atol=1e-6)
+    np.testing.assert_allclose(bank.nearest_cos, verify(bank, device="cpu").nearest_cos, atol=1e-6)
+    recorded = bank.separation(bins=10)
+    assert recorded.max_cos == pytest.approx(truth.max(), abs=1e-6) and recorded.max_cos <= kwargs["max_cos"]
+    assert recorded.histogram.sum() == 700
+    if case == "gaussian":  # the threshold binds: the recorded maximum sits right below it
+        assert recorded.max_cos > kwargs["max_cos"] - 0.01
+
+
+def test_recorded_nearest_cosines_of_tiny_banks():
+    assert np.isnan(sample_identities(1, max_cos=0.3, dim=8).nearest_cos).all()
+    two = sample_identities(2, max_cos=0.9, dim=8, seed=1)
+    cos = float(two.vectors[0] @ two.vectors[1])
+    np.testing.assert_allclose(two.nearest_cos, [cos, cos], atol=1e-6)
+
+
+def test_nearest_cosines_are_saved_streamed_in_the_canonical_layout(tmp_path):
+    bank = sample_identities(300, max_cos=0.6, prior="gaussian", reference=steep_gaussian().draw(
+        np.random.default_rng(1), 200), seed=2)
+    path = bank.save(tmp_path / "ids.safetensors")
+    loaded = load_bank(path)
+    assert np.array_equal(loaded.nearest_cos, bank.nearest_cos)
+    assert loaded.separation().max_cos == bank.separation().max_cos
+    # Written from the arrays, yet byte for byte what the safetensors library gives, canonicalised.
+    tensors = {"ids": bank.vectors, "nearest_cos": bank.nearest_cos, **bank.prior.tensors()}
+    meta = json.loads(path.read_bytes()[8 : 8 + int.from_bytes(path.read_bytes()[:8], "little")])["__metadata__"]
+    assert path.read_bytes() == safetensors_bytes(tensors, meta)
+    assert load_bank(bank.save(tmp_path / "plain.safetensors")).separation() is not None
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_sampling_resumes_to_the_identical_bank(tmp_path, small_blocks, monkeypatch):
+    kwargs = dict(n=1200, max_cos=0.5, prior=steep_gaussian(), seed=4, device="cpu")
+    whole = sample_identities(**kwargs)
+    checkpoint = tmp_path / "ids.safetensors.checkpoint"
+    real_write = identity._write_checkpoint
+    written = []
+
+    def write_then_die(path, args, state, draws, rng):
+        real_write(path, args, state, draws, rng)
+        written.append(state.count)
+        if len(written) == 2:
+            raise Killed
+
+    monkeypatch.setattr(identity, "_write_checkpoint", write_then_die)
+    with pytest.raises(Killed):
+        sample_identities(**kwargs, checkpoint=checkpoint, checkpoint_every=0)
+    assert checkpoint.exists() and 0 < written[-1] < 1200
+    monkeypatch.setattr(identity, "_write_checkpoint", real_write)
+    seen = []
+    resumed = sample_identities(**kwargs, checkpoint=checkpoint, checkpoint_every=1e9,
+                                progress=lambda state: seen.append(state.accepted))
+    assert seen[0] > written[-1]  # it went on from the checkpoint instead of starting over
+    assert np.array_equal(resumed.vectors, whole.vectors)
+    assert np.array_equal(resumed.nearest_cos, whole.nearest_cos)
+    np.testing.assert_allclose(resumed.nearest_cos, brute_nearest(resumed.vectors), atol=1e-6)
+    with pytest.raises(InvalidInputError, match=r"seed 4 \(now 5\).*delete the checkpoint"):
+        sample_identities(**{**kwargs, "seed": 5}, checkpoint=checkpoint)
+
+
+def test_screening_probe_is_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(screening, "SCREEN", None)
+    probes = []
+    monkeypatch.setattr(screening, "_probe_faster", lambda device, dtype, **kw: probes.append(dtype) or True)
+    cpu = torch.device("cpu")
+    for _ in range(2):  # two processes' worth: the in-memory answer is forgotten in between
+        monkeypatch.setattr(screening, "_BF16_FAST", {})
+        assert screening.bf16_dtype(cpu) == torch.bfloat16
+    assert probes == [torch.bfloat16]
+    stored = json.loads((tmp_path / "cache" / "synthface" / "screening.json").read_text())
+    assert list(stored.values()) == [True] and torch.__version__ in next(iter(stored))
+
+
+@pytest.mark.parametrize("damage", ["cache-is-a-file", "garbage-json", "not-a-dict"])
+def test_unusable_probe_cache_is_harmless(tmp_path, monkeypatch, damage):
+    if damage == "cache-is-a-file":
+        (tmp_path / "cache").write_text("not a folder")  # nothing can be created below it
+    else:
+        (tmp_path / "cache" / "synthface").mkdir(parents=True)
+        (tmp_path / "cache" / "synthface" / "screening.json").write_text("{oops" if damage == "garbage-json" else "[1]")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(screening, "SCREEN", None)
+    monkeypatch.setattr(screening, "_BF16_FAST", {})
+    probes = []
+    monkeypatch.setattr(screening, "_probe_faster", lambda device, dtype, **kw: probes.append(dtype) or False)
+    assert screening.bf16_dtype(torch.device("cpu")) is None and probes == [torch.bfloat16]
+
+
+def test_eta_model_recovers_the_remaining_time_of_a_slowing_sampler():
+    """Batches that cost a B c + b B seconds with acceptance exp(-p c): after a tenth of the bank, the
+    estimate is within 2 % of the true time left, where a straight line from the count is far off."""
+    a, b, p, batch, n = 2e-9, 1e-5, 2e-6, 1000, 200_000
+    eta = identity._Eta(n)
+    count, timeline = 0.0, [(0, 0.0)]
+    while count < n:
+        accepted = batch * np.exp(-p * count)
+        eta.add(batch, int(count), int(accepted), a * batch * count + b * batch)
+        count += accepted
+        timeline.append((count, timeline[-1][1] + a * batch * (count - accepted) + b * batch))
+    total = timeline[-1][1]
+    for count, elapsed in timeline:
+        if count >= n / 10 and count < n:
+            eta.rows = [r for r in eta.rows if r[1] < count]
+            estimate = eta.remaining(int(count), batch)
+            assert estimate == pytest.approx(total - elapsed, rel=0.02)
+            break
+    linear = elapsed * (n - count) / count
+    assert abs(linear - (total - elapsed)) > 0.2 * (total - elapsed)
