@@ -1,0 +1,39 @@
+"""`synthface train DATA --out RUN`: train a face recogniser on a synthface export (library: synthface.fr.train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+
+
+def train_command(
+    data: Annotated[Path, typer.Argument(help="An export folder (recordio, imagefolder, webdataset, parquet) or a run folder with export/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for model.pt, config.json, checkpoint.pt, metrics.jsonl.")],
+    preset: Annotated[str, typer.Option(help="hsface10k (Vec2Face's IR-SE50 recipe), arcface-torch (IResNet-50, poly) or tiny (CPU smoke runs).")] = "hsface10k",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, e.g. --set lr=0.05 (repeatable).")] = None,
+    eval_bins: Annotated[Optional[Path], typer.Option(help="Folder of insightface .bin packs: verify after every epoch, write results.json.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimiser steps (a checkpoint is written).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped or killed run in --out (same preset and --set values).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda when available). Multi-GPU: torchrun/accelerate launch.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar with images/s.")] = True,
+) -> None:
+    """Train an IResNet with an ArcFace head on a synthetic set; resumable, one checkpoint per epoch."""
+    from synthface.fr.train import parse_overrides, preset_config, train
+
+    config = preset_config(preset, parse_overrides(set_ or []))
+    result = train(data, out, config, eval_bins=eval_bins, max_steps=max_steps, resume=resume, device=device, progress=progress)
+    console.print(f"{result.steps} steps ({result.epochs_done:g} epochs), last loss {result.last_loss:.4f}, "
+                  f"{result.images_per_s:.0f} images/s -> {result.out_dir / 'model.pt'}")
+    if result.results is not None:
+        from synthface.cli.evaluate import results_table
+
+        console.print(results_table(result.results, f"verification: {result.out_dir}"))

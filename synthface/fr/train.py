@@ -1,0 +1,395 @@
+"""Train an IResNet with a margin head on a synthface export; checkpoint every epoch; resume exactly.
+
+    result = train("out/run", "runs/r50", preset_config("hsface10k"), eval_bins="/data/faces_webface_112x112")
+
+A run folder holds `config.json`, `model.pt` (the backbone's plain state dict, as arcface_torch
+saves it: its `iresnet50()` loads it with strict=True and `synthface eval` reads it back),
+`checkpoint.pt` (backbone, head, optimiser, scaler, position and RNG states, replaced atomically
+after every epoch and when a run stops at --max-steps), `metrics.jsonl` (loss, learning rate and
+images/s every `log_every` steps; verification after each epoch when bins are given) and, with
+bins, `results.json` of the last evaluation.
+
+Guarantees: the data order and every augmentation derive from (seed, epoch, index) and the torch
+RNG state is checkpointed, so on CPU a run stopped (or killed) and resumed ends with the same
+weights, bit for bit, as one that ran through. Multi-GPU runs start under `torchrun` or
+`accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK): each process takes every world-th batch of one
+seeded permutation and DistributedDataParallel averages the gradients; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from synthface.errors import InvalidInputError, OutputPathError
+from synthface.fr.backbones import DEPTHS, WIDTHS, BackboneConfig, IResNet
+from synthface.fr.data import AUGMENTATIONS, EpochView, TrainingSet, epoch_order, open_source
+from synthface.fr.heads import GRADIENTS, MarginHead
+
+CONFIG, MODEL, CHECKPOINT, METRICS, RESULTS = "config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "results.json"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("step", "poly")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run, plain data (saved as config.json; `--set key=value` edits one field)."""
+
+    network: str = "r50"
+    se: bool = False
+    widths: tuple[int, ...] = WIDTHS
+    num_features: int = 512
+    input_size: int = 112
+    dropout: float = 0.0
+    scale: float = 64.0
+    arc_margin: float = 0.5
+    cos_margin: float = 0.0
+    gradient: str = "straight-through"
+    sample_rate: float = 1.0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_weight_decay: bool = False
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (12, 20, 24)  # 1-based epochs on entering which lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    power: float = 1.0
+    epochs: int = 26
+    batch_size: int = 128
+    augment: str = "hsface"
+    format: str = "auto"
+    num_workers: int = 8
+    precision: str = "auto"
+    grad_scaler_growth_interval: int = 100
+    clip_grad_norm: float = 5.0
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 42
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        choices = {"network": tuple(DEPTHS), "gradient": GRADIENTS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
+                   "precision": PRECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidInputError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        positive = ("epochs", "batch_size", "lr", "scale", "log_every", "input_size", "num_features")
+        bad = [n for n in positive if not getattr(self, n) > 0]
+        if bad or self.num_workers < 0 or self.clip_grad_norm < 0 or self.warmup_epochs < 0:
+            raise InvalidInputError(f"{', '.join(bad) or 'num_workers/clip_grad_norm/warmup_epochs'} must be positive "
+                                    "(num_workers, clip_grad_norm and warmup_epochs may be 0).")
+        self.backbone()  # checks widths, input size, dropout
+
+    def backbone(self) -> BackboneConfig:
+        return BackboneConfig(DEPTHS[self.network], tuple(self.widths), self.num_features, self.input_size, self.se,
+                              self.dropout, stem_width=self.widths[0])
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"Unknown training setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Vec2Face's HSFace10K recipe: IR-SE50, ArcFace 0.5, SGD 0.1 / 10 entering epochs 12, 20, 24 of 26,
+    # batch 128 per process, HSFace augmentation + RandomErasing, fp16 + GradScaler(100), seed 42.
+    "hsface10k": TrainConfig(network="r50", se=True, dropout=0.4, precision="fp16"),
+    # arcface_torch's r50 setup: plain IResNet-50, poly decay per step over 20 epochs, flip only,
+    # weight decay on every parameter.
+    "arcface-torch": TrainConfig(network="r50", schedule="poly", epochs=20, augment="flip", bn_weight_decay=True,
+                                 precision="fp16"),
+    # CPU smoke runs and tests: a narrow r18 at 32x32, a softer margin, few epochs.
+    "tiny": TrainConfig(network="r18", widths=(16, 16, 32, 32), num_features=64, input_size=32, scale=16.0,
+                        arc_margin=0.2, lr=0.05, epochs=4, batch_size=32, augment="flip", num_workers=0,
+                        milestones=(3,), channels_last=False, log_every=5),
+}
+
+
+def preset_config(name: str = "hsface10k", overrides: dict | None = None) -> TrainConfig:
+    """A preset with `overrides` (field -> value) applied and checked."""
+    if name not in PRESETS:
+        raise InvalidInputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return TrainConfig.from_dict({**PRESETS[name].to_dict(), **(overrides or {})})
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings -> dict; values parse as JSON (numbers, true/false, [lists]) or stay strings."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--set takes key=value (e.g. --set lr=0.05), got {item!r}.")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """lr at global step `step` (0-based). "step": base * gamma^(milestones reached), a milestone e
+    being reached from the first step of 1-based epoch e. "poly": linear warm-up over warmup_epochs,
+    then base * (1 - progress)^power down to 0 at the last step."""
+    if config.schedule == "step":
+        epoch = step // steps_per_epoch + 1
+        return config.lr * config.gamma ** sum(epoch >= m for m in config.milestones)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    total = config.epochs * steps_per_epoch
+    if step < warmup:
+        return config.lr * step / warmup
+    return config.lr * max(0.0, 1.0 - (step - warmup) / max(1, total - warmup)) ** config.power
+
+
+def parameter_groups(modules: list[nn.Module], weight_decay: float, bn_weight_decay: bool) -> list[dict]:
+    """Trainable parameters in two groups: BatchNorm weights/biases (decay only if `bn_weight_decay`) and the rest."""
+    bn_ids = {id(p) for m in modules for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
+              for p in mod.parameters(recurse=False)}
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    bn = [p for p in params if id(p) in bn_ids]
+    rest = [p for p in params if id(p) not in bn_ids]
+    return [{"params": rest, "weight_decay": weight_decay}, {"params": bn, "weight_decay": weight_decay if bn_weight_decay else 0.0}]
+
+
+@dataclass
+class TrainResult:
+    """What a call did: steps reached, the last logged loss, training images/s (evaluation excluded)."""
+
+    out_dir: Path
+    steps: int
+    epochs_done: float
+    last_loss: float
+    images_per_s: float
+    results: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+
+class _Model(nn.Module):
+    """Backbone + head in one module, so DistributedDataParallel sees one forward."""
+
+    def __init__(self, backbone: IResNet, head: MarginHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x), labels)
+
+
+def _dist() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _save(obj, path: Path) -> None:
+    from synthface.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bool, rank: int) -> TrainConfig:
+    cfg_path = out_dir / CONFIG
+    if resume:
+        if not cfg_path.is_file():
+            raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
+        saved = json.loads(cfg_path.read_text())
+        if saved["train"] != config.to_dict():
+            diff = sorted(k for k in saved["train"] if saved["train"][k] != config.to_dict().get(k))
+            raise InvalidInputError(
+                f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
+                "--set values, or start a new run in another --out folder."
+            )
+        return config
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputPathError(
+            f"{out_dir} already holds files (a previous run?). Pass --resume to continue it, or choose another --out folder."
+        )
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from synthface.io import atomic_write_bytes
+
+        atomic_write_bytes(cfg_path, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+    return config
+
+
+def train(
+    data: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    eval_bins: str | Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train on the export at `data` into `out_dir` (see the module docstring for the folder and guarantees).
+
+    max_steps stops (with a checkpoint) after that many optimiser steps in total; `resume` continues a
+    stopped or killed run from its checkpoint (same config required). `on_step(step, loss)` is called
+    after every optimiser step.
+    """
+    from synthface.devices import resolve_device
+    from synthface.fr.verification import evaluate, find_bins, read_bin, torch_recognizer, write_results
+
+    config = config or PRESETS["hsface10k"]
+    out_dir = Path(out_dir)
+    rank, world, local_rank = _dist()
+    if world > 1:
+        import torch.distributed as dist
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dev = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
+    source = open_source(data, config.format)
+    packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
+    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source), "num_classes": source.num_classes}
+    config = _prepare_out(out_dir, config, data_info, resume, rank)
+    dataset = TrainingSet(source, config.augment, config.input_size, config.seed)
+    steps_per_epoch = len(dataset) // (config.batch_size * world)
+    if steps_per_epoch == 0:
+        raise InvalidInputError(
+            f"The export has {len(dataset)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
+            "Lower batch_size with --set batch_size=N."
+        )
+
+    torch.manual_seed(config.seed)
+    backbone = IResNet(config.backbone())
+    head = MarginHead(source.num_classes, config.num_features, scale=config.scale, arc_margin=config.arc_margin,
+                      cos_margin=config.cos_margin, gradient=config.gradient, sample_rate=config.sample_rate)
+    precision = config.precision if config.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    channels_last = config.channels_last and dev.type == "cuda"
+    model = _Model(backbone, head).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(parameter_groups([backbone, head], config.weight_decay, config.bn_weight_decay),
+                                lr=config.lr, momentum=config.momentum)
+    scaler = torch.amp.GradScaler(dev.type, growth_interval=config.grad_scaler_growth_interval, enabled=precision == "fp16")
+    start_step = 0
+    metrics_path = out_dir / METRICS
+    if resume and (out_dir / CHECKPOINT).is_file():
+        state = torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = state["step"]
+        torch.set_rng_state(state["rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    if resume and rank == 0:  # lines the stopped run logged after its checkpoint are redone
+        kept = [m for m in load_metrics(out_dir) if m["step"] <= start_step]
+        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+    runner: nn.Module = model
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None)
+    if config.compile:
+        runner = torch.compile(runner)
+
+    total_steps = config.epochs * steps_per_epoch
+    end_step = min(total_steps, max_steps) if max_steps is not None else total_steps
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    log: list[dict] = []
+    results = None
+
+    def write_metric(entry: dict) -> None:
+        log.append(entry)
+        if rank == 0:
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+    def checkpoint(step: int) -> None:
+        if rank == 0:
+            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                   "step": step, "rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}, out_dir / CHECKPOINT)
+            _save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out_dir / MODEL)
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True)
+    step, last_loss, images, clock, window_loss = start_step, math.nan, 0, time.perf_counter(), []
+    train_seconds, run_images = 0.0, 0
+    model.train()
+    while step < end_step:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
+        batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
+        loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
+            EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed + epoch))
+        for x, labels in loader:
+            x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = learning_rate(config, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = runner(x, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if config.clip_grad_norm > 0:
+                nn.utils.clip_grad_norm_(backbone.parameters(), config.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            images += len(x) * world
+            run_images += len(x) * world
+            window_loss.append(loss.detach())
+            if on_step is not None:
+                on_step(step, float(loss.detach()))
+            if step % config.log_every == 0 or step == end_step:
+                last_loss = float(torch.stack(window_loss).float().mean())
+                now = time.perf_counter()
+                speed = images / max(now - clock, 1e-9)
+                train_seconds += now - clock
+                write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 6),
+                              "lr": lr, "images_per_s": round(speed, 2)})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
+                window_loss, images, clock = [], 0, now
+            if bar is not None:
+                bar.update(1)
+        if step % steps_per_epoch == 0 or step == end_step:
+            checkpoint(step)
+        if (step % steps_per_epoch == 0 or step == end_step) and packs:
+            results = evaluate(torch_recognizer(backbone, device=dev), packs)
+            model.train()
+            write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
+                          "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
+            write_results(results, out_dir / RESULTS)
+            images, clock = 0, time.perf_counter()  # images/s counts training only
+        if world > 1:
+            torch.distributed.barrier()
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log)
+
+
+def load_metrics(out_dir: str | Path) -> list[dict]:
+    """metrics.jsonl as a list of dicts (empty when the run wrote none yet)."""
+    path = Path(out_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
