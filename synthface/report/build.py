@@ -13,6 +13,7 @@ import numpy as np
 from synthface.errors import InvalidInputError
 from synthface.filtering import DROP_REASONS
 from synthface.report import metrics as M
+from synthface.report.recognisers import recogniser_results
 from synthface.report.run import Run, load_run
 
 REPORT_VERSION = 1
@@ -185,6 +186,9 @@ def write_report(
 
         ref = load_vectors(reference, dim=run.embeddings.shape[1])
     report = compute_report(run, ref, options)
+    trained = recogniser_results(root)
+    if trained:
+        report.data["recognisers"] = trained
     json_path = atomic_write_bytes(out_dir / "report.json", (json.dumps(report.data, indent=1) + "\n").encode())
     html_path = None
     if html:

@@ -77,6 +77,14 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
         parts.append(_img(_hist_plot(a["leak_best_cos"], "best cosine to a real identity centre", line=lk["threshold"]), "leakage"))
         if lk["flagged"]:
             parts.append(_table([(f["identity"], f["reference"], _f(f["cos"])) for f in lk["flagged"][:200]], head=("identity", "real identity", "cos")))
+    if d.get("recognisers"):
+        parts.append("<h2>Recognisers trained on this set (verification accuracy, %)</h2>")
+        names = sorted({k for fr in d["recognisers"].values() for k in fr["sets"]})
+        parts.append(_table(
+            [(f"fr/{n}", *(f"{100 * fr['sets'][k]:.2f}" if k in fr["sets"] else "-" for k in names), f"{100 * fr['average']:.2f}")
+             for n, fr in d["recognisers"].items()],
+            head=("run", *names, "average"),
+        ))
     parts.append(f'<p class="note">Timings (s): {_e(", ".join(f"{k} {x}" for k, x in d["seconds"].items()))}</p>')
     body = "\n".join(parts)
     return f'<!doctype html>\n<html><head><meta charset="utf-8"><title>synthface report</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n'
