@@ -160,3 +160,11 @@ def test_eta_model_recovers_the_remaining_time_of_a_slowing_sampler():
             break
     linear = elapsed * (n - count) / count
     assert abs(linear - (total - elapsed)) > 0.2 * (total - elapsed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_recorded_nearest_cosines_on_cuda(small_blocks):
+    bank = sample_identities(700, max_cos=0.5, prior=steep_gaussian(), seed=3, device="cuda")
+    np.testing.assert_allclose(bank.nearest_cos, brute_nearest(bank.vectors), atol=1e-6)
+    cpu = sample_identities(700, max_cos=0.5, prior=steep_gaussian(), seed=3, device="cpu")
+    assert np.allclose(bank.vectors, cpu.vectors, atol=1e-6)
