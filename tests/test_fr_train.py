@@ -147,3 +147,12 @@ def test_stopped_and_killed_runs_resume_to_the_same_weights(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["data"]["num_classes"] == 4
     with pytest.raises(InvalidInputError, match="other settings"):
         train(data, tmp_path / "c", preset_config("tiny"), resume=True, progress=False)
+
+
+def test_bf16_autocast_on_cpu_trains_and_saves_float32(tmp_path):
+    data = small_export(tmp_path)
+    config = preset_config("tiny", {"precision": "bf16", "batch_size": 8, "widths": [8, 8, 16, 16], "input_size": 16})
+    result = train(data, tmp_path / "run", config, max_steps=4, progress=False)
+    assert result.steps == 4 and np.isfinite(result.last_loss)
+    state = torch.load(tmp_path / "run" / MODEL)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())

@@ -275,7 +275,10 @@ def train(
     backbone = IResNet(config.backbone())
     head = MarginHead(source.num_classes, config.num_features, scale=config.scale, arc_margin=config.arc_margin,
                       cos_margin=config.cos_margin, gradient=config.gradient, sample_rate=config.sample_rate)
-    precision = config.precision if config.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    # fp16 (and auto's bf16) pay only on CUDA; a CPU run keeps fp32 unless bf16 is asked for explicitly
+    precision = config.precision if dev.type == "cuda" else ("bf16" if config.precision == "bf16" else "fp32")
+    if precision == "auto":
+        precision = "bf16"
     channels_last = config.channels_last and dev.type == "cuda"
     model = _Model(backbone, head).to(dev)
     if channels_last:
