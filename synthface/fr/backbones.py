@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ class BackboneConfig:
     input_size: int = 112
     se: bool = False
     dropout: float = 0.0
-    stem_width: int = field(default=64)
+    stem_width: int = 64
 
     def __post_init__(self) -> None:
         if len(self.layers) != 4 or len(self.widths) != 4 or min(self.layers) < 1 or min(self.widths) < 1:

@@ -83,11 +83,15 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InvalidInputError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        positive = ("epochs", "batch_size", "lr", "scale", "log_every", "input_size", "num_features")
-        bad = [n for n in positive if not getattr(self, n) > 0]
-        if bad or self.num_workers < 0 or self.clip_grad_norm < 0 or self.warmup_epochs < 0:
-            raise InvalidInputError(f"{', '.join(bad) or 'num_workers/clip_grad_norm/warmup_epochs'} must be positive "
-                                    "(num_workers, clip_grad_norm and warmup_epochs may be 0).")
+        positive = ("epochs", "batch_size", "lr", "scale", "log_every", "input_size", "num_features", "gamma")
+        bad = [f"{n} = {getattr(self, n)!r}" for n in positive if not getattr(self, n) > 0]
+        bad += [f"{n} = {getattr(self, n)!r}" for n in ("num_workers", "clip_grad_norm", "warmup_epochs", "weight_decay",
+                                                       "momentum") if not getattr(self, n) >= 0]
+        if bad:
+            raise InvalidInputError(
+                f"Invalid training setting(s): {', '.join(bad)}. {', '.join(positive)} must be positive; num_workers, "
+                "clip_grad_norm (0: no clipping), warmup_epochs, weight_decay and momentum must not be negative."
+            )
         self.backbone()  # checks widths, input size, dropout
 
     def backbone(self) -> BackboneConfig:
@@ -289,14 +293,14 @@ def train(
     start_step = 0
     metrics_path = out_dir / METRICS
     if resume and (out_dir / CHECKPOINT).is_file():
-        state = torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=False)
+        state = torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = state["step"]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
     if resume and rank == 0:  # lines the stopped run logged after its checkpoint are redone
         kept = [m for m in load_metrics(out_dir) if m["step"] <= start_step]
         metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))

@@ -274,9 +274,12 @@ def load_backbone(path: str | Path):
 
 
 def _onnx_recognizer(path: Path, device) -> Recognizer:
+    """onnxruntime on the CPU; on a CUDA device the graph runs as torch ops (no onnxruntime-gpu needed)."""
+    from synthface.devices import resolve_device
     from synthface.faces.onnx_backend import ArcFaceRecognizer
 
-    rec = ArcFaceRecognizer(path)
+    dev = resolve_device(device)
+    rec = ArcFaceRecognizer(path, runtime="torch", device=dev) if dev.type == "cuda" else ArcFaceRecognizer(path)
     step = 1 if rec.fixed_batch == 1 else rec.batch_size
 
     def forward(crops: np.ndarray) -> np.ndarray:
@@ -304,7 +307,8 @@ def embed_pack(recognizer: Recognizer, pack: BinPack, *, chunk: int = 1024, flip
 
 @dataclass(frozen=True)
 class SetResult:
-    """One set's numbers; `accuracy` and `std` are fractions (multiply by 100 for the papers' tables)."""
+    """One set's numbers; `accuracy` and `std` are fractions (multiply by 100 for the papers' tables),
+    `threshold` the mean of the ten chosen distance thresholds, `tar_at_far`/`far` at FAR 1e-3."""
 
     name: str
     pairs: int
