@@ -31,6 +31,8 @@ def train_command(
 
     config = preset_config(preset, parse_overrides(set_ or []))
     result = train(data, out, config, eval_bins=eval_bins, max_steps=max_steps, resume=resume, device=device, progress=progress)
+    if result.rank != 0:  # under torchrun / accelerate launch, one summary
+        return
     console.print(f"{result.steps} steps ({result.epochs_done:g} epochs), last loss {result.last_loss:.4f}, "
                   f"{result.images_per_s:.0f} images/s -> {result.out_dir / 'model.pt'}")
     if result.results is not None:

@@ -172,7 +172,8 @@ def parameter_groups(modules: list[nn.Module], weight_decay: float, bn_weight_de
 
 @dataclass
 class TrainResult:
-    """What a call did: steps reached, the last logged loss, training images/s (evaluation excluded)."""
+    """What a call did: steps reached, rank 0's last logged loss, training images/s of all processes
+    (evaluation excluded), and this process's rank (only rank 0 writes files)."""
 
     out_dir: Path
     steps: int
@@ -181,6 +182,7 @@ class TrainResult:
     images_per_s: float
     results: dict | None = None
     metrics: list[dict] = field(default_factory=list)
+    rank: int = 0
 
 
 class _Model(nn.Module):
@@ -205,7 +207,7 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bool, rank: int) -> TrainConfig:
+def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bool) -> None:
     cfg_path = out_dir / CONFIG
     if resume:
         if not cfg_path.is_file():
@@ -217,17 +219,15 @@ def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bo
                 f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
                 "--set values, or start a new run in another --out folder."
             )
-        return config
+        return
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputPathError(
             f"{out_dir} already holds files (a previous run?). Pass --resume to continue it, or choose another --out folder."
         )
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from synthface.io import atomic_write_bytes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from synthface.io import atomic_write_bytes
 
-        atomic_write_bytes(cfg_path, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
-    return config
+    atomic_write_bytes(cfg_path, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
 
 
 def train(
@@ -266,7 +266,10 @@ def train(
     source = open_source(data, config.format)
     packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
     data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source), "num_classes": source.num_classes}
-    config = _prepare_out(out_dir, config, data_info, resume, rank)
+    if rank == 0:  # one process checks and creates the run folder; the others wait for it
+        _prepare_out(out_dir, config, data_info, resume)
+    if world > 1:
+        torch.distributed.barrier()
     dataset = TrainingSet(source, config.augment, config.input_size, config.seed)
     steps_per_epoch = len(dataset) // (config.batch_size * world)
     if steps_per_epoch == 0:
@@ -393,7 +396,7 @@ def train(
         bar.close()
     if world > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log)
+    return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log, rank)
 
 
 def load_metrics(out_dir: str | Path) -> list[dict]:
