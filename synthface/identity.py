@@ -465,7 +465,8 @@ def sample_identities(
             state.record_within(before)
             eta.add(batch, before, state.count - before, time.perf_counter() - started)
             if progress:
-                progress(SamplingProgress(state.count, n, draws, eta.elapsed, eta.remaining(state.count, batch)))
+                progress(SamplingProgress(state.count, n, draws, eta.elapsed,
+                                            eta.remaining(state.count, CANDIDATE_BATCH, max_draws - draws)))
             rate = (state.count - before) / batch
             if state.count < n and state.count + rate * (max_draws - draws) < n:
                 break  # acceptance only falls as the bank grows: the rest of the budget cannot suffice
@@ -498,7 +499,7 @@ def sample_identities(
 @dataclass(frozen=True)
 class SamplingProgress:
     """Where `sample_identities` stands after a batch: identities accepted of `n`, candidates drawn,
-    seconds so far in this process, and the estimated seconds left (None until two batches are timed)."""
+    seconds so far in this process, and the estimated seconds left (None until a few batches are timed)."""
 
     accepted: int
     n: int
@@ -508,13 +509,19 @@ class SamplingProgress:
 
 
 class _Eta:
-    """Time left, from a model of the work still to do rather than a straight line.
+    """Time left, from the work still to do and the observed speed, not a straight line.
 
-    A batch of B candidates against a bank of c vectors costs about a B c + b B seconds (the GEMMs
-    against the bank, plus drawing and the within-batch checks), and the acceptance rate falls as
-    the bank fills, modelled as exp(-p c) (each bank vector a small, independent chance to clash).
-    a, b and p are least-squares fits to the batches timed so far; the estimate steps the model
-    forward batch by batch until n is reached.
+    Each batch of B candidates against a bank of c vectors costs B (alpha c + beta) seconds: alpha
+    per candidate x bank-vector product screened (the bulk of the work, at a steady rate), beta per
+    candidate for drawing it and checking it within its batch. alpha and beta are a Theil-Sen line
+    (medians of pairwise slopes, so a few batches slowed by another process do not bend it)
+    through the per-candidate seconds of the batches in the more recent half of the bank's growth
+    (at least ETA_MIN_BATCHES, never the first, which carries warm-up costs): the cost of a
+    product settles only as the bank's neighbourhoods fill. The candidates needed per accepted
+    identity, 1 / acceptance, grow with the bank (each kept vector removes a cap of the prior);
+    they are extrapolated by a least-squares line in c through the same batches. The estimate
+    steps that model forward batch by batch, within the draw budget, until n is reached; it is
+    None until ETA_MIN_BATCHES batches after the first are timed, and where the budget cannot reach n.
     """
 
     def __init__(self, n: int):
@@ -526,23 +533,42 @@ class _Eta:
         self.rows.append((batch, before, accepted, seconds))
         self.elapsed += seconds
 
-    def remaining(self, count: int, batch: int) -> float | None:
-        timed = self.rows[1:] if len(self.rows) > 2 else self.rows  # the first batch carries warm-up costs
-        if len(timed) < 2 or count >= self.n:
-            return 0.0 if count >= self.n else None
-        b, c, acc, t = (np.array(col, dtype=np.float64) for col in zip(*timed))
-        (a_coef, b_coef), *_ = np.linalg.lstsq(np.stack([b * c, b], axis=1), t, rcond=None)
-        if a_coef <= 0:  # too few batches against a bank to see its cost: charge it all to the bank
-            a_coef, b_coef = float(t.sum() / max((b * c).sum(), 1.0)), 0.0
-        rate = np.clip(acc / b, 1e-6, 1.0)
-        p = max(0.0, float(-(c * np.log(rate)).sum() / max(float((c * c).sum()), 1.0)))
-        seconds, c_now = 0.0, float(count)
-        for _ in range(1_000_000):
-            if c_now >= self.n:
-                return seconds
-            seconds += a_coef * batch * c_now + max(b_coef, 0.0) * batch
-            c_now += batch * math.exp(-p * c_now)
-        return None
+    def remaining(self, count: int, batch: int, draws_left: int) -> float | None:
+        """Seconds until `count` identities become n, drawing batches of `batch` candidates (at most `draws_left`)."""
+        if count >= self.n:
+            return 0.0
+        recent = [row for row in self.rows[1:] if row[1] >= count / 2][-ETA_WINDOW:]
+        recent = recent if len(recent) >= ETA_MIN_BATCHES else self.rows[1:][-ETA_MIN_BATCHES:]
+        if len(recent) < ETA_MIN_BATCHES:
+            return None
+        batches, before, accepted, seconds = (np.array(col, dtype=np.float64) for col in zip(*recent))
+        alpha, beta = _theil_sen(before, seconds / batches)
+        mid = before + accepted / 2  # the bank grows within a batch
+        per_id = batches / np.maximum(accepted, 1.0)
+        slope = max(float(np.polyfit(mid, per_id, 1)[0]), 0.0) if np.ptp(mid) > 0 else 0.0
+        level = float(per_id.mean() - slope * mid.mean())  # the line through the window's centre of mass
+        seconds, c = 0.0, float(count)
+        while c < self.n:
+            if draws_left < batch:
+                return None
+            seconds += batch * (alpha * c + beta)
+            c += batch / max(1.0, level + slope * (c + batch / 2))
+            draws_left -= batch
+        return seconds
+
+
+ETA_WINDOW = 128  # at most this many recent batches, and at least ETA_MIN_BATCHES, fit the ETA's model
+ETA_MIN_BATCHES = 6  # fewer leave the medians at the mercy of one or two slowed batches
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of y ~ slope x + intercept, both non-negative: the median of the slopes
+    between all pairs of points with distinct x (0 if none), then the median intercept."""
+    i, j = np.triu_indices(x.size, k=1)
+    dx = x[j] - x[i]
+    distinct = dx != 0
+    slope = max(float(np.median((y[j] - y[i])[distinct] / dx[distinct])), 0.0) if distinct.any() else 0.0
+    return slope, max(float(np.median(y - slope * x)), 0.0)
 
 
 class _Bank:
