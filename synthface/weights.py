@@ -55,6 +55,9 @@ class ModelSpec:
         return f"synthface models download {self.name}"
 
 
+#: Vec2Face's and Vec2Face+'s files: MIT-tagged, but the generator was trained on WebFace4M (academic use
+#: only) from insightface Glint360K features, so every file is registered as non-commercial.
+_VEC2FACE_LICENCE = f"Vec2Face weights (MIT tag; trained on WebFace4M, academic use only): {NON_COMMERCIAL}"
 _INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/v0.7/{}.zip"
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -80,6 +83,41 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "lcm-lora-sdv15", "hf", "latent-consistency/lcm-lora-sdv1-5", ("pytorch_lora_weights.safetensors",),
             "OpenRAIL++", "LCM-LoRA: 2-4 step sampling for SD 1.5 pipelines", "135 MB",
+        ),
+        ModelSpec(
+            "vec2face", "hf", "BooBooWu/Vec2Face", ("weights/vec2face_generator.pth",), _VEC2FACE_LICENCE,
+            "Vec2Face generator: ID vector -> 112x112 face in one pass (pickled .pth; --allow-pickle)", "697 MB",
+            sha256=(("weights/vec2face_generator.pth", "03aa57b408d5ce946bf1f7fc4713fb945bd7beab4f377611bffd6f7257cdffce"),),
+        ),
+        ModelSpec(
+            "vec2face-plus", "hf", "BooBooWu/Vec2Face_plus", ("vec2face_plus/main_model.pth",), _VEC2FACE_LICENCE,
+            "Vec2Face+ generator (no pose control; pickled .pth with an argparse.Namespace)", "697 MB",
+            sha256=(("vec2face_plus/main_model.pth", "fdd7e6d3969189d020f4827b4d1f7bc307b5c3bfee6c499a4bf15f214ec3b885"),),
+            sizes=(("vec2face_plus/main_model.pth", 696_640_425),),
+        ),
+        ModelSpec(
+            "vec2face-plus-pose", "hf", "BooBooWu/Vec2Face_plus", ("vec2face_plus/pose_model.pth",), _VEC2FACE_LICENCE,
+            "Vec2Face+ with pose control: LoRA generator + landmark pose model (pickled .pth)", "740 MB",
+            sha256=(("vec2face_plus/pose_model.pth", "ede5ceab24da0e010a1358cac528617ab64b14fdcc023f6335221ed1879d2b7c"),),
+        ),
+        ModelSpec(
+            "vec2face-arcface", "hf", "BooBooWu/Vec2Face", ("weights/arcface-r100-glint360k.pth",),
+            f"ArcFace R100 (Glint360K) via insightface: {NON_COMMERCIAL}",
+            "iresnet100 identity estimator of Vec2Face's AttrOP (arcface_torch names)", "261 MB",
+            sha256=(("weights/arcface-r100-glint360k.pth", "2820bafd66fcfa23891b7297368376266930bf19b09336b3053fd44e8300f6d6"),),
+        ),
+        ModelSpec(
+            "vec2face-magface", "hf", "BooBooWu/Vec2Face", ("weights/magface-r100-glint360k.pth",),
+            f"MagFace R100 (Glint360K): {NON_COMMERCIAL}",
+            "iresnet100 quality estimator of Vec2Face's AttrOP (quality = norm of its output)", "261 MB",
+            sha256=(("weights/magface-r100-glint360k.pth", "254f0b55b9e25786e476c18ca43e4b2ed836c4baf364403bd9719ccc7e23df83"),),
+        ),
+        ModelSpec(
+            "vec2face-6drepnet", "hf", "BooBooWu/Vec2Face", ("weights/6DRepNet_300W_LP_AFLW2000.pth",),
+            f"6DRepNet (300W-LP/AFLW2000), distributed with Vec2Face: {NON_COMMERCIAL}",
+            "RepVGG-B1g2 head-pose estimator of Vec2Face's AttrOP (deploy form)", "157 MB",
+            sha256=(("weights/6DRepNet_300W_LP_AFLW2000.pth", "9bdcd0e072df0d21e92288b40ea1d1b3cf7173c44728ab9c45c4d673f361e018"),),
+            sizes=(("weights/6DRepNet_300W_LP_AFLW2000.pth", 157_315_191),),
         ),
         ModelSpec(
             "antelopev2", "insightface-pack", "insightface",
