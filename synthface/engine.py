@@ -10,34 +10,48 @@ shard i belongs to rank i mod world size, and rank 0 finalizes once every shard 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from synthface.errors import InvalidInputError, OutputPathError
+from synthface.errors import (
+    EmptyDatasetError,
+    FileFormatError,
+    InvalidInputError,
+    OutputPathError,
+    RunLockedError,
+    SynthfaceError,
+)
 from synthface.identity import IdentityBank, load_bank, load_vectors, mixture_cosines, perturb, sample_identities
 from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
-from synthface.recipe import Recipe
+from synthface.recipe import Recipe, parse_recipe
 
 log = logging.getLogger("synthface.engine")
 
 # A renderer turns condition vectors (B, D) and one seed per image into B RGB uint8 images.
 Renderer = Callable[[np.ndarray, Sequence[int]], list[np.ndarray]]
 
-SHARDS = "shards"
-RUN_FILE = "run.json"
 # Cosine above which two ArcFace embeddings are usually the same person (the common 1:1 operating
 # point on LFW-style benchmarks); used only when neither the recipe nor the analyser sets one.
 ARCFACE_SAME_PERSON_COS = 0.3
-FINAL_DONE = "finalize.done"
+# How often a waiting rank says what it waits for (in the log, and on stderr under the CLI).
+WAIT_REPORT_SECONDS = 60.0
 
 
 # --------------------------------------------------------------------------- ranks and seeds
@@ -45,13 +59,28 @@ FINAL_DONE = "finalize.done"
 
 @dataclass(frozen=True)
 class Ranks:
+    """This process's place in a job: 0 <= rank < world_size (checked on construction)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
+    def __post_init__(self):
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise InvalidInputError(
+                f"rank {self.rank} of world size {self.world_size} (local rank {self.local_rank}) is impossible: "
+                "the world size must be at least 1 and 0 <= rank < world size. Launch with torchrun, "
+                "accelerate or srun, which set RANK/WORLD_SIZE (SLURM_PROCID/SLURM_NTASKS) consistently, or pass "
+                "--shard-index i --num-shards n with 0 <= i < n."
+            )
+
 
 def ranks_from_environment(shard_index: int | None = None, num_shards: int | None = None) -> Ranks:
-    """Explicit --shard-index/--num-shards win; else torchrun/accelerate (RANK, WORLD_SIZE), else Slurm."""
+    """Explicit --shard-index/--num-shards win; else torchrun/accelerate (RANK, WORLD_SIZE), else Slurm.
+
+    Raises InvalidInputError for a missing half of a pair, a value that is not an integer, or an
+    impossible rank, before anything touches the disk.
+    """
     if shard_index is not None or num_shards is not None:
         if shard_index is None or num_shards is None or not 0 <= shard_index < num_shards:
             raise InvalidInputError(
@@ -59,12 +88,24 @@ def ranks_from_environment(shard_index: int | None = None, num_shards: int | Non
                 "0 <= shard-index < num-shards."
             )
         return Ranks(shard_index, num_shards, 0)
-    env = os.environ
-    if "WORLD_SIZE" in env and "RANK" in env:
-        return Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
-        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if world in os.environ and rank in os.environ:
+            return Ranks(_env_int(rank), _env_int(world), _env_int(local, 0))
     return Ranks()
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"The environment variable {name}={raw!r} is not an integer. It tells synthface which rank of a "
+            f"distributed job this process is; unset it for a single process (unset {name}), or launch with "
+            "torchrun / accelerate / srun, which set it."
+        ) from None
 
 
 def derive_seed(*parts: int) -> int:
@@ -124,10 +165,9 @@ class Plan:
 
 
 def make_plan(recipe: Recipe, out_dir: Path) -> Plan:
-    """What a run will do, and how much is already done in `out_dir`."""
+    """What a run will do, and how much is already done in `out_dir` (reads only)."""
     layout = RunLayout(out_dir)
-    done = [s for s in range(num_shards(recipe)) if layout.done_marker(s).exists()]
-    rates = [json.loads(layout.done_marker(s).read_text()) for s in done]
+    rates = [r for r in (layout.shard_record(s) for s in range(num_shards(recipe))) if r is not None]
     per_candidate = None
     if rates:
         per_candidate = sum(r["seconds"] for r in rates) / max(sum(r["candidates"] for r in rates), 1)
@@ -140,7 +180,7 @@ def make_plan(recipe: Recipe, out_dir: Path) -> Plan:
         candidates_first_round=recipe.identities.count * recipe.variation.candidates_per_identity,
         images_wanted=kept,
         shards=num_shards(recipe),
-        shards_done=len(done),
+        shards_done=len(rates),
         disk_bytes=int(kept * (crop_bytes * formats + full_bytes)),
         seconds_per_candidate=per_candidate,
     )
@@ -151,13 +191,51 @@ def make_plan(recipe: Recipe, out_dir: Path) -> Plan:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where everything of a run lives."""
+    """Where everything of a run lives: the one place that names the files of a run folder.
+
+    `owns(name)` says whether a name in the folder is one a run writes; only those are ever
+    deleted (by `clear_run`) and only a folder holding `run.json` counts as a run.
+    """
 
     root: Path
 
+    SHARDS: ClassVar[str] = "shards"
+    EXPORT: ClassVar[str] = "export"
+    RUN_FILE: ClassVar[str] = "run.json"
+    RECIPE: ClassVar[str] = "recipe.toml"
+    IDENTITIES: ClassVar[str] = "identities.safetensors"
+    MANIFEST: ClassVar[str] = "manifest.parquet"
+    EMBEDDINGS: ClassVar[str] = "embeddings.safetensors"
+    CARD: ClassVar[str] = "README.md"
+    REPORTS: ClassVar[tuple[str, ...]] = ("report.json", "report.html")  # written by synthface.report
+    FINAL_DONE: ClassVar[str] = "finalize.done"
+    LOG: ClassVar[str] = "run.log"
+    LOCK: ClassVar[str] = "run.lock"
+    # Per-rank logs and locks of a distributed job, and the hidden temporaries of atomic writes.
+    _RANK_FILE: ClassVar[re.Pattern] = re.compile(r"^run\.rank\d+\.(log|lock)$")
+    _TEMPORARY: ClassVar[re.Pattern] = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The fixed names a run writes in its folder (per-rank files aside)."""
+        return (cls.SHARDS, cls.EXPORT, cls.RUN_FILE, cls.RECIPE, cls.IDENTITIES, cls.MANIFEST, cls.EMBEDDINGS,
+                cls.CARD, *cls.REPORTS, cls.FINAL_DONE, cls.LOG, cls.LOCK)
+
+    @classmethod
+    def owns(cls, name: str) -> bool:
+        """True for a name a run writes: its files, per-rank logs and locks, their atomic temporaries."""
+        temporary = cls._TEMPORARY.match(name)
+        if temporary:
+            name = temporary["name"]
+        return name in cls.names() or bool(cls._RANK_FILE.match(name))
+
+    @classmethod
+    def is_lock(cls, name: str) -> bool:
+        return name == cls.LOCK or (name.endswith(".lock") and bool(cls._RANK_FILE.match(name)))
+
     @property
     def shards(self) -> Path:
-        return self.root / SHARDS
+        return self.root / self.SHARDS
 
     def shard_dir(self, shard: int) -> Path:
         return self.shards / f"shard-{shard:06d}"
@@ -168,26 +246,96 @@ class RunLayout:
     def temp_dir(self, shard: int) -> Path:
         return self.shards / f".shard-{shard:06d}.tmp-{os.getpid()}"
 
+    def shard_record(self, shard: int) -> dict | None:
+        """The done marker's record of a complete shard; None when the shard must be (re)done: no
+        marker, a damaged one, or a shard folder that lost its manifest or embeddings."""
+        try:
+            record = json.loads(self.done_marker(shard).read_text())
+        except (OSError, ValueError):
+            return None
+        if not (isinstance(record, dict) and {"candidates", "kept", "seconds"} <= record.keys()):
+            return None
+        folder = self.shard_dir(shard)
+        if not ((folder / self.MANIFEST).is_file() and (folder / self.EMBEDDINGS).is_file()):
+            return None
+        return record
+
+    def shard_done(self, shard: int) -> bool:
+        return self.shard_record(shard) is not None
+
     @property
     def identities(self) -> Path:
-        return self.root / "identities.safetensors"
+        return self.root / self.IDENTITIES
 
     @property
     def run_file(self) -> Path:
-        return self.root / RUN_FILE
+        return self.root / self.RUN_FILE
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.root / self.RECIPE
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / self.MANIFEST
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / self.EMBEDDINGS
+
+    @property
+    def card(self) -> Path:
+        return self.root / self.CARD
+
+    def export_dir(self, fmt: str) -> Path:
+        return self.root / self.EXPORT / fmt
 
     @property
     def final_done(self) -> Path:
-        return self.root / FINAL_DONE
+        return self.root / self.FINAL_DONE
+
+    def log_file(self, ranks: Ranks) -> Path:
+        return self.root / (self.LOG if ranks.world_size == 1 else f"run.rank{ranks.rank}.log")
+
+    def lock_file(self, rank: int | None = None) -> Path:
+        """The folder's lock (rank None) or the lock of one rank of a distributed job."""
+        return self.root / (self.LOCK if rank is None else f"run.rank{rank}.lock")
+
+
+def check_destination(layout: RunLayout) -> None:
+    """Refuse, before anything is created, an output that is a file or a folder holding anything but
+    a synthface run (`run.json`) or what a run leaves before writing it (locks, temporaries)."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise OutputPathError(f"{root} exists and is a file; choose a folder for the run's output with --out.")
+    if not root.is_dir() or layout.run_file.exists():
+        return
+    foreign = sorted(p.name for p in root.iterdir()
+                     if not (layout.is_lock(p.name) or (layout.owns(p.name) and p.name.startswith("."))
+                             or (p.name == layout.SHARDS and p.is_dir() and not any(p.iterdir()))))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputPathError(
+            f"{root} is not empty and holds no synthface run (no {layout.RUN_FILE}; it holds {shown}). synthface "
+            "never replaces or deletes files it did not write, so --overwrite does not apply either. Choose an "
+            "empty or new --out folder."
+        )
 
 
 def prepare_output(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, command: str = "") -> RunLayout:
-    """Create or reopen a run folder; refuse one that holds another recipe's run unless `overwrite`."""
+    """Create or reopen a run folder and make its identity complete.
+
+    The identity is `run.json` (name, fingerprint, batch size, command and the recipe's TOML), written
+    atomically in one step, so any kill leaves it complete or absent; `recipe.toml` is a copy that a
+    rerun rewrites from it when missing. Refused: a folder that is not a run (see
+    `check_destination`), another recipe's run unless `overwrite` (which deletes only that run's own
+    files), a damaged `run.json`, and a resume with another batch size (images would not be
+    byte-identical).
+    """
     layout = RunLayout(Path(out_dir))
-    if layout.root.exists() and not layout.root.is_dir():
-        raise OutputPathError(f"{layout.root} exists and is a file; choose a folder for the run's output.")
+    check_destination(layout)
     try:
-        layout.shards.mkdir(parents=True, exist_ok=True)
+        layout.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(
             f"Cannot create the run folder {layout.root}: {exc.strerror}. Choose a writable location with --out."
@@ -195,52 +343,204 @@ def prepare_output(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, co
     if not os.access(layout.root, os.W_OK):
         raise OutputPathError(f"The run folder {layout.root} is read-only for this user; choose another with --out.")
     fingerprint = recipe.fingerprint()
-    if layout.run_file.exists():
-        previous = json.loads(layout.run_file.read_text())
-        if previous.get("fingerprint") != fingerprint:
-            if not overwrite:
-                raise OutputPathError(
-                    f"{layout.root} holds a run of a different recipe ({previous.get('name')!r}, "
-                    f"fingerprint {previous.get('fingerprint')}; this one is {fingerprint}). Resuming would mix two "
-                    "datasets. Choose another --out, or pass --overwrite to delete that run's outputs."
-                )
-            clear_run(layout)
-            layout.shards.mkdir(parents=True, exist_ok=True)
-    elif any(p for p in layout.root.iterdir() if p.name != SHARDS) and not overwrite:
-        raise OutputPathError(
-            f"{layout.root} is not empty and holds no synthface run. Choose an empty or new --out folder, "
-            "or pass --overwrite to write into it anyway."
+    info = read_run_info(layout, heal_with=recipe)
+    if info is not None and info["fingerprint"] != fingerprint:
+        if not overwrite:
+            raise OutputPathError(
+                f"{layout.root} holds a run of a different recipe ({info.get('name')!r}, "
+                f"fingerprint {info['fingerprint']}; this one is {fingerprint}). Resuming would mix two "
+                "datasets. Choose another --out, or pass --overwrite to delete that run's outputs."
+            )
+        clear_run(layout)
+        info = None
+    batch_size = recipe.generation.batch_size
+    if info is None:
+        info = {"name": recipe.name, "fingerprint": fingerprint, "command": command, "batch_size": batch_size,
+                "recipe": recipe.to_toml()}
+        atomic_write_bytes(layout.run_file, json.dumps(info, indent=2).encode())
+    elif info.get("batch_size", batch_size) != batch_size:
+        raise InvalidInputError(
+            f"{layout.root} was started with generation.batch_size = {info['batch_size']} and this command asks "
+            f"for {batch_size}. Images rendered in another batch size can differ in the last bit, so the resumed "
+            f"dataset would not be byte-identical. Resume with --set generation.batch_size={info['batch_size']}, "
+            "or start a new run in another --out."
         )
-    if not layout.run_file.exists():
-        atomic_write_bytes(layout.run_file, json.dumps(
-            {"name": recipe.name, "fingerprint": fingerprint, "command": command}, indent=2).encode())
-        atomic_write_bytes(layout.root / "recipe.toml", recipe.to_toml().encode())
+    if not layout.recipe_file.exists():
+        atomic_write_bytes(layout.recipe_file, info.get("recipe", recipe.to_toml()).encode())
+    layout.shards.mkdir(exist_ok=True)
     return layout
 
 
+def read_run_info(layout: RunLayout, *, heal_with: Recipe | None = None) -> dict | None:
+    """The run's `run.json`, or None where there is none.
+
+    A damaged one is rewritten when `recipe.toml` shows it was made by `heal_with` (same
+    fingerprint); otherwise a FileFormatError names the file and the fix.
+    """
+    try:
+        info = json.loads(layout.run_file.read_text())
+        if isinstance(info, dict) and isinstance(info.get("fingerprint"), str):
+            return info
+        problem = "it lacks the recipe fingerprint"
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        problem = f"it is not readable JSON: {exc}"
+    saved = _recipe_from_file(layout.recipe_file)
+    if heal_with is not None and saved is not None and saved.fingerprint() == heal_with.fingerprint():
+        log.warning("%s was damaged (%s); rebuilt from %s", layout.run_file, problem, layout.recipe_file)
+        layout.run_file.unlink()
+        return None
+    raise FileFormatError(
+        f"{layout.run_file} is damaged ({problem}). It records which recipe made the run in {layout.root}. "
+        f"Restore it from a backup; or, if {layout.recipe_file} is intact, rerun with that recipe "
+        f"(`synthface run {layout.recipe_file} --out {layout.root}`) and run.json is rebuilt; or start again in "
+        "a new --out folder."
+    )
+
+
+def _recipe_from_file(path: Path) -> Recipe | None:
+    try:
+        return parse_recipe(tomllib.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (OSError, ValueError, SynthfaceError):
+        return None
+
+
+def load_run_recipe(layout: RunLayout) -> Recipe:
+    """The recipe of the run in `layout`: `recipe.toml`, rewritten from `run.json` when missing."""
+    recipe = _recipe_from_file(layout.recipe_file)
+    if recipe is not None:
+        return recipe
+    info = read_run_info(layout)
+    if info is None or "recipe" not in info:
+        raise FileFormatError(
+            f"{layout.recipe_file} is missing or damaged and {layout.run_file} holds no copy of the recipe. Put the "
+            f"recipe the run was made with back at {layout.recipe_file} (its fingerprint must be "
+            f"{info['fingerprint'] if info else 'the one in run.json'})."
+        )
+    recipe = parse_recipe(tomllib.loads(info["recipe"]), source=str(layout.run_file))
+    atomic_write_bytes(layout.recipe_file, info["recipe"].encode())
+    return recipe
+
+
 def clear_run(layout: RunLayout) -> None:
-    """Delete what a run writes (and nothing else) from its folder."""
-    for name in (SHARDS, "export"):
-        shutil.rmtree(layout.root / name, ignore_errors=True)
-    for name in (RUN_FILE, FINAL_DONE, "recipe.toml", "identities.safetensors", "manifest.parquet",
-                 "embeddings.safetensors", "README.md", "report.json", "report.html", "run.log"):
-        (layout.root / name).unlink(missing_ok=True)
+    """Delete what a run writes (the names `RunLayout.owns`) and nothing else; locks stay, as they
+    may be held."""
+    for path in layout.root.iterdir():
+        if not layout.owns(path.name) or layout.is_lock(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def lock_run(layout: RunLayout, ranks: Ranks, command: str = "") -> Iterator[None]:
+    """Hold the run folder for this process until the block ends (or the process dies).
+
+    A single process (world size 1, also `synthface export`) holds `run.lock` exclusively. The ranks
+    of one job share `run.lock` and each holds its own `run.rank<N>.lock`, so a second process
+    claiming a rank, or a single process while a job runs (and the reverse), is refused with a
+    RunLockedError naming the holder (pid, host, start time, command), which each holder writes
+    into the lock it holds alone. The folder is created if missing; nothing else is written.
+    """
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot create the run folder {layout.root}: {exc.strerror}. Choose a writable location with --out."
+        ) from None
+    alone = ranks.world_size == 1
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(_open_lock(layout.lock_file()))
+        _flock(folder, exclusive=alone, layout=layout, ranks=ranks)
+        own = folder if alone else stack.enter_context(_open_lock(layout.lock_file(ranks.rank)))
+        if not alone:
+            _flock(own, exclusive=True, layout=layout, ranks=ranks)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "rank": ranks.rank, "world_size": ranks.world_size,
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "command": command or " ".join(sys.argv)}
+        own.truncate(0)
+        own.write(json.dumps(holder))
+        own.flush()
+        if alone:
+            _remove_stale_temporaries(layout)
+        try:
+            yield
+        finally:
+            own.truncate(0)  # an empty lock file: nobody holds it; the lock itself goes with the descriptor
+
+
+def _open_lock(path: Path):
+    try:
+        return open(path, "a+")  # noqa: SIM115 - closed by the caller's ExitStack
+    except OSError as exc:
+        raise OutputPathError(f"Cannot create the lock file {path}: {exc.strerror}. Choose a writable --out.") from None
+
+
+def _flock(handle, *, exclusive: bool, layout: RunLayout, ranks: Ranks) -> None:
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        what = "this rank" if handle.name != str(layout.lock_file()) else "this folder"
+        raise RunLockedError(
+            f"{layout.root} is in use by another synthface process ({_describe_holders(layout)}), which holds "
+            f"{what}. Two processes writing one run would render shards twice and overwrite each other's files. "
+            "Wait for it to finish or stop it, then run the command again; to work in parallel, launch the ranks "
+            f"of one job (torchrun, srun, or --shard-index/--num-shards; this process is rank {ranks.rank} of "
+            f"{ranks.world_size})."
+        ) from None
+
+
+def _describe_holders(layout: RunLayout) -> str:
+    """Who holds the locks of `layout`, from what each holder wrote into its lock file."""
+    def held(path: Path) -> bool:
+        with open(path, "a+") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    # A folder lock held in shared mode belongs to the ranks of a job, whose rank locks say who they are.
+    paths = [layout.lock_file()] if held(layout.lock_file()) else sorted(layout.root.glob("run.rank*.lock"))
+    holders = []
+    for path in paths:
+        try:
+            h = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if path != layout.lock_file() and not held(path):
+            continue
+        holders.append(f"pid {h['pid']} on {h['host']}, rank {h['rank']} of {h['world_size']}, started "
+                       f"{h['started']}, command: {h['command']}")
+    return "; ".join(holders) or "its details were not recorded"
+
+
+def _remove_stale_temporaries(layout: RunLayout) -> None:
+    """Hidden temporaries of the run's own files left by a killed process (only the sole holder may)."""
+    for path in layout.root.glob(".*.tmp"):
+        if layout.owns(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- identities
 
 
 def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_seconds: float = 3600) -> IdentityBank:
-    """Rank 0 samples the bank once (it is seed-determined); other ranks wait for its file."""
+    """Rank 0 samples the bank once (it is seed-determined); other ranks wait for its file, saying
+    every WAIT_REPORT_SECONDS what they wait for."""
     path = layout.identities
     if path.exists():
         return load_bank(path)
     if ranks.rank != 0:
-        deadline = time.monotonic() + wait_seconds
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise OutputPathError(f"rank {ranks.rank} waited {wait_seconds:.0f} s for rank 0 to write {path}; is rank 0 running?")
-            time.sleep(0.5)
+        _wait_until(lambda: [path] if not path.exists() else [], wait_seconds, lambda missing, waited: (
+            f"rank {ranks.rank} of {ranks.world_size} is waiting for rank 0 to write {path} ({waited:.0f} s so far); "
+            "is rank 0 running?"))
         return load_bank(path)
     cfg = recipe.identities
     reference = load_vectors(cfg.reference) if cfg.reference else None
@@ -405,7 +705,8 @@ class ShardWorker:
     def _write(self, shard: int, candidates: list[Candidate], decision: dict) -> ShardResult:
         """Write the shard under a temporary folder, then rename it into place (atomic on POSIX)."""
         final = self.layout.shard_dir(shard)
-        # Leftovers of an earlier attempt that never got its done-marker (a shard has one owner rank).
+        # Leftovers of an earlier attempt that never got its done-marker. A shard has one owner rank and
+        # the rank's lock (`lock_run`) admits one process per rank, so no live process owns them.
         shutil.rmtree(final, ignore_errors=True)
         for stale in self.layout.shards.glob(f".{final.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -451,12 +752,12 @@ class ShardWorker:
                 "det_score": c.det_score,
                 "kept": i in kept_flat,
                 "drop_reason": "" if i in kept_flat else decision["reasons"][i] or "surplus",
-                "path": f"{SHARDS}/{shard_name}/{rel}" if rel else "",
+                "path": f"{RunLayout.SHARDS}/{shard_name}/{rel}" if rel else "",
                 "shard": int(shard_name.rsplit("-", 1)[1]),
             })
-        write_manifest(tmp / "manifest.parquet", rows)
+        write_manifest(tmp / RunLayout.MANIFEST, rows)
         dim = self.analyzer.embedding_dim if self.analyzer is not None else 0
-        (tmp / "embeddings.safetensors").write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
+        (tmp / RunLayout.EMBEDDINGS).write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
         return rows
 
 
@@ -536,55 +837,106 @@ def run(
 
     `renderer` and `analyzer` default to the recipe's model and face analyser. `progress` is an
     object with `start(total_images)`, `advance(images)` and `stop()` (the CLI passes a rich bar).
+    Ranks, the device and the destination are checked before anything is written; the folder is
+    locked for the whole run (`lock_run`). Shards whose files were damaged are redone; a run that
+    keeps no image raises EmptyDatasetError after writing the manifest that says why.
     """
     ranks = ranks or Ranks()
-    layout = prepare_output(recipe, Path(out_dir), overwrite=overwrite and ranks.rank == 0, command=command)
-    _attach_log_file(layout, ranks)
-    bank = ensure_identities(recipe, layout, ranks)
-    mine = [s for s in range(num_shards(recipe)) if s % ranks.world_size == ranks.rank]
-    todo = [s for s in mine if not layout.done_marker(s).exists()]
-    log.info("rank %d/%d: %d shards, %d already done", ranks.rank, ranks.world_size, len(mine), len(mine) - len(todo))
-    if todo:
-        renderer = renderer or build_renderer(recipe, ranks)
-        if analyzer is None and recipe.filtering.enabled:
-            from synthface.faces import get_analyzer
+    layout = RunLayout(Path(out_dir))
+    check_destination(layout)
+    device = resolve_render_device(recipe, ranks) if renderer is None else None
+    with lock_run(layout, ranks, command):
+        prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
+        _attach_log_file(layout, ranks)
+        bank = ensure_identities(recipe, layout, ranks, wait_seconds=min(wait_seconds, 3600))
+        mine = [s for s in range(num_shards(recipe)) if s % ranks.world_size == ranks.rank]
+        todo = [s for s in mine if not layout.shard_done(s)]
+        log.info("rank %d/%d: %d shards, %d already done", ranks.rank, ranks.world_size, len(mine), len(mine) - len(todo))
+        worker = None
 
-            analyzer = get_analyzer(recipe.filtering.analyzer, **recipe.filtering.analyzer_options)
-        worker = ShardWorker(recipe, layout, bank, renderer, analyzer)
-        total = sum(len(shard_identities(recipe, s)) for s in todo) * recipe.variation.candidates_per_identity
-        if progress:
-            progress.start(total)
-        try:
-            for shard in todo:
-                result = worker.run_shard(shard, on_images=progress.advance if progress else None)
-                log.info("shard %d: %d candidates, %d kept, %.1f s", shard, result.candidates, result.kept, result.seconds)
-        finally:
+        def render(shards: list[int]) -> None:
+            nonlocal worker, analyzer
+            if analyzer is None and recipe.filtering.enabled:
+                analyzer = make_analyzer(recipe)
+            worker = worker or ShardWorker(recipe, layout, bank, renderer or build_renderer(recipe, device), analyzer)
+            total = sum(len(shard_identities(recipe, s)) for s in shards) * recipe.variation.candidates_per_identity
             if progress:
-                progress.stop()
-    finalized = False
-    if ranks.rank == 0:
-        _wait_for_shards(recipe, layout, wait_seconds)
-        if not layout.final_done.exists():
-            stats = finalize(recipe, layout, analyzer_name=_analyzer_label(recipe, analyzer))
-            finalized = True
-        else:
-            stats = json.loads(layout.final_done.read_text())
-        return RunSummary(layout.root, todo, sorted(set(mine) - set(todo)), finalized, stats)
-    return RunSummary(layout.root, todo, sorted(set(mine) - set(todo)), False, {})
+                progress.start(total)
+            try:
+                for shard in shards:
+                    result = worker.run_shard(shard, on_images=progress.advance if progress else None)
+                    log.info("shard %d: %d candidates, %d kept, %.1f s", shard, result.candidates, result.kept,
+                             result.seconds)
+            finally:
+                if progress:
+                    progress.stop()
+
+        if todo:
+            render(todo)
+        skipped = sorted(set(mine) - set(todo))
+        if ranks.rank != 0:
+            return RunSummary(layout.root, todo, skipped, False, {})
+        _wait_for_shards(recipe, layout, ranks, wait_seconds)
+        if layout.final_done.exists():
+            return RunSummary(layout.root, todo, skipped, False, json.loads(layout.final_done.read_text()))
+        damaged = damaged_shards(recipe, layout)
+        if damaged:
+            for shard in damaged:
+                layout.done_marker(shard).unlink(missing_ok=True)
+            listing = "; ".join(f"shard {s}: {why}" for s, why in sorted(damaged.items())[:3])
+            if ranks.world_size > 1:
+                raise FileFormatError(
+                    f"{len(damaged)} finished shard(s) of {layout.root} were damaged ({listing}); their done markers "
+                    "were removed. Run the same command again (all ranks) and they are redone."
+                )
+            log.warning("redoing %d damaged shard(s): %s", len(damaged), listing)
+            render(sorted(damaged))
+            todo = sorted(set(todo) | set(damaged))
+            skipped = sorted(set(skipped) - set(damaged))
+        stats = finalize(recipe, layout, analyzer_name=_analyzer_label(recipe, analyzer))
+        return RunSummary(layout.root, todo, skipped, True, stats)
 
 
-def build_renderer(recipe: Recipe, ranks: Ranks) -> Renderer:
-    """The recipe's diffusion model as a `Renderer` on this rank's device."""
+def make_analyzer(recipe: Recipe):
+    """The recipe's face analyser; options it does not take are an InvalidInputError naming them."""
+    from synthface.faces import get_analyzer
+
+    cfg = recipe.filtering
+    try:
+        return get_analyzer(cfg.analyzer, **cfg.analyzer_options)
+    except TypeError as exc:
+        raise InvalidInputError(
+            f"filtering.analyzer_options {cfg.analyzer_options} do not fit the {cfg.analyzer!r} analyser ({exc}). "
+            "Remove or rename the option; the analyser's keyword arguments are listed in the README under "
+            "'Face analysis'."
+        ) from None
+
+
+def resolve_render_device(recipe: Recipe, ranks: Ranks):
+    """The torch device this rank renders on: "auto" is this rank's GPU (LOCAL_RANK) or the CPU; any
+    other name must exist here, else InvalidInputError (see synthface.devices)."""
+    import torch
+
+    from synthface.devices import resolve_device
+
+    name = recipe.generation.device
+    if name == "auto":
+        return torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        return resolve_device(name)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"generation.device: {exc} In a recipe: --set generation.device=auto.") from None
+
+
+def build_renderer(recipe: Recipe, device) -> Renderer:
+    """The recipe's diffusion model as a `Renderer` on `device` (from `resolve_render_device`)."""
     import torch
 
     from synthface.pipelines import load_arc2face
 
     gen = recipe.generation
-    device = gen.device
-    if device == "auto":
-        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[gen.dtype]
-    if str(device) == "cpu" and dtype == torch.float16:
+    if device.type == "cpu" and dtype == torch.float16:
         log.warning("fp16 is slow and imprecise on CPU; rendering in fp32 instead")
         dtype = torch.float32
     if gen.model == "tiny":
@@ -611,17 +963,52 @@ def build_renderer(recipe: Recipe, ranks: Ranks) -> Renderer:
     return render
 
 
-def _wait_for_shards(recipe: Recipe, layout: RunLayout, wait_seconds: float) -> None:
-    missing = [s for s in range(num_shards(recipe)) if not layout.done_marker(s).exists()]
-    deadline = time.monotonic() + wait_seconds
-    while missing:
-        if time.monotonic() > deadline:
-            raise OutputPathError(
-                f"{len(missing)} shards (first: {missing[0]}) are still not done after waiting {wait_seconds:.0f} s. "
-                "Run the same command again (with the same ranks) to finish them; finished shards are kept."
-            )
-        time.sleep(1.0)
-        missing = [s for s in missing if not layout.done_marker(s).exists()]
+def _wait_until(missing: Callable[[], list], wait_seconds: float, describe: Callable[[list, float], str]) -> None:
+    """Poll `missing()` until it is empty; log `describe(missing, waited)` as a warning every
+    WAIT_REPORT_SECONDS, and raise OutputPathError with it after `wait_seconds`."""
+    start = time.monotonic()
+    reported = start
+    left = missing()
+    while left:
+        now = time.monotonic()
+        if now - start > wait_seconds:
+            raise OutputPathError(describe(left, now - start) + " Gave up; run the same command again to continue.")
+        if now - reported >= WAIT_REPORT_SECONDS:
+            log.warning(describe(left, now - start))
+            reported = now
+        time.sleep(min(1.0, WAIT_REPORT_SECONDS / 4))
+        left = missing()
+
+
+def _wait_for_shards(recipe: Recipe, layout: RunLayout, ranks: Ranks, wait_seconds: float) -> None:
+    """Rank 0 waits for the other ranks' shards, naming them while it waits."""
+    pending = [s for s in range(num_shards(recipe)) if not layout.shard_done(s)]
+
+    def missing() -> list[int]:
+        pending[:] = [s for s in pending if not layout.shard_done(s)]
+        return pending
+
+    _wait_until(missing, wait_seconds, lambda left, waited: (
+        f"rank 0 is waiting for {len(left)} shard(s) of other ranks (first: {layout.done_marker(left[0])}, rank "
+        f"{left[0] % ranks.world_size} of {ranks.world_size}) for {waited:.0f} s; are all ranks running?"))
+
+
+def damaged_shards(recipe: Recipe, layout: RunLayout) -> dict[int, str]:
+    """Shards marked done whose files are no longer whole: shard -> what is wrong."""
+    from synthface.export import read_manifest
+
+    damaged = {}
+    for shard in range(num_shards(recipe)):
+        folder = layout.shard_dir(shard)
+        try:
+            rows = read_manifest(folder / layout.MANIFEST).to_pylist()
+        except SynthfaceError as exc:
+            damaged[shard] = str(exc)
+            continue
+        lost = [r["path"] for r in rows if r["kept"] and not (layout.root / r["path"]).is_file()]
+        if lost:
+            damaged[shard] = f"{len(lost)} kept image(s) missing, e.g. {lost[0]}"
+    return damaged
 
 
 def _analyzer_label(recipe: Recipe, analyzer) -> str:
@@ -631,8 +1018,14 @@ def _analyzer_label(recipe: Recipe, analyzer) -> str:
 
 
 def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
-    name = "run.log" if ranks.world_size == 1 else f"run.rank{ranks.rank}.log"
-    handler = logging.FileHandler(layout.root / name)
+    path = layout.log_file(ranks)
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot open the run log {path}: {exc.strerror or exc}. Free space or fix the folder's permissions, "
+            "then run the same command again; finished shards are kept."
+        ) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
@@ -642,14 +1035,18 @@ def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
 
 
 def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> dict:
-    """Merge shard manifests, judge collisions between identities, write exports and the card."""
+    """Merge shard manifests, judge collisions between identities, write exports and the card.
+
+    The merged manifest and embeddings are written first; when no image is kept, EmptyDatasetError
+    (with the drop reasons) is raised instead of writing empty exports, and the run stays unfinished.
+    """
     from safetensors.numpy import load_file
 
     from synthface.export import concat_manifests, write_manifest
 
     shards = range(num_shards(recipe))
-    table = concat_manifests([layout.shard_dir(s) / "manifest.parquet" for s in shards])
-    embeddings = np.concatenate([load_file(str(layout.shard_dir(s) / "embeddings.safetensors"))["embeddings"] for s in shards])
+    table = concat_manifests([layout.shard_dir(s) / layout.MANIFEST for s in shards])
+    embeddings = np.concatenate([load_file(str(layout.shard_dir(s) / layout.EMBEDDINGS))["embeddings"] for s in shards])
     rows = table.to_pylist()
     kept = np.array([r["kept"] for r in rows], dtype=bool)
     reasons = np.array([r["drop_reason"] for r in rows], dtype=object)
@@ -680,8 +1077,8 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
         row["kept"] = bool(kept[i])
         row["drop_reason"] = "" if kept[i] else reasons[i]
         row["label"] = int(label_of[row["identity"]]) if kept[i] else -1
-    write_manifest(layout.root / "manifest.parquet", rows)
-    atomic_write_bytes(layout.root / "embeddings.safetensors", safetensors_bytes({"embeddings": embeddings}))
+    write_manifest(layout.manifest, rows)
+    atomic_write_bytes(layout.embeddings, safetensors_bytes({"embeddings": embeddings}))
 
     kept_rows = [r for r in rows if r["kept"]]
     stats = {
@@ -692,10 +1089,18 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
         "drop_reasons": {k: int(v) for k, v in zip(*np.unique(reasons[~kept].astype(str), return_counts=True))},
         "collisions": len(collisions),
     }
+    if not kept_rows:
+        reasons_text = ", ".join(f"{k}: {v}" for k, v in stats["drop_reasons"].items())
+        raise EmptyDatasetError(
+            f"The run kept no image: all {len(rows)} candidates were dropped ({reasons_text}). Every candidate and "
+            f"its drop reason is in {layout.manifest}. Loosen the rule that dropped them (e.g. filtering.min_cos, "
+            "filtering.min_det_score, filtering.min_images) or check that the model draws faces the analyser finds, "
+            "then run again."
+        )
     export_run(recipe, layout, kept_rows)
     from synthface.export.card import write_card
 
-    write_card(layout.root / "README.md", dataset_card_facts(recipe, layout, stats, analyzer_name))
+    write_card(layout.card, dataset_card_facts(recipe, layout, stats, analyzer_name))
     if recipe.filtering.enabled:
         from synthface.report import write_report
 
@@ -706,8 +1111,17 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
 
 
 def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats: Sequence[str] | None = None) -> None:
-    """Write each export format from the kept rows of a finished run."""
+    """Write each export format from the kept rows of a finished run; a kept image missing from the
+    run folder is a FileFormatError naming it and the fix, raised before any format is written."""
     from synthface.export import Sample, write_format
+
+    lost = [r["path"] for r in kept_rows if not (layout.root / r["path"]).is_file()]
+    if lost:
+        raise FileFormatError(
+            f"{len(lost)} kept image(s) listed in {layout.manifest} are missing from the run folder, e.g. "
+            f"{layout.root / lost[0]}. Delete {layout.final_done} and run `synthface run {layout.recipe_file} --out "
+            f"{layout.root}` again: it redoes the damaged shards and rebuilds the exports."
+        )
 
     def samples():
         for row in kept_rows:
@@ -721,11 +1135,11 @@ def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats
     num_classes = int(max((r["label"] for r in kept_rows), default=-1)) + 1
     for fmt in formats or recipe.export.formats:
         # Each writer builds its folder under a hidden name and swaps it in only when complete.
-        write_format(fmt, samples(), layout.root / "export" / fmt, num_classes=num_classes, overwrite=True)
+        write_format(fmt, samples(), layout.export_dir(fmt), num_classes=num_classes, overwrite=True)
 
 
 def dataset_card_facts(recipe: Recipe, layout: RunLayout, stats: dict, analyzer_name: str) -> dict:
-    run_info = json.loads(layout.run_file.read_text())
+    run_info = read_run_info(layout) or {}
     return {
         "name": recipe.name,
         "description": recipe.description,

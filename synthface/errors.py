@@ -56,3 +56,15 @@ class DeviceMemoryError(SynthfaceError, MemoryError):
     """The accelerator ran out of memory; the message suggests a smaller batch or a memory option."""
 
     exit_code = 7
+
+
+class RunLockedError(SynthfaceError):
+    """Another process holds the run folder (or this rank of it); the message names the holder."""
+
+    exit_code = 8
+
+
+class EmptyDatasetError(SynthfaceError):
+    """A run kept no image at all; the message gives the drop reasons and where the manifest is."""
+
+    exit_code = 9

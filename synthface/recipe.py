@@ -10,11 +10,18 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from synthface.errors import FileFormatError, InvalidInputError
+
+# Numbers and switches are strict: TOML has real booleans, so `count = true` is a mistake to report,
+# not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
 class _Section(BaseModel):
@@ -22,14 +29,14 @@ class _Section(BaseModel):
 
 
 class IdentitiesConfig(_Section):
-    count: int = Field(1000, ge=1, le=10_000_000, description="identities to sample")
+    count: Int = Field(1000, ge=1, le=10_000_000, description="identities to sample")
     prior: Literal["isotropic", "gaussian"] = "isotropic"
     reference: str | None = Field(None, description="reference embeddings (.npy/.safetensors) for the gaussian prior")
-    max_cos: float = Field(0.3, gt=-1.0, lt=1.0, description="largest cosine between two identities")
+    max_cos: Float = Field(0.3, gt=-1.0, lt=1.0, description="largest cosine between two identities")
     exclude: str | None = Field(None, description="embeddings of real people to stay away from")
-    exclude_max_cos: float | None = Field(None, gt=-1.0, lt=1.0)
-    dim: int = Field(512, ge=2, le=4096)
-    seed: int = Field(0, ge=0)
+    exclude_max_cos: Float | None = Field(None, gt=-1.0, lt=1.0)
+    dim: Int = Field(512, ge=2, le=4096)
+    seed: Int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _gaussian_needs_reference(self):
@@ -40,13 +47,13 @@ class IdentitiesConfig(_Section):
 
 class GenerationConfig(_Section):
     model: str = Field("arc2face", description="'arc2face', 'tiny' (random weights, plumbing only) or a local path")
-    steps: int = Field(25, ge=1, le=1000)
-    guidance: float = Field(3.0, ge=0.0, le=30.0)
-    resolution: int | None = Field(None, ge=16, le=2048, description="image side in pixels; default: the model's own")
+    steps: Int = Field(25, ge=1, le=1000)
+    guidance: Float = Field(3.0, ge=0.0, le=30.0)
+    resolution: Int | None = Field(None, ge=16, le=2048, description="image side in pixels; default: the model's own")
     dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
-    batch_size: int = Field(16, ge=1, le=4096, description="images rendered per model call")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    allow_pickle: bool = Field(
+    batch_size: Int = Field(16, ge=1, le=4096, description="images rendered per model call")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    allow_pickle: Bool = Field(
         False, description="also load pickled weights (the published Arc2Face encoder is a pytorch_model.bin)"
     )
 
@@ -59,9 +66,9 @@ class GenerationConfig(_Section):
 
 
 class VariationConfig(_Section):
-    images_per_identity: int = Field(50, ge=1, le=10_000)
-    overgenerate: float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
-    perturbation: dict[float, float] = Field(
+    images_per_identity: Int = Field(50, ge=1, le=10_000)
+    overgenerate: Float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
+    perturbation: dict[float, Float] = Field(
         default_factory=lambda: {1.0: 1.0},
         description="target cosine of each condition vector to its identity -> share of images",
     )
@@ -86,38 +93,38 @@ class VariationConfig(_Section):
 
 
 class FilteringConfig(_Section):
-    enabled: bool = True
+    enabled: Bool = True
     analyzer: str = Field("dlib", description="face analyser backend: 'dlib' (offline) or 'insightface'")
     analyzer_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="keyword arguments for the analyser, e.g. { recognizer = \"arcface.onnx\" }"
     )
-    same_space: bool = Field(
+    same_space: Bool = Field(
         False,
         description="true only when the analyser's recogniser is the one the generator is conditioned on "
         "(Arc2Face: its own arcface.onnx); images are then compared with the ID vector, otherwise with "
         "their identity's robust centre",
     )
-    min_cos: float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
-    min_det_score: float = Field(0.0, ge=0.0)
-    near_duplicate_cos: float = Field(0.98, gt=0.0, le=1.0)
-    collision_cos: float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
+    min_cos: Float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
+    min_det_score: Float = Field(0.0, ge=0.0)
+    near_duplicate_cos: Float = Field(0.98, gt=0.0, le=1.0)
+    collision_cos: Float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
     collision_policy: Literal["drop", "flag"] = "drop"
-    min_images: int = Field(1, ge=1, description="identities keeping fewer images are handled by on_too_few")
+    min_images: Int = Field(1, ge=1, description="identities keeping fewer images are handled by on_too_few")
     on_too_few: Literal["drop", "resample", "keep"] = "resample"
-    max_rounds: int = Field(3, ge=1, le=20, description="rendering rounds per identity when resampling")
+    max_rounds: Int = Field(3, ge=1, le=20, description="rendering rounds per identity when resampling")
 
 
 class ExportConfig(_Section):
     formats: list[Literal["imagefolder", "recordio", "webdataset", "parquet"]] = Field(
         default_factory=lambda: ["imagefolder", "recordio"]
     )
-    crop_size: int = Field(112, ge=32, le=1024)
-    keep_full_images: bool = False
-    jpeg_quality: int = Field(95, ge=50, le=100)
+    crop_size: Int = Field(112, ge=32, le=1024)
+    keep_full_images: Bool = False
+    jpeg_quality: Int = Field(95, ge=50, le=100)
 
 
 class ComputeConfig(_Section):
-    shard_size: int = Field(64, ge=1, le=100_000, description="identities per shard (the unit of resumption)")
+    shard_size: Int = Field(64, ge=1, le=100_000, description="identities per shard (the unit of resumption)")
 
 
 class Recipe(_Section):
@@ -125,13 +132,25 @@ class Recipe(_Section):
 
     name: str = "synthface-dataset"
     description: str = ""
-    seed: int = Field(0, ge=0, description="derives every image's seed")
+    seed: Int = Field(0, ge=0, description="derives every image's seed")
     identities: IdentitiesConfig = Field(default_factory=IdentitiesConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     variation: VariationConfig = Field(default_factory=VariationConfig)
     filtering: FilteringConfig = Field(default_factory=FilteringConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @model_validator(mode="after")
+    def _keeping_is_possible(self):
+        """Refuse settings under which every identity is dropped (an empty dataset, found only at the end)."""
+        f, want = self.filtering, self.variation.images_per_identity
+        if f.on_too_few != "keep" and f.min_images > want:
+            raise ValueError(
+                f"filtering.min_images = {f.min_images} is more than variation.images_per_identity = {want}: an "
+                f"identity keeps at most {want} images, so with on_too_few = {f.on_too_few!r} every identity would be "
+                "dropped and the dataset would be empty. Lower filtering.min_images or raise images_per_identity"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the data (not the batch size or device)."""
@@ -170,6 +189,11 @@ def _apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise InvalidInputError(f"--set {item!r} must look like section.field=value, e.g. --set identities.count=100.")
     key, raw = item.split("=", 1)
+    if any(not part.strip() for part in key.split(".")):
+        raise InvalidInputError(
+            f"--set {item!r} has an empty field name before '='; it must look like section.field=value, "
+            "e.g. --set identities.count=100."
+        )
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -58,7 +61,8 @@ def run_command(
     console.print(f"[dim]{LICENCE_NOTE}[/]")
     command = "synthface run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     start = time.perf_counter()
-    summary = engine.run(spec, out_dir, ranks=ranks, overwrite=overwrite, progress=_RichProgress(), command=command)
+    with _engine_warnings_on_stderr():
+        summary = engine.run(spec, out_dir, ranks=ranks, overwrite=overwrite, progress=_RichProgress(), command=command)
     elapsed = time.perf_counter() - start
     if not summary.finalized and not summary.stats:
         console.print(f"rank {ranks.rank}: {len(summary.shards_run)} shards done in {elapsed:.1f} s; rank 0 finalizes.")
@@ -82,27 +86,52 @@ def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
     format_: Annotated[list[str], typer.Option("--format", "-f", help="imagefolder, recordio, webdataset or parquet (repeatable).")],
 ) -> None:
-    """Build more export formats from a finished run."""
-    import pyarrow.parquet as pq
-
+    """Build more export formats from a finished run (the run folder is locked while it works)."""
     from synthface import engine
-    from synthface.errors import InvalidInputError
-    from synthface.recipe import load_recipe
+    from synthface.errors import FileFormatError, InvalidInputError
+    from synthface.export import WRITERS, read_manifest
 
     layout = engine.RunLayout(run_dir)
+    if not layout.run_file.is_file():
+        raise InvalidInputError(
+            f"{run_dir} is not a synthface run folder (no {layout.RUN_FILE}). Give the --out folder of a finished "
+            "`synthface run`."
+        )
     if not layout.final_done.exists():
         raise InvalidInputError(
-            f"{run_dir} is not a finished run (no {engine.FINAL_DONE}). Finish it first with "
-            f"`synthface run {run_dir / 'recipe.toml'} --out {run_dir}`."
+            f"{run_dir} is not a finished run (no {layout.FINAL_DONE}). Finish it first with "
+            f"`synthface run {layout.recipe_file} --out {run_dir}`."
         )
-    known = {"imagefolder", "recordio", "webdataset", "parquet"}
-    unknown = sorted(set(format_) - known)
+    unknown = sorted(set(format_) - set(WRITERS))
     if unknown:
-        raise InvalidInputError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}.")
-    spec = load_recipe(layout.root / "recipe.toml")
-    rows = [r for r in pq.read_table(layout.root / "manifest.parquet").to_pylist() if r["kept"]]
-    engine.export_run(spec, layout, rows, formats=format_)
-    console.print(f"wrote {', '.join(format_)} for {len(rows)} images under {layout.root / 'export'}")
+        raise InvalidInputError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(sorted(WRITERS))}.")
+    command = "synthface export " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    with engine.lock_run(layout, engine.Ranks(), command):
+        spec = engine.load_run_recipe(layout)
+        try:
+            table = read_manifest(layout.manifest)
+        except FileFormatError as exc:
+            raise FileFormatError(
+                f"{exc} Delete {layout.final_done} and run `synthface run {layout.recipe_file} --out {run_dir}` "
+                "again: it rebuilds the manifest from the shards."
+            ) from None
+        rows = [r for r in table.to_pylist() if r["kept"]]
+        engine.export_run(spec, layout, rows, formats=format_)
+    console.print(f"wrote {', '.join(format_)} for {len(rows)} images under {layout.root / layout.EXPORT}")
+
+
+@contextlib.contextmanager
+def _engine_warnings_on_stderr() -> Iterator[None]:
+    """Show the engine's warnings (a rank saying what it waits for, a shard being redone) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    engine_log = logging.getLogger("synthface.engine")
+    engine_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        engine_log.removeHandler(handler)
 
 
 def _print_plan(spec, plan, out_dir: Path, ranks) -> None:

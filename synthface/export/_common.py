@@ -126,16 +126,32 @@ def _as_output_error(exc: OSError, path: Path) -> OutputPathError:
 
 
 def staging_prefix(out_dir: Path) -> str:
+    """Staging folders are named `<prefix><pid>-...`, so a leftover's owner can be told."""
     return f".{out_dir.name}.partial-"
+
+
+def _owner_alive(stale: Path, prefix: str) -> bool:
+    """Whether the process that made staging folder `stale` still runs on this machine (unparseable: yes)."""
+    pid = stale.name[len(prefix):].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 @contextlib.contextmanager
 def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = True) -> Iterator[Path]:
     """Yield an empty folder beside `out_dir`; on success rename it to `out_dir`, on failure delete it.
 
-    A killed export leaves only a hidden `.<name>.partial-*` folder, never a half-written file under
-    the final name; the next export to the same folder removes such leftovers. One writer per
-    `out_dir` at a time. With `overwrite`, an existing `out_dir` is swapped out only once the new one
+    A killed export leaves only a hidden `.<name>.partial-<pid>-*` folder, never a half-written file
+    under the final name; the next export to the same folder removes such leftovers once their process
+    has ended (a live writer's folder is never touched). One writer per `out_dir` at a time (the run
+    folder's lock sees to that for `synthface run` and `synthface export`). With `overwrite`, an existing `out_dir` is swapped out only once the new one
     is complete.
     """
     out_dir = Path(out_dir)
@@ -156,9 +172,11 @@ def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = Tr
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"Cannot write into {parent}: it is read-only for this user. Choose a writable folder.")
-    for stale in parent.glob(staging_prefix(out_dir) + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f"{staging_prefix(out_dir)}{os.getpid()}-{secrets.token_hex(4)}"
+    prefix = staging_prefix(out_dir)
+    for stale in parent.glob(prefix + "*"):
+        if not _owner_alive(stale, prefix):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()  # not mkdtemp: the finished folder should get the user's umask, not 0700
     except OSError as exc:
@@ -168,7 +186,7 @@ def staged_dir(out_dir: str | Path, *, overwrite: bool = False, fsync: bool = Tr
         if fsync:
             fsync_tree(tmp)
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir) + "old-", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-old-", dir=parent))
             os.replace(out_dir, old / "x")
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
