@@ -286,7 +286,7 @@ TINY_VEC2FACE = dict(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, d
 
 def tiny_vec2face_pipeline(*, plus: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A `Vec2FacePipeline` at `TINY_VEC2FACE` size with `deterministic_tensor` weights (512-d IDs in,
-    112x112 out); `plus=True` adds rank-4 LoRA adapters and a pose model, as Vec2Face+'s pose file."""
+    112x112 out); `plus=True` adds rank-4 LoRA adapters (alpha 32) and a pose model, as Vec2Face+'s pose file."""
     from synthface.pipelines.vec2face import Vec2FacePipeline
     from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel
 

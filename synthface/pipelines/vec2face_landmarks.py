@@ -50,7 +50,7 @@ def project_points(yaw: float, pitch: float) -> np.ndarray:
     points = np.column_stack([template, POINT_DEPTH]) - centre
     a, b = math.radians(pitch), math.radians(yaw)
     # image y points down, so a positive pitch (nose up) rotates depth into -y
-    rx = np.array([[1, 0, 0], [0, math.cos(a), math.sin(a)], [0, -math.sin(a), math.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
     rotated = points @ (ry @ rx).T
     projected = rotated[:, :2]
