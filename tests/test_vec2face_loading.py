@@ -123,3 +123,22 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(FileFormatError, match="truncated, damaged or not a PyTorch file.*models verify"):
         load_vec2face(path, allow_pickle=True)
+
+
+def test_models_convert_writes_a_folder_load_vec2face_reads(tmp_path, capsys):
+    from tests.cli_helpers import run_cli_inprocess
+
+    published = tmp_path / "main_model.pth"
+    pipe = load_vec2face("vec2face-plus-tiny")
+    torch.save({"model_vec2face": pipe.vec2face.state_dict()}, published)
+    refused = run_cli_inprocess(capsys, "models", "convert", published, "--out", tmp_path / "a")
+    assert refused.returncode != 0 and "allow-pickle" in refused.output
+    # tiny shapes are not the published architecture: a clear refusal, nothing written
+    wrong = run_cli_inprocess(capsys, "models", "convert", published, "--out", tmp_path / "b", "--allow-pickle")
+    assert wrong.returncode != 0 and "does not match the published" in wrong.output and not (tmp_path / "b").exists()
+    converted = run_cli_inprocess(capsys, "models", "convert", "vec2face-plus-tiny", "--out", tmp_path / "c")
+    assert converted.returncode == 0, converted.output
+    poses = dict(poses=[(0.0, 0.0), (30.0, 0.0)])
+    assert torch.equal(render(load_vec2face(tmp_path / "c"), **poses), render(pipe, **poses))
+    again = run_cli_inprocess(capsys, "models", "convert", "vec2face-plus-tiny", "--out", tmp_path / "c")
+    assert again.returncode != 0 and "not an empty folder" in again.output

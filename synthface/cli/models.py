@@ -1,7 +1,8 @@
-"""`synthface models list|download|verify`: what each model is, its licence, and whether it is here."""
+"""`synthface models list|download|verify|convert`: what each model is, its licence, and whether it is here."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -90,3 +91,24 @@ def verify_command(
             + "."
         )
         raise typer.Exit(code=1)
+
+
+@app.command()
+def convert(
+    model: Annotated[str, typer.Argument(help="vec2face, vec2face-plus, vec2face-plus-pose, a published .pth or its folder.")],
+    out: Annotated[str, typer.Option("--out", help="Folder to write (model_index.json + safetensors per component).")],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read the published pickled .pth (weights_only).")] = False,
+    pose: Annotated[bool, typer.Option("--pose", help="In a Vec2Face+ folder, convert pose_model.pth.")] = False,
+) -> None:
+    """Convert a published Vec2Face / Vec2Face+ checkpoint to a safetensors folder that
+    `load_vec2face` (and recipes) read with no pickle opt-in. The weights are unchanged."""
+    from synthface.errors import OutputPathError
+    from synthface.pipelines import load_vec2face
+
+    target = Path(out).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputPathError(f"{target} exists and is not an empty folder; pass a new folder to --out.")
+    pipe = load_vec2face(model, allow_pickle=allow_pickle, pose=pose)
+    pipe.save_pretrained(target)
+    parts = "generator + pose model" if pipe.pose_model is not None else "generator"
+    console.print(f"converted ({parts}, {pipe.vec2face.num_parameters():,} generator parameters): {target}")
