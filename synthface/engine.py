@@ -844,7 +844,8 @@ def run(
     ranks = ranks or Ranks()
     layout = RunLayout(Path(out_dir))
     check_destination(layout)
-    device = resolve_render_device(recipe, ranks) if renderer is None else None
+    if renderer is None:
+        resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
     with lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
         _attach_log_file(layout, ranks)
@@ -858,7 +859,7 @@ def run(
             nonlocal worker, analyzer
             if analyzer is None and recipe.filtering.enabled:
                 analyzer = make_analyzer(recipe)
-            worker = worker or ShardWorker(recipe, layout, bank, renderer or build_renderer(recipe, device), analyzer)
+            worker = worker or ShardWorker(recipe, layout, bank, renderer or build_renderer(recipe, ranks), analyzer)
             total = sum(len(shard_identities(recipe, s)) for s in shards) * recipe.variation.candidates_per_identity
             if progress:
                 progress.start(total)
@@ -928,13 +929,14 @@ def resolve_render_device(recipe: Recipe, ranks: Ranks):
         raise InvalidInputError(f"generation.device: {exc} In a recipe: --set generation.device=auto.") from None
 
 
-def build_renderer(recipe: Recipe, device) -> Renderer:
-    """The recipe's diffusion model as a `Renderer` on `device` (from `resolve_render_device`)."""
+def build_renderer(recipe: Recipe, ranks: Ranks) -> Renderer:
+    """The recipe's diffusion model as a `Renderer` on this rank's device (`resolve_render_device`)."""
     import torch
 
     from synthface.pipelines import load_arc2face
 
     gen = recipe.generation
+    device = resolve_render_device(recipe, ranks)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[gen.dtype]
     if device.type == "cpu" and dtype == torch.float16:
         log.warning("fp16 is slow and imprecise on CPU; rendering in fp32 instead")

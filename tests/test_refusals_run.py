@@ -372,3 +372,21 @@ def test_two_runs_and_two_exports_at_once_one_wins_and_the_files_are_whole(tmp_p
     check_one_wins(run_twice_at_once(["export", out, "--format", "parquet"], tmp_path))
     assert tree_digest(out) == tree_digest(finished)
     assert not [p for p in out.rglob("*") if "partial" in p.name or p.name.endswith(".tmp")]
+
+
+def test_ranks_of_one_job_share_the_folder_but_not_a_rank(tmp_path):
+    from synthface.errors import RunLockedError
+
+    layout = engine.RunLayout(tmp_path / "run")
+    with engine.lock_run(layout, engine.Ranks(1, 2), "torchrun ... synthface run r.toml"):
+        with engine.lock_run(layout, engine.Ranks(0, 2)):
+            pass  # another rank of the job: admitted
+        with pytest.raises(RunLockedError, match=r"rank 1 of 2, started .*torchrun .* holds this rank"):
+            with engine.lock_run(layout, engine.Ranks(1, 2)):
+                pass
+        with pytest.raises(RunLockedError, match="rank 1 of 2.* holds this folder"):
+            with engine.lock_run(layout, engine.Ranks()):  # a lone process while the job runs
+                pass
+    assert layout.lock_file(1).read_text() == ""  # released: nobody named as holder
+    with engine.lock_run(layout, engine.Ranks()):
+        pass
