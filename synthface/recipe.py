@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -164,11 +165,75 @@ class Recipe(_Section):
         return _dump_toml(self.model_dump(mode="json", exclude_none=True))
 
 
+# --------------------------------------------------------------------------- shipped recipes
+
+# The package folder holding the shipped recipes: a link to the top-level pipelines/ in a checkout,
+# real files in a wheel (pyproject's package-data), so there is one copy of each recipe.
+SHIPPED_RECIPES_DIR = "recipes"
+
+
+@dataclass(frozen=True)
+class ShippedRecipe:
+    """A recipe that ships inside the package: its name (the file's stem), file and one-line description."""
+
+    name: str
+    path: Path
+    description: str
+
+
+def shipped_recipes() -> list[ShippedRecipe]:
+    """Every shipped recipe, sorted by name; works from a checkout and from an installed wheel alike."""
+    from importlib.resources import files
+
+    folder = Path(str(files("synthface") / SHIPPED_RECIPES_DIR))
+    recipes = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            description = str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", ""))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            description = "(not valid TOML)"
+        recipes.append(ShippedRecipe(path.stem, path, description))
+    return recipes
+
+
+def shipped_recipe(name: str) -> ShippedRecipe:
+    """The shipped recipe called `name` (with or without `.toml`), or a FileFormatError listing them."""
+    stem = name.removesuffix(".toml")
+    recipes = shipped_recipes()
+    for recipe in recipes:
+        if recipe.name == stem:
+            return recipe
+    raise FileFormatError(
+        f"No shipped recipe is called {name!r}; the shipped ones are {', '.join(r.name for r in recipes)}. "
+        "`synthface recipes` lists them with their descriptions."
+    )
+
+
+def resolve_recipe(spec: str | Path) -> Path:
+    """The file a recipe argument names: an existing file as given (a file wins over a shipped name),
+    else a bare name such as `smoke` or `smoke.toml` of a shipped recipe; else a FileFormatError."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise FileFormatError(f"Recipe {path} is a folder, not a file. Pass a recipe TOML file or a shipped recipe's name.")
+    if len(path.parts) == 1:
+        names = {r.name: r.path for r in shipped_recipes()}
+        found = names.get(path.name.removesuffix(".toml"))
+        if found is not None:
+            return found
+    names = ", ".join(r.name for r in shipped_recipes())
+    raise FileFormatError(
+        f"Recipe {spec} does not exist: it is neither a file nor a shipped recipe's name ({names}). Pass a "
+        "path to a recipe TOML or a shipped name; `synthface recipes` lists them and "
+        "`synthface recipes show NAME > my.toml` copies one to edit."
+    )
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read and validate a recipe file, applying `a.b=value` overrides (values parsed as TOML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"Recipe {path} does not exist. Recipes live in pipelines/*.toml; pass one of those or your own copy.")
+    """Read and validate a recipe (a file, or a shipped recipe's name: see `resolve_recipe`), applying
+    `a.b=value` overrides (values parsed as TOML)."""
+    path = resolve_recipe(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

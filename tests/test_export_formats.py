@@ -163,7 +163,7 @@ def test_a_failing_export_leaves_nothing_under_the_final_name(tmp_path, fmt):
 def test_existing_output_is_kept_unless_overwrite_and_stale_staging_is_cleared(tmp_path, fmt):
     samples = make_samples(2, 2)
     out = tmp_path / fmt
-    stale = tmp_path / f".{fmt}.partial-123-dead"  # what a SIGKILLed export leaves
+    stale = tmp_path / f".{fmt}.partial-4194305-dead"  # a SIGKILLed export's leftover (pid above any kernel's pid_max: never alive)
     (stale / "sub").mkdir(parents=True)
     WRITERS[fmt](samples, out)
     assert not stale.exists()

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
 
 def run_command(
-    recipe: Annotated[Path, typer.Argument(help="Recipe TOML, e.g. pipelines/smoke.toml.")],
+    recipe: Annotated[str, typer.Argument(help="A recipe TOML file, or a shipped recipe's name (`synthface recipes`), e.g. smoke.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: out/<recipe name>).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: section.field=value (repeatable).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")] = False,
