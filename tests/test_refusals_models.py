@@ -385,7 +385,7 @@ def test_models_verify_checks_content_not_just_presence(capsys, tmp_path, damage
     elif not needles:  # a missing file: the model is not found there at all
         assert_clean_refusal(result, ModelNotFoundError.exit_code, "does not hold the arc2face model")
     else:
-        assert_clean_refusal(result, 1, *needles, "synthface models download arc2face")
+        assert_clean_refusal(result, ModelNotFoundError.exit_code, *needles, "synthface models download arc2face")
     assert snapshot(root) == before  # verify only reads
 
 

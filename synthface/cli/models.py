@@ -56,7 +56,7 @@ def verify_command(
 ) -> None:
     """Check each file of the models: present, the pinned size and sha256 where recorded, else a
     complete file by its format (safetensors header and length, ONNX graph, torch zip CRCs).
-    Exits 1 when any file is missing, truncated or damaged."""
+    Exits with ModelNotFoundError's code (6) when any file is missing, truncated or damaged."""
     from synthface import weights
     from synthface.cli import print_error
     from synthface.errors import InvalidInputError, ModelNotFoundError
@@ -90,7 +90,7 @@ def verify_command(
             + ", ".join(weights.spec(name).fetch_command for name in broken)
             + "."
         )
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=ModelNotFoundError.exit_code)
 
 
 @app.command()
