@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -276,3 +277,19 @@ def test_bad_pose_conditions_are_refused(plus, kwargs, words):
     with pytest.raises(InvalidInputError) as err:
         plus(ids(1), **kwargs)
     assert words in str(err.value)
+
+
+def test_benchmark_script_measures_both_paths(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vec2face.py"
+    spec = importlib.util.spec_from_file_location("bench_vec2face", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--tiny", "--batch", "2", "--precision", "fp32", "--repeats", "1", "--out",
+                         str(tmp_path / "b.json")])
+    (row,) = result["rows"]
+    assert row["batch"] == 2 and row["pipeline_images_per_s"] > 0 and row["model_images_per_s"] > 0
+    assert row["pipeline_over_model"] == pytest.approx(row["pipeline_images_per_s"] / row["model_images_per_s"])
+    assert json.loads((tmp_path / "b.json").read_text()) == result
