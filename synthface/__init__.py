@@ -20,6 +20,9 @@ _LAZY = {
     "Arc2FacePipeline": "synthface.pipelines",
     "Arc2FacePipelineOutput": "synthface.pipelines",
     "load_arc2face": "synthface.pipelines",
+    "Vec2FacePipeline": "synthface.pipelines",
+    "Vec2FacePipelineOutput": "synthface.pipelines",
+    "load_vec2face": "synthface.pipelines",
     "Face": "synthface.faces",
     "get_analyzer": "synthface.faces",
     "load_image": "synthface.faces",
@@ -27,6 +30,8 @@ _LAZY = {
     "filter_candidates": "synthface.filtering",
     "Recipe": "synthface.recipe",
     "load_recipe": "synthface.recipe",
+    "resolve_recipe": "synthface.recipe",
+    "shipped_recipes": "synthface.recipe",
     "compute_report": "synthface.report",
     "write_report": "synthface.report",
 }
