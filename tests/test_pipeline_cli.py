@@ -34,6 +34,23 @@ def test_generate_writes_pngs_and_manifest_independent_of_batch_size(tmp_path, i
     assert len({r["seed"] for r in manifest["images"]}) == 6
     files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.png"))
     assert files == [r["file"] for r in manifest["images"]] == [f"{i:05d}/{j:03d}.png" for i in range(3) for j in range(2)]
+    assert manifest["dtype"] == "fp32" and manifest["licence"].startswith("random weights")
+
+    # The PNGs hold exactly what synthface.render's renderer makes for the same batches (the engine's
+    # renderer makes the same bytes: tests/test_render.py).
+    from synthface.engine import derive_seed
+    from synthface.identity import load_bank
+    from synthface.render import RenderSettings, build_renderer
+
+    vectors = load_bank(ids_file).vectors
+    renderer = build_renderer("tiny", settings=RenderSettings(steps=2), device="cpu")
+    rows = manifest["images"]
+    for first in range(0, len(rows), 4):
+        chunk = rows[first:first + 4]
+        assert [r["seed"] for r in chunk] == [derive_seed(0, r["identity"], r["image"]) for r in chunk]
+        images = renderer(vectors[[r["identity"] for r in chunk]], [r["seed"] for r in chunk])
+        for row, image in zip(chunk, images):
+            assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / row["file"])), image), row["file"]
 
     # Same command in-process (the subprocess start-up dominates on a shared machine).
     from typer.testing import CliRunner

@@ -51,7 +51,6 @@ def generate_command(
     Arc2Face weights (trained on WebFace42M) are for non-commercial research only.
     """
     import numpy as np
-    import torch
 
     from synthface.devices import resolve_device
     from synthface.engine import derive_seed
@@ -60,22 +59,20 @@ def generate_command(
 
     _check_bounds(steps=steps, guidance=guidance, resolution=size, batch_size=batch_size,
                   images_per_identity=images_per_id)
-    device = str(resolve_device(device))
+    target = resolve_device(device)  # an unknown device is refused before any file is touched
     vectors = np.asarray(load_bank(ids).vectors, dtype=np.float32)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"Cannot write images into {out}: it exists and is not a folder. Give a folder path for --out.")
     out.mkdir(parents=True, exist_ok=True)
     check_output_path(out / "manifest.json")  # a link or device under that name is refused before rendering
-    from synthface.pipelines import load_arc2face  # diffusers: imported only once the inputs are known good
+    from synthface.render import DTYPES, Optimizations, RenderSettings, build_renderer  # diffusers: inputs are good
 
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype.value]
     start = time.perf_counter()
-    pipe = load_arc2face(model, dtype=torch_dtype, device=device, allow_download=allow_download, base=base,
-                         allow_pickle=allow_pickle)
-    pipe.set_progress_bar_config(disable=True)
-    if lcm_lora:
-        pipe.use_lcm(lcm_lora, allow_pickle=allow_pickle)
-    pipe.optimize(vae_slicing=vae_slicing, compile=compile_unet)
+    renderer = build_renderer(
+        model, settings=RenderSettings(steps=steps, guidance=guidance, resolution=size), device=target,
+        dtype=dtype.value, optimizations=Optimizations(compile=compile_unet, vae_slicing=vae_slicing),
+        allow_download=allow_download, allow_pickle=allow_pickle, base=base, lcm_lora=lcm_lora,
+    )
     loaded = time.perf_counter() - start
 
     tasks = [(i, j, derive_seed(seed, i, j)) for i in range(len(vectors)) for j in range(images_per_id)]
@@ -86,15 +83,7 @@ def generate_command(
         bar = progress.add_task("rendering", total=len(tasks))
         for first in range(0, len(tasks), batch_size):
             chunk = tasks[first:first + batch_size]
-            images = pipe(
-                id_embeds=torch.from_numpy(vectors[[i for i, _, _ in chunk]]),
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                generator=[torch.Generator().manual_seed(s) for _, _, s in chunk],
-                output_type="pil",
-            ).images
+            images = renderer(vectors[[i for i, _, _ in chunk]], [s for _, _, s in chunk])
             for (i, j, s), image in zip(chunk, images):
                 name = f"{i:05d}/{j:03d}.png"
                 (out / f"{i:05d}").mkdir(exist_ok=True)
@@ -111,16 +100,16 @@ def generate_command(
         "steps": steps,
         "guidance": guidance,
         "seed": seed,
-        "size": list(images[0].size) if rows else None,
-        "dtype": dtype.value,
+        "size": [renderer.resolution, renderer.resolution],
+        "dtype": {v: k for k, v in DTYPES.items()}[renderer.dtype],  # as rendered: fp16 on a CPU is fp32
         "lcm_lora": lcm_lora,
-        "licence": "Arc2Face weights: non-commercial research only",
+        "licence": str(renderer.licence),
         "images": rows,
     }
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     console.print(
         f"wrote {len(rows)} images of {len(vectors)} identities to {out} "
-        f"(load {loaded:.1f} s, render {rendered:.1f} s, {len(rows) / max(rendered, 1e-9):.2f} images/s on {device})"
+        f"(load {loaded:.1f} s, render {rendered:.1f} s, {len(rows) / max(rendered, 1e-9):.2f} images/s on {renderer.device})"
     )
 
 
@@ -149,8 +138,11 @@ def _check_bounds(*, images_per_identity: int, **generation) -> None:
 
 
 def _png(image) -> bytes:
+    """An (H, W, 3) uint8 array as PNG bytes."""
     import io
 
+    from PIL import Image
+
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,0 +1,317 @@
+"""Model name or pipeline -> a `Renderer`: condition vectors and one seed per image in, uint8 images out.
+
+The one path from "a generator" to "images" for the engine, the demo, `synthface generate` and the
+benchmarks. It resolves the device (`synthface.devices.resolve_device`) and the dtype (fp16 on a CPU
+renders in fp32, with a warning), applies the speed settings once (`Optimizations`), seeds one CPU
+`torch.Generator` per image (so an image depends only on its seed and condition vector, never on
+what shares its batch), and converts to uint8 in one way (`to_uint8`). Given the same inputs, every
+caller gets byte-identical images.
+
+Generators plug in through a registry of families keyed by model name (`register_generator`):
+Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny", and is the default family for any
+other name (a local folder, a repo id in an Arc2Face layout). A new family subclasses
+`GeneratorFamily`, whose pipeline takes `id_embeds`, `generator` and `output_type="pt"` (floats in
+[0, 1], (B, 3, H, W)), and registers its names; see the Vec2Face note at the end of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthface.errors import InvalidInputError
+
+log = logging.getLogger("synthface.render")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What one render call asks of the model; a family passes the fields its pipeline takes.
+
+    steps: denoising steps; guidance: classifier-free guidance scale; resolution: image side in
+    pixels (None: the model's native size). The pipeline checks the bounds when it is called.
+    """
+
+    steps: int = 25
+    guidance: float = 3.0
+    resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class Optimizations:
+    """Speed and memory settings applied to a pipeline once, when its renderer is built.
+
+    attention: None (the family's default: PyTorch SDPA for Arc2Face), "sdpa", or "xformers" (needs
+    an xformers build matching the installed torch; nothing installs one). channels_last: UNet and
+    VAE in channels-last memory format (faster convolutions on CUDA tensor cores). compile:
+    `torch.compile` the denoiser (slow first batch). vae_slicing: decode one image at a time.
+    """
+
+    attention: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    vae_slicing: bool = False
+
+
+class GeneratorFamily:
+    """One kind of identity-conditioned generator: how to load it, optimise it and call it.
+
+    A family's pipeline must accept `pipe(id_embeds=(B, D) float32 tensor, generator=[B CPU
+    torch.Generator], output_type="pt", **call_kwargs(...))` and return an output whose `.images`
+    is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone.
+    """
+
+    name: str = ""
+
+    def load(self, model: str, *, device: torch.device, dtype: torch.dtype, allow_download: bool,
+             allow_pickle: bool | None, **options):
+        """The pipeline for `model` on `device` in `dtype`; ModelNotFoundError when it is not available."""
+        raise NotImplementedError
+
+    def accepts(self, pipeline) -> bool:
+        """Whether `pipeline` (an object built elsewhere) belongs to this family."""
+        raise NotImplementedError
+
+    def optimize(self, pipeline, optimizations: Optimizations) -> None:
+        """Apply `optimizations` to `pipeline` in place; InvalidInputError for a setting it lacks."""
+        raise NotImplementedError
+
+    def call_kwargs(self, pipeline, settings: RenderSettings) -> dict[str, Any]:
+        """The pipeline's own keyword arguments for `settings` (besides id_embeds, generator, output_type)."""
+        raise NotImplementedError
+
+    def native_resolution(self, pipeline) -> int:
+        """The image side the pipeline renders when no resolution is asked for."""
+        raise NotImplementedError
+
+
+class Arc2FaceFamily(GeneratorFamily):
+    """Arc2Face (`synthface.pipelines.Arc2FacePipeline`): SD 1.5 conditioned on ArcFace ID vectors."""
+
+    name = "arc2face"
+
+    def load(self, model, *, device, dtype, allow_download, allow_pickle, base=None, lcm_lora=None):
+        """`load_arc2face`, then the LCM-LoRA when `lcm_lora` names one (folder, file or repo id)."""
+        from synthface.pipelines import load_arc2face
+
+        if model == "tiny":
+            # The tiny model's layers are far too small to gain from threads; on few cores the thread
+            # hand-off costs more than the work (measured on a busy 2-core machine: ~1 s per call with 2
+            # threads, ~0.04 s with 1).
+            torch.set_num_threads(1)
+        pipe = load_arc2face(model, dtype=dtype, device=device, allow_download=allow_download, base=base,
+                             allow_pickle=allow_pickle)
+        if lcm_lora:
+            pipe.use_lcm(lcm_lora, allow_pickle=allow_pickle)
+        return pipe
+
+    def accepts(self, pipeline) -> bool:
+        from synthface.pipelines import Arc2FacePipeline
+
+        return isinstance(pipeline, Arc2FacePipeline)
+
+    def optimize(self, pipeline, optimizations):
+        pipeline.optimize(attention=optimizations.attention or "sdpa", compile=optimizations.compile,
+                          vae_slicing=optimizations.vae_slicing)
+        layout = torch.channels_last if optimizations.channels_last else torch.contiguous_format
+        pipeline.unet.to(memory_format=layout)
+        pipeline.vae.to(memory_format=layout)
+
+    def call_kwargs(self, pipeline, settings):
+        return {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance,
+                "height": settings.resolution, "width": settings.resolution}
+
+    def native_resolution(self, pipeline) -> int:
+        return int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
+
+
+# Exact model names (lower case) and prefixes ("vec2face*") -> family; anything else -> DEFAULT_FAMILY.
+_FAMILIES: dict[str, GeneratorFamily] = {}
+DEFAULT_FAMILY: GeneratorFamily = Arc2FaceFamily()
+
+
+def register_generator(name_or_prefix: str, family: GeneratorFamily) -> None:
+    """Route model name `name_or_prefix` (case-insensitive), or every name starting with it when it
+    ends in "*", to `family`. A name already routed to another family is an InvalidInputError."""
+    key = name_or_prefix.strip().lower()
+    if not key or key == "*":
+        raise InvalidInputError(f"A generator needs a model name or a name prefix ending in '*', got {name_or_prefix!r}.")
+    taken = _FAMILIES.get(key)
+    if taken is not None and taken is not family:
+        raise InvalidInputError(
+            f"Model name {name_or_prefix!r} already belongs to the {taken.name!r} generator family; "
+            f"pick another name for {family.name!r}."
+        )
+    _FAMILIES[key] = family
+
+
+def family_for(model: str | os.PathLike) -> GeneratorFamily:
+    """The family that renders `model`: its exact name, else the longest matching prefix, else the
+    default (Arc2Face, which also reads local folders and repo ids in its layouts)."""
+    name = os.fspath(model).strip().lower()
+    if name in _FAMILIES:
+        return _FAMILIES[name]
+    prefixes = [k for k in _FAMILIES if k.endswith("*") and name.startswith(k[:-1])]
+    return _FAMILIES[max(prefixes, key=len)] if prefixes else DEFAULT_FAMILY
+
+
+def family_of_pipeline(pipeline) -> GeneratorFamily:
+    """The registered family `pipeline` belongs to; InvalidInputError for an unknown pipeline type."""
+    families = list(dict.fromkeys([DEFAULT_FAMILY, *_FAMILIES.values()]))
+    for family in families:
+        if family.accepts(pipeline):
+            return family
+    raise InvalidInputError(
+        f"No generator family renders a {type(pipeline).__name__}; the registered families are "
+        f"{', '.join(f.name for f in families)}. Pass one of their pipelines or a model name."
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`dtype` ("fp32", "fp16", "bf16" or a torch float dtype) as rendered on `device`: fp16 on a CPU
+    becomes fp32 (with a warning), since it is slow and imprecise there."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+        dtype = DTYPES[dtype]
+    elif dtype not in DTYPES.values():
+        raise InvalidInputError(f"Unsupported dtype {dtype}; choose one of {', '.join(DTYPES)}.")
+    if device.type == "cpu" and dtype == torch.float16:
+        log.warning("fp16 is slow and imprecise on CPU; rendering in fp32 instead")
+        return torch.float32
+    return dtype
+
+
+def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with its seed: the image's starting noise is drawn on the
+    CPU whatever the device, so a seed gives the same image on every machine and in every batch."""
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) floats in [0, 1] -> B (H, W, 3) uint8 arrays, rounded half to even on the tensor's
+    device: the same bytes as numpy's `np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)`."""
+    pixels = images.float().mul(255).round().clamp(0, 255).to(torch.uint8)
+    return list(pixels.permute(0, 2, 3, 1).cpu().numpy())
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """A loaded generator as a callable: `renderer(conditions (B, D) float32, seeds [B]) -> B uint8
+    (H, W, 3) images`, image i determined by (conditions[i], seeds[i]) alone.
+
+    `dataclasses.replace(renderer, settings=...)` renders the same pipeline with other steps,
+    guidance or resolution (the demo's per-request settings) without loading anything again.
+    """
+
+    pipeline: Any
+    family: GeneratorFamily
+    name: str  # the model name (licence look-up): as given, or the family's for a pipeline object
+    settings: RenderSettings = field(default_factory=RenderSettings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.dtype
+
+    @property
+    def resolution(self) -> int:
+        """The side of the images this renderer makes."""
+        return self.settings.resolution or self.family.native_resolution(self.pipeline)
+
+    @property
+    def licence(self):
+        """The model's licence (`synthface.weights.Licence`) for the dataset card; unknown for a local path."""
+        from synthface.weights import licence
+
+        return licence(self.name)
+
+    def __call__(self, conditions: np.ndarray, seeds: Sequence[int]) -> list[np.ndarray]:
+        out = self.pipeline(
+            id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
+            generator=image_generators(seeds),
+            output_type="pt",
+            **self.family.call_kwargs(self.pipeline, self.settings),
+        )
+        return to_uint8(out.images)
+
+
+def build_renderer(
+    model: str | os.PathLike | Any,
+    *,
+    settings: RenderSettings | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    optimizations: Optimizations | None = None,
+    allow_download: bool = False,
+    allow_pickle: bool | None = None,
+    name: str | None = None,
+    **load_options,
+) -> Renderer:
+    """A `Renderer` for a model name (loaded through its family) or a pipeline object (used in place).
+
+    For a name: device None means "auto" (`resolve_device`), dtype None means fp32, optimizations
+    None means `Optimizations()`; `load_options` go to the family's `load` (Arc2Face: base,
+    lcm_lora). For a pipeline: device and dtype None keep the pipeline's own (else it is moved),
+    optimizations None leaves it as it is. `name` is what the licence is looked up under (default:
+    the model as given; for a pipeline, its family's name).
+    The same model, settings, device, dtype and optimizations give byte-identical images either way.
+
+    Raises InvalidInputError for an unknown device, dtype or pipeline type, or options the family's
+    loader does not take; ModelNotFoundError (from the family) when the weights are not available.
+    """
+    from synthface.devices import resolve_device
+
+    settings = settings or RenderSettings()
+    if isinstance(model, (str, os.PathLike)):
+        family = family_for(model)
+        target = resolve_device(device)
+        try:
+            pipeline = family.load(os.fspath(model), device=target, dtype=resolve_dtype(dtype or "fp32", target),
+                                   allow_download=allow_download, allow_pickle=allow_pickle, **load_options)
+        except TypeError as exc:
+            if not load_options:
+                raise
+            raise InvalidInputError(
+                f"The {family.name!r} generator family does not take the option(s) {', '.join(sorted(load_options))} "
+                f"({exc}). Remove them, or use a model of a family that takes them."
+            ) from None
+        name, optimizations = name or os.fspath(model), optimizations or Optimizations()
+    else:
+        if load_options:
+            raise InvalidInputError(
+                f"Loading options {', '.join(sorted(load_options))} apply to a model name, not to a pipeline object."
+            )
+        family = family_of_pipeline(model)
+        pipeline = model
+        if device is not None:
+            pipeline.to(resolve_device(device))
+        if dtype is not None:
+            pipeline.to(dtype=resolve_dtype(dtype, pipeline.device))
+        name = name or family.name
+    pipeline.set_progress_bar_config(disable=True)
+    if optimizations is not None:
+        family.optimize(pipeline, optimizations)
+    return Renderer(pipeline=pipeline, family=family, name=name, settings=settings)
+
+
+for _name in ("arc2face", "foivospar/arc2face", "tiny"):
+    register_generator(_name, DEFAULT_FAMILY)
+
+# Vec2Face: when synthface.pipelines.vec2face has landed, its family registers here, e.g.
+#     register_generator("vec2face*", Vec2FaceFamily())   # vec2face, vec2face-plus, vec2face-tiny, ...
+# with load -> load_vec2face (pose, merge_lora as load options), call_kwargs -> its mask_ratio and
+# rng="per_image" (steps and guidance do not apply: one forward pass), optimize -> its own
+# attention names ("exact" by default, "sdpa"), native_resolution -> 112. Its pipeline already
+# takes id_embeds, a list of per-image generators and output_type="pt" with floats in [0, 1].
