@@ -47,10 +47,6 @@ STANDIN_SEED = 7_2024
 #: is removed whole when the demo stops).
 KEEP_OUTPUTS_S = 3600
 TINY = "tiny"
-NON_COMMERCIAL_NOTE = (
-    "Arc2Face and insightface weights are licensed for non-commercial research only; "
-    "dlib's 5-point and descriptor models are public domain."
-)
 STANDIN_NOTE = (
     "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
     "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
@@ -281,22 +277,11 @@ class Rendered:
         return f"{measured} · #{self.index} seed {self.seed} · condition cos {self.condition_cos:.2f}"
 
 
-def same_person_cos(analyzer) -> float:
-    """The analyser's documented same-person cosine (dlib: its 0.6 distance rule; ArcFace: 0.3)."""
-    value = getattr(analyzer, "same_person_cos", None)
-    if value is not None:
-        return float(value)
-    from synthface.engine import ARCFACE_SAME_PERSON_COS
-    from synthface.faces import DLIB_SAME_PERSON_COS
-
-    return float(DLIB_SAME_PERSON_COS if analyzer.name.startswith("dlib") else ARCFACE_SAME_PERSON_COS)
-
-
 def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) -> list[tuple[float | None, str]]:
     """(cosine, verdict) per image: largest face vs `reference`, or vs the faces' robust centre."""
     from synthface.faces import l2_normalize
 
-    threshold = same_person_cos(analyzer)
+    threshold = analyzer.same_person_cos
     found = analyzer.analyze(list(images))
     with_face = [i for i, faces in enumerate(found) if faces]
     out: list[tuple[float | None, str]] = [(None, "no face")] * len(images)
@@ -330,11 +315,15 @@ class DemoSession:
 
     def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
         self.model, self.conditioner_kind, self.device = model, conditioner, device
+        if not isinstance(analyzer, str):
+            from synthface.faces import check_analyzer
+
+            check_analyzer(analyzer)
         self.analyzer_name = analyzer if isinstance(analyzer, str) else analyzer.name
         self._analyzer = None if isinstance(analyzer, str) else analyzer
         self._conditioners: dict[str, object] = {}
         self._pipe: tuple[str, object] | None = None
-        self._lcm: dict[int, object] = {}
+        self._lcm: dict | None = None  # LCM state of the loaded pipeline; dropped with it
         self._lock = threading.Lock()
         self.root = Path(tempfile.mkdtemp(prefix="synthface-demo-"))  # mode 0700: this user only
         self.outputs = self.root / "outputs"
@@ -373,7 +362,7 @@ class DemoSession:
 
                 from synthface.pipelines import load_arc2face
 
-                self._pipe = None  # release the previous model before loading the next
+                self._pipe, self._lcm = None, None  # release the previous model (and its LCM state) first
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
                 self._pipe = (model, load_arc2face(model, dtype=dtype, device=device))
@@ -416,8 +405,9 @@ class DemoSession:
 
     def _set_lcm(self, pipe, model: str, on: bool) -> None:
         """Switch LCM-LoRA sampling on or off: the LoRA is loaded and fused once, then unfused and
-        fused again with the scheduler swapped, so the toggle costs no reload."""
-        state = self._lcm.get(id(pipe))
+        fused again with the scheduler swapped, so the toggle costs no reload. The state belongs to the
+        loaded pipeline and is dropped when another model is loaded."""
+        state = self._lcm
         if on == (state is not None and state["on"]):
             return
         if on and state is None:
@@ -431,7 +421,7 @@ class DemoSession:
             lora = weights.find("lcm-lora-sdv15")
             default = pipe.scheduler
             pipe.use_lcm(str(lora.parent), weight_name=lora.name)
-            state = self._lcm[id(pipe)] = {"default": default, "lcm": pipe.scheduler}
+            state = self._lcm = {"default": default, "lcm": pipe.scheduler}
         elif on:
             pipe.fuse_lora()
             pipe.scheduler = state["lcm"]
@@ -456,10 +446,10 @@ class DemoSession:
             "identity": identity.source,
             "identity_vector": [round(float(x), 7) for x in identity.vector],
             "settings": asdict(settings),
-            "same_person_cos": same_person_cos(self.analyzer),
+            "same_person_cos": self.analyzer.same_person_cos,
             "judged_against": "photos" if identity.reference is not None and identity.source.get("kind") == "photos"
             else "identity vector" if identity.reference is not None else "centre of the generated faces",
-            "licence": NON_COMMERCIAL_NOTE,
+            "licence": self.licence_note(model),
             "images": [],
         }
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -474,6 +464,16 @@ class DemoSession:
                 )
             zf.writestr("manifest.json", json.dumps(manifest, indent=2))
         return path
+
+    def licence_note(self, model: str) -> str:
+        """What the generator's and the analyser's licences say (synthface.weights and the analyser's own)."""
+        from synthface.weights import licence
+
+        gen = licence(model)
+        note = f"Generator {model}: {gen.text}. Analyser {self.analyzer.name}: {self.analyzer.license}."
+        if gen.restricted or self.analyzer.license_restricted:
+            note += " Commercial use of these images is excluded."
+        return note
 
     def _prune(self) -> None:
         cutoff = time.time() - KEEP_OUTPUTS_S
@@ -631,7 +631,7 @@ def build_demo(
                 info = gr.Markdown(elem_id="info")
                 archive = gr.File(label="Download (images + manifest.json)", elem_id="download")
                 gr.Markdown(HOW_TO_READ.format(
-                    analyzer=analyzer, threshold=_threshold_text(session), licence=NON_COMMERCIAL_NOTE,
+                    analyzer=analyzer, threshold=_threshold_text(session), licence=_licence_text(session, model),
                 ))
 
         controls = [num_images, steps, guidance, seed, randomize, variation, lcm, model_choice]
@@ -684,9 +684,16 @@ def _standin_note(session: DemoSession, model: str) -> str:
 
 def _threshold_text(session: DemoSession) -> str:
     try:
-        return f"{same_person_cos(session.analyzer):.2f}"
+        return f"{session.analyzer.same_person_cos:.2f}"
     except SynthfaceError:  # analyser weights missing: reported on the first Generate
         return "the threshold"
+
+
+def _licence_text(session: DemoSession, model: str) -> str:
+    try:
+        return session.licence_note(model)
+    except SynthfaceError:  # analyser weights missing: reported on the first Generate
+        return "Check the licences of the model and the analyser (synthface models list) before using the images."
 
 
 def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):

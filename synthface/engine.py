@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +39,15 @@ from synthface.errors import (
     RunLockedError,
     SynthfaceError,
 )
-from synthface.identity import IdentityBank, load_bank, load_vectors, mixture_cosines, perturb, sample_identities
+from synthface.identity import (
+    IdentityBank,
+    draw_replacements,
+    load_bank,
+    load_vectors,
+    mixture_cosines,
+    perturb,
+    sample_identities,
+)
 from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe, parse_recipe
 
@@ -47,9 +56,6 @@ log = logging.getLogger("synthface.engine")
 # A renderer turns condition vectors (B, D) and one seed per image into B RGB uint8 images.
 Renderer = Callable[[np.ndarray, Sequence[int]], list[np.ndarray]]
 
-# Cosine above which two ArcFace embeddings are usually the same person (the common 1:1 operating
-# point on LFW-style benchmarks); used only when neither the recipe nor the analyser sets one.
-ARCFACE_SAME_PERSON_COS = 0.3
 # How often a waiting rank says what it waits for (in the log, and on stderr under the CLI).
 WAIT_REPORT_SECONDS = 60.0
 
@@ -119,22 +125,43 @@ def derive_seed(*parts: int) -> int:
 
 @dataclass(frozen=True)
 class ImageTask:
+    """One candidate image. `round` counts the identity's rendering rounds over all its vectors;
+    `vector_round` says which vector it is rendered from (0: the sampled one, r: the replacement
+    drawn in collision-resampling round r)."""
+
     identity: int
     image: int
     round: int
     seed: int
     target_cos: float
+    vector_round: int = 0
 
 
-def plan_identity(recipe: Recipe, identity: int, round_: int = 0) -> list[ImageTask]:
-    """The candidate images of one identity in one rendering round."""
+def plan_identity(recipe: Recipe, identity: int, round_: int = 0, vector_round: int = 0) -> list[ImageTask]:
+    """The candidate images of one identity in one rendering round of one of its vectors.
+
+    Image indices (and so seeds and file names) never repeat within an identity: vector v's round r
+    is attempt v * max_rounds + r, whose k candidates are images attempt * k .. attempt * k + k - 1.
+    """
     k = recipe.variation.candidates_per_identity
-    mix_seed = derive_seed(recipe.seed, identity, round_, 0x6D6978)
+    attempt = vector_round * recipe.filtering.max_rounds + round_
+    mix_seed = derive_seed(recipe.seed, identity, attempt, 0x6D6978)
     targets = mixture_cosines(recipe.variation.perturbation, k, seed=mix_seed % 2**32)
     return [
-        ImageTask(identity, round_ * k + j, round_, derive_seed(recipe.seed, identity, round_ * k + j), float(targets[j]))
+        ImageTask(identity, attempt * k + j, attempt, derive_seed(recipe.seed, identity, attempt * k + j),
+                  float(targets[j]), vector_round)
         for j in range(k)
     ]
+
+
+def shard_unit(shard: int) -> str:
+    """The name of shard `shard` as a unit of work (its folder and done marker under shards/)."""
+    return f"shard-{shard:06d}"
+
+
+def resample_unit(round_: int) -> str:
+    """The unit that renders the replacement vectors of collision-resampling round `round_` (1, 2, ...)."""
+    return f"resample-{round_:02d}"
 
 
 def shard_identities(recipe: Recipe, shard: int) -> range:
@@ -167,7 +194,7 @@ class Plan:
 def make_plan(recipe: Recipe, out_dir: Path) -> Plan:
     """What a run will do, and how much is already done in `out_dir` (reads only)."""
     layout = RunLayout(out_dir)
-    rates = [r for r in (layout.shard_record(s) for s in range(num_shards(recipe))) if r is not None]
+    rates = [r for r in (layout.record(shard_unit(s)) for s in range(num_shards(recipe))) if r is not None]
     per_candidate = None
     if rates:
         per_candidate = sum(r["seconds"] for r in rates) / max(sum(r["candidates"] for r in rates), 1)
@@ -194,7 +221,9 @@ class RunLayout:
     """Where everything of a run lives: the one place that names the files of a run folder.
 
     `owns(name)` says whether a name in the folder is one a run writes; only those are ever
-    deleted (by `clear_run`) and only a folder holding `run.json` counts as a run.
+    deleted (by `clear_run`) and only a folder holding `run.json` counts as a run. It also keeps the
+    completion records: a unit of work (a shard, a resampling round, or FINALIZE) is done exactly
+    when its marker, written last by `mark_done`, holds a whole record (`is_done`, `incomplete`).
     """
 
     root: Path
@@ -209,6 +238,9 @@ class RunLayout:
     CARD: ClassVar[str] = "README.md"
     REPORTS: ClassVar[tuple[str, ...]] = ("report.json", "report.html")  # written by synthface.report
     FINAL_DONE: ClassVar[str] = "finalize.done"
+    FINALIZE: ClassVar[str] = "finalize"  # the unit whose marker is FINAL_DONE
+    IMAGES: ClassVar[str] = "images"  # kept crops inside a unit folder: images/<identity>/<image>.jpg
+    FULL: ClassVar[str] = "full"  # whole images (export.keep_full_images): full/<identity>/<image>.png
     LOG: ClassVar[str] = "run.log"
     LOCK: ClassVar[str] = "run.lock"
     # Per-rank logs and locks of a distributed job, and the hidden temporaries of atomic writes.
@@ -237,31 +269,53 @@ class RunLayout:
     def shards(self) -> Path:
         return self.root / self.SHARDS
 
+    def unit_dir(self, unit: int | str) -> Path:
+        """The folder of a unit of work (a shard number or a unit name such as `resample_unit(1)`)."""
+        return self.shards / _unit_name(unit)
+
     def shard_dir(self, shard: int) -> Path:
-        return self.shards / f"shard-{shard:06d}"
+        return self.unit_dir(shard)
 
-    def done_marker(self, shard: int) -> Path:
-        return self.shards / f"shard-{shard:06d}.done"
+    def done_marker(self, unit: int | str) -> Path:
+        if unit == self.FINALIZE:
+            return self.root / self.FINAL_DONE
+        return self.shards / f"{_unit_name(unit)}.done"
 
-    def temp_dir(self, shard: int) -> Path:
-        return self.shards / f".shard-{shard:06d}.tmp-{os.getpid()}"
+    def temp_dir(self, unit: int | str) -> Path:
+        return self.shards / f".{_unit_name(unit)}.tmp-{os.getpid()}"
 
-    def shard_record(self, shard: int) -> dict | None:
-        """The done marker's record of a complete shard; None when the shard must be (re)done: no
-        marker, a damaged one, or a shard folder that lost its manifest or embeddings."""
+    def image_path(self, unit: int | str, identity: int, image: int, *, full: bool = False) -> str:
+        """Where a kept image of a unit lies, relative to the run folder (as the manifest records it)."""
+        kind, ext = (self.FULL, "png") if full else (self.IMAGES, "jpg")
+        return f"{self.SHARDS}/{_unit_name(unit)}/{kind}/{identity:07d}/{image:04d}.{ext}"
+
+    def record(self, unit: int | str) -> dict | None:
+        """The done marker's record of a complete unit; None when it must be (re)done: no marker, a
+        damaged one, or a unit folder that lost its manifest or embeddings."""
         try:
-            record = json.loads(self.done_marker(shard).read_text())
+            record = json.loads(self.done_marker(unit).read_text())
         except (OSError, ValueError):
             return None
-        if not (isinstance(record, dict) and {"candidates", "kept", "seconds"} <= record.keys()):
+        if not isinstance(record, dict):
             return None
-        folder = self.shard_dir(shard)
-        if not ((folder / self.MANIFEST).is_file() and (folder / self.EMBEDDINGS).is_file()):
+        if unit == self.FINALIZE:
+            return record
+        folder = self.unit_dir(unit)
+        if not ({"candidates", "kept", "seconds"} <= record.keys() and (folder / self.MANIFEST).is_file()
+                and (folder / self.EMBEDDINGS).is_file()):
             return None
         return record
 
-    def shard_done(self, shard: int) -> bool:
-        return self.shard_record(shard) is not None
+    def is_done(self, unit: int | str) -> bool:
+        return self.record(unit) is not None
+
+    def mark_done(self, unit: int | str, record: dict) -> None:
+        """Record a unit as complete: its marker is written atomically, after everything it made."""
+        atomic_write_bytes(self.done_marker(unit), json.dumps(record, indent=2).encode())
+
+    def incomplete(self, units) -> list:
+        """The units among `units` that are not done, in the given order."""
+        return [u for u in units if not self.is_done(u)]
 
     @property
     def identities(self) -> Path:
@@ -292,7 +346,7 @@ class RunLayout:
 
     @property
     def final_done(self) -> Path:
-        return self.root / self.FINAL_DONE
+        return self.done_marker(self.FINALIZE)
 
     def log_file(self, ranks: Ranks) -> Path:
         return self.root / (self.LOG if ranks.world_size == 1 else f"run.rank{ranks.rank}.log")
@@ -300,6 +354,10 @@ class RunLayout:
     def lock_file(self, rank: int | None = None) -> Path:
         """The folder's lock (rank None) or the lock of one rank of a distributed job."""
         return self.root / (self.LOCK if rank is None else f"run.rank{rank}.lock")
+
+
+def _unit_name(unit: int | str) -> str:
+    return shard_unit(unit) if isinstance(unit, int) else unit
 
 
 def check_destination(layout: RunLayout) -> None:
@@ -532,25 +590,35 @@ def _remove_stale_temporaries(layout: RunLayout) -> None:
 
 
 def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_seconds: float = 3600) -> IdentityBank:
-    """Rank 0 samples the bank once (it is seed-determined); other ranks wait for its file, saying
-    every WAIT_REPORT_SECONDS what they wait for."""
+    """The sampled bank: rank 0 samples it once (it is seed-determined); other ranks wait for its
+    file, saying every WAIT_REPORT_SECONDS what they wait for. Once finalize has replaced colliding
+    vectors the file holds the final vectors; the sampled bank is then sampled again (same seed, same
+    vectors), since shards are always rendered from it."""
     path = layout.identities
     if path.exists():
-        return load_bank(path)
+        bank = load_bank(path)
+        if REPLACED_KEY not in bank.metadata:
+            return bank
+        log.warning("%s holds the vectors after collision resampling; sampling the original bank again", path)
+        return _sample_bank(recipe)
     if ranks.rank != 0:
         _wait_until(lambda: [path] if not path.exists() else [], wait_seconds, lambda missing, waited: (
             f"rank {ranks.rank} of {ranks.world_size} is waiting for rank 0 to write {path} ({waited:.0f} s so far); "
             "is rank 0 running?"))
         return load_bank(path)
+    bank = _sample_bank(recipe)
+    bank.save(path)
+    return bank
+
+
+def _sample_bank(recipe: Recipe) -> IdentityBank:
     cfg = recipe.identities
     reference = load_vectors(cfg.reference) if cfg.reference else None
     exclude = load_vectors(cfg.exclude) if cfg.exclude else None
-    bank = sample_identities(
+    return sample_identities(
         cfg.count, max_cos=cfg.max_cos, prior=cfg.prior, dim=reference.shape[1] if reference is not None else cfg.dim,
         seed=cfg.seed, reference=reference, exclude=exclude, exclude_max_cos=cfg.exclude_max_cos,
     )
-    bank.save(path)
-    return bank
 
 
 # --------------------------------------------------------------------------- shards
@@ -570,54 +638,77 @@ class Candidate:
 
 
 @dataclass
-class ShardResult:
-    shard: int
+class UnitResult:
+    unit: str
     candidates: int
     kept: int
     seconds: float
-    rows: list[dict] = field(default_factory=list)
 
 
 class ShardWorker:
-    """Renders, analyses, filters and writes the shards of one rank."""
+    """Renders, analyses, filters and writes units of work: the shards of one rank, and on rank 0 the
+    collision-resampling rounds. Every per-image verdict is `synthface.filtering`'s."""
 
-    def __init__(self, recipe: Recipe, layout: RunLayout, bank: IdentityBank, renderer: Renderer, analyzer=None):
+    def __init__(self, recipe: Recipe, layout: RunLayout, renderer: Renderer, analyzer=None):
+        if analyzer is not None:
+            from synthface.faces import check_analyzer
+
+            check_analyzer(analyzer)
         self.recipe = recipe
         self.layout = layout
-        self.bank = bank
         self.renderer = renderer
         self.analyzer = analyzer
 
-    # one shard ---------------------------------------------------------------
+    # one unit ----------------------------------------------------------------
 
-    def run_shard(self, shard: int, on_images: Callable[[int], None] | None = None) -> ShardResult:
+    def run_shard(self, shard: int, vectors: np.ndarray, on_images: Callable[[int], None] | None = None) -> UnitResult:
+        return self.run_unit(shard_unit(shard), list(shard_identities(self.recipe, shard)), vectors, 0, on_images)
+
+    def run_unit(self, unit: str, identities: list[int], vectors: np.ndarray, vector_round: int,
+                 on_images: Callable[[int], None] | None = None) -> UnitResult:
+        """Render `identities` from their rows of `vectors` (their `vector_round`-th vector), in up to
+        max_rounds rounds while some keep fewer than min_images (on_too_few = "resample"); write the
+        unit's folder atomically, then mark it done with what ran."""
         start = time.perf_counter()
-        identities = list(shard_identities(self.recipe, shard))
         candidates: list[Candidate] = []
-        kept: dict[int, list[int]] = {}
-        rounds = self.recipe.filtering.max_rounds if self.recipe.filtering.on_too_few == "resample" else 1
+        filt = self.recipe.filtering
+        rounds = filt.max_rounds if filt.on_too_few == "resample" and filt.enabled else 1
         pending = identities
         for round_ in range(rounds):
-            tasks = [t for ident in pending for t in plan_identity(self.recipe, ident, round_)]
-            candidates += self._render(tasks, on_images)
-            decision = self._select(candidates)
-            kept = decision["kept_by_identity"]
-            pending = [i for i in identities if len(kept.get(i, [])) < self.recipe.filtering.min_images]
-            if not pending or not self.recipe.filtering.enabled:
+            tasks = [t for ident in pending for t in plan_identity(self.recipe, ident, round_, vector_round)]
+            candidates += self._render(tasks, vectors, on_images)
+            verdict = self._judge(candidates, vectors)
+            kept_per = Counter(c.task.identity for c, k in zip(candidates, verdict["kept"]) if k)
+            pending = [i for i in identities if kept_per[i] < filt.min_images]
+            if not pending:
                 break
-        result = self._write(shard, candidates, decision)
-        result.seconds = time.perf_counter() - start
-        atomic_write_bytes(self.layout.done_marker(shard), json.dumps(
-            {"shard": shard, "candidates": result.candidates, "kept": result.kept, "seconds": round(result.seconds, 3)}
-        ).encode())
+        kept = self._write(unit, candidates, verdict)
+        result = UnitResult(unit, len(candidates), kept, time.perf_counter() - start)
+        self.layout.mark_done(unit, {"unit": unit, "candidates": result.candidates, "kept": result.kept,
+                                     "seconds": round(result.seconds, 3), "models": self.models()})
         return result
 
-    def _render(self, tasks: list[ImageTask], on_images) -> list[Candidate]:
+    def models(self) -> list[dict]:
+        """What renders and judges the images, with licences: the dataset card lists these."""
+        from synthface.weights import licence
+
+        gen = licence(self.recipe.generation.model)
+        out = [{"name": self.recipe.generation.model, "role": "generator", "licence": gen.text,
+                "restricted": gen.restricted}]
+        if self.analyzer is not None:
+            a = self.analyzer
+            options = ", ".join(f"{k}={v}" for k, v in sorted(self.recipe.filtering.analyzer_options.items()))
+            out.append({"name": f"{a.name} ({options})" if options else a.name, "role": "filter / face analysis",
+                        "licence": a.license, "restricted": a.license_restricted,
+                        "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
+        return out
+
+    def _render(self, tasks: list[ImageTask], vectors: np.ndarray, on_images) -> list[Candidate]:
         out: list[Candidate] = []
         batch_size = self.recipe.generation.batch_size
         for lo in range(0, len(tasks), batch_size):
             batch = tasks[lo : lo + batch_size]
-            centres = self.bank.vectors[[t.identity for t in batch]]
+            centres = vectors[[t.identity for t in batch]]
             targets = np.array([t.target_cos for t in batch])
             conditions = np.where(
                 (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=[t.seed for t in batch])
@@ -648,37 +739,29 @@ class ShardWorker:
             result.append(cand)
         return result
 
-    def _select(self, candidates: list[Candidate]) -> dict:
-        """Keep the best images per identity (or the first ones, with filtering off)."""
-        want = self.recipe.variation.images_per_identity
+    def _judge(self, candidates: list[Candidate], vectors: np.ndarray) -> dict:
+        """The per-image verdicts (filtering's): the best images per identity, or with filtering off
+        the first ones. Pose and quality are NaN where no recogniser looked."""
+        from synthface import filtering
+
         identity = np.array([c.task.identity for c in candidates], dtype=np.int64)
+        nan = np.full(len(candidates), np.nan, dtype=np.float32)
         if not self.recipe.filtering.enabled:
-            rank = np.zeros(len(candidates), dtype=np.int64)
-            seen: dict[int, int] = {}
-            for i, ident in enumerate(identity):
-                rank[i] = seen.get(int(ident), 0)
-                seen[int(ident)] = rank[i] + 1
-            kept = rank < want
-            reasons = np.where(kept, "", "surplus").astype(object)
-            filter_cos = np.full(len(candidates), np.nan, dtype=np.float32)
-        else:
-            from synthface.filtering import filter_candidates
+            kept, reasons = filtering.keep_first(identity, self.recipe.variation.images_per_identity)
+            return {"kept": kept, "reasons": reasons, "filter_cos": nan, "quality": nan,
+                    "pose": np.full((len(candidates), 3), np.nan, dtype=np.float32)}
+        result = filtering.filter_candidates(
+            identity,
+            _stack_embeddings(candidates, self.analyzer.embedding_dim),
+            id_vectors=vectors if self._compare_with_id_vectors(vectors) else None,
+            det_score=np.array([c.det_score for c in candidates], dtype=np.float32),
+            kps=np.stack([c.kps if c.kps is not None else np.full((5, 2), np.nan, np.float32) for c in candidates]),
+            config=filter_config(self.recipe, self.analyzer.same_person_cos),
+        )
+        return {"kept": result.kept, "reasons": result.reason, "filter_cos": result.filter_cos,
+                "quality": result.quality, "pose": result.pose}
 
-            result = filter_candidates(
-                identity,
-                _stack_embeddings(candidates, self.analyzer.embedding_dim),
-                id_vectors=self.bank.vectors if self._same_space() else None,
-                det_score=np.array([c.det_score for c in candidates], dtype=np.float32),
-                kps=np.stack([c.kps if c.kps is not None else np.full((5, 2), np.nan, np.float32) for c in candidates]),
-                config=filter_config(self.recipe, self._same_space_threshold()),
-            )
-            kept, reasons, filter_cos = result.kept, result.reason, result.filter_cos
-        kept_by: dict[int, list[int]] = {}
-        for i in np.flatnonzero(kept):
-            kept_by.setdefault(int(identity[i]), []).append(int(i))
-        return {"kept_by_identity": kept_by, "reasons": reasons, "filter_cos": filter_cos}
-
-    def _same_space(self) -> bool:
+    def _compare_with_id_vectors(self, vectors: np.ndarray) -> bool:
         """Compare images with the ID vector only when the analyser embeds into the conditioning space.
 
         Equal dimensions are not enough (insightface's glintr100 and Arc2Face's arcface.onnx are both
@@ -686,88 +769,87 @@ class ShardWorker:
         """
         if not self.recipe.filtering.same_space:
             return False
-        if self.analyzer.embedding_dim != self.bank.dim:
+        if self.analyzer.embedding_dim != vectors.shape[1]:
             raise InvalidInputError(
                 f"filtering.same_space is true, but the analyser embeds into {self.analyzer.embedding_dim} dimensions "
-                f"and the identities have {self.bank.dim}; set same_space = false or use the conditioning recogniser."
+                f"and the identities have {vectors.shape[1]}; set same_space = false or use the conditioning recogniser."
             )
         return True
 
-    def _same_space_threshold(self) -> float:
-        """The analyser's documented same-person cosine, used when the recipe sets no min_cos."""
-        value = getattr(self.analyzer, "same_person_cos", None)
-        if value is None:
-            from synthface.faces import DLIB_SAME_PERSON_COS
-
-            value = DLIB_SAME_PERSON_COS if self.analyzer.name.startswith("dlib") else ARCFACE_SAME_PERSON_COS
-        return float(value)
-
-    def _write(self, shard: int, candidates: list[Candidate], decision: dict) -> ShardResult:
-        """Write the shard under a temporary folder, then rename it into place (atomic on POSIX)."""
-        final = self.layout.shard_dir(shard)
-        # Leftovers of an earlier attempt that never got its done-marker. A shard has one owner rank and
+    def _write(self, unit: str, candidates: list[Candidate], verdict: dict) -> int:
+        """Write the unit under a temporary folder, then rename it into place (atomic on POSIX);
+        returns the number of kept images."""
+        final = self.layout.unit_dir(unit)
+        # Leftovers of an earlier attempt that never got its done-marker. A unit has one owner rank and
         # the rank's lock (`lock_run`) admits one process per rank, so no live process owns them.
         shutil.rmtree(final, ignore_errors=True)
         for stale in self.layout.shards.glob(f".{final.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = self.layout.temp_dir(shard)
+        tmp = self.layout.temp_dir(unit)
         try:
             tmp.mkdir(parents=True)
-            rows = self._write_files(tmp, final.name, candidates, decision)
+            self._write_files(tmp, unit, candidates, verdict)
             fsync_tree(tmp)
             os.replace(tmp, final)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OutputPathError(
-                f"Writing shard {shard} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
+                f"Writing {unit} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
                 "are kept and nothing half-written is left; free space or fix permissions, then run the same "
                 "command again to resume."
             ) from None
-        return ShardResult(shard, len(candidates), sum(r["kept"] for r in rows), 0.0, rows)
+        return int(np.count_nonzero(verdict["kept"]))
 
-    def _write_files(self, tmp: Path, shard_name: str, candidates: list[Candidate], decision: dict) -> list[dict]:
+    def _write_files(self, tmp: Path, unit: str, candidates: list[Candidate], verdict: dict) -> None:
         from synthface.export import write_manifest
 
-        kept_flat = {i for idx in decision["kept_by_identity"].values() for i in idx}
         rows = []
         quality = self.recipe.export.jpeg_quality
+        prefix = len(f"{RunLayout.SHARDS}/{unit}/")
         for i, c in enumerate(candidates):
+            kept = bool(verdict["kept"][i])
             rel = ""
-            if i in kept_flat:
-                rel = f"images/{c.task.identity:07d}/{c.task.image:04d}.jpg"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(encode_jpeg(c.crop, quality))
+            if kept:
+                rel = self.layout.image_path(unit, c.task.identity, c.task.image)
+                (tmp / rel[prefix:]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel[prefix:]).write_bytes(encode_jpeg(c.crop, quality))
                 if c.full is not None:
-                    full = tmp / f"full/{c.task.identity:07d}/{c.task.image:04d}.png"
+                    full = tmp / self.layout.image_path(unit, c.task.identity, c.task.image, full=True)[prefix:]
                     full.parent.mkdir(parents=True, exist_ok=True)
                     full.write_bytes(encode_png(c.full))
+            yaw, pitch, roll = (float(v) for v in verdict["pose"][i])
             rows.append({
                 "identity": c.task.identity,
                 "image": c.task.image,
                 "round": c.task.round,
+                "vector_round": c.task.vector_round,
                 "seed": c.task.seed,
                 "target_cos": c.task.target_cos,
                 "condition_cos": c.condition_cos,
-                "filter_cos": float(decision["filter_cos"][i]),
+                "filter_cos": float(verdict["filter_cos"][i]),
                 "det_score": c.det_score,
-                "kept": i in kept_flat,
-                "drop_reason": "" if i in kept_flat else decision["reasons"][i] or "surplus",
-                "path": f"{RunLayout.SHARDS}/{shard_name}/{rel}" if rel else "",
-                "shard": int(shard_name.rsplit("-", 1)[1]),
+                "yaw": yaw,
+                "pitch": pitch,
+                "roll": roll,
+                "quality": float(verdict["quality"][i]),
+                "kept": kept,
+                "drop_reason": "" if kept else verdict["reasons"][i],
+                "path": rel,
+                "unit": unit,
             })
         write_manifest(tmp / RunLayout.MANIFEST, rows)
         dim = self.analyzer.embedding_dim if self.analyzer is not None else 0
         (tmp / RunLayout.EMBEDDINGS).write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
-        return rows
 
 
-def filter_config(recipe: Recipe, default_min_cos: float):
-    """The filtering module's configuration for one shard (collisions are judged at finalize)."""
+def filter_config(recipe: Recipe, same_person_cos: float):
+    """The filtering module's per-image configuration for one unit: min_cos defaults to the
+    analyser's declared same-person cosine (identity verdicts are judged at finalize)."""
     from synthface.filtering import FilterConfig
 
     cfg = recipe.filtering
     return FilterConfig(
-        min_cos=default_min_cos if cfg.min_cos is None else cfg.min_cos,
+        min_cos=same_person_cos if cfg.min_cos is None else cfg.min_cos,
         min_det_score=cfg.min_det_score,
         duplicate_cos=cfg.near_duplicate_cos,
         keep_per_identity=recipe.variation.images_per_identity,
@@ -851,21 +933,24 @@ def run(
         _attach_log_file(layout, ranks)
         bank = ensure_identities(recipe, layout, ranks, wait_seconds=min(wait_seconds, 3600))
         mine = [s for s in range(num_shards(recipe)) if s % ranks.world_size == ranks.rank]
-        todo = [s for s in mine if not layout.shard_done(s)]
+        todo = layout.incomplete(mine)
         log.info("rank %d/%d: %d shards, %d already done", ranks.rank, ranks.world_size, len(mine), len(mine) - len(todo))
         worker = None
 
-        def render(shards: list[int]) -> None:
+        def get_worker() -> ShardWorker:
             nonlocal worker, analyzer
             if analyzer is None and recipe.filtering.enabled:
                 analyzer = make_analyzer(recipe)
-            worker = worker or ShardWorker(recipe, layout, bank, renderer or build_renderer(recipe, ranks), analyzer)
+            worker = worker or ShardWorker(recipe, layout, renderer or build_renderer(recipe, ranks), analyzer)
+            return worker
+
+        def render(shards: list[int]) -> None:
             total = sum(len(shard_identities(recipe, s)) for s in shards) * recipe.variation.candidates_per_identity
             if progress:
                 progress.start(total)
             try:
                 for shard in shards:
-                    result = worker.run_shard(shard, on_images=progress.advance if progress else None)
+                    result = get_worker().run_shard(shard, bank.vectors, on_images=progress.advance if progress else None)
                     log.info("shard %d: %d candidates, %d kept, %.1f s", shard, result.candidates, result.kept,
                              result.seconds)
             finally:
@@ -878,23 +963,24 @@ def run(
         if ranks.rank != 0:
             return RunSummary(layout.root, todo, skipped, False, {})
         _wait_for_shards(recipe, layout, ranks, wait_seconds)
-        if layout.final_done.exists():
-            return RunSummary(layout.root, todo, skipped, False, json.loads(layout.final_done.read_text()))
-        damaged = damaged_shards(recipe, layout)
+        if layout.is_done(layout.FINALIZE):
+            return RunSummary(layout.root, todo, skipped, False, layout.record(layout.FINALIZE))
+        damaged = damaged_units(layout, [*range(num_shards(recipe)), *_resample_units_done(recipe, layout)])
         if damaged:
-            for shard in damaged:
-                layout.done_marker(shard).unlink(missing_ok=True)
-            listing = "; ".join(f"shard {s}: {why}" for s, why in sorted(damaged.items())[:3])
-            if ranks.world_size > 1:
+            for unit in damaged:
+                layout.done_marker(unit).unlink(missing_ok=True)
+            listing = "; ".join(f"{_unit_name(u)}: {why}" for u, why in list(damaged.items())[:3])
+            if ranks.world_size > 1 and any(isinstance(u, int) for u in damaged):
                 raise FileFormatError(
-                    f"{len(damaged)} finished shard(s) of {layout.root} were damaged ({listing}); their done markers "
+                    f"{len(damaged)} finished unit(s) of {layout.root} were damaged ({listing}); their done markers "
                     "were removed. Run the same command again (all ranks) and they are redone."
                 )
-            log.warning("redoing %d damaged shard(s): %s", len(damaged), listing)
-            render(sorted(damaged))
-            todo = sorted(set(todo) | set(damaged))
-            skipped = sorted(set(skipped) - set(damaged))
-        stats = finalize(recipe, layout, analyzer_name=_analyzer_label(recipe, analyzer))
+            log.warning("redoing %d damaged unit(s): %s", len(damaged), listing)
+            shards = sorted(u for u in damaged if isinstance(u, int))
+            render(shards)  # damaged resampling rounds are redone by finalize
+            todo = sorted(set(todo) | set(shards))
+            skipped = sorted(set(skipped) - set(shards))
+        stats = finalize(recipe, layout, bank, worker=get_worker)
         return RunSummary(layout.root, todo, skipped, True, stats)
 
 
@@ -984,10 +1070,10 @@ def _wait_until(missing: Callable[[], list], wait_seconds: float, describe: Call
 
 def _wait_for_shards(recipe: Recipe, layout: RunLayout, ranks: Ranks, wait_seconds: float) -> None:
     """Rank 0 waits for the other ranks' shards, naming them while it waits."""
-    pending = [s for s in range(num_shards(recipe)) if not layout.shard_done(s)]
+    pending = layout.incomplete(range(num_shards(recipe)))
 
     def missing() -> list[int]:
-        pending[:] = [s for s in pending if not layout.shard_done(s)]
+        pending[:] = layout.incomplete(pending)
         return pending
 
     _wait_until(missing, wait_seconds, lambda left, waited: (
@@ -995,28 +1081,25 @@ def _wait_for_shards(recipe: Recipe, layout: RunLayout, ranks: Ranks, wait_secon
         f"{left[0] % ranks.world_size} of {ranks.world_size}) for {waited:.0f} s; are all ranks running?"))
 
 
-def damaged_shards(recipe: Recipe, layout: RunLayout) -> dict[int, str]:
-    """Shards marked done whose files are no longer whole: shard -> what is wrong."""
+def damaged_units(layout: RunLayout, units: Sequence[int | str]) -> dict[int | str, str]:
+    """Units marked done whose files are no longer whole: unit -> what is wrong."""
     from synthface.export import read_manifest
 
     damaged = {}
-    for shard in range(num_shards(recipe)):
-        folder = layout.shard_dir(shard)
+    for unit in units:
         try:
-            rows = read_manifest(folder / layout.MANIFEST).to_pylist()
+            rows = read_manifest(layout.unit_dir(unit) / layout.MANIFEST).to_pylist()
         except SynthfaceError as exc:
-            damaged[shard] = str(exc)
+            damaged[unit] = str(exc)
             continue
         lost = [r["path"] for r in rows if r["kept"] and not (layout.root / r["path"]).is_file()]
         if lost:
-            damaged[shard] = f"{len(lost)} kept image(s) missing, e.g. {lost[0]}"
+            damaged[unit] = f"{len(lost)} kept image(s) missing, e.g. {lost[0]}"
     return damaged
 
 
-def _analyzer_label(recipe: Recipe, analyzer) -> str:
-    if not recipe.filtering.enabled:
-        return ""  # no recogniser judged the images, so the card lists none
-    return getattr(analyzer, "name", recipe.filtering.analyzer)
+def _resample_units_done(recipe: Recipe, layout: RunLayout) -> list[str]:
+    return [u for u in map(resample_unit, range(1, recipe.filtering.max_rounds + 1)) if layout.done_marker(u).exists()]
 
 
 def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
@@ -1036,42 +1119,73 @@ def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
     log.setLevel(logging.INFO)
 
 
-def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> dict:
-    """Merge shard manifests, judge collisions between identities, write exports and the card.
+#: identities.safetensors metadata after collision resampling: JSON {identity: round its vector was replaced in}.
+REPLACED_KEY = "replaced_in_round"
 
-    The merged manifest and embeddings are written first; when no image is kept, EmptyDatasetError
-    (with the drop reasons) is raised instead of writing empty exports, and the run stays unfinished.
+
+def finalize(recipe: Recipe, layout: RunLayout, bank: IdentityBank, *,
+             worker: Callable[[], ShardWorker] | None = None) -> dict:
+    """Merge the units, give every identity its verdict (`filtering.judge_identities`), write the
+    manifest, embeddings, exports, card and report.
+
+    With collision_policy "resample", the losing identity of each colliding pair gets a fresh vector
+    (`draw_replacements`: from the bank's prior, keeping the bank's max cosine and exclusion margin
+    against every other identity, kept or replaced), rendered by `worker()` as unit
+    `resample_unit(r)` with derived seeds and the same per-image filter; then the whole set is judged
+    again, for up to filtering.max_rounds rounds, after which identities still colliding are dropped
+    ("collision"). Images of a replaced vector are dropped as "replaced"; the manifest's
+    `vector_round` says which vector each image came from, and identities.safetensors then holds the
+    final vectors with REPLACED_KEY in its metadata. Each round is a unit with its own done marker and
+    its vectors depend only on the seeds and the set, so any kill and rerun, with any number of
+    ranks, gives the same files. When no image is kept, EmptyDatasetError (with the drop reasons) is
+    raised after the manifest is written, and the run stays unfinished.
     """
-    from safetensors.numpy import load_file
+    from synthface import filtering
+    from synthface.export import write_manifest
 
-    from synthface.export import concat_manifests, write_manifest
+    filt = recipe.filtering
+    units: list[int | str] = list(range(num_shards(recipe)))
+    rows, embeddings = _read_units(layout, units)
+    judging = filt.enabled and embeddings.shape[1] > 0
+    vectors, replaced = bank.vectors, {}
+    for round_ in range(1, filt.max_rounds + 1) if judging and filt.collision_policy == "resample" else ():
+        collided = filtering.judge_identities(
+            [r["identity"] for r in rows], embeddings, [r["kept"] for r in rows], [r["drop_reason"] for r in rows],
+            collision_cos=filt.collision_cos, collision_policy="resample", drop_too_few=False,
+        ).collided
+        if not collided.size:
+            break
+        vectors = vectors.copy()
+        vectors[collided] = draw_replacements(
+            vectors, collided, prior=bank.prior, max_cos=recipe.identities.max_cos, seed=recipe.identities.seed,
+            round_=round_, exclude=load_vectors(recipe.identities.exclude) if recipe.identities.exclude else None,
+            exclude_max_cos=recipe.identities.exclude_max_cos,
+        )
+        unit = resample_unit(round_)
+        if not layout.is_done(unit):
+            if worker is None:
+                raise InvalidInputError(f"finalize needs a worker to render {unit} (collision_policy = 'resample').")
+            result = worker().run_unit(unit, collided.tolist(), vectors, round_)
+            log.info("%s: %d identities replaced, %d candidates, %d kept", unit, collided.size, result.candidates,
+                     result.kept)
+        lost = set(collided.tolist())
+        for r in rows:
+            if r["kept"] and r["identity"] in lost:
+                r["kept"], r["drop_reason"] = False, "replaced"
+        new_rows, new_embeddings = _read_units(layout, [unit])
+        rows, embeddings = rows + new_rows, np.concatenate([embeddings, new_embeddings])
+        units.append(unit)
+        replaced.update(dict.fromkeys(lost, round_))
 
-    shards = range(num_shards(recipe))
-    table = concat_manifests([layout.shard_dir(s) / layout.MANIFEST for s in shards])
-    embeddings = np.concatenate([load_file(str(layout.shard_dir(s) / layout.EMBEDDINGS))["embeddings"] for s in shards])
-    rows = table.to_pylist()
-    kept = np.array([r["kept"] for r in rows], dtype=bool)
-    reasons = np.array([r["drop_reason"] for r in rows], dtype=object)
     identity = np.array([r["identity"] for r in rows], dtype=np.int64)
-    collisions: list[tuple[int, int, float]] = []
-    if recipe.filtering.enabled and embeddings.shape[1]:
-        from synthface.filtering import class_centres, collision_losers, find_collisions, unit_rows
-
-        labels, inv = np.unique(identity, return_inverse=True)
-        _, unit = unit_rows(embeddings)
-        centres = class_centres(unit, inv, kept, len(labels))
-        pairs = find_collisions(centres, recipe.filtering.collision_cos)
-        collisions = [(int(labels[a]), int(labels[b]), float(c)) for a, b, c in pairs]
-        if recipe.filtering.collision_policy == "drop" and pairs:
-            lose = collision_losers(pairs, len(labels))[inv] & kept
-            kept &= ~lose
-            reasons[lose] = "collision"
+    verdict = filtering.judge_identities(
+        identity, embeddings, [r["kept"] for r in rows], [r["drop_reason"] for r in rows],
+        collision_cos=filt.collision_cos if judging else None,
+        collision_policy="flag" if filt.collision_policy == "flag" else "drop",
+        min_images=filt.min_images, drop_too_few=filt.on_too_few != "keep",
+    )
+    kept, reasons = verdict.kept, verdict.reason
     counts = np.bincount(identity[kept], minlength=recipe.identities.count)
-    if recipe.filtering.on_too_few != "keep":
-        too_few = (counts < recipe.filtering.min_images)[identity] & kept
-        kept &= ~too_few
-        reasons[too_few] = "too_few"
-        counts = np.bincount(identity[kept], minlength=recipe.identities.count)
     classes = np.flatnonzero(counts)
     label_of = np.full(recipe.identities.count, -1, dtype=np.int64)
     label_of[classes] = np.arange(len(classes))
@@ -1081,15 +1195,20 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
         row["label"] = int(label_of[row["identity"]]) if kept[i] else -1
     write_manifest(layout.manifest, rows)
     atomic_write_bytes(layout.embeddings, safetensors_bytes({"embeddings": embeddings}))
+    if replaced:
+        meta = {**bank.metadata, REPLACED_KEY: json.dumps({str(k): v for k, v in sorted(replaced.items())})}
+        IdentityBank(vectors, bank.prior, max_cos=bank.max_cos, seed=bank.seed, exclude_max_cos=bank.exclude_max_cos,
+                     num_excluded=bank.num_excluded, metadata=meta).save(layout.identities)
 
     kept_rows = [r for r in rows if r["kept"]]
     stats = {
         "identities_requested": recipe.identities.count,
         "identities_kept": int(len(classes)),
+        "identities_replaced": len(replaced),
         "candidates": len(rows),
         "images_kept": len(kept_rows),
         "drop_reasons": {k: int(v) for k, v in zip(*np.unique(reasons[~kept].astype(str), return_counts=True))},
-        "collisions": len(collisions),
+        "collisions": len(verdict.collisions),
     }
     if not kept_rows:
         reasons_text = ", ".join(f"{k}: {v}" for k, v in stats["drop_reasons"].items())
@@ -1102,14 +1221,25 @@ def finalize(recipe: Recipe, layout: RunLayout, *, analyzer_name: str = "") -> d
     export_run(recipe, layout, kept_rows)
     from synthface.export.card import write_card
 
-    write_card(layout.card, dataset_card_facts(recipe, layout, stats, analyzer_name))
-    if recipe.filtering.enabled:
+    write_card(layout.card, dataset_card_facts(recipe, layout, stats, units))
+    if judging:
         from synthface.report import write_report
 
         write_report(layout.root)  # report.json + report.html: what the set is worth, measured
-    atomic_write_bytes(layout.final_done, json.dumps(stats, indent=2).encode())
+    layout.mark_done(layout.FINALIZE, stats)
     log.info("finalized: %s", stats)
     return stats
+
+
+def _read_units(layout: RunLayout, units: Sequence[int | str]) -> tuple[list[dict], np.ndarray]:
+    """The manifest rows and embeddings of finished units, in unit order."""
+    from safetensors.numpy import load_file
+
+    from synthface.export import concat_manifests
+
+    table = concat_manifests([layout.unit_dir(u) / layout.MANIFEST for u in units])
+    parts = [load_file(str(layout.unit_dir(u) / layout.EMBEDDINGS))["embeddings"] for u in units]
+    return table.to_pylist(), np.concatenate(parts)
 
 
 def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats: Sequence[str] | None = None) -> None:
@@ -1140,13 +1270,18 @@ def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats
         write_format(fmt, samples(), layout.export_dir(fmt), num_classes=num_classes, overwrite=True)
 
 
-def dataset_card_facts(recipe: Recipe, layout: RunLayout, stats: dict, analyzer_name: str) -> dict:
+def dataset_card_facts(recipe: Recipe, layout: RunLayout, stats: dict, units: Sequence[int | str]) -> dict:
+    """The card's facts; its models are those the units' done records say actually ran."""
     run_info = read_run_info(layout) or {}
+    models: list[dict] = []
+    for unit in units:
+        for model in (layout.record(unit) or {}).get("models", []):
+            if model not in models:
+                models.append(model)
     return {
         "name": recipe.name,
         "description": recipe.description,
-        "generator": recipe.generation.model,
-        "analyzer": analyzer_name,
+        "models": models,
         "stats": stats,
         "command": run_info.get("command", ""),
         "recipe_toml": recipe.to_toml(),

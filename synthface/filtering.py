@@ -18,7 +18,12 @@ import numpy as np
 
 from synthface.errors import InvalidInputError
 
-DROP_REASONS = ("no_face", "low_similarity", "low_quality", "near_duplicate", "surplus", "collision")
+#: Every reason an image can be dropped for, in the order the checks run. Per image: no face found,
+#: too far from its identity, poor quality, a near-copy of a better image, beyond the images wanted.
+#: Per identity: its centre collides with an earlier identity's; its vector was replaced by a fresh
+#: one (collision_policy "resample": these are the images of the old vector); it kept too few images.
+DROP_REASONS = ("no_face", "low_similarity", "low_quality", "near_duplicate", "surplus", "collision", "replaced",
+                "too_few")
 KEPT = ""
 BLOCK = 4096
 
@@ -183,10 +188,8 @@ def filter_candidates(
     collisions: list[tuple[int, int, float]] = []
     dropped = np.zeros(0, dtype=np.int64)
     if cfg.collision_cos is not None:
-        pairs = find_collisions(centres, cfg.collision_cos, device=device)
-        collisions = [(int(labels[a]), int(labels[b]), float(c)) for a, b, c in pairs]
-        if cfg.collision_policy != "flag" and pairs:
-            losers = collision_losers(pairs, n)
+        collisions, losers = _collision_losers(centres, labels, cfg.collision_cos, device)
+        if cfg.collision_policy != "flag" and losers.any():
             _assign(reason, losers[inv], "collision")
             dropped = labels[losers]
             centres = class_centres(unit, inv, reason == KEPT, n)
@@ -205,6 +208,87 @@ def filter_candidates(
         resample=dropped if cfg.collision_policy == "resample" else np.zeros(0, np.int64),
         compared_to=compared_to,
     )
+
+
+def keep_first(identity, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, reason) with no recogniser: the first `keep` images of each identity in the given order;
+    the rest are "surplus"."""
+    labels, inv = np.unique(_as_labels(identity), return_inverse=True)
+    extra = surplus(inv, np.ones(inv.size, dtype=bool), -np.arange(inv.size, dtype=np.float64), keep)
+    reason = np.full(inv.size, KEPT, dtype=object)
+    _assign(reason, extra, "surplus")
+    return reason == KEPT, reason
+
+
+@dataclass
+class IdentityVerdict:
+    """What `judge_identities` decided: per image (kept, reason: length M) and per identity.
+
+    collisions: (a, b, cos) pairs of identity labels, a < b, whose centres collide. collided: the
+    labels that lose a collision (the later of each pair, greedily), whatever the policy did with
+    them. too_few: the labels dropped for keeping fewer than `min_images` images.
+    """
+
+    kept: np.ndarray
+    reason: np.ndarray
+    collisions: list[tuple[int, int, float]]
+    collided: np.ndarray
+    too_few: np.ndarray
+
+
+def judge_identities(
+    identity,
+    embeddings,
+    kept,
+    reason,
+    *,
+    collision_cos: float | None,
+    collision_policy: Literal["resample", "drop", "flag"],
+    min_images: int = 1,
+    drop_too_few: bool = True,
+    device: str | None = None,
+) -> IdentityVerdict:
+    """The per-identity verdicts over a whole set, after the per-image ones (`kept`, `reason`).
+
+    Identity centres are the unit mean of their kept images. Two centres with cosine above
+    `collision_cos` collide and the later identity loses: policy "drop" drops its images (reason
+    "collision"), "flag" only lists the pair, "resample" lists the loser in `collided` and leaves its
+    images to the caller, who replaces its vector. Then, with `drop_too_few`, identities keeping
+    fewer than `min_images` images lose them (reason "too_few"). Inputs are not modified.
+    """
+    labels_in = _as_labels(identity)
+    m = labels_in.shape[0]
+    kept = np.asarray(kept, dtype=bool).copy()
+    reason = np.asarray(reason, dtype=object).copy()
+    if kept.shape != (m,) or reason.shape != (m,):
+        raise InvalidInputError(f"kept and reason must have one entry per image ({m}), got {kept.shape} and {reason.shape}.")
+    labels, inv = np.unique(labels_in, return_inverse=True)
+    collisions: list[tuple[int, int, float]] = []
+    collided = np.zeros(0, dtype=np.int64)
+    emb = _as_embeddings(embeddings, m) if collision_cos is not None else None
+    if emb is not None:
+        _, unit = unit_rows(emb)
+        centres = class_centres(unit, inv, kept, labels.size)
+        collisions, losers = _collision_losers(centres, labels, collision_cos, device)
+        collided = labels[losers]
+        if collision_policy == "drop":
+            lose = losers[inv] & kept
+            kept &= ~lose
+            reason[lose] = "collision"
+    too_few = np.zeros(0, dtype=np.int64)
+    if drop_too_few:
+        short = np.bincount(inv[kept], minlength=labels.size) < min_images
+        lose = short[inv] & kept
+        kept &= ~lose
+        reason[lose] = "too_few"
+        too_few = labels[short & (np.bincount(inv[lose], minlength=labels.size) > 0)]
+    return IdentityVerdict(kept, reason, collisions, collided, too_few)
+
+
+def _collision_losers(centres, labels, threshold, device) -> tuple[list[tuple[int, int, float]], np.ndarray]:
+    """(colliding label pairs with their cosine, boolean mask of the losing rows of `centres`)."""
+    pairs = find_collisions(centres, threshold, device=device)
+    return [(int(labels[a]), int(labels[b]), float(c)) for a, b, c in pairs], collision_losers(pairs, labels.size)
 
 
 def _assign(reason: np.ndarray, mask: np.ndarray, name: str) -> None:
@@ -520,15 +604,6 @@ def _greedy_block(gram: np.ndarray, alive: np.ndarray, threshold: float) -> np.n
         if alive[r] and (alive[:r] & clash[r, :r]).any():
             alive[r] = False
     return alive
-
-
-def unique_curve(kept_by_packing: np.ndarray, points: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
-    """(generated, unique): for each n in points (default ~20 spaced to N), unique identities among the first n."""
-    n = kept_by_packing.shape[0]
-    if points is None:
-        points = curve_points(n)
-    cum = np.cumsum(kept_by_packing)
-    return [int(p) for p in points], [int(cum[p - 1]) if p > 0 else 0 for p in points]
 
 
 def curve_points(n: int, count: int = 20) -> list[int]:

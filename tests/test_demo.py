@@ -183,7 +183,7 @@ def test_captions_carry_the_analysers_cosine_and_verdict(tmp_path, monkeypatch):
     stranger = load_image(HANKS)  # another person, as an aligned 112 x 112 crop
     monkeypatch.setattr(session, "pipeline", lambda model: _ReturnsPhotos([astronaut(), stranger]))
     same, diff = session.render(ident, demo_lib.Settings(num_images=2, steps=1, seed=0), "tiny")
-    threshold = demo_lib.same_person_cos(session.analyzer)
+    threshold = session.analyzer.same_person_cos
     assert same.cos > 0.99 and same.verdict == "keep" and "ID cos 1.00 → keep" in same.caption
     assert diff.cos < threshold and diff.verdict == "drop" and f"ID cos {diff.cos:.2f} → drop" in diff.caption
 

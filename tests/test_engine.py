@@ -203,6 +203,6 @@ def test_same_space_needs_matching_dimensions(tmp_path):
     bank = engine.ensure_identities(recipe, layout, engine.Ranks())
     from synthface.faces import get_analyzer
 
-    worker = engine.ShardWorker(recipe, layout, bank, noise_renderer(), get_analyzer("dlib"))
+    worker = engine.ShardWorker(recipe, layout, noise_renderer(), get_analyzer("dlib"))
     with pytest.raises(InvalidInputError, match="embeds into 128 dimensions and the identities have 512"):
-        worker.run_shard(0)
+        worker.run_shard(0, bank.vectors)

@@ -24,7 +24,6 @@ from synthface.export import (
     write_card,
     write_manifest,
 )
-from synthface.export.card import licence_for
 from tests.test_export_recordio import make_samples
 
 
@@ -222,8 +221,14 @@ def test_bad_manifests_are_refused(tmp_path):
 
 def test_card_names_models_licences_counts_and_command(tmp_path):
     yaml = pytest.importorskip("yaml")
+    from synthface.weights import licence
+
+    arc = licence("arc2face")
     facts = {
-        "name": "hsface-like", "generator": "arc2face", "analyzer": "insightface",
+        "name": "hsface-like",
+        "models": [{"name": "arc2face", "role": "generator", "licence": arc.text, "restricted": arc.restricted},
+                   {"name": "insightface (pack=antelopev2)", "role": "filter / face analysis",
+                    "licence": "insightface models: non-commercial research only", "restricted": True}],
         "stats": {"images_kept": 12_000, "identities_kept": 240, "drop_reasons": {"low_similarity": 5}},
         "command": "synthface run pipelines/quickstart.toml", "recipe_toml": 'name = "hsface-like"\n',
     }
@@ -233,13 +238,21 @@ def test_card_names_models_licences_counts_and_command(tmp_path):
     meta = yaml.safe_load(front)
     assert meta["license"] == "other" and meta["size_categories"] == ["10K<n<100K"]
     assert meta["license_name"] == "non-commercial-research"
-    assert "| arc2face | generator | Arc2Face weights: non-commercial research only" in body
-    assert "| insightface | filter / face analysis | insightface pretrained models: non-commercial research only |" in body
+    assert f"| arc2face | generator | {arc.text} |" in body
+    assert "| insightface (pack=antelopev2) | filter / face analysis | insightface models: non-commercial" in body
+    assert "commercial use is excluded" in body
     assert "- images kept: 12000" in body and "- drop reasons: low_similarity: 5" in body
     assert "synthface run pipelines/quickstart.toml" in body and 'name = "hsface-like"' in body
 
 
-def test_card_without_restricted_models_says_so():
-    text = render_card({"generator": "tiny", "analyzer": "dlib", "stats": {"images_kept": 5}})
-    assert "non-commercial-research" not in text and "n<1K" in text
-    assert licence_for("my-own-model")[0].startswith("unknown") and licence_for("my-own-model")[1]
+def test_card_without_restricted_models_says_so_and_unknown_licences_restrict():
+    from synthface.weights import licence
+
+    free = [{"name": n, "role": r, "licence": licence(n).text, "restricted": licence(n).restricted}
+            for n, r in (("tiny", "generator"), ("dlib", "filter / face analysis"))]
+    text = render_card({"models": free, "stats": {"images_kept": 5}})
+    assert "non-commercial-research" not in text and "n<1K" in text and "commercial use is excluded" not in text
+    unknown = render_card({"models": [*free, {"name": "my-own-model", "role": "generator"}]})
+    assert "non-commercial-research" in unknown and "| my-own-model | generator | unknown" in unknown
+
+

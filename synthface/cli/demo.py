@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
-
-
-class Analyzer(str, Enum):
-    dlib = "dlib"
-    insightface = "insightface"
 
 
 def register(root: typer.Typer) -> None:
@@ -19,7 +13,7 @@ def register(root: typer.Typer) -> None:
 
 def demo(
     model: Annotated[str, typer.Option(help="Generator: a registry name (arc2face), a local pipeline folder, or 'tiny' (random weights, for a smoke test).")] = "arc2face",
-    analyzer: Annotated[Analyzer, typer.Option(help="Judge of the generated faces: dlib (offline, public domain) or insightface (non-commercial).")] = Analyzer.dlib,
+    analyzer: Annotated[str, typer.Option(help="Judge of the generated faces: a registered face analyser (dlib, offline; insightface). Its licence is shown on the page.")] = "dlib",
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only. Use 0.0.0.0 to serve your network.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (anyone with the link can use your GPU).")] = False,
@@ -30,7 +24,9 @@ def demo(
     Uploads and generated zips live in a private temporary folder, removed when the demo stops.
     """
     from synthface.demo import build_demo, check_port_free, launch_demo
+    from synthface.faces import require_registered
 
+    require_registered(analyzer)
     if port is not None:  # before the models load, so a busy port is reported at once
         check_port_free(host, port)
-    launch_demo(build_demo(model, analyzer.value, device=device), host=host, port=port, share=share)
+    launch_demo(build_demo(model, analyzer, device=device), host=host, port=port, share=share)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,11 +11,6 @@ from rich.console import Console
 console = Console()
 
 
-class Backend(str, Enum):
-    dlib = "dlib"
-    insightface = "insightface"
-
-
 def register(root: typer.Typer) -> None:
     root.command("embed")(embed)
 
@@ -24,7 +18,7 @@ def register(root: typer.Typer) -> None:
 def embed(
     images: Annotated[list[Path], typer.Argument(help="Photos (JPEG, PNG, WebP, ...).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
-    backend: Annotated[Backend, typer.Option(help="dlib (offline, public-domain models) or insightface (SCRFD + ArcFace ONNX; non-commercial).")] = Backend.dlib,
+    backend: Annotated[str, typer.Option(help="A registered face analyser: dlib (offline) or insightface (SCRFD + ArcFace ONNX). Its licence is written into the output.")] = "dlib",
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Embed every face, not only the largest per photo.")] = False,
     mean: Annotated[bool, typer.Option("--mean", help="Photos of one person: average their largest faces into one unit identity vector.")] = False,
     pack: Annotated[Optional[str], typer.Option(help="insightface pack name or folder (default antelopev2).")] = None,
@@ -45,12 +39,9 @@ def embed(
     if mean and all_faces:
         raise InvalidInputError("--mean averages one person's photos; it cannot be combined with --all-faces.")
     check_output_path(out)
-    kwargs = {}
-    if backend is Backend.insightface:
-        kwargs = {k: v for k, v in (("pack", pack), ("recognizer", recognizer), ("detector", detector)) if v is not None}
-    elif pack or recognizer or detector:
-        raise InvalidInputError("--pack, --recognizer and --detector apply to --backend insightface only.")
-    analyzer = get_analyzer(backend.value, **kwargs)
+    # Options the backend does not take are refused by the registry, naming the ones it does.
+    kwargs = {k: v for k, v in (("pack", pack), ("recognizer", recognizer), ("detector", detector)) if v is not None}
+    analyzer = get_analyzer(backend, **kwargs)
     rows, sources = [], []
     for path in images:
         faces = analyzer.analyze([load_image(path)], all_faces=all_faces)[0]
@@ -84,6 +75,8 @@ def embed(
         "source": json.dumps(sources),
         "backend": analyzer.name,
         "license": analyzer.license,
+        "license_restricted": str(analyzer.license_restricted).lower(),
+        "embedding_space": analyzer.embedding_space,
         "embedding_dim": str(analyzer.embedding_dim),
         "mean": str(mean).lower(),
         "all_faces": str(all_faces).lower(),
@@ -107,11 +100,9 @@ def _warn_if_different_people(unit, names: list[str], analyzer) -> None:
     import numpy as np
     from rich.markup import escape
 
-    from synthface.demo import same_person_cos
-
     if len(names) < 2:
         return
-    threshold = same_person_cos(analyzer)
+    threshold = analyzer.same_person_cos
     cos = unit @ unit.T
     np.fill_diagonal(cos, -1.0)
     matches = (cos >= threshold).sum(axis=1)

@@ -1,9 +1,10 @@
 """The dataset card `README.md`: a YAML header the Hugging Face Hub reads, then what the data is,
 which models made it under which licences, the counts, the command and the recipe.
 
-Facts (all optional): name, description, generator, analyzer, models (list of {name, role, licence,
-restricted}), stats (dict of counts; `images_kept`, `identities_kept` are shown first), command,
-recipe_toml, formats.
+Facts (all optional): name, description, models (list of {name, role, licence, restricted}: what
+actually ran, the analyser with its options; a model without a licence counts as unknown and
+restricted), stats (dict of counts; `images_kept`, `identities_kept` are shown first), command,
+recipe_toml, formats. Licences are never guessed from a model's name.
 """
 
 from __future__ import annotations
@@ -15,42 +16,20 @@ from synthface.io import atomic_write_bytes
 
 NON_COMMERCIAL = "non-commercial research only"
 
-# Lower-case name fragment -> (licence statement, restricts use); the first match wins.
-MODEL_LICENCES: tuple[tuple[str, str, bool], ...] = (
-    ("arc2face", (f"Arc2Face weights: {NON_COMMERCIAL} (they build on Stable Diffusion 1.5, CreativeML "
-                  "OpenRAIL-M, and on insightface ArcFace features)"), True),
-    ("insightface", f"insightface pretrained models: {NON_COMMERCIAL}", True),
-    ("antelopev2", f"insightface pretrained models: {NON_COMMERCIAL}", True),
-    ("buffalo", f"insightface pretrained models: {NON_COMMERCIAL}", True),
-    ("glintr100", f"insightface pretrained models: {NON_COMMERCIAL}", True),
-    ("arcface", f"ArcFace weights from insightface / Arc2Face: {NON_COMMERCIAL}", True),
-    ("dlib68", "dlib 68-point landmark model (iBUG 300-W data): commercial use excluded", True),
-    ("dlib", "dlib 5-point landmarks and face descriptor: public domain", False),
-    ("tiny", "random weights for plumbing tests: no restriction, and no faces", False),
-)
-UNKNOWN = "unknown: check the model's own licence before using this data"
-
-
-def licence_for(name: str) -> tuple[str, bool]:
-    """(licence statement, whether it restricts use) for a model name; unknown models count as restricted."""
-    low = (name or "").lower()
-    for fragment, licence, restricted in MODEL_LICENCES:
-        if fragment in low:
-            return licence, restricted
-    return UNKNOWN, True
-
 
 def _models(facts: dict) -> list[dict]:
-    models = [dict(m) for m in facts.get("models") or []]
-    named = {m.get("name") for m in models}
-    for role, key in (("generator", "generator"), ("filter / face analysis", "analyzer")):
-        if facts.get(key) and facts[key] not in named:
-            models.append({"name": facts[key], "role": role})
-    for m in models:
-        licence, restricted = licence_for(m["name"])
-        m.setdefault("licence", licence)
-        m.setdefault("restricted", restricted if m["licence"] == licence else "non-commercial" in m["licence"].lower())
-        m.setdefault("role", "")
+    """The models that made the data, as given: each says its own licence and whether it restricts use
+    (the engine takes them from the analyser and from synthface.weights); a model that does not is unknown,
+    and so restricted."""
+    from synthface.weights import UNKNOWN_LICENCE
+
+    models = []
+    for m in facts.get("models") or []:
+        m = {"role": "", **m}
+        if "licence" not in m:
+            m["licence"], m["restricted"] = UNKNOWN_LICENCE.text, UNKNOWN_LICENCE.restricted
+        m.setdefault("restricted", True)
+        models.append(m)
     return models
 
 
@@ -97,8 +76,9 @@ def render_card(facts: dict) -> str:
         "",
     ]
     if restricted:
-        body += [(f"**Licence: {NON_COMMERCIAL}, or stricter.** At least one model below restricts use (or its "
-                  "licence is unknown); this data inherits the strictest of their terms."), ""]
+        body += [(f"**Licence: {NON_COMMERCIAL}, or stricter; commercial use is excluded.** At least one model "
+                  "below restricts use (or its licence is unknown); this data inherits the strictest of their terms."),
+                 ""]
     body += ["## Models", "", "| model | role | licence |", "| --- | --- | --- |"]
     body += [f"| {m['name']} | {m['role']} | {m['licence']} |" for m in models] or ["| (none recorded) | | |"]
     body += ["", "## Counts", ""]

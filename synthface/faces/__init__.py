@@ -3,9 +3,10 @@
     from synthface.faces import get_analyzer, load_image
     faces = get_analyzer("dlib").analyze([load_image("photo.jpg")])[0]   # largest face first
 
-Backends: "dlib" (offline default, public-domain models from PyPI) and "insightface" (SCRFD
-detection + an ArcFace ONNX recogniser such as antelopev2's or Arc2Face's `arcface.onnx`;
-insightface's pretrained models are for non-commercial research only).
+Backends are a registry (`register_analyzer`, `available_analyzers`): "dlib" (offline default) and
+"insightface" (SCRFD detection + an ArcFace ONNX recogniser such as antelopev2's or Arc2Face's
+`arcface.onnx`). Each analyser declares its same-person cosine, licence (from synthface.weights)
+and embedding space (see FaceAnalyzer); nothing else in synthface looks at its name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from synthface.errors import InvalidInputError
 from synthface.faces.align import ARCFACE_TEMPLATE, estimate_similarity, norm_crop, norm_crop_torch
 from synthface.faces.dlib_backend import DLIB_SAME_PERSON_COS, DLIB_SAME_PERSON_DISTANCE
 from synthface.faces.image import MAX_PIXELS, as_rgb_uint8, load_image
-from synthface.faces.types import Face, FaceAnalyzer, l2_normalize
+from synthface.faces.onnx_backend import ARCFACE_SAME_PERSON_COS
+from synthface.faces.types import Face, FaceAnalyzer, check_analyzer, l2_normalize
 
 DEFAULT_BACKEND = "dlib"
 
@@ -72,16 +74,21 @@ def get_analyzer(name: str = DEFAULT_BACKEND, **kwargs) -> FaceAnalyzer:
     Raises InvalidInputError for an unknown name, an option the backend does not take (naming the
     ones it does) or an option value of the wrong type or range.
     """
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
+    return _REGISTRY[require_registered(name)](**kwargs)
+
+
+def require_registered(name: str) -> str:
+    """`name` when an analyser is registered under it, else InvalidInputError listing the registered ones
+    (what the CLI checks before loading anything)."""
+    if name not in _REGISTRY:
         raise InvalidInputError(
             f"Unknown face backend {name!r}; choose one of: {', '.join(available_analyzers())}."
-        ) from None
-    return factory(**kwargs)
+        )
+    return name
 
 
 __all__ = [
+    "ARCFACE_SAME_PERSON_COS",
     "ARCFACE_TEMPLATE",
     "DEFAULT_BACKEND",
     "DLIB_SAME_PERSON_COS",
@@ -92,6 +99,7 @@ __all__ = [
     "as_rgb_uint8",
     "available_analyzers",
     "build_analyzer",
+    "check_analyzer",
     "estimate_similarity",
     "get_analyzer",
     "l2_normalize",
@@ -99,4 +107,5 @@ __all__ = [
     "norm_crop",
     "norm_crop_torch",
     "register_analyzer",
+    "require_registered",
 ]

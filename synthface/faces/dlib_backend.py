@@ -94,6 +94,8 @@ class DlibAnalyzer(AnalyzerBase):
 
     name = "dlib"
     embedding_dim = 128
+    embedding_space = "dlib-resnet-v1"
+    same_person_cos = DLIB_SAME_PERSON_COS
 
     def __init__(
         self,
@@ -124,11 +126,11 @@ class DlibAnalyzer(AnalyzerBase):
             self._detector = dlib.cnn_face_detection_model_v1(str(model_path("mmod")))
         self._predictor = dlib.shape_predictor(str(model_path("shape5" if landmarks == 5 else "shape68")))
         self._recognizer = dlib.face_recognition_model_v1(str(model_path("resnet")))
-        self.license = (
-            "dlib models: public domain (Davis King)"
-            if landmarks == 5
-            else "dlib models: public domain, except the 68-point predictor (iBUG 300-W: no commercial use)"
-        )
+        from synthface.weights import combined_licence, licence
+
+        # The licences are the registry's (synthface.weights): the 68-point predictor is a separate model.
+        found = combined_licence([licence("dlib")] + ([licence("dlib-68")] if landmarks == 68 else []))
+        self.license, self.license_restricted = found.text, found.restricted
 
     # -- detection ------------------------------------------------------------------------------
 

@@ -17,8 +17,11 @@ import numpy as np
 from synthface.errors import FileFormatError, InvalidInputError, ModelNotFoundError
 from synthface.faces.image import as_rgb_uint8, check_image_bounds
 from synthface.faces.types import AnalyzerBase, Face, _as_list, l2_normalize, largest_first
+from synthface.weights import Licence
 
-INSIGHTFACE_LICENSE = "insightface pretrained models: non-commercial research only"
+#: Cosine above which two ArcFace embeddings are usually the same person (the common 1:1 operating
+#: point on LFW-style benchmarks); what every ArcFace-style analyser declares as `same_person_cos`.
+ARCFACE_SAME_PERSON_COS = 0.3
 #: Detection input sizes tried in turn when nothing is found: a face that fills the frame is too
 #: big for SCRFD at 640, and smaller inputs make it the size the detector was trained on.
 DET_SIZE_FALLBACK = (640, 480, 320, 256, 160)
@@ -219,7 +222,7 @@ class InsightFaceAnalyzer(AnalyzerBase):
     """
 
     name = "insightface"
-    license = INSIGHTFACE_LICENSE
+    same_person_cos = ARCFACE_SAME_PERSON_COS
 
     def __init__(
         self,
@@ -261,6 +264,8 @@ class InsightFaceAnalyzer(AnalyzerBase):
             recognizer = recognizer or pack_rec
         self.recognizer = ArcFaceRecognizer(recognizer, runtime=runtime, providers=providers, device=device)
         self.embedding_dim = self.recognizer.embedding_dim
+        self.embedding_space, found = _provenance(Path(recognizer), detector)
+        self.license, self.license_restricted = found.text, found.restricted
         self.det_size, self.det_thresh = det_size, det_thresh
         if str(detector) == "dlib":
             from synthface.faces.dlib_backend import DlibAnalyzer
@@ -307,6 +312,24 @@ class InsightFaceAnalyzer(AnalyzerBase):
 
     def embed(self, aligned: np.ndarray) -> np.ndarray:
         return self.recognizer(aligned)
+
+
+def _provenance(recognizer: Path, detector) -> tuple[str, Licence]:
+    """(embedding space, licence) of an analyser built from these files: the registered model each
+    file belongs to (synthface.weights), or, for a file no registered model ships, its content digest
+    as the space and an unknown (restricted) licence."""
+    from synthface.weights import UNKNOWN_LICENCE, combined_licence, licence, model_of_file
+
+    rec_model = model_of_file(recognizer)
+    if rec_model is not None:
+        space = f"arcface:{rec_model}"
+    else:
+        import hashlib
+
+        with open(recognizer, "rb") as handle:
+            space = f"onnx:{recognizer.name}:{hashlib.file_digest(handle, 'sha256').hexdigest()[:12]}"
+    det_model = "dlib" if str(detector) == "dlib" else model_of_file(detector)
+    return space, combined_licence([licence(m) if m else UNKNOWN_LICENCE for m in (rec_model, det_model)])
 
 
 def _rebrand(face: Face, backend: str) -> Face:

@@ -50,10 +50,21 @@ class Face:
 
 @runtime_checkable
 class FaceAnalyzer(Protocol):
-    """Detect, align and embed faces. Images are numpy RGB uint8 (H, W, 3)."""
+    """Detect, align and embed faces. Images are numpy RGB uint8 (H, W, 3).
+
+    Every analyser declares what the rest of synthface needs to know about it, so nothing is ever
+    inferred from its name: `same_person_cos` (the cosine above which two of its embeddings are
+    the same person; the default filter threshold everywhere), `license` and `license_restricted`
+    (whether its models exclude commercial use, or their licence is unknown; read from
+    `synthface.weights` for downloadable models), and `embedding_space` (a name for the space its
+    embeddings live in: two analysers with the same name produce comparable embeddings).
+    """
 
     name: str
     license: str
+    license_restricted: bool
+    same_person_cos: float
+    embedding_space: str
     embedding_dim: int
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
@@ -67,6 +78,31 @@ class FaceAnalyzer(Protocol):
     def analyze(self, images: Sequence[np.ndarray], *, all_faces: bool = False) -> list[list[Face]]:
         """Faces with embeddings per image; only the largest unless `all_faces`."""
         ...
+
+
+#: What every analyser must declare, with the type each value must have (see FaceAnalyzer).
+DECLARED = {"name": str, "license": str, "license_restricted": bool, "same_person_cos": float,
+            "embedding_space": str, "embedding_dim": int}
+
+
+def check_analyzer(analyzer) -> None:
+    """Refuse, with one InvalidInputError naming every gap, an analyser that does not declare what
+    FaceAnalyzer requires (a custom analyser written before these were required, say)."""
+    from synthface.errors import InvalidInputError
+
+    gaps = []
+    for attr, kind in DECLARED.items():
+        value = getattr(analyzer, attr, None)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and -1.0 <= value <= 1.0 if kind is float else isinstance(value, kind)
+        if not ok:
+            gaps.append(f"{attr} ({kind.__name__}{', a cosine' if kind is float else ''}; got {value!r})")
+    if gaps:
+        raise InvalidInputError(
+            f"The face analyser {type(analyzer).__name__} does not declare {', '.join(gaps)}. synthface reads its "
+            "same-person threshold, licence and embedding space from the analyser itself, never from its name; "
+            "add these attributes to the class (see synthface.faces.FaceAnalyzer)."
+        )
 
 
 def largest_first(faces: list[Face]) -> list[Face]:
