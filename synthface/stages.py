@@ -1,0 +1,159 @@
+"""Overlapped stages: the device renders item i+1 while worker threads analyse and write item i.
+
+`run_stages(items, stages, sink)` runs the first stage (render) and `sink` on the calling thread and
+every later stage on a thread of its own, joined by FIFO queues, so results reach `sink` in the
+order of `items`. At most `max_in_flight` items are between the first stage and the sink at once
+(the memory bound). The first exception, in any stage, in `sink` or in `items`, stops the run: the
+workers drop what is queued, finish the call they are in and exit, every thread is joined, and the
+exception is raised on the calling thread unchanged. Threads pay off because torch, onnxruntime,
+dlib, cv2 and file I/O release the GIL while they work.
+
+`StageTimes` records how long each stage was busy, so a progress line can name the bottleneck.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+_END = object()  # sent down the queues after the last item
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: `fn(item) -> item for the next stage`, named for the times."""
+
+    name: str
+    fn: Callable[[Any], Any]
+
+
+@dataclass
+class StageTimes:
+    """Seconds each stage (and the sink) spent in its function, the items it finished, and the wall
+    seconds of the runs it was passed to (it adds up over several). Live while a run goes on: each
+    thread adds to its own stage's entry, and wall is brought up to date at every result."""
+
+    busy: dict[str, float] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+    wall: float = 0.0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.busy[name] = self.busy.get(name, 0.0) + seconds
+        self.items[name] = self.items.get(name, 0) + 1
+
+    def shares(self) -> dict[str, float]:
+        """Busy seconds over wall seconds per stage: 1.0 is a stage that never waited."""
+        return {name: busy / self.wall if self.wall > 0 else 0.0 for name, busy in self.busy.items()}
+
+    @property
+    def bottleneck(self) -> str | None:
+        """The busiest stage, the one that sets the pace (None before any work)."""
+        return max(self.busy, key=self.busy.get, default=None)
+
+
+def run_stages(
+    items: Iterable[Any],
+    stages: list[Stage],
+    sink: Callable[[Any], None],
+    *,
+    max_in_flight: int | None = None,
+    times: StageTimes | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> StageTimes:
+    """Feed `items` through `stages` in order and hand each result to `sink`; return the times.
+
+    stages[0] and `sink` run on the calling thread (where the device's work is queued); each later
+    stage runs on its own thread. max_in_flight (default: one per stage, plus one) bounds the items
+    taken from `items` but not yet through `sink`; when it is reached the calling thread waits for
+    results instead of rendering more. Pass `times` to watch it during the run; `clock` times it.
+    """
+    if not stages:
+        raise ValueError("run_stages needs at least one stage")
+    limit = len(stages) + 1 if max_in_flight is None else max_in_flight
+    if limit < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    times = times if times is not None else StageTimes()
+    start, wall_before = clock(), times.wall
+    inbox = {i: queue.SimpleQueue() for i in range(1, len(stages))}  # what stage i works on
+    done: queue.SimpleQueue = queue.SimpleQueue()  # results on their way to the sink
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    lock = threading.Lock()
+
+    def fail(exc: BaseException) -> None:
+        with lock:
+            if not failure:
+                failure.append(exc)
+        stop.set()
+        done.put(_END)  # wake the calling thread if it waits for results
+
+    def worker(index: int) -> None:
+        stage, outbox = stages[index], inbox.get(index + 1, done)
+        while True:
+            item = inbox[index].get()
+            if item is _END:
+                outbox.put(_END)
+                return
+            if stop.is_set():
+                continue  # drop queued work; keep reading until the end marker
+            began = clock()
+            try:
+                item = stage.fn(item)
+            except BaseException as exc:  # re-raised on the calling thread
+                fail(exc)
+                continue
+            times.add(stage.name, clock() - began)
+            outbox.put(item)
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"synthface-stage-{s.name}", daemon=True)
+               for i, s in enumerate(stages) if i > 0]
+    for thread in threads:
+        thread.start()
+    in_flight = 0
+
+    def deliver(block: bool) -> bool:
+        """Hand one finished result to the sink; False when none was ready (block=False)."""
+        nonlocal in_flight
+        try:
+            result = done.get(block=block)
+        except queue.Empty:
+            return False
+        if failure:
+            raise failure[0]
+        began = clock()
+        sink(result)
+        times.add("sink", clock() - began)
+        times.wall = wall_before + clock() - start
+        in_flight -= 1
+        return True
+
+    head, first_queue = stages[0], inbox.get(1, done)
+    try:
+        for item in items:
+            while in_flight >= limit:
+                deliver(block=True)
+            if failure:
+                raise failure[0]
+            began = clock()
+            result = head.fn(item)
+            times.add(head.name, clock() - began)
+            in_flight += 1
+            first_queue.put(result)
+            while deliver(block=False):
+                pass
+        while in_flight:
+            deliver(block=True)
+    finally:
+        stop.set()
+        if threads:
+            inbox[1].put(_END)
+        for thread in threads:
+            thread.join()
+        times.wall = wall_before + clock() - start
+    if failure:
+        raise failure[0]
+    return times
