@@ -109,10 +109,14 @@ class FilteringConfig(_Section):
     min_det_score: Float = Field(0.0, ge=0.0)
     near_duplicate_cos: Float = Field(0.98, gt=0.0, le=1.0)
     collision_cos: Float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
-    collision_policy: Literal["drop", "flag"] = "drop"
+    collision_policy: Literal["drop", "flag", "resample"] = Field(
+        "drop", description="identities whose centres collide: drop the later one, flag it only, or resample it "
+        "(a fresh vector, rendered again, up to max_rounds times, then dropped)",
+    )
     min_images: Int = Field(1, ge=1, description="identities keeping fewer images are handled by on_too_few")
     on_too_few: Literal["drop", "resample", "keep"] = "resample"
-    max_rounds: Int = Field(3, ge=1, le=20, description="rendering rounds per identity when resampling")
+    max_rounds: Int = Field(3, ge=1, le=20, description="rendering rounds per identity vector when too few images are "
+                            "kept, and replacement rounds for collided identities")
 
 
 class ExportConfig(_Section):

@@ -44,20 +44,34 @@ def face_crops(size: int = 160) -> list[np.ndarray]:
 
 
 class PhotoRenderer:
-    """Identity i -> person i % 6, found from the condition vector's nearest identity vector."""
+    """Identity i -> person `people[i]` (default i % 6), found from the condition vector's nearest
+    identity vector. A condition far from every bank vector (cosine < 0.5: a replacement vector drawn
+    by collision resampling) gets a person from `spare`, chosen by the vector itself, so any process
+    renders it alike. `fails_after` makes the renderer raise after that many calls (a killed run)."""
 
-    def __init__(self, bank_vectors: np.ndarray, recipe_seed: int, swaps: dict[tuple[int, int], int]):
+    def __init__(self, bank_vectors: np.ndarray, recipe_seed: int, swaps: dict[tuple[int, int], int],
+                 people: dict[int, int] | None = None, spare: tuple[int, ...] = (), fails_after: int | None = None):
         self.bank = bank_vectors
         self.crops = face_crops()
         self.swap_by_seed = {derive_seed(recipe_seed, ident, image): other for (ident, image), other in swaps.items()}
+        self.people, self.spare, self.fails_after, self.calls = people or {}, spare, fails_after, 0
+
+    def person(self, condition: np.ndarray) -> int:
+        cos = self.bank @ condition
+        ident = int(np.argmax(cos))
+        if cos[ident] < 0.5 and self.spare:
+            return self.spare[int(np.abs(condition).argmax()) % len(self.spare)]
+        return self.people.get(ident, ident % len(self.crops))
 
     def __call__(self, conditions: np.ndarray, seeds) -> list[np.ndarray]:
         from PIL import Image, ImageEnhance
 
-        identities = np.argmax(conditions @ self.bank.T, axis=1)
+        self.calls += 1
+        if self.fails_after is not None and self.calls > self.fails_after:
+            raise RuntimeError("killed")
         out = []
-        for ident, seed in zip(identities, seeds):
-            person = self.swap_by_seed.get(int(seed), int(ident) % len(self.crops))
+        for condition, seed in zip(conditions, seeds):
+            person = self.swap_by_seed.get(int(seed), self.person(condition))
             rng = np.random.default_rng(seed)
             img = Image.fromarray(self.crops[person])
             if rng.random() < 0.5:
