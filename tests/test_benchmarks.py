@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.bench  # the scripts take minutes on 2 cores: run with -m bench
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 
