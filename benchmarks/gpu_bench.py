@@ -6,12 +6,12 @@ guidance 3. Two ways of rendering, timed in the same process:
 
 - reference: what Arc2Face's README does: one identity per call, 4 images, fp16, stock diffusers
   attention (SDPA), PIL output, no filtering.
-- engine: synthface's path: many identities per call (a batch-size sweep), bf16 and fp16,
-  SDPA, channels_last, torch.compile where the time budget allows, one seed per image, and the
-  filter's recognition on the GPU for every image: the 5 landmarks are aligned with
-  `norm_crop_torch` to 112 x 112 and embedded by a random IResNet-100 (ArcFace's layout) exported
-  to ONNX at run time and executed by synthface's ONNX->torch runner; the cosine to each identity
-  is computed and images come back to the CPU as uint8, as the engine stores them. Face
+- engine: synthface's path: the pipeline as a `synthface.render` renderer (the engine's: one
+  seed per image, uint8 images back on the CPU), many identities per call (a batch-size sweep),
+  bf16 and fp16, SDPA, channels_last, torch.compile where the time budget allows, and the filter's
+  recognition on the GPU for every image: the 5 landmarks are aligned with `norm_crop_torch` to
+  112 x 112 and embedded by a random IResNet-100 (ArcFace's layout) exported to ONNX at run time
+  and executed by synthface's ONNX->torch runner; the cosine to each identity is computed. Face
   detection is not timed (noise has no faces; landmarks sit at the aligned template).
 
 Then, budget permitting, the best engine setting runs through `synthface.engine.run` end to end
@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from synthface.render import DTYPES, Optimizations, RenderSettings, build_renderer  # noqa: E402
+
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' datasheets. First
 # matching key wins, so the more specific names come first.
 PEAK_TFLOPS = (
@@ -58,9 +60,6 @@ PEAK_TFLOPS = (
     ("L4", 121.0),
     ("RTX 4090", 165.0),
 )
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def sig(x: float, digits: int = 4) -> float:
     """`x` to `digits` significant figures (tiny runs give tiny numbers; keep them non-zero)."""
@@ -173,24 +172,13 @@ def reference_call(pipe, args, call_index: int) -> int:
     return len(out.images)
 
 
-def engine_call(pipe, recogniser, args, batch: int, call_index: int) -> int:
-    """One engine batch: `batch` identities x 1 image, per-image seeds, recognition on the GPU."""
-    from synthface.faces.align import norm_crop_torch, template
-
-    ids = random_ids(batch, 10_000 + call_index)
-    gens = [torch.Generator().manual_seed(call_index * 4096 + i) for i in range(batch)]
-    out = pipe(id_embeds=ids, num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.size,
-               width=args.size, generator=gens, output_type="pt")
-    pixels = out.images.mul(255).round_().clamp_(0, 255)  # (B, 3, H, W) on the device, as uint8 values
-    kps = torch.as_tensor(template(pixels.shape[-1]), device=pixels.device).expand(batch, 5, 2)
-    crops = norm_crop_torch(pixels, kps)  # (B, 3, 112, 112) float 0-255
-    dtype = next(p for p in recogniser.buffers() if p.is_floating_point()).dtype
-    with torch.inference_mode():
-        emb = recogniser(((crops - 127.5) / 127.5).to(dtype))
-    emb = torch.nn.functional.normalize(emb.float(), dim=1)
-    cos = (emb * ids.to(emb.device)).sum(1)  # same-space filtering: cosine to the identity vector
-    # What the engine keeps on the CPU: full images and crops as uint8, and the scores.
-    _ = pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu(), crops.round().to(torch.uint8).cpu(), cos.cpu()
+def engine_call(renderer, analyzer, batch: int, call_index: int) -> int:
+    """One engine batch: `batch` identities x 1 image, per-image seeds, uint8 images on the CPU as the
+    engine gets them, then recognition on the GPU and the cosine to each identity (same-space filtering)."""
+    ids = random_ids(batch, 10_000 + call_index).numpy()
+    images = renderer(ids, [call_index * 4096 + i for i in range(batch)])
+    embeddings = np.stack([faces[0].embedding for faces in analyzer.analyze(images)])
+    _ = np.sum(embeddings * ids, axis=1)
     return batch
 
 
@@ -225,15 +213,12 @@ def measure(fn, device, *, min_seconds: float, max_calls: int) -> dict:
 # --------------------------------------------------------------------------- settings
 
 
-def set_dtype(pipe, dtype) -> None:
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.to(dtype=dtype)
-
-
-def set_channels_last(pipe, on: bool) -> None:
-    fmt = torch.channels_last if on else torch.contiguous_format
-    pipe.unet.to(memory_format=fmt)
-    pipe.vae.to(memory_format=fmt)
+def engine_renderer(pipe, args, dtype: str | None = None, channels_last: bool | None = None, compile: bool = False):
+    """`pipe` as synthface's renderer in one engine setting (SDPA, dtype, memory layout, compile);
+    with neither dtype nor channels_last it is used as it stands (a compiled UNet stays compiled)."""
+    optimizations = None if channels_last is None else Optimizations(channels_last=channels_last, compile=compile)
+    return build_renderer(pipe, settings=RenderSettings(steps=args.steps, guidance=args.guidance, resolution=args.size),
+                          dtype=dtype and DTYPES[dtype], optimizations=optimizations)
 
 
 def unet_flops(pipe, batch: int, size: int) -> int:
@@ -364,6 +349,8 @@ def bench(args, scratch: Path) -> dict:
     # (b) the engine path: sweep ---------------------------------------------------------------
     rows: list[dict] = []
 
+    analyzer = GpuAnalyzer(recogniser, device)
+
     def try_config(label: str, dtype: str, batch: int, channels_last: bool, compiled: bool, extra_s: float = 0.0):
         calls = 2 + (0 if args.min_seconds == 0 else 1)
         predicted = extra_s + calls * batch * sec_per_image
@@ -371,11 +358,11 @@ def bench(args, scratch: Path) -> dict:
             result["skipped"].append(f"{label} (predicted {predicted:.0f} s, {budget.left():.0f} s left)")
             log(f"skip {label}: predicted {predicted:.0f} s")
             return None
-        set_dtype(pipe, DTYPES[dtype])
+        # a compiled config was set up by the caller: touching the UNet again would recompile it
+        renderer = engine_renderer(pipe, args) if compiled else engine_renderer(pipe, args, dtype, channels_last)
         recogniser.to(dtype=DTYPES[dtype])
-        set_channels_last(pipe, channels_last)
         try:
-            row = measure(lambda i: engine_call(pipe, recogniser, args, batch, i), device,
+            row = measure(lambda i: engine_call(renderer, analyzer, batch, i), device,
                           min_seconds=args.min_seconds, max_calls=6)
         except Exception as exc:  # OOM or a compile failure: record it and go on
             if device.type == "cuda":
@@ -390,7 +377,6 @@ def bench(args, scratch: Path) -> dict:
         log(f"{label}: {row['images_per_s']:.2f} images/s, peak {row['peak_gib']} GiB")
         return row
 
-    pipe.optimize(attention="sdpa")
     first = args.dtypes[0]
     for batch in args.batches:
         try_config(f"{first} b{batch}", first, batch, False, False)
@@ -405,7 +391,8 @@ def bench(args, scratch: Path) -> dict:
         if compile_ok:
             # Compiling SD 1.5's UNet takes one to three minutes; predict the worst case.
             eager = best
-            pipe.optimize(compile=True)  # synthface's switch: UNet.compile(fullgraph=True), in place
+            # synthface's switch: UNet.compile(fullgraph=True), in place, at the best eager setting
+            engine_renderer(pipe, args, eager["dtype"], eager["channels_last"], compile=True)
             row = try_config(f"{eager['label']} compiled", eager["dtype"], eager["batch"], eager["channels_last"], True,
                              extra_s=180.0)
             if row is None or row["images_per_s"] <= eager["images_per_s"]:
@@ -429,9 +416,10 @@ def bench(args, scratch: Path) -> dict:
         f"{result['engine_over_reference']:.2f}x the reference")
 
     # UNet utilisation at the best setting ----------------------------------------------------------
-    set_dtype(pipe, DTYPES[best["dtype"]])
+    # a compiled best is how the pipeline stands (compiling came last); an eager one is set again
+    renderer = engine_renderer(pipe, args) if best["compiled"] else \
+        engine_renderer(pipe, args, best["dtype"], best["channels_last"])
     recogniser.to(dtype=DTYPES[best["dtype"]])
-    set_channels_last(pipe, best["channels_last"])
     per_image = flops_cfg_pair * args.steps  # CFG: every step runs the UNet on a pair of latents
     # pipeline_*: UNet FLOPs delivered per second of the whole engine step (VAE, text encoder,
     # scheduler and recognition time count against it); alone_*: the UNet by itself at the same batch.
@@ -453,7 +441,7 @@ def bench(args, scratch: Path) -> dict:
 
     # the real engine, end to end, at the best setting ----------------------------------------------
     if not args.no_engine_run:
-        result["engine_run"] = engine_end_to_end(pipe, recogniser, args, best, budget, device, scratch, result)
+        result["engine_run"] = engine_end_to_end(renderer, analyzer, args, best, budget, device, scratch, result)
 
     result["elapsed_s"] = round(budget.elapsed(), 1)
     result["complete"] = True
@@ -465,7 +453,9 @@ def bench(args, scratch: Path) -> dict:
 class GpuAnalyzer:
     """Engine analyser stand-in: numpy images -> GPU -> aligned crops -> embeddings (fixed landmarks)."""
 
-    name, license, embedding_dim = "random-iresnet-gpu", "none (random weights)", 512
+    name, license, license_restricted, embedding_dim = "random-iresnet-gpu", "none (random weights)", False, 512
+    embedding_space = "random-iresnet"  # comparable with nothing else
+    same_person_cos = 0.3  # ArcFace's (synthface.faces.onnx_backend); random weights judge nothing
 
     def __init__(self, recogniser, device):
         self.recogniser, self.device = recogniser, device
@@ -487,8 +477,8 @@ class GpuAnalyzer:
         return [[Face(bbox=box, kps=pts, det_score=1.0, embedding=e, backend=self.name)] for e in emb]
 
 
-def engine_end_to_end(pipe, recogniser, args, best, budget, device, scratch, result) -> dict | None:
-    """`synthface.engine.run` with this pipeline as its renderer and the GPU analyser, at the best batch."""
+def engine_end_to_end(renderer, analyzer, args, best, budget, device, scratch, result) -> dict | None:
+    """`synthface.engine.run` with the best setting's renderer and the GPU analyser, at the best batch."""
     from bench_engine import timed_run
 
     from synthface.recipe import load_recipe
@@ -504,16 +494,9 @@ def engine_end_to_end(pipe, recogniser, args, best, budget, device, scratch, res
         f"generation.steps={args.steps}", f"compute.shard_size={batch // 2}", 'export.formats=["recordio"]',
     ])
 
-    def render(conditions, seeds):
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        out = pipe(id_embeds=torch.from_numpy(conditions), num_inference_steps=args.steps, guidance_scale=args.guidance,
-                   height=args.size, width=args.size, generator=gens, output_type="pt")
-        return list(out.images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-
     try:
         # the first shard includes the warm-up of this batch shape; compiled graphs are already warm
-        row = timed_run(recipe, render, analyzer=GpuAnalyzer(recogniser, device), sync=lambda: sync(device),
-                        scratch=scratch)
+        row = timed_run(recipe, renderer, analyzer=analyzer, sync=lambda: sync(device), scratch=scratch)
     except Exception as exc:
         result["skipped"].append(f"engine end-to-end run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return None
