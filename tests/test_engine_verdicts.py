@@ -144,3 +144,33 @@ def test_keep_full_images_writes_the_whole_rendered_image_of_each_kept_crop(tmp_
         ident, image = int(path.parent.name), int(path.stem)
         expected = noise_renderer(size=48)(np.zeros((1, 64), np.float32), [seed_of[ident, image]])[0]
         assert np.asarray(Image.open(path)).shape == expected.shape == (48, 48, 3)
+
+
+def test_report_on_a_filter_off_run_embeds_its_kept_images_and_pose_comes_from_the_manifest(tmp_path, capsys):
+    from tests.cli_helpers import run_cli_inprocess
+
+    recipe = small_recipe(identities={"count": 3, "dim": 512}, export={"formats": ["imagefolder"]},
+                          variation={"images_per_identity": 2, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}})
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    engine.run(recipe, tmp_path / "run", renderer=PhotoRenderer(bank.vectors, recipe.seed, {}))
+    assert not (tmp_path / "run" / "report.json").exists()
+    result = run_cli_inprocess(capsys, "report", tmp_path / "run", "--no-html")
+    assert result.returncode == 0, result.output
+    assert "kept images were embedded with dlib" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["embedded_by"] == "dlib" and report["counts"]["kept"] == 6
+    assert report["counts"]["identities_with_images"] == 3
+    assert report["unique_identities"]["0.3"]["final"] >= 1  # measured on the fresh embeddings
+
+
+def test_pose_section_reports_the_manifest_pose_of_kept_images(tmp_path):
+    run_photos(photo_recipe(collision_policy="drop"), tmp_path / "run")
+    rows = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()
+    kept = [r for r in rows if r["kept"]]
+    assert all(np.isfinite([r["yaw"], r["pitch"], r["quality"]]).all() for r in kept)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    for angle in ("yaw", "pitch"):
+        assert report["pose"][angle]["mean"] == pytest.approx(np.mean([r[angle] for r in kept]), abs=1e-4)
+    # Flipped renders (the photo double flips half its images) mirror the yaw: both signs are present.
+    assert min(r["yaw"] for r in kept) < 0 < max(r["yaw"] for r in kept)

@@ -26,15 +26,23 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed for the pair sampling.")] = 0,
     html: Annotated[bool, typer.Option("--html/--no-html", help="Also write report.html (needs matplotlib).")] = True,
     device: Annotated[str | None, typer.Option(help="torch device for the identity packing products (default: numpy on CPU).")] = None,
+    analyzer: Annotated[str | None, typer.Option(help="Face analyser that embeds the kept images of a run made with filtering off (default: the recipe's, else dlib).")] = None,
 ) -> None:
-    """Measure a generated dataset: counts, EER and TAR@FAR, unique identities, spread, pose, leakage."""
+    """Measure a generated dataset: counts, EER and TAR@FAR, unique identities, spread, pose, leakage.
+
+    A run made with filtering off has no embeddings: its kept images are embedded first, and the
+    output says with which analyser."""
     from synthface.report import ReportOptions, write_report
 
     options = ReportOptions(
         max_genuine_pairs=max_genuine_pairs, impostor_images=impostor_images, leak_cos=leak_cos, seed=seed, device=device
     )
-    json_path, html_path, rep = write_report(run_dir, out, reference=reference, options=options, html=html)
+    json_path, html_path, rep = write_report(run_dir, out, reference=reference, options=options, html=html,
+                                             analyzer=_analyzer_for(run_dir, analyzer))
     d = rep.data
+    if d.get("embedded_by"):
+        console.print(f"{run_dir} has no embeddings (filtering was off): its kept images were embedded with "
+                      f"{d['embedded_by']} for this report.", highlight=False)
     table = Table(title=f"report: {run_dir}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -49,6 +57,24 @@ def report(
         table.add_row("leakage flagged", str(d["leakage"]["flagged_count"]))
     table.add_row("written", str(json_path) + (f", {html_path}" if html_path else ""))
     console.print(table)
+
+
+def _analyzer_for(run_dir: Path, name: str | None):
+    """The analyser to embed a run without embeddings: `name`, else the recipe's (with its options),
+    else dlib; None for a run that has embeddings (nothing is loaded then)."""
+    from synthface.engine import RunLayout, load_run_recipe
+    from synthface.faces import get_analyzer
+    from synthface.report.run import map_tensor
+
+    layout = RunLayout(run_dir)
+    if not layout.embeddings.is_file() or map_tensor(layout.embeddings, "embeddings").shape[1:] != (0,):
+        return None
+    if name is not None:
+        return get_analyzer(name)
+    recipe = load_run_recipe(layout) if layout.recipe_file.is_file() or layout.run_file.is_file() else None
+    if recipe is None:
+        return get_analyzer("dlib")
+    return get_analyzer(recipe.filtering.analyzer, **recipe.filtering.analyzer_options)
 
 
 def _f(x) -> str:

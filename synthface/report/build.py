@@ -171,21 +171,26 @@ def write_report(
     reference: str | Path | None = None,
     options: ReportOptions | None = None,
     html: bool = True,
+    analyzer=None,
 ) -> tuple[Path, Path | None, Report]:
-    """Compute the report of run folder `root`; write report.json (and report.html) into `out` (default: root)."""
+    """Compute the report of run folder `root`; write report.json (and report.html) into `out` (default: root).
+
+    `analyzer` embeds the kept images of a run that has no embeddings (filtering off); the report
+    then says which analyser did (`embedded_by`)."""
     from synthface.io import atomic_write_bytes, check_output_path
 
     out_dir = Path(out) if out is not None else Path(root)
     check_output_path(out_dir / "report.json")  # both outputs are checked before the work
     if html:
         check_output_path(out_dir / "report.html")
-    run = load_run(root)
+    run = load_run(root, analyzer)
     ref = None
     if reference is not None:
         from synthface.identity import load_vectors
 
         ref = load_vectors(reference, dim=run.embeddings.shape[1])
     report = compute_report(run, ref, options)
+    report.data["embedded_by"] = run.embedded_by or None
     trained = recogniser_results(root)
     if trained:
         report.data["recognisers"] = trained

@@ -15,21 +15,21 @@ import numpy as np
 
 from synthface.errors import FileFormatError
 
-MANIFEST = "manifest.parquet"
-EMBEDDINGS = "embeddings.safetensors"
-IDENTITIES = "identities.safetensors"
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
-OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll")
+OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll", "quality",
+                    "vector_round")
 
 
 @dataclass
 class Run:
-    """A run folder's contents: manifest columns as numpy arrays, embeddings (M, D) (a memory map)."""
+    """A run folder's contents: manifest columns as numpy arrays, embeddings (M, D) (a memory map, or
+    computed by `embed_kept_images`)."""
 
     root: Path
     columns: dict[str, np.ndarray]
     embeddings: np.ndarray
     ids: np.ndarray | None
+    embedded_by: str = ""  # the analyser that embedded the kept images, when the run had no embeddings
 
     @property
     def identity(self) -> np.ndarray:
@@ -43,38 +43,62 @@ class Run:
         return int(self.identity.shape[0])
 
 
-def load_run(root: str | Path) -> Run:
-    """Open a run folder written by the engine (or by hand, in the same layout)."""
-    root = Path(root)
+def load_run(root: str | Path, analyzer=None) -> Run:
+    """Open a finished run folder (names from engine.RunLayout). A run made with filtering off has no
+    face embeddings; its kept images are then embedded with `analyzer` (required then: a
+    FileFormatError says so otherwise) and `Run.embedded_by` names it."""
+    from synthface.engine import RunLayout
+
+    layout = RunLayout(Path(root))
+    root = layout.root
     if not root.is_dir():
-        raise FileFormatError(f"{root} is not a folder. Pass the run folder that holds {MANIFEST} and {EMBEDDINGS}.")
-    columns = read_manifest(root / MANIFEST)
-    embeddings = map_tensor(root / EMBEDDINGS, "embeddings")
+        raise FileFormatError(f"{root} is not a folder. Pass the run folder that holds {layout.MANIFEST}.")
+    columns = manifest_columns(layout.manifest)
+    embeddings = map_tensor(layout.embeddings, "embeddings")
     if embeddings.ndim != 2 or embeddings.shape[0] != columns["identity"].shape[0]:
         raise FileFormatError(
-            f"{root / EMBEDDINGS} holds embeddings of shape {embeddings.shape} but {MANIFEST} has "
+            f"{layout.embeddings} holds embeddings of shape {embeddings.shape} but {layout.MANIFEST} has "
             f"{columns['identity'].shape[0]} rows; they must be (rows, D) in manifest order. The run may be "
             "unfinished: finalize it first."
         )
-    if embeddings.ndim == 2 and embeddings.shape[1] == 0:
-        raise FileFormatError(
-            f"{root} holds no face embeddings: its recipe ran with filtering off, so no recogniser looked at "
-            "the images (the smoke recipe does this, since random weights draw no faces). The report measures "
-            "identities through a recogniser; make the run with [filtering] enabled = true."
-        )
+    embedded_by = ""
+    if embeddings.shape[1] == 0:
+        if analyzer is None:
+            raise FileFormatError(
+                f"{root} holds no face embeddings: its recipe ran with filtering off, so no recogniser looked at "
+                "the images. Pass a face analyser to embed its kept images (synthface report --analyzer NAME)."
+            )
+        embeddings, embedded_by = embed_kept_images(root, columns, analyzer), analyzer.name
     ids = None
-    if (root / IDENTITIES).exists():
-        ids = np.asarray(map_tensor(root / IDENTITIES, "ids"), dtype=np.float32)
-    return Run(root=root, columns=columns, embeddings=embeddings, ids=ids)
+    if layout.identities.exists():
+        ids = np.asarray(map_tensor(layout.identities, "ids"), dtype=np.float32)
+    return Run(root=root, columns=columns, embeddings=embeddings, ids=ids, embedded_by=embedded_by)
 
 
-def read_manifest(path: Path) -> dict[str, np.ndarray]:
-    """Manifest columns as numpy arrays (strings as object arrays); checks the required ones."""
+def embed_kept_images(root: Path, columns: dict[str, np.ndarray], analyzer, batch: int = 32) -> np.ndarray:
+    """(M, D) embeddings of the run's kept images by `analyzer` (largest face); NaN rows for dropped
+    images and for kept ones in which it finds no face."""
+    from synthface.faces import load_image
+
+    out = np.full((columns["identity"].shape[0], analyzer.embedding_dim), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(columns["kept"])
+    for lo in range(0, rows.size, batch):
+        chunk = rows[lo : lo + batch]
+        found = analyzer.analyze([load_image(root / columns["path"][i]) for i in chunk])
+        for i, faces in zip(chunk, found):
+            if faces:
+                out[i] = faces[0].embedding
+    return out
+
+
+def manifest_columns(path: Path) -> dict[str, np.ndarray]:
+    """The report's view of a manifest: the columns it reads as numpy arrays (strings as object
+    arrays), the required ones checked. (synthface.export.read_manifest is the whole checked table.)"""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise FileFormatError(f"{path} does not exist. A run folder needs {MANIFEST}, one row per candidate image.")
+        raise FileFormatError(f"{path} does not exist. A run folder needs its manifest, one row per candidate image.")
     try:
         schema = pq.read_schema(path)
         wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in schema.names]
