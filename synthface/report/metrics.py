@@ -152,14 +152,6 @@ def impostor_scores(
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)).astype(np.float32), exact
 
 
-def far_frr(genuine: np.ndarray, impostor: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FAR(t) = share of impostors > t, FRR(t) = share of genuines <= t, for each t."""
-    g, i = np.sort(genuine), np.sort(impostor)
-    far = (i.size - np.searchsorted(i, thresholds, side="right")) / max(i.size, 1)
-    frr = np.searchsorted(g, thresholds, side="right") / max(g.size, 1)
-    return far, frr
-
-
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
     """(EER, threshold); NaN when either side is empty."""
     if genuine.size == 0 or impostor.size == 0:
