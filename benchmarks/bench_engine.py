@@ -7,7 +7,18 @@ resizing, JPEG encoding, shard writes with fsync, finalize and exports) is engin
 tiny model the model is cheap, so this is a worst case for the overhead's share; with a real model
 on a GPU the same engine time is spread over far slower renders.
 
+--standin measures how well the engine overlaps its stages. A stand-in renderer sleeps a fixed time
+per batch (time.sleep frees the GIL, as the host does while a GPU kernel runs) and returns real
+photos (t1.jpg's six faces, mirrored and lit per seed), so the dlib filter detects, aligns and
+embeds every image. Three timings in this process: render alone (the stand-in's calls, replayed
+with the run's batch sizes), analysis + writing alone (the run with a stand-in that takes no time)
+and end to end (the run with the sleeping stand-in), after an untimed warm-up run, each over the shards (render, analyse, write;
+no identity sampling or finalize). By default the sleep makes both stages equally long, the hardest
+case: a serial engine takes their sum (about 2x the busier stage), a fully overlapped one about
+the busier stage alone.
+
     python benchmarks/bench_engine.py [--identities 64] [--images 4] [--quick] [--json out.json]
+    python benchmarks/bench_engine.py --standin [--seconds-per-batch S] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,11 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the stand-in's photos come from tests/engine_doubles.py
 
 
 class TimedRenderer:
@@ -65,6 +80,8 @@ def timed_run(recipe, renderer, *, analyzer=None, sync=None, scratch: Path | Non
         raise RuntimeError("the benchmark run did not finalize")
     return {
         "images": timed.images,
+        "images_kept": summary.stats.get("images_kept"),
+        "drop_reasons": summary.stats.get("drop_reasons"),
         "model_calls": timed.calls,
         "total_s": round(total, 4),
         "model_s": round(timed.seconds, 4),
@@ -79,12 +96,69 @@ def timed_run(recipe, renderer, *, analyzer=None, sync=None, scratch: Path | Non
     }
 
 
+class StandInRenderer:
+    """A diffusion model's stand-in: `seconds` per call in time.sleep (the GIL is free, as while a
+    GPU kernel runs), then one real photo per image: identity -> one of t1.jpg's six faces (by the
+    condition vector's largest entry), mirrored by seed parity and lit by seed, so no two images of
+    an identity are the same. Records each call's batch size so the calls can be replayed alone."""
+
+    def __init__(self, seconds: float):
+        from tests.engine_doubles import face_crops
+
+        self.seconds, self.photos, self.batches = seconds, face_crops(), []
+
+    def __call__(self, conditions, seeds) -> list[np.ndarray]:
+        time.sleep(self.seconds)
+        self.batches.append(len(seeds))
+        out = []
+        for condition, seed in zip(conditions, seeds):
+            photo = self.photos[int(np.argmax(condition)) % len(self.photos)]
+            photo = photo[:, ::-1] if seed % 2 else photo
+            gain = 0.8 + 0.4 * (seed % 1000) / 1000
+            out.append(np.clip(photo * gain, 0, 255).astype(np.uint8))
+        return out
+
+
+def standin_run(recipe, seconds_per_batch: float | None) -> dict:
+    """The three timings of --standin (see the module docstring) and their ratios."""
+    from synthface.faces import get_analyzer
+
+    analyzer = get_analyzer(recipe.filtering.analyzer, **recipe.filtering.analyzer_options)  # loaded once
+    timed_run(recipe, StandInRenderer(0.0), analyzer=analyzer)  # warm-up: first calls, imports, caches
+    instant = StandInRenderer(0.0)
+    rest = timed_run(recipe, instant, analyzer=analyzer)
+    rest_alone = rest["shards_s"] - rest["model_s"]  # the instant stand-in's own photo work is not analysis
+    seconds = rest_alone / len(instant.batches) if seconds_per_batch is None else seconds_per_batch
+    sleeping = StandInRenderer(seconds)
+    start = time.perf_counter()
+    for size in instant.batches:
+        sleeping(np.eye(size, 512, dtype=np.float32), list(range(size)))
+    render_alone = time.perf_counter() - start
+    run = timed_run(recipe, StandInRenderer(seconds), analyzer=analyzer)
+    busier = max(render_alone, rest_alone)
+    return {
+        "seconds_per_batch": round(seconds, 4),
+        "batches": len(instant.batches),
+        "render_alone_s": round(render_alone, 4),
+        "analysis_writing_alone_s": round(rest_alone, 4),
+        "busier_stage": "render" if render_alone >= rest_alone else "analysis_writing",
+        "busier_s": round(busier, 4),
+        "end_to_end_s": run["shards_s"],
+        "end_to_end_over_busier": round(run["shards_s"] / busier, 3),
+        "end_to_end_over_sum": round(run["shards_s"] / (render_alone + rest_alone), 3),
+        "run": run,
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "pipelines" / "smoke.toml")
-    parser.add_argument("--identities", type=int, default=64)
-    parser.add_argument("--images", type=int, default=4, help="images per identity")
-    parser.add_argument("--quick", action="store_true", help="8 identities x 2 images (for tests)")
+    parser.add_argument("--identities", type=int, default=None, help="default 64, or 6 with --standin")
+    parser.add_argument("--images", type=int, default=None, help="images per identity (default 4, or 24 with --standin)")
+    parser.add_argument("--quick", action="store_true", help="8 identities x 2 images, or 6 x 4 with --standin (tests)")
+    parser.add_argument("--standin", action="store_true", help="overlap benchmark: sleeping stand-in, real photos, dlib")
+    parser.add_argument("--seconds-per-batch", type=float, default=None,
+                        help="the stand-in's sleep per batch (default: analysis + writing time per batch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more recipe overrides")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -92,9 +166,31 @@ def main(argv=None) -> dict:
     from synthface.engine import Ranks, build_renderer
     from synthface.recipe import load_recipe
 
-    identities, images = (8, 2) if args.quick else (args.identities, args.images)
-    overrides = [f"identities.count={identities}", f"variation.images_per_identity={images}", *args.set]
+    if args.standin:
+        # one person per identity, every image analysed once: no perturbation, no resampling rounds
+        identities, images = (6, 4) if args.quick else (args.identities or 6, args.images or 24)
+        fixed = ['variation.perturbation={"1.0" = 1.0}', "variation.overgenerate=1.0", "filtering.enabled=true",
+                 'filtering.analyzer="dlib"', 'filtering.on_too_few="keep"', 'filtering.collision_policy="flag"',
+                 "filtering.near_duplicate_cos=1.0",
+                 'export.formats=["recordio"]', "compute.shard_size=2"]
+    else:
+        identities, images = (8, 2) if args.quick else (args.identities or 64, args.images or 4)
+        fixed = []
+    overrides = [f"identities.count={identities}", f"variation.images_per_identity={images}", *fixed, *args.set]
     recipe = load_recipe(args.recipe, overrides)
+    if args.standin:
+        result = {"benchmark": "engine_overlap", "recipe": args.recipe.name, "overrides": overrides,
+                  **standin_run(recipe, args.seconds_per_batch)}
+        print(f"{result['run']['images']} images ({identities} identities x {images}) in {result['batches']} batches, "
+              f"stand-in {result['seconds_per_batch']:.3f} s per batch")
+        print(f"render alone              {result['render_alone_s']:8.2f} s")
+        print(f"analysis + writing alone  {result['analysis_writing_alone_s']:8.2f} s")
+        print(f"end to end                {result['end_to_end_s']:8.2f} s  = {result['end_to_end_over_busier']:.2f}x the "
+              f"busier stage ({result['busier_stage']}), {result['end_to_end_over_sum']:.2f}x their sum")
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return result
     start = time.perf_counter()
     renderer = build_renderer(recipe, Ranks())
     build_s = time.perf_counter() - start

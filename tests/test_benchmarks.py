@@ -89,3 +89,25 @@ def test_bench_engine_quick(tmp_path):
     assert result["total_over_model"] == pytest.approx(result["total_s"] / result["model_s"], rel=1e-2)
     assert 0 < result["engine_share"] < 1
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
+
+
+def test_bench_engine_standin_quick(tmp_path):
+    out = tmp_path / "overlap.json"
+    proc = run_script(str(BENCH / "bench_engine.py"), "--standin", "--quick", "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    run = result["run"]
+    # 6 identities x 4 real photos, one batch of 8 per 2-identity shard; dlib found a face in every one
+    assert run["images"] == 24 and run["model_calls"] == result["batches"] == 3
+    assert run["images_kept"] == 24 and run["drop_reasons"] == {}
+    # by default the stand-in sleeps analysis + writing time per batch: the two stages balance
+    assert result["seconds_per_batch"] == pytest.approx(result["analysis_writing_alone_s"] / 3, rel=1e-2)
+    assert result["render_alone_s"] >= 3 * result["seconds_per_batch"]
+    busier = max(result["render_alone_s"], result["analysis_writing_alone_s"])
+    assert result["busier_s"] == pytest.approx(busier, abs=1e-3)
+    assert result["busier_stage"] == ("render" if busier == result["render_alone_s"] else "analysis_writing")
+    assert result["end_to_end_s"] == run["shards_s"]
+    assert result["end_to_end_over_busier"] == pytest.approx(result["end_to_end_s"] / busier, rel=1e-2)
+    total = result["render_alone_s"] + result["analysis_writing_alone_s"]
+    assert result["end_to_end_over_sum"] == pytest.approx(result["end_to_end_s"] / total, rel=1e-2)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
