@@ -188,6 +188,39 @@ def test_captions_carry_the_analysers_cosine_and_verdict(tmp_path, monkeypatch):
     assert diff.cos < threshold and diff.verdict == "drop" and f"ID cos {diff.cos:.2f} → drop" in diff.caption
 
 
+class _DeclaresItsThreshold:
+    """A custom analyser (dlib underneath) whose same-person cosine is its own declaration."""
+
+    name, license, license_restricted, embedding_space = "custom", "test", False, "custom"
+
+    def __init__(self, same_person_cos: float):
+        self.same_person_cos = same_person_cos
+        self.inner = dlib_analyzer()
+        self.embedding_dim = self.inner.embedding_dim
+
+    def analyze(self, images, *, all_faces=False):
+        return self.inner.analyze(images, all_faces=all_faces)
+
+
+def test_verdicts_use_a_custom_analysers_declared_threshold(tmp_path, monkeypatch):
+    """The stranger's cosine lies between ArcFace's 0.3 and dlib's 0.92: a threshold just under it
+    keeps the stranger (dlib's would drop), one just over it drops the stranger (0.3 would keep)."""
+    analyzer = _DeclaresItsThreshold(0.0)
+    session = demo_lib.DemoSession("tiny", analyzer)
+    ident = session.identity([str(_png(tmp_path / "a.png", astronaut()))], "tiny")
+    monkeypatch.setattr(session, "pipeline", lambda model: _ReturnsPhotos([load_image(HANKS)]))
+    settings = demo_lib.Settings(num_images=1, steps=1, seed=0)
+    (probe,) = session.render(ident, settings, "tiny")
+    assert 0.3 + 0.01 < probe.cos < 0.92 - 0.01
+    verdicts = {}
+    for offset in (-0.01, 0.01):
+        analyzer.same_person_cos = round(probe.cos + offset, 4)
+        (judged,) = session.render(ident, settings, "tiny")
+        assert judged.cos == probe.cos and demo_lib._threshold_text(session) == f"{analyzer.same_person_cos:.2f}"
+        verdicts[offset] = judged.verdict
+    assert verdicts == {-0.01: "keep", 0.01: "drop"}
+
+
 def test_standin_projection_keeps_cosines_and_is_fixed():
     p = demo_lib.standin_projection(128)
     assert p.shape == (512, 128)

@@ -174,3 +174,62 @@ def test_pose_section_reports_the_manifest_pose_of_kept_images(tmp_path):
         assert report["pose"][angle]["mean"] == pytest.approx(np.mean([r[angle] for r in kept]), abs=1e-4)
     # Flipped renders (the photo double flips half its images) mirror the yaw: both signs are present.
     assert min(r["yaw"] for r in kept) < 0 < max(r["yaw"] for r in kept)
+
+
+@pytest.mark.parametrize(("options", "excluded"), [({"landmarks": 68}, True), ({}, False)])
+def test_the_card_says_commercial_use_is_excluded_exactly_when_the_analyser_that_ran_restricts_it(tmp_path, options,
+                                                                                                  excluded):
+    """dlib with its 68-point predictor (iBUG 300-W data) excludes commercial use; the default 5-point
+    one does not. The engine builds the analyser from the recipe and the card reads its licence."""
+    recipe = small_recipe(identities={"count": 2, "dim": 512}, generation={"model": "tiny"},
+                          variation={"images_per_identity": 1, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
+                          filtering={"enabled": True, "analyzer": "dlib", "analyzer_options": options},
+                          export={"formats": ["imagefolder"]})
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    engine.run(recipe, tmp_path / "run", renderer=PhotoRenderer(bank.vectors, recipe.seed, {}))
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert ("commercial use is excluded" in card) is excluded
+    assert ("license_name: \"non-commercial-research\"" in card) is excluded
+    row = "| dlib (landmarks=68) | filter / face analysis | public domain (Davis King); iBUG 300-W licence: no commercial use |"
+    assert (row in card) is excluded
+    assert excluded or "| dlib | filter / face analysis | public domain (Davis King) |" in card
+
+
+class DeclaresItsThreshold:
+    """A custom analyser (dlib underneath) that declares its own same-person cosine, 0.89: between
+    ArcFace's 0.3 and dlib's 0.92, so a verdict that only 0.89 explains shows that it was read."""
+
+    name, license, license_restricted, embedding_space, same_person_cos = "custom", "test", False, "custom", 0.89
+
+    def __init__(self):
+        self.inner = get_analyzer("dlib")
+        self.embedding_dim = self.inner.embedding_dim
+
+    def analyze(self, images, *, all_faces=False):
+        return self.inner.analyze(images, all_faces=all_faces)
+
+
+def test_the_filter_defaults_min_cos_to_a_custom_analysers_declared_threshold(tmp_path):
+    # Two images of each identity show other people: with five images the trimmed centre leaves at
+    # least one of them out, so their cosines (~0.87-0.95) straddle 0.89 and dlib's 0.92.
+    swaps = {(0, 0): 4, (1, 0): 5, (2, 0): 3, (3, 0): 5, (0, 1): 5, (1, 1): 0, (2, 1): 4, (3, 1): 1}
+    recipe = small_recipe(identities={"count": 4, "dim": 512}, generation={"batch_size": 10},
+                          variation={"images_per_identity": 5, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
+                          filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0,
+                                     "collision_cos": 1.0, "on_too_few": "drop"},
+                          export={"formats": ["imagefolder"]}, compute={"shard_size": 4})
+    assert recipe.filtering.min_cos is None  # the default: the analyser's own threshold
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    renderer = PhotoRenderer(bank.vectors, recipe.seed, swaps, people={0: 0, 1: 1, 2: 2, 3: 3})
+    engine.run(recipe, tmp_path / "run", renderer=renderer, analyzer=DeclaresItsThreshold())
+    rows = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()
+    cos = np.array([r["filter_cos"] for r in rows])
+    kept = np.array([r["kept"] for r in rows])
+    np.testing.assert_array_equal(kept, cos >= 0.89)
+    assert {r["drop_reason"] for r in rows if not r["kept"]} == {"low_similarity"}
+    assert ((cos > 0.3) & ~kept).any()  # ArcFace's 0.3 would have kept these
+    assert ((cos < 0.92) & kept).any()  # dlib's 0.92 would have dropped these
+    models = engine.RunLayout(tmp_path / "run").record(0)["models"]
+    assert {"name": "custom", "same_person_cos": 0.89, "licence": "test"}.items() <= models[1].items()
