@@ -181,39 +181,40 @@ def main(argv=None) -> dict:
     if args.standin:
         result = {"benchmark": "engine_overlap", "recipe": args.recipe.name, "overrides": overrides,
                   **standin_run(recipe, args.seconds_per_batch)}
-        print(f"{result['run']['images']} images ({identities} identities x {images}) in {result['batches']} batches, "
-              f"stand-in {result['seconds_per_batch']:.3f} s per batch")
-        print(f"render alone              {result['render_alone_s']:8.2f} s")
-        print(f"analysis + writing alone  {result['analysis_writing_alone_s']:8.2f} s")
-        print(f"end to end                {result['end_to_end_s']:8.2f} s  = {result['end_to_end_over_busier']:.2f}x the "
-              f"busier stage ({result['busier_stage']}), {result['end_to_end_over_sum']:.2f}x their sum")
-        print(json.dumps(result))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
-        return result
-    start = time.perf_counter()
-    renderer = build_renderer(recipe, Ranks())
-    build_s = time.perf_counter() - start
-    result = {
-        "benchmark": "engine_overhead",
-        "recipe": args.recipe.name,
-        "overrides": overrides,
-        "model": recipe.generation.model,
-        "renderer_build_s": round(build_s, 3),
-        **timed_run(recipe, renderer),
-    }
-    print(f"{result['images']} images ({identities} identities x {images}) in {result['model_calls']} model calls")
-    print(f"end to end   {result['total_s']:8.2f} s  {result['images_per_s']:8.1f} images/s")
-    print(f"inside model {result['model_s']:8.2f} s  {result['model_images_per_s']:8.1f} images/s")
-    print(f"engine       {result['engine_s']:8.2f} s  ({100 * result['engine_share']:.0f} % of the run); "
-          f"end to end / model = {result['total_over_model']:.2f}x")
-    print(f"shards only  {result['shards_s']:8.2f} s  {result['shard_images_per_s']:8.1f} images/s "
-          f"({100 * result['shard_overhead_share']:.0f} % outside the model; no identity sampling or finalize)")
+        lines = [
+            f"{result['run']['images']} images ({identities} identities x {images}) in {result['batches']} batches, "
+            f"stand-in {result['seconds_per_batch']:.3f} s per batch",
+            f"render alone              {result['render_alone_s']:8.2f} s",
+            f"analysis + writing alone  {result['analysis_writing_alone_s']:8.2f} s",
+            f"end to end                {result['end_to_end_s']:8.2f} s  = {result['end_to_end_over_busier']:.2f}x the "
+            f"busier stage ({result['busier_stage']}), {result['end_to_end_over_sum']:.2f}x their sum",
+        ]
+    else:
+        start = time.perf_counter()
+        renderer = build_renderer(recipe, Ranks())
+        build_s = time.perf_counter() - start
+        result = {
+            "benchmark": "engine_overhead",
+            "recipe": args.recipe.name,
+            "overrides": overrides,
+            "model": recipe.generation.model,
+            "renderer_build_s": round(build_s, 3),
+            **timed_run(recipe, renderer),
+        }
+        lines = [
+            f"{result['images']} images ({identities} identities x {images}) in {result['model_calls']} model calls",
+            f"end to end   {result['total_s']:8.2f} s  {result['images_per_s']:8.1f} images/s",
+            f"inside model {result['model_s']:8.2f} s  {result['model_images_per_s']:8.1f} images/s",
+            f"engine       {result['engine_s']:8.2f} s  ({100 * result['engine_share']:.0f} % of the run); "
+            f"end to end / model = {result['total_over_model']:.2f}x",
+            f"shards only  {result['shards_s']:8.2f} s  {result['shard_images_per_s']:8.1f} images/s "
+            f"({100 * result['shard_overhead_share']:.0f} % outside the model; no identity sampling or finalize)",
+        ]
+    print("\n".join(lines))
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
-
 
 if __name__ == "__main__":
     main()
