@@ -1,4 +1,5 @@
-"""`synthface run` end to end on the smoke recipe: formats, kill-and-resume, two ranks, bad input."""
+"""`synthface run` end to end on the smoke recipe: formats, kill-and-resume, two ranks (real processes), bad
+input and the plan (in process: a subprocess start adds nothing to what they check)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import assert_clean_refusal, run_cli, run_cli_inprocess
 from tests.engine_doubles import read_labels
 from tests.test_engine import tree_digest
 
@@ -46,11 +47,18 @@ def test_smoke_run_writes_every_format_with_matching_counts(smoke_run):
     assert (out / "run.log").read_text().count("shard") >= 3
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
-    result = run_cli("run", SMOKE, "--out", tmp_path / "x", "--dry-run", "--set", "identities.count=20")
-    assert result.returncode == 0, result.stderr
-    assert "20 (max cos 0.3" in result.stdout and "80 kept from 80 candidates" in result.stdout
-    assert "7 of 3 identities, 0 done" in result.stdout
+@pytest.mark.parametrize(("count", "shards"), [
+    (20, "7 shards (3 identities each, the last 2), 0 done"),  # once printed as "7 of 3 identities"
+    (21, "7 shards (3 identities each), 0 done"),
+    (2, "1 shard (2 identities), 0 done"),
+])
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, count, shards):
+    result = run_cli_inprocess(capsys, "run", SMOKE, "--out", tmp_path / "x", "--dry-run",
+                               "--set", f"identities.count={count}")
+    assert result.returncode == 0, result.output
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert f"identities {count} (max cos 0.3" in text and f"{4 * count} kept from {4 * count} candidates" in text
+    assert f"shards {shards}" in text
     assert not (tmp_path / "x").exists()
 
 
@@ -87,29 +95,41 @@ def test_two_ranks_under_torchrun_make_the_same_dataset(smoke_run, tmp_path):
     assert digest == tree_digest(reference)
 
 
-def test_bad_recipe_value_names_field_and_exit_code(tmp_path):
-    result = run_cli("run", SMOKE, "--out", tmp_path / "x", "--set", "variation.images_per_identity=0")
-    assert result.returncode == 2
-    assert "variation.images_per_identity must be greater than or equal to 1 (given: 0)" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_recipe_value_names_field_and_exit_code(tmp_path, capsys):
+    result = run_cli_inprocess(capsys, "run", SMOKE, "--out", tmp_path / "x", "--set", "variation.images_per_identity=0")
+    assert_clean_refusal(result, 2, "variation.images_per_identity must be greater than or equal to 1 (given: 0)")
+    assert not (tmp_path / "x").exists()
 
 
-def test_other_recipe_in_output_folder_is_refused(smoke_run, tmp_path):
+def test_other_recipe_in_output_folder_is_refused(smoke_run, tmp_path, capsys):
     reference, _, _ = smoke_run
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
-    result = run_cli("run", SMOKE, "--out", out, "--set", "seed=9")
-    assert result.returncode == 2 and "different recipe" in result.stderr and "--overwrite" in result.stderr
+    result = run_cli_inprocess(capsys, "run", SMOKE, "--out", out, "--set", "seed=9")
+    assert_clean_refusal(result, 2, "different recipe", "--overwrite")
     assert tree_digest(out) == tree_digest(reference)
 
 
-def test_export_command_builds_a_format_later(smoke_run, tmp_path):
+def test_export_command_builds_a_format_later(smoke_run, tmp_path, capsys):
     reference, _, _ = smoke_run
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
     shutil.rmtree(out / "export" / "webdataset")
-    result = run_cli("export", out, "--format", "webdataset")
-    assert result.returncode == 0, result.stderr
+    result = run_cli_inprocess(capsys, "export", out, "--format", "webdataset")
+    assert result.returncode == 0, result.output
     assert len(read_labels("webdataset", out / "export" / "webdataset")) == 32
-    bad = run_cli("export", out, "--format", "lmdb")
-    assert bad.returncode == 2 and "unknown export format" in bad.stderr
+    assert_clean_refusal(run_cli_inprocess(capsys, "export", out, "--format", "lmdb"), 2, "unknown export format")
+
+
+def test_export_refuses_a_run_whose_finalize_record_is_missing_or_damaged(smoke_run, tmp_path, capsys):
+    """Completion is read through RunLayout.is_done: a damaged finalize marker is not a finished run."""
+    reference, _, _ = smoke_run
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "export" / "parquet")
+    (out / "finalize.done").write_text("{not json")
+    result = run_cli_inprocess(capsys, "export", out, "--format", "parquet")
+    assert_clean_refusal(result, 2, "is not a finished run", "finalize.done is missing or damaged", "synthface run")
+    (out / "finalize.done").unlink()
+    assert_clean_refusal(run_cli_inprocess(capsys, "export", out, "--format", "parquet"), 2, "is not a finished run")
+    assert not (out / "export" / "parquet").exists()

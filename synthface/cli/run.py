@@ -97,9 +97,9 @@ def export_command(
             f"{run_dir} is not a synthface run folder (no {layout.RUN_FILE}). Give the --out folder of a finished "
             "`synthface run`."
         )
-    if not layout.final_done.exists():
+    if not layout.is_done(layout.FINALIZE):
         raise InvalidInputError(
-            f"{run_dir} is not a finished run (no {layout.FINAL_DONE}). Finish it first with "
+            f"{run_dir} is not a finished run ({layout.FINAL_DONE} is missing or damaged). Finish it with "
             f"`synthface run {layout.recipe_file} --out {run_dir}`."
         )
     unknown = sorted(set(format_) - set(WRITERS))
@@ -142,7 +142,7 @@ def _print_plan(spec, plan, out_dir: Path, ranks) -> None:
         ("images", f"{plan.images_wanted} kept from {plan.candidates_first_round} candidates (first round)"),
         ("model", f"{spec.generation.model}, {spec.generation.steps} steps, guidance {spec.generation.guidance}"),
         ("filter", spec.filtering.analyzer if spec.filtering.enabled else "off"),
-        ("shards", f"{plan.shards} of {spec.compute.shard_size} identities, {plan.shards_done} done"),
+        ("shards", _shards_text(plan.shards, plan.identities, spec.compute.shard_size, plan.shards_done)),
         ("ranks", f"this is rank {ranks.rank} of {ranks.world_size}"),
         ("disk", f"about {plan.disk_bytes / 1e9:.2f} GB"),
         ("time", eta),
@@ -150,6 +150,19 @@ def _print_plan(spec, plan, out_dir: Path, ranks) -> None:
     ]:
         table.add_row(key, value)
     console.print(table)
+
+
+def _shards_text(shards: int, identities: int, shard_size: int, done: int) -> str:
+    """The plan's shard line: how many shards, how many identities each (the last may hold fewer), done."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun if n == 1 else noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+    if shards == 1:
+        return f"1 shard ({count(identities, 'identity')}), {done} done"
+    last = identities - (shards - 1) * shard_size
+    tail = "" if last == shard_size else f", the last {last}"
+    return f"{count(shards, 'shard')} ({count(shard_size, 'identity')} each{tail}), {done} done"
 
 
 class _ImagesPerSecond(ProgressColumn):
