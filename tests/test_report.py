@@ -13,7 +13,7 @@ import pytest
 from synthface.errors import FileFormatError
 from synthface.report import ReportOptions, compute_report, load_run, write_report
 from synthface.report.metrics import _pair_from_index, class_pass, impostor_scores
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import assert_clean_refusal, run_cli, run_cli_inprocess
 
 # ---------------------------------------------------------------- building run folders by hand
 
@@ -243,7 +243,7 @@ def test_cli_writes_json_and_html_with_plots_and_contact_sheet(tmp_path):
     assert not (root / "report.json").exists()
 
 
-def test_bad_run_folders_raise_format_errors_and_the_cli_prints_one_paragraph(tmp_path):
+def test_bad_run_folders_raise_format_errors_and_the_cli_prints_one_paragraph(tmp_path, capsys):
     with pytest.raises(FileFormatError, match="is not a folder"):
         load_run(tmp_path / "missing")
     root = hand_example(tmp_path / "run")
@@ -255,8 +255,9 @@ def test_bad_run_folders_raise_format_errors_and_the_cli_prints_one_paragraph(tm
         load_run(root)
     np.save(tmp_path / "wrong_dim.npy", np.ones((2, 5), np.float32))
     root = hand_example(tmp_path / "run2")
-    proc = run_cli("report", root, "--reference", tmp_path / "wrong_dim.npy", "--no-html")
-    assert proc.returncode == 2 and "dimension" in proc.stderr and "Traceback" not in proc.stderr
+    result = run_cli_inprocess(capsys, "report", root, "--reference", tmp_path / "wrong_dim.npy", "--no-html")
+    assert_clean_refusal(result, 2, "dimension")
+    assert not (root / "report.json").exists()
 
 
 def test_kept_row_without_embedding_is_a_format_error(tmp_path):
