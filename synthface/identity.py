@@ -450,13 +450,13 @@ def sample_identities(
             ok = torch.ones(batch, dtype=torch.bool, device=device)
             cand_s = _Screened.of(state.screen, cand)
             if excluded is not None:
-                _screened_check(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok, state.work)
+                _reject_clashes(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok, state.work)
             before = state.count
             log = state.near_log(batch, cand_s) if before else None
             if before:
-                _screened_check(cand, cand_s, state.vectors, state.low, before, limit, ok, state.work, log)
+                _reject_clashes(cand, cand_s, state.vectors, state.low, before, limit, ok, state.work, log)
             survivors = ok.nonzero().squeeze(1)
-            keep = _greedy_within(cand[survivors], limit, cand[survivors].to(lp) if lp else None, delta)
+            keep = _greedy_keep_in_batch(cand[survivors], limit, cand[survivors].to(lp) if lp else None, delta)
             chosen = survivors[keep][: n - before]
             state.append(cand[chosen], _Screened(state.screen, cand_s.low[chosen],
                                                  None if cand_s.err is None else cand_s.err[chosen]))
@@ -475,9 +475,10 @@ def sample_identities(
                 last_checkpoint = time.monotonic()
     count = state.count
     if count < n:
-        feasible = _feasible_threshold(n, prior_obj, seed)
+        probe = _probe_draws(n, prior_obj, seed)
+        feasible = _feasible_threshold(n, probe)
         raise InfeasibleThresholdError(
-            _infeasible_message(n, count, draws, max_cos, prior_obj, feasible, exclude, exclude_max_cos, seed),
+            _infeasible_message(n, count, draws, max_cos, prior_obj, feasible, exclude, exclude_max_cos, probe),
             reached=count,
             feasible_max_cos=feasible,
         )
@@ -776,7 +777,7 @@ def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return best
 
 
-def _screened_check(
+def _reject_clashes(
     cand: torch.Tensor, cand_s: _Screened, bank: torch.Tensor, bank_s: _Screened, count: int, limit: float,
     ok: torch.Tensor, work: _Work, log: _NearLog | None = None,
 ) -> None:
@@ -854,7 +855,7 @@ def _load_checkpoint(path: Path, args: dict) -> dict:
     return saved
 
 
-def _greedy_within(
+def _greedy_keep_in_batch(
     cand: torch.Tensor, limit: float, cand_lp: torch.Tensor | None = None, delta: float = 0.0
 ) -> torch.Tensor:
     """Greedy acceptance in order inside one batch: keep i unless it clashes with a kept j < i.
@@ -916,11 +917,16 @@ def _screened_clashes(
 FEASIBLE_CAP = 0.999  # thresholds must stay below 1; advice never names 1.0
 
 
-def _feasible_threshold(n: int, prior: Prior, seed: int, exclude: np.ndarray | None = None) -> float:
-    """A threshold that n plain draws from the prior already satisfy: their exact max pairwise
-    cosine, or with `exclude` their max cosine to its rows; rounded up to 0.001, at most FEASIBLE_CAP."""
-    rng = _rng(seed, _STREAM_PROBE)
-    sample = prior.draw(rng, min(n, 50_000))
+def _probe_draws(n: int, prior: Prior, seed: int) -> np.ndarray:
+    """Plain draws from the prior (at most 50,000, from the seed's probe stream) that stand in for n:
+    the infeasible path draws them once and judges every threshold on them."""
+    return prior.draw(_rng(seed, _STREAM_PROBE), min(n, 50_000))
+
+
+def _feasible_threshold(n: int, sample: np.ndarray, exclude: np.ndarray | None = None) -> float:
+    """A threshold that n plain draws from the prior already satisfy, measured on `sample` (their
+    `_probe_draws`): their exact max pairwise cosine, or with `exclude` their max cosine to its rows;
+    rounded up to 0.001, at most FEASIBLE_CAP."""
     m = sample.shape[0]
     if exclude is None:
         observed = float(verify_vectors(sample, bins=0).max_cos)
@@ -940,7 +946,7 @@ def _feasible_threshold(n: int, prior: Prior, seed: int, exclude: np.ndarray | N
 
 def _infeasible_message(
     n: int, count: int, draws: int, max_cos: float, prior: Prior, feasible: float,
-    exclude: np.ndarray | None, exclude_max_cos: float | None, seed: int,
+    exclude: np.ndarray | None, exclude_max_cos: float | None, probe: np.ndarray,
 ) -> str:
     """What stopped sampling and the fix: the option at fault, with a valid value that works alone."""
     head = (
@@ -954,7 +960,7 @@ def _infeasible_message(
             return f"{head} No --max-cos below 1 is met by {n} plain draws from this prior; ask for fewer identities."
         return f"{head} Ask for fewer identities, or raise --max-cos: about {feasible} is met by {n} plain draws from this prior."
     if exclude is not None:
-        feasible_ex = _feasible_threshold(n, prior, seed, exclude)
+        feasible_ex = _feasible_threshold(n, probe, exclude)
         if feasible_ex > exclude_max_cos:
             fix = (
                 f"raise --exclude-max-cos: about {feasible_ex} is met by {n} plain draws from this prior"
