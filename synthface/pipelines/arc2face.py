@@ -236,7 +236,6 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         step_kwargs = self._step_kwargs(generator, eta)
 
         # 2d. Denoising loop.
-        self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if do_cfg:
