@@ -4,14 +4,16 @@ The one path from "a generator" to "images" for the engine, the demo, `synthface
 benchmarks. It resolves the device (`synthface.devices.resolve_device`) and the dtype (fp16 on a CPU
 renders in fp32, with a warning), applies the speed settings once (`Optimizations`), seeds one CPU
 `torch.Generator` per image (so an image depends only on its seed and condition vector, never on
-what shares its batch), and converts to uint8 in one way (`to_uint8`). Given the same inputs, every
-caller gets byte-identical images.
+what shares its batch), and converts to uint8 the one way its family declares
+(`GeneratorFamily.to_uint8`: Arc2Face rounds, Vec2Face truncates as its published scripts do).
+Given the same inputs, every caller gets byte-identical images.
 
 Generators plug in through a registry of families keyed by model name (`register_generator`):
-Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny", and is the default family for any
-other name (a local folder, a repo id in an Arc2Face layout). A new family subclasses
-`GeneratorFamily`, whose pipeline takes `id_embeds`, `generator` and `output_type="pt"` (floats in
-[0, 1], (B, 3, H, W)), and registers its names; see the Vec2Face note at the end of this module.
+Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny"; Vec2Face to every name starting
+with "vec2face". A local path goes to the family that `claims` it (a Vec2Face checkpoint or folder),
+else to the default family, Arc2Face (a local folder, a repo id in an Arc2Face layout). A new family
+subclasses `GeneratorFamily`, whose pipeline takes `id_embeds`, `generator` and `output_type="pt"`
+(floats in [0, 1], (B, 3, H, W)), and registers its names.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ class GeneratorFamily:
         """The image side the pipeline renders when no resolution is asked for."""
         raise NotImplementedError
 
+    def claims(self, path: str) -> bool:
+        """Whether the existing local file or folder `path` holds this family's weights; tried, in
+        registration order, before a path falls to the default family. Default: no."""
+        return False
+
+    def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
+        """The pipeline's (B, 3, H, W) floats in [0, 1] -> B (H, W, 3) uint8 images, the family's one
+        conversion. Default: `to_uint8` (rounded half to even)."""
+        return to_uint8(images)
+
 
 class Arc2FaceFamily(GeneratorFamily):
     """Arc2Face (`synthface.pipelines.Arc2FacePipeline`): SD 1.5 conditioned on ArcFace ID vectors."""
@@ -155,12 +167,20 @@ def register_generator(name_or_prefix: str, family: GeneratorFamily) -> None:
 
 def family_for(model: str | os.PathLike) -> GeneratorFamily:
     """The family that renders `model`: its exact name, else the longest matching prefix, else the
-    default (Arc2Face, which also reads local folders and repo ids in its layouts)."""
+    first family that `claims` it as an existing local path, else the default (Arc2Face, which also
+    reads local folders and repo ids in its layouts)."""
     name = os.fspath(model).strip().lower()
     if name in _FAMILIES:
         return _FAMILIES[name]
     prefixes = [k for k in _FAMILIES if k.endswith("*") and name.startswith(k[:-1])]
-    return _FAMILIES[max(prefixes, key=len)] if prefixes else DEFAULT_FAMILY
+    if prefixes:
+        return _FAMILIES[max(prefixes, key=len)]
+    path = os.path.expanduser(os.fspath(model))
+    if os.path.exists(path):
+        for family in dict.fromkeys(_FAMILIES.values()):
+            if family is not DEFAULT_FAMILY and family.claims(path):
+                return family
+    return DEFAULT_FAMILY
 
 
 def family_of_pipeline(pipeline) -> GeneratorFamily:
@@ -244,7 +264,7 @@ class Renderer:
             output_type="pt",
             **self.family.call_kwargs(self.pipeline, self.settings),
         )
-        return to_uint8(out.images)
+        return self.family.to_uint8(out.images)
 
 
 def build_renderer(
@@ -301,17 +321,89 @@ def build_renderer(
             pipeline.to(dtype=resolve_dtype(dtype, pipeline.device))
         name = name or family.name
     pipeline.set_progress_bar_config(disable=True)
+    family.call_kwargs(pipeline, settings)  # settings the model cannot honour are refused before any work
     if optimizations is not None:
         family.optimize(pipeline, optimizations)
     return Renderer(pipeline=pipeline, family=family, name=name, settings=settings)
 
 
+class Vec2FaceFamily(GeneratorFamily):
+    """Vec2Face and Vec2Face+ (`synthface.pipelines.Vec2FacePipeline`): one forward pass from an ID
+    vector to a 112 x 112 face.
+
+    Names: "vec2face", "vec2face-plus", "vec2face-plus-pose" (the published files), "vec2face-tiny",
+    "vec2face-plus-tiny" (random weights, plumbing only), and any local path it `claims`.
+    There is no denoising, so `RenderSettings.steps` and `guidance` do not apply and are ignored;
+    `resolution` must be None or 112 (the model's only size). Each image draws its mask rate and
+    token noise from its own generator (`rng="per_image"`, the generation scripts' mask preset).
+    uint8 images are truncated, ((x + 1) / 2 * 255) clipped then cut to an integer, as the published
+    scripts write them (HSFace was made so), not rounded as Arc2Face's are.
+    Attention: "exact" (the published arithmetic, the default) or "sdpa"; no VAE, so no
+    vae_slicing; channels_last applies to the CNN decoder.
+    """
+
+    name = "vec2face"
+    resolution = 112
+
+    def load(self, model, *, device, dtype, allow_download, allow_pickle, pose=False, merge_lora=False):
+        """`load_vec2face`; `pose` reads Vec2Face+'s pose checkpoint from its Hugging Face folder,
+        `merge_lora` folds the LoRA adapters into the attention weights."""
+        from synthface.pipelines import load_vec2face
+        from synthface.pipelines.loading import VEC2FACE_TINY
+
+        if model in VEC2FACE_TINY:
+            torch.set_num_threads(1)  # as Arc2Face's tiny model: layers too small to gain from threads
+        return load_vec2face(model, device=device, dtype=dtype, allow_download=allow_download,
+                             allow_pickle=allow_pickle, pose=pose, merge_lora=merge_lora)
+
+    def accepts(self, pipeline) -> bool:
+        from synthface.pipelines import Vec2FacePipeline
+
+        return isinstance(pipeline, Vec2FacePipeline)
+
+    def claims(self, path: str) -> bool:
+        """A .pth file, a folder in the published Hugging Face layout, or a converted folder whose
+        model_index.json names Vec2FacePipeline."""
+        import json
+        from pathlib import Path
+
+        from synthface.pipelines.loading import VEC2FACE_LAYOUT
+
+        folder = Path(path)
+        if folder.is_file():
+            return folder.suffix == ".pth"
+        if any((folder / file).is_file() for file in VEC2FACE_LAYOUT.values()):
+            return True
+        try:
+            return json.loads((folder / "model_index.json").read_text()).get("_class_name") == "Vec2FacePipeline"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def optimize(self, pipeline, optimizations):
+        if optimizations.vae_slicing:
+            raise InvalidInputError("Vec2Face has no VAE, so vae_slicing does not apply; leave it off.")
+        pipeline.optimize(attention=optimizations.attention or "exact", compile=optimizations.compile)
+        layout = torch.channels_last if optimizations.channels_last else torch.contiguous_format
+        pipeline.vec2face.im_decoder.to(memory_format=layout)
+
+    def call_kwargs(self, pipeline, settings):
+        if settings.resolution not in (None, self.resolution):
+            raise InvalidInputError(
+                f"Vec2Face renders {self.resolution} x {self.resolution} images only, got resolution "
+                f"{settings.resolution}; leave the resolution unset (or {self.resolution})."
+            )
+        return {"rng": "per_image"}
+
+    def native_resolution(self, pipeline) -> int:
+        return self.resolution
+
+    def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
+        """Truncation, as the published scripts write: the same bytes as
+        `synthface.pipelines.vec2face.to_uint8` of the decoder output (output_type="pil")."""
+        pixels = images.float().mul(255).clamp(0, 255).to(torch.uint8)
+        return list(pixels.permute(0, 2, 3, 1).cpu().numpy())
+
+
 for _name in ("arc2face", "foivospar/arc2face", "tiny"):
     register_generator(_name, DEFAULT_FAMILY)
-
-# Vec2Face: when synthface.pipelines.vec2face has landed, its family registers here, e.g.
-#     register_generator("vec2face*", Vec2FaceFamily())   # vec2face, vec2face-plus, vec2face-tiny, ...
-# with load -> load_vec2face (pose, merge_lora as load options), call_kwargs -> its mask_ratio and
-# rng="per_image" (steps and guidance do not apply: one forward pass), optimize -> its own
-# attention names ("exact" by default, "sdpa"), native_resolution -> 112. Its pipeline already
-# takes id_embeds, a list of per-image generators and output_type="pt" with floats in [0, 1].
+register_generator("vec2face*", Vec2FaceFamily())
