@@ -23,13 +23,7 @@ from synthface.fr.backbones import (
 REFERENCE = json.loads((Path(__file__).parent / "data" / "iresnet_state_dict.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a loaded 2-core machine makes OpenMP spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> IResNet:

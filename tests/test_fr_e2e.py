@@ -20,12 +20,7 @@ from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 COLOURS = [(230, 60, 60), (60, 230, 60), (60, 60, 230), (230, 230, 60)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shape_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:

@@ -18,13 +18,7 @@ from synthface.pipelines.testing import TINY_SIZE, tiny_arc2face_pipeline
 STEPS = 3  # enough for a multistep scheduler to use its history; keeps each call well under a second
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models are all per-op overhead: on a shared 2-core machine one thread is ~20x faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

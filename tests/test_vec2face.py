@@ -16,13 +16,7 @@ from synthface.pipelines.vec2face import to_uint8
 from synthface.pipelines.vec2face_landmarks import DOT_COLOURS, draw_landmarks, project_points, render_pose_landmarks
 from synthface.pipelines.vec2face_model import masks_from_noise, token_count
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

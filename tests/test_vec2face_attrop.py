@@ -10,13 +10,7 @@ from synthface.fr.backbones import iresnet
 from synthface.pipelines import load_vec2face
 from synthface.pipelines.vec2face_attrop import AttrOPConfig, AttrOPEstimators, attrop
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

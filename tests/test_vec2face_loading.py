@@ -20,12 +20,7 @@ from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel
 SHAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "vec2face_state_dict.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shape_only(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
