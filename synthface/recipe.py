@@ -47,7 +47,11 @@ class IdentitiesConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    model: str = Field("arc2face", description="'arc2face', 'tiny' (random weights, plumbing only) or a local path")
+    model: str = Field(
+        "arc2face", description="a generator name synthface.render routes ('arc2face', 'vec2face', 'vec2face-plus', "
+        "'vec2face-plus-pose'; 'tiny' and 'vec2face-tiny': random weights, plumbing only) or a local path; "
+        "each family's docstring there says which settings apply",
+    )
     steps: Int = Field(25, ge=1, le=1000)
     guidance: Float = Field(3.0, ge=0.0, le=30.0)
     resolution: Int | None = Field(None, ge=16, le=2048, description="image side in pixels; default: the model's own")
