@@ -188,7 +188,7 @@ def test_the_card_says_commercial_use_is_excluded_exactly_when_the_analyser_that
     layout = engine.prepare_output(recipe, tmp_path / "run")
     bank = engine.ensure_identities(recipe, layout, engine.Ranks())
     engine.run(recipe, tmp_path / "run", renderer=PhotoRenderer(bank.vectors, recipe.seed, {}))
-    card = (tmp_path / "run" / "README.md").read_text()
+    card = engine.RunLayout(tmp_path / "run").card.read_text()
     assert ("commercial use is excluded" in card) is excluded
     assert ("license_name: \"non-commercial-research\"" in card) is excluded
     row = "| dlib (landmarks=68) | filter / face analysis | public domain (Davis King); iBUG 300-W licence: no commercial use |"
