@@ -233,3 +233,31 @@ def test_the_filter_defaults_min_cos_to_a_custom_analysers_declared_threshold(tm
     assert ((cos < 0.92) & kept).any()  # dlib's 0.92 would have dropped these
     models = engine.RunLayout(tmp_path / "run").record(0)["models"]
     assert {"name": "custom", "same_person_cos": 0.89, "licence": "test"}.items() <= models[1].items()
+
+
+def test_report_on_a_filter_off_run_leaves_out_faceless_images_and_refuses_when_none_has_a_face(tmp_path, capsys):
+    from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
+
+    recipe = small_recipe(identities={"count": 3, "dim": 512}, export={"formats": ["imagefolder"]},
+                          variation={"images_per_identity": 2, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}})
+    layout = engine.prepare_output(recipe, tmp_path / "mixed")
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    photos, noise = PhotoRenderer(bank.vectors, recipe.seed, {}), noise_renderer(size=64)
+    first_seeds = {engine.plan_identity(recipe, i)[0].seed for i in range(3)}
+
+    def mixed(conditions, seeds):  # each identity's first image is noise (no face), the second a photo
+        return [noise(conditions[j : j + 1], [s])[0] if s in first_seeds else photos(conditions[j : j + 1], [s])[0]
+                for j, s in enumerate(seeds)]
+
+    engine.run(recipe, tmp_path / "mixed", renderer=mixed)
+    result = run_cli_inprocess(capsys, "report", tmp_path / "mixed", "--no-html")
+    assert result.returncode == 0, result.output
+    report = json.loads((tmp_path / "mixed" / "report.json").read_text())
+    assert report["embedded_by"] == "dlib (no face in 3 of 6 kept images: left out)"
+    assert report["counts"]["kept"] == 3
+
+    engine.run(recipe, tmp_path / "noise", renderer=noise_renderer(size=64))
+    before = sorted(p.name for p in (tmp_path / "noise").iterdir())
+    result = run_cli_inprocess(capsys, "report", tmp_path / "noise", "--no-html")
+    assert_clean_refusal(result, 5, "found no face in any of the 6 kept images", "random weights")
+    assert sorted(p.name for p in (tmp_path / "noise").iterdir()) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import FileFormatError
+from synthface.errors import FileFormatError, NoFaceError
 
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
 OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll", "quality",
@@ -68,7 +68,20 @@ def load_run(root: str | Path, analyzer=None) -> Run:
                 f"{root} holds no face embeddings: its recipe ran with filtering off, so no recogniser looked at "
                 "the images. Pass a face analyser to embed its kept images (synthface report --analyzer NAME)."
             )
-        embeddings, embedded_by = embed_kept_images(root, columns, analyzer), analyzer.name
+        embeddings = embed_kept_images(root, columns, analyzer)
+        embedded_by = analyzer.name
+        kept = np.asarray(columns["kept"], dtype=bool)
+        faceless = kept & ~np.isfinite(embeddings).all(axis=1)
+        if kept.any() and faceless.all(where=kept):
+            raise NoFaceError(
+                f"{analyzer.name} found no face in any of the {int(kept.sum())} kept images of {root}, so there is "
+                "nothing to measure (a run on random weights, such as the smoke recipe, draws no faces). Report a run "
+                "of a real model, or try another --analyzer."
+            )
+        if faceless.any():
+            # The report measures faces: kept images in which the analyser finds none are left out, and said so.
+            columns = {**columns, "kept": kept & ~faceless}
+            embedded_by += f" (no face in {int(faceless.sum())} of {int(kept.sum())} kept images: left out)"
     ids = None
     if layout.identities.exists():
         ids = np.asarray(map_tensor(layout.identities, "ids"), dtype=np.float32)
