@@ -11,7 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.cli_helpers import run_cli
-from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import torch
 from synthface import render
 from synthface.errors import InvalidInputError
 from synthface.render import Optimizations, RenderSettings, Vec2FaceFamily, build_renderer, family_for
-from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conditions(n: int, seed: int = 0) -> np.ndarray:

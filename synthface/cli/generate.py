@@ -31,24 +31,25 @@ def generate_command(
     ids: Annotated[Path, typer.Option("--ids", help="Identity bank: .safetensors with tensor 'ids' (N, D), or an (N, D) .npy.")],
     images_per_id: Annotated[int, typer.Option("--images-per-id", "-k", min=1, help="Images per identity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; PNGs go to <identity>/<image>.png).")],
-    model: Annotated[str, typer.Option(help="'arc2face' (HF cache), 'tiny' (random weights), a repo id or a local folder.")] = "arc2face",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora).")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora).")] = 3.0,
+    model: Annotated[str, typer.Option(help="'arc2face', 'vec2face', 'vec2face-plus' (HF cache), 'tiny' / 'vec2face-tiny' (random weights), a repo id, a local folder or a Vec2Face .pth.")] = "arc2face",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora); Arc2Face only.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora); Arc2Face only.")] = 3.0,
     seed: Annotated[int, typer.Option(min=0, help="Base seed; image j of identity i always gets the same derived seed.")] = 0,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own, 512 for Arc2Face).")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own: 512 for Arc2Face, 112 for Vec2Face, its only size).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per diffusion call; lower it if the GPU runs out of memory.")] = 8,
     dtype: Annotated[DType, typer.Option(help="Weights dtype (fp16/bf16 on GPU).")] = DType.fp32,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda, cuda:1 ...")] = "auto",
-    base: Annotated[str | None, typer.Option(help="SD 1.5 base (folder or repo id) for a published-layout model.")] = None,
-    lcm_lora: Annotated[str | None, typer.Option(help="LCM-LoRA for SD 1.5 (folder, file or repo id); use with --steps 4 --guidance 1.")] = None,
+    base: Annotated[str | None, typer.Option(help="SD 1.5 base (folder or repo id) for a published-layout Arc2Face model.")] = None,
+    lcm_lora: Annotated[str | None, typer.Option(help="LCM-LoRA for SD 1.5 (folder, file or repo id); use with --steps 4 --guidance 1. Arc2Face only.")] = None,
     vae_slicing: Annotated[bool, typer.Option(help="Decode one image at a time (less VAE memory).")] = False,
-    compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (slow first batch).")] = False,
+    compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the generator (slow first batch).")] = False,
     allow_download: Annotated[bool, typer.Option(help="Download missing weights from the Hugging Face Hub.")] = False,
-    allow_pickle: Annotated[bool, typer.Option(help="Also load pickled .bin weights (the published Arc2Face encoder is one).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Also load pickled weights (the published Arc2Face encoder .bin, Vec2Face's .pth files; `synthface models convert` avoids it for Vec2Face).")] = False,
 ) -> None:
     """Render IMAGES_PER_ID images of each identity in IDS into OUT, with a manifest.json.
 
-    Arc2Face weights (trained on WebFace42M) are for non-commercial research only.
+    The manifest records the model's licence: Arc2Face's and Vec2Face's weights are for
+    non-commercial research only.
     """
     import numpy as np
 
@@ -71,7 +72,8 @@ def generate_command(
     renderer = build_renderer(
         model, settings=RenderSettings(steps=steps, guidance=guidance, resolution=size), device=target,
         dtype=dtype.value, optimizations=Optimizations(compile=compile_unet, vae_slicing=vae_slicing),
-        allow_download=allow_download, allow_pickle=allow_pickle, base=base, lcm_lora=lcm_lora,
+        allow_download=allow_download, allow_pickle=allow_pickle,
+        **{k: v for k, v in (("base", base), ("lcm_lora", lcm_lora)) if v is not None},  # options given only
     )
     loaded = time.perf_counter() - start
 
