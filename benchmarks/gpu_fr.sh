@@ -4,7 +4,7 @@
 # the best eager configuration (kept in the README only where it pays); flip-sum evaluation
 # images/s; the loader's images/s with the HSFace augmentation and flip only at 0, 8 and 16
 # workers against the training rate. Goal: >= 2,000 training images/s (arcface_torch's logs: 540-690
-# per older GPU). Needs only torch with CUDA, numpy, opencv and pillow (no wheels to carry) and
+# per older GPU). Needs torch with CUDA, numpy, opencv and pillow (carried wheels fill any gap) and
 # finishes in under 5 minutes; leaves gpu_fr.json and gpu_fr.log in $OUT (else out/gpu-fr/).
 #
 #   device tool: bash benchmarks/gpu_fr.sh            (timeout_s 330)
@@ -14,23 +14,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-RESULTS=${OUT:-out/gpu-fr}
-mkdir -p "$RESULTS"
-exec > >(tee "$RESULTS/gpu_fr.log") 2>&1
-
-if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_fr: no CUDA GPU visible to $PY; on a CPU run: python benchmarks/bench_fr.py --quick"
-    exit 2
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null || true
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source benchmarks/gpu_common.sh
+gpu_setup gpu_fr 'import numpy, cv2, PIL, tqdm, synthface.fr.train'
 LIMIT=${FR_SECONDS:-280}
-START=$(date +%s)
 PYTHONUNBUFFERED=1 timeout --kill-after=10 "$LIMIT" "$PY" benchmarks/bench_fr.py --device cuda --network r50 \
     --batch 128 256 --precision bf16 fp16 --channels-last --compile --steps 30 --warmup 10 \
     --loader-images 4000 --workers 0 8 16 --out "$RESULTS/gpu_fr.json" "$@"
-rc=$?
-(( rc == 124 || rc == 137 )) && echo "gpu_fr: killed at the ${LIMIT} s limit; no JSON written"
-echo "gpu_fr: exit $rc after $(( $(date +%s) - START )) s; results in $RESULTS/gpu_fr.json"
-exit $rc
+gpu_finish gpu_fr $? "$RESULTS/gpu_fr.json"

@@ -40,37 +40,11 @@ if [[ "${1:-}" == "fetch" ]]; then
         -d "$WHEELS" "${PACKAGES[@]}"
 fi
 
-RESULTS=${OUT:-out/gpu-bench}
-mkdir -p "$RESULTS"
-LOG="$RESULTS/gpu_suite.log"
-exec > >(tee "$LOG") 2>&1
-START=$(date +%s)
-
+source benchmarks/gpu_common.sh
+[[ "${GPU_SUITE_CPU:-}" == 1 ]] && export GPU_CPU_DRY_RUN=1
 DEVICE_ARGS=()
-if [[ "${GPU_SUITE_CPU:-}" == 1 ]]; then
-    DEVICE_ARGS=(--device cpu --tiny)
-elif ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_suite: no CUDA GPU visible to $PY (torch missing, no driver, or a CPU build of torch)."
-    echo "gpu_suite: run this on the GPU machine; on CPU use: python benchmarks/gpu_bench.py --device cpu --tiny"
-    exit 2
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null || true
-
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-NEEDED='import diffusers, pydantic, transformers, onnx, cv2, PIL, safetensors'
-if ! "$PY" -c "$NEEDED" 2>/dev/null; then
-    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-        echo "gpu_suite: missing Python packages and no wheels in $WHEELS/."
-        echo "gpu_suite: fetch them on a machine with network (bash benchmarks/gpu_suite.sh fetch) and carry $WHEELS."
-        "$PY" -c "$NEEDED"
-        exit 3
-    fi
-    echo "gpu_suite: installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into /tmp/synthface-site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/synthface-site "$WHEELS"/*.whl || exit 3
-    export PYTHONPATH="/tmp/synthface-site:$PYTHONPATH"
-    "$PY" -c "$NEEDED" || { echo "gpu_suite: packages still missing after installing the wheels"; exit 3; }
-fi
+[[ "${GPU_SUITE_CPU:-}" == 1 ]] && DEVICE_ARGS=(--device cpu --tiny)
+OUT=${OUT:-out/gpu-bench} gpu_setup gpu_suite 'import diffusers, pydantic, transformers, onnx, cv2, PIL, safetensors'
 "$PY" -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "diffusers", diffusers.__version__, "transformers", transformers.__version__)'
 
@@ -82,7 +56,4 @@ BUDGET=${BUDGET:-400}
 echo "gpu_suite: gpu_bench budget ${BUDGET} s, hard limit ${LEFT} s"
 PYTHONUNBUFFERED=1 timeout --kill-after=10 "$LEFT" "$PY" benchmarks/gpu_bench.py \
     --budget "$BUDGET" --out "$RESULTS/gpu_bench.json" "${DEVICE_ARGS[@]}" "$@"
-rc=$?
-(( rc == 124 || rc == 137 )) && echo "gpu_suite: killed at the hard limit; $RESULTS/gpu_bench.json holds the stages that finished"
-echo "gpu_suite: exit $rc after $(( $(date +%s) - START )) s; results in $RESULTS/gpu_bench.json"
-exit $rc
+gpu_finish gpu_suite $? "$RESULTS/gpu_bench.json"
