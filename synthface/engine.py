@@ -50,6 +50,7 @@ from synthface.identity import (
 )
 from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe, parse_recipe
+from synthface.stages import Stage, StageTimes, run_stages
 
 log = logging.getLogger("synthface.engine")
 
@@ -241,6 +242,7 @@ class RunLayout:
     FINALIZE: ClassVar[str] = "finalize"  # the unit whose marker is FINAL_DONE
     IMAGES: ClassVar[str] = "images"  # kept crops inside a unit folder: images/<identity>/<image>.jpg
     FULL: ClassVar[str] = "full"  # whole images (export.keep_full_images): full/<identity>/<image>.png
+    STAGED: ClassVar[str] = "candidates"  # every candidate's files in a unit's temporary folder, until judged
     LOG: ClassVar[str] = "run.log"
     LOCK: ClassVar[str] = "run.lock"
     # Per-rank logs and locks of a distributed job, and the hidden temporaries of atomic writes.
@@ -288,6 +290,11 @@ class RunLayout:
         """Where a kept image of a unit lies, relative to the run folder (as the manifest records it)."""
         kind, ext = (self.FULL, "png") if full else (self.IMAGES, "jpg")
         return f"{self.SHARDS}/{_unit_name(unit)}/{kind}/{identity:07d}/{image:04d}.{ext}"
+
+    def staged_path(self, identity: int, image: int, *, full: bool = False) -> str:
+        """Where a candidate's crop (or full image) is written in a unit's temporary folder as soon as
+        it is rendered, relative to that folder; `image_path` is where a kept one moves."""
+        return f"{self.STAGED}/{identity:07d}/{image:04d}{'.full.png' if full else '.jpg'}"
 
     def record(self, unit: int | str) -> dict | None:
         """The done marker's record of a complete unit; None when it must be (re)done: no marker, a
@@ -626,11 +633,17 @@ def _sample_bank(recipe: Recipe) -> IdentityBank:
 
 @dataclass
 class Candidate:
-    """One rendered image and what the face analyser saw in it."""
+    """One rendered image and what the face analyser saw in it.
+
+    `crop` (aligned face, or the resized whole image when no face was found or no analyser runs)
+    and `full` (the whole image, with export.keep_full_images) hold pixels only until the write
+    stage has encoded them into the unit's temporary folder; then both are None, so a unit holds
+    only its in-flight batches' pixels however many images it renders.
+    """
 
     task: ImageTask
     condition_cos: float
-    crop: np.ndarray  # (S, S, 3) uint8, aligned face or a resized full image when no analyser runs
+    crop: np.ndarray | None
     full: np.ndarray | None
     embedding: np.ndarray | None  # filter-space embedding, None when no face
     det_score: float = float("nan")
@@ -643,21 +656,52 @@ class UnitResult:
     candidates: int
     kept: int
     seconds: float
+    stages: dict = field(default_factory=dict)  # `stage_report` of this unit
+
+
+#: Batches between the renderer and the end of the write stage at once (`ShardWorker.max_in_flight`):
+#: one rendering, one being analysed, one being written, one waiting; more only holds more memory.
+MAX_IN_FLIGHT = 4
+
+
+def stage_report(times: StageTimes, images: int) -> dict:
+    """What a unit's (or a run's) done record and summary say about its stages: images per second
+    over the wall time, each stage's busy seconds and busy share, and the bottleneck."""
+    return {
+        "images_per_s": round(images / times.wall, 3) if times.wall > 0 else 0.0,
+        "wall_s": round(times.wall, 3),
+        "busy_s": {k: round(v, 3) for k, v in times.busy.items()},
+        "busy_share": {k: round(v, 3) for k, v in times.shares().items()},
+        "bottleneck": times.bottleneck,
+    }
 
 
 class ShardWorker:
     """Renders, analyses, filters and writes units of work: the shards of one rank, and on rank 0 the
-    collision-resampling rounds. Every per-image verdict is `synthface.filtering`'s."""
+    collision-resampling rounds. Every per-image verdict is `synthface.filtering`'s.
 
-    def __init__(self, recipe: Recipe, layout: RunLayout, renderer: Renderer, analyzer=None):
+    The three stages overlap (`synthface.stages.run_stages`): the calling thread renders batch i+1
+    while one thread analyses batch i and another encodes and writes batch i-1 into the unit's
+    temporary folder. `max_in_flight` bounds the batches in between (1: the serial engine, for
+    debugging). The files are byte-identical either way: every batch's work depends on that batch
+    alone, and results are collected in render order. `stage_times` adds up over every unit.
+    """
+
+    def __init__(self, recipe: Recipe, layout: RunLayout, renderer: Renderer, analyzer=None, *,
+                 max_in_flight: int = MAX_IN_FLIGHT, stage_times: StageTimes | None = None):
         if analyzer is not None:
             from synthface.faces import check_analyzer
 
             check_analyzer(analyzer)
+        if max_in_flight < 1:
+            raise InvalidInputError(f"max_in_flight must be at least 1 (1 = serial), got {max_in_flight}.")
         self.recipe = recipe
         self.layout = layout
         self.renderer = renderer
         self.analyzer = analyzer
+        self.max_in_flight = max_in_flight
+        self.stage_times = stage_times if stage_times is not None else StageTimes()
+        self.images = 0  # rendered by this worker so far (the images of `stage_times`)
 
     # one unit ----------------------------------------------------------------
 
@@ -667,25 +711,39 @@ class ShardWorker:
     def run_unit(self, unit: str, identities: list[int], vectors: np.ndarray, vector_round: int,
                  on_images: Callable[[int], None] | None = None) -> UnitResult:
         """Render `identities` from their rows of `vectors` (their `vector_round`-th vector), in up to
-        max_rounds rounds while some keep fewer than min_images (on_too_few = "resample"); write the
-        unit's folder atomically, then mark it done with what ran."""
-        start = time.perf_counter()
+        max_rounds rounds while some keep fewer than min_images (on_too_few = "resample"); stream
+        every candidate into the unit's temporary folder, rename it into place, then mark it done
+        with what ran. Any failure removes the temporary folder: a unit is complete or absent."""
+        start, before = time.perf_counter(), self.stage_times.copy()
         candidates: list[Candidate] = []
         filt = self.recipe.filtering
         rounds = filt.max_rounds if filt.on_too_few == "resample" and filt.enabled else 1
         pending = identities
-        for round_ in range(rounds):
-            tasks = [t for ident in pending for t in plan_identity(self.recipe, ident, round_, vector_round)]
-            candidates += self._render(tasks, vectors, on_images)
-            verdict = self._judge(candidates, vectors)
-            kept_per = Counter(c.task.identity for c, k in zip(candidates, verdict["kept"]) if k)
-            pending = [i for i in identities if kept_per[i] < filt.min_images]
-            if not pending:
-                break
-        kept = self._write(unit, candidates, verdict)
-        result = UnitResult(unit, len(candidates), kept, time.perf_counter() - start)
+        tmp = self._open_temp(unit)
+        try:
+            for round_ in range(rounds):
+                tasks = [t for ident in pending for t in plan_identity(self.recipe, ident, round_, vector_round)]
+                candidates += self._render(tasks, vectors, on_images, tmp)
+                verdict = self._judge(candidates, vectors)
+                kept_per = Counter(c.task.identity for c, k in zip(candidates, verdict["kept"]) if k)
+                pending = [i for i in identities if kept_per[i] < filt.min_images]
+                if not pending:
+                    break
+            kept = self._finish(unit, tmp, candidates, verdict)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputPathError(
+                f"Writing {unit} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
+                "are kept and nothing half-written is left; free space or fix permissions, then run the same "
+                "command again to resume."
+            ) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        stages = stage_report(self.stage_times.since(before), len(candidates))
+        result = UnitResult(unit, len(candidates), kept, time.perf_counter() - start, stages)
         self.layout.mark_done(unit, {"unit": unit, "candidates": result.candidates, "kept": result.kept,
-                                     "seconds": round(result.seconds, 3), "models": self.models()})
+                                     "seconds": round(result.seconds, 3), "stages": stages, "models": self.models()})
         return result
 
     def models(self) -> list[dict]:
@@ -703,21 +761,32 @@ class ShardWorker:
                         "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
         return out
 
-    def _render(self, tasks: list[ImageTask], vectors: np.ndarray, on_images) -> list[Candidate]:
-        out: list[Candidate] = []
+    def _render(self, tasks: list[ImageTask], vectors: np.ndarray, on_images, tmp: Path) -> list[Candidate]:
+        """Render, analyse and write `tasks` batch by batch, overlapped; the candidates in task order,
+        their pixels already in `tmp`."""
         batch_size = self.recipe.generation.batch_size
-        for lo in range(0, len(tasks), batch_size):
-            batch = tasks[lo : lo + batch_size]
-            centres = vectors[[t.identity for t in batch]]
-            targets = np.array([t.target_cos for t in batch])
-            conditions = np.where(
-                (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=[t.seed for t in batch])
-            ).astype(np.float32)
-            images = self.renderer(conditions, [t.seed for t in batch])
-            out += self._analyse(batch, conditions, centres, images)
+        batches = [tasks[lo : lo + batch_size] for lo in range(0, len(tasks), batch_size)]
+        out: list[Candidate] = []
+
+        def collect(candidates: list[Candidate]) -> None:
+            out.extend(candidates)
+            self.images += len(candidates)
             if on_images:
-                on_images(len(batch))
+                on_images(len(candidates))
+
+        stages = [Stage("render", lambda batch: self._render_batch(batch, vectors)),
+                  Stage("analyse", lambda rendered: self._analyse(*rendered)),
+                  Stage("write", lambda candidates: self._stage_files(tmp, candidates))]
+        run_stages(batches, stages, collect, max_in_flight=self.max_in_flight, times=self.stage_times)
         return out
+
+    def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray):
+        centres = vectors[[t.identity for t in batch]]
+        targets = np.array([t.target_cos for t in batch])
+        conditions = np.where(
+            (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=[t.seed for t in batch])
+        ).astype(np.float32)
+        return batch, conditions, centres, self.renderer(conditions, [t.seed for t in batch])
 
     def _analyse(self, batch, conditions, centres, images) -> list[Candidate]:
         from synthface.faces.align import norm_crop
@@ -738,6 +807,20 @@ class ShardWorker:
                 cand = Candidate(task, float(cos), crop, image if keep_full else None, None)
             result.append(cand)
         return result
+
+    def _stage_files(self, tmp: Path, candidates: list[Candidate]) -> list[Candidate]:
+        """Encode each candidate's crop (and full image) under its staging name in `tmp` and drop its
+        pixels; `_finish` moves the kept ones to their final names."""
+        quality = self.recipe.export.jpeg_quality
+        for c in candidates:
+            for full, pixels in ((False, c.crop), (True, c.full)):
+                if pixels is None:
+                    continue
+                path = tmp / self.layout.staged_path(c.task.identity, c.task.image, full=full)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(encode_png(pixels) if full else encode_jpeg(pixels, quality))
+            c.crop = c.full = None
+        return candidates
 
     def _judge(self, candidates: list[Candidate], vectors: np.ndarray) -> dict:
         """The per-image verdicts (filtering's): the best images per identity, or with filtering off
@@ -776,9 +859,8 @@ class ShardWorker:
             )
         return True
 
-    def _write(self, unit: str, candidates: list[Candidate], verdict: dict) -> int:
-        """Write the unit under a temporary folder, then rename it into place (atomic on POSIX);
-        returns the number of kept images."""
+    def _open_temp(self, unit: str) -> Path:
+        """A fresh temporary folder for `unit`, after removing what an earlier attempt left."""
         final = self.layout.unit_dir(unit)
         # Leftovers of an earlier attempt that never got its done-marker. A unit has one owner rank and
         # the rank's lock (`lock_run`) admits one process per rank, so no live process owns them.
@@ -788,35 +870,33 @@ class ShardWorker:
         tmp = self.layout.temp_dir(unit)
         try:
             tmp.mkdir(parents=True)
-            self._write_files(tmp, unit, candidates, verdict)
-            fsync_tree(tmp)
-            os.replace(tmp, final)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise OutputPathError(
-                f"Writing {unit} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
-                "are kept and nothing half-written is left; free space or fix permissions, then run the same "
-                "command again to resume."
+                f"Cannot create {tmp}: {exc.strerror or exc}. Free space or fix permissions, then run the same "
+                "command again to resume; finished shards are kept."
             ) from None
-        return int(np.count_nonzero(verdict["kept"]))
+        return tmp
 
-    def _write_files(self, tmp: Path, unit: str, candidates: list[Candidate], verdict: dict) -> None:
+    def _finish(self, unit: str, tmp: Path, candidates: list[Candidate], verdict: dict) -> int:
+        """Move the kept candidates' files to their final names, delete the dropped ones, write the
+        manifest and embeddings, then rename the folder into place (atomic on POSIX); returns the
+        number of kept images."""
         from synthface.export import write_manifest
 
         rows = []
-        quality = self.recipe.export.jpeg_quality
         prefix = len(f"{RunLayout.SHARDS}/{unit}/")
         for i, c in enumerate(candidates):
             kept = bool(verdict["kept"][i])
             rel = ""
             if kept:
                 rel = self.layout.image_path(unit, c.task.identity, c.task.image)
-                (tmp / rel[prefix:]).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel[prefix:]).write_bytes(encode_jpeg(c.crop, quality))
-                if c.full is not None:
-                    full = tmp / self.layout.image_path(unit, c.task.identity, c.task.image, full=True)[prefix:]
-                    full.parent.mkdir(parents=True, exist_ok=True)
-                    full.write_bytes(encode_png(c.full))
+                for full, final in ((False, rel), (True, self.layout.image_path(unit, c.task.identity, c.task.image,
+                                                                                  full=True))):
+                    staged = tmp / self.layout.staged_path(c.task.identity, c.task.image, full=full)
+                    if full and not staged.exists():
+                        continue
+                    (tmp / final[prefix:]).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staged, tmp / final[prefix:])
             yaw, pitch, roll = (float(v) for v in verdict["pose"][i])
             rows.append({
                 "identity": c.task.identity,
@@ -837,9 +917,13 @@ class ShardWorker:
                 "path": rel,
                 "unit": unit,
             })
+        shutil.rmtree(tmp / RunLayout.STAGED)  # the dropped candidates
         write_manifest(tmp / RunLayout.MANIFEST, rows)
         dim = self.analyzer.embedding_dim if self.analyzer is not None else 0
         (tmp / RunLayout.EMBEDDINGS).write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
+        fsync_tree(tmp)
+        os.replace(tmp, self.layout.unit_dir(unit))
+        return int(np.count_nonzero(verdict["kept"]))
 
 
 def filter_config(recipe: Recipe, same_person_cos: float):
@@ -901,6 +985,7 @@ class RunSummary:
     shards_skipped: list[int]
     finalized: bool
     stats: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)  # `stage_report` of the shards this process rendered
 
 
 def run(
@@ -914,11 +999,15 @@ def run(
     progress=None,
     command: str = "",
     wait_seconds: float = 7 * 24 * 3600,
+    max_in_flight: int = MAX_IN_FLIGHT,
 ) -> RunSummary:
     """Make (or resume) the dataset of `recipe` in `out_dir`; see the module docstring.
 
     `renderer` and `analyzer` default to the recipe's model and face analyser. `progress` is an
-    object with `start(total_images)`, `advance(images)` and `stop()` (the CLI passes a rich bar).
+    object with `start(total_images, stage_times)`, `advance(images)` and `stop()` (the CLI passes a
+    rich bar; `stage_times` is the live `StageTimes` of the render/analyse/write stages).
+    `max_in_flight` bounds the batches between rendering and writing (1: the serial engine; the
+    files are the same either way).
     Ranks, the device and the destination are checked before anything is written; the folder is
     locked for the whole run (`lock_run`). Shards whose files were damaged are redone; a run that
     keeps no image raises EmptyDatasetError after writing the manifest that says why.
@@ -935,24 +1024,26 @@ def run(
         mine = [s for s in range(num_shards(recipe)) if s % ranks.world_size == ranks.rank]
         todo = layout.incomplete(mine)
         log.info("rank %d/%d: %d shards, %d already done", ranks.rank, ranks.world_size, len(mine), len(mine) - len(todo))
-        worker = None
+        worker, times = None, StageTimes()
 
         def get_worker() -> ShardWorker:
             nonlocal worker, analyzer
             if analyzer is None and recipe.filtering.enabled:
                 analyzer = make_analyzer(recipe)
-            worker = worker or ShardWorker(recipe, layout, renderer or build_renderer(recipe, ranks), analyzer)
+            worker = worker or ShardWorker(recipe, layout, renderer or build_renderer(recipe, ranks), analyzer,
+                                           max_in_flight=max_in_flight, stage_times=times)
             return worker
 
         def render(shards: list[int]) -> None:
             total = sum(len(shard_identities(recipe, s)) for s in shards) * recipe.variation.candidates_per_identity
             if progress:
-                progress.start(total)
+                progress.start(total, times)
             try:
                 for shard in shards:
                     result = get_worker().run_shard(shard, bank.vectors, on_images=progress.advance if progress else None)
-                    log.info("shard %d: %d candidates, %d kept, %.1f s", shard, result.candidates, result.kept,
-                             result.seconds)
+                    log.info("shard %d: %d candidates, %d kept, %.1f s, %.2f images/s, bottleneck %s (busy %s)",
+                             shard, result.candidates, result.kept, result.seconds, result.stages["images_per_s"],
+                             result.stages["bottleneck"], result.stages["busy_share"])
             finally:
                 if progress:
                     progress.stop()
@@ -960,11 +1051,14 @@ def run(
         if todo:
             render(todo)
         skipped = sorted(set(mine) - set(todo))
+        def stages() -> dict:
+            return stage_report(times, worker.images) if worker else {}
+
         if ranks.rank != 0:
-            return RunSummary(layout.root, todo, skipped, False, {})
+            return RunSummary(layout.root, todo, skipped, False, {}, stages())
         _wait_for_shards(recipe, layout, ranks, wait_seconds)
         if layout.is_done(layout.FINALIZE):
-            return RunSummary(layout.root, todo, skipped, False, layout.record(layout.FINALIZE))
+            return RunSummary(layout.root, todo, skipped, False, layout.record(layout.FINALIZE), stages())
         damaged = damaged_units(layout, [*range(num_shards(recipe)), *_resample_units_done(recipe, layout)])
         if damaged:
             for unit in damaged:
@@ -981,7 +1075,7 @@ def run(
             todo = sorted(set(todo) | set(shards))
             skipped = sorted(set(skipped) - set(shards))
         stats = finalize(recipe, layout, bank, worker=get_worker)
-        return RunSummary(layout.root, todo, skipped, True, stats)
+        return RunSummary(layout.root, todo, skipped, True, stats, stages())
 
 
 def make_analyzer(recipe: Recipe):
@@ -1016,39 +1110,22 @@ def resolve_render_device(recipe: Recipe, ranks: Ranks):
 
 
 def build_renderer(recipe: Recipe, ranks: Ranks) -> Renderer:
-    """The recipe's diffusion model as a `Renderer` on this rank's device (`resolve_render_device`)."""
-    import torch
+    """The recipe's generator as a `synthface.render.Renderer` on this rank's device
+    (`resolve_render_device`), with the recipe's speed settings (`compute.attention`,
+    `compute.channels_last`, `compute.compile`)."""
+    from synthface.render import Optimizations, RenderSettings
+    from synthface.render import build_renderer as render_build
 
-    from synthface.pipelines import load_arc2face
-
-    gen = recipe.generation
-    device = resolve_render_device(recipe, ranks)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[gen.dtype]
-    if device.type == "cpu" and dtype == torch.float16:
-        log.warning("fp16 is slow and imprecise on CPU; rendering in fp32 instead")
-        dtype = torch.float32
-    if gen.model == "tiny":
-        # The tiny model's layers are far too small to gain from threads; on few cores the thread
-        # hand-off costs more than the work (measured on a busy 2-core machine: ~1 s per call with 2
-        # threads, ~0.04 s with 1).
-        torch.set_num_threads(1)
-    pipe = load_arc2face(gen.model, dtype=dtype, device=device, allow_pickle=gen.allow_pickle or None)
-    pipe.set_progress_bar_config(disable=True)
-
-    def render(conditions: np.ndarray, seeds: Sequence[int]) -> list[np.ndarray]:
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        out = pipe(
-            id_embeds=torch.from_numpy(conditions),
-            num_inference_steps=gen.steps,
-            guidance_scale=gen.guidance,
-            height=gen.resolution,
-            width=gen.resolution,
-            generator=generators,
-            output_type="np",
-        )
-        return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in out.images]
-
-    return render
+    gen, compute = recipe.generation, recipe.compute
+    return render_build(
+        gen.model,
+        settings=RenderSettings(gen.steps, gen.guidance, gen.resolution),
+        device=resolve_render_device(recipe, ranks),
+        dtype=gen.dtype,
+        optimizations=Optimizations(attention=compute.attention, channels_last=compute.channels_last,
+                                    compile=compute.compile),
+        allow_pickle=gen.allow_pickle or None,
+    )
 
 
 def _wait_until(missing: Callable[[], list], wait_seconds: float, describe: Callable[[list, float], str]) -> None:

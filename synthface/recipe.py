@@ -134,6 +134,18 @@ class ExportConfig(_Section):
 
 class ComputeConfig(_Section):
     shard_size: Int = Field(64, ge=1, le=100_000, description="identities per shard (the unit of resumption)")
+    attention: Literal["sdpa", "xformers"] | None = Field(
+        None, description="the generator's attention: its default (PyTorch SDPA), 'sdpa', or 'xformers' (needs an "
+        "xformers build matching the installed torch)",
+    )
+    channels_last: Bool = Field(False, description="channels-last memory format for the generator (faster on CUDA)")
+    compile: Bool = Field(False, description="torch.compile the generator's denoiser (a slow first batch)")
+
+
+#: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
+#: before they existed keep their fingerprint (and their runs resume); any other value may change
+#: the last bits of images, so it makes a different run.
+_SPEED_DEFAULTS = {"attention": None, "channels_last": False, "compile": False}
 
 
 class Recipe(_Section):
@@ -166,6 +178,9 @@ class Recipe(_Section):
         data = self.model_dump(mode="json")
         for key in ("batch_size", "device"):
             data["generation"].pop(key)
+        for key, default in _SPEED_DEFAULTS.items():
+            if data["compute"][key] == default:
+                data["compute"].pop(key)
         data.pop("description")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

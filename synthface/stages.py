@@ -45,6 +45,14 @@ class StageTimes:
         self.busy[name] = self.busy.get(name, 0.0) + seconds
         self.items[name] = self.items.get(name, 0) + 1
 
+    def copy(self) -> StageTimes:
+        return StageTimes(dict(self.busy), dict(self.items), self.wall)
+
+    def since(self, earlier: StageTimes) -> StageTimes:
+        """The times added after `earlier` (a `copy` of these times taken before some runs)."""
+        return StageTimes({k: v - earlier.busy.get(k, 0.0) for k, v in self.busy.items()},
+                          {k: v - earlier.items.get(k, 0) for k, v in self.items.items()}, self.wall - earlier.wall)
+
     def shares(self) -> dict[str, float]:
         """Busy seconds over wall seconds per stage: 1.0 is a stage that never waited."""
         return {name: busy / self.wall if self.wall > 0 else 0.0 for name, busy in self.busy.items()}
