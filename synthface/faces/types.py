@@ -135,16 +135,20 @@ class AnalyzerBase:
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         return self.embed(crops)
 
+    def embed_faces(self, images: list[np.ndarray], faces: list[list[Face]]) -> np.ndarray:
+        """(F, D) embeddings of every face of every image, in order: crop each on the CPU, embed in
+        one batch. A backend that aligns on its device overrides this."""
+        return self.embed_crops(np.concatenate([self.crops(im, fs) for im, fs in zip(images, faces) if fs]))
+
     def analyze(self, images: Sequence[np.ndarray], *, all_faces: bool = False) -> list[list[Face]]:
         from synthface.faces.image import as_rgb_uint8
 
         images = [as_rgb_uint8(im) for im in _as_list(images)]
         detected = self.detect(images)
         kept = [faces if all_faces else faces[:1] for faces in detected]
-        crops = [self.crops(im, faces) for im, faces in zip(images, kept) if faces]
-        if not crops:
+        if not any(kept):
             return [[] for _ in images]
-        emb = self.embed_crops(np.concatenate(crops))
+        emb = self.embed_faces(images, kept)
         out, i = [], 0
         for faces in kept:
             out.append([f.with_embedding(emb[i + k]) for k, f in enumerate(faces)])
