@@ -1,15 +1,16 @@
 """The synthface identity-customisation demo as a standalone Gradio app.
 
     python apps/demo.py                      # Arc2Face weights (synthface models download arc2face ...)
+    SYNTHFACE_DEMO_MODEL=vec2face python apps/demo.py   # Vec2Face (synthface models download vec2face)
     SYNTHFACE_DEMO_MODEL=tiny python apps/demo.py   # random weights: a smoke test of the page
 
-Same page as `synthface demo`; the logic lives in `synthface.demo`. Set SYNTHFACE_DEMO_HOST=0.0.0.0
+Same page as `synthface demo`; the logic lives in `synthface.demo`, the page in `synthface.demo_page`. Set SYNTHFACE_DEMO_HOST=0.0.0.0
 to serve a network (or a hosted Space), SYNTHFACE_DEMO_ANALYZER=insightface for the ArcFace judge.
 """
 
 import os
 
-from synthface.demo import build_demo, launch_demo
+from synthface.demo_page import build_demo, launch_demo
 
 demo = build_demo(
     os.environ.get("SYNTHFACE_DEMO_MODEL", "arc2face"),

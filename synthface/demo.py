@@ -1,13 +1,15 @@
 """The identity-customisation demo: photos of one person (or a random identity) in, new images of
 that identity out, each captioned with its measured cosine to the identity and a keep/drop verdict.
 
-The first half is plain logic (`DemoSession`: identity from photos, rendering, judging, the zip);
-the second half, `build_demo`, is the thin Gradio page over it. `synthface demo` launches it.
+This module is the plain logic (`DemoSession`: identity from photos, rendering through
+`synthface.render`, judging, the zip); `synthface.demo_page` is the thin Gradio page over it.
+Any generator `synthface.render` knows can be chosen (Arc2Face, Vec2Face, their random-weight
+test models).
 
 Two embedding spaces meet here. The generator is conditioned on an ArcFace vector from Arc2Face's
 own `arcface.onnx` (the conditioning recogniser); images are judged by the analyser (dlib offline,
-or insightface). When `arcface.onnx` is not installed, the tiny test model is conditioned on a
-*stand-in* (the analyser's descriptor through a fixed random orthogonal projection to 512-d): it
+or insightface). When `arcface.onnx` is not installed, a random-weight test model is conditioned on
+a *stand-in* (the analyser's descriptor through a fixed random orthogonal projection to 512-d): it
 exercises the plumbing only and carries no identity. A real model refuses the stand-in.
 """
 
@@ -18,19 +20,18 @@ import json
 import os
 import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
 import weakref
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError, NoFaceError, SynthfaceError
+from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError, NoFaceError
 
 #: Largest upload accepted (enforced by the server on upload and again before reading).
 MAX_UPLOAD_MB = 15
@@ -46,15 +47,26 @@ STANDIN_SEED = 7_2024
 #: Generated images and zips older than this are removed from the demo's temporary folder (which
 #: is removed whole when the demo stops).
 KEEP_OUTPUTS_S = 3600
-TINY = "tiny"
 STANDIN_NOTE = (
     "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
     "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
-    "projection. The tiny model accepts any 512-d vector; to draw the same person with a real "
+    "projection. A random-weight test model accepts any 512-d vector; to draw the same person with a real "
     "Arc2Face model, run: synthface models download arc2face-arcface"
 )
 
 STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
+VEC2FACE_NOTE = (
+    "Vec2Face was trained on features of its own Glint360K ArcFace-R100 (vec2face-arcface); this demo "
+    "conditions it on Arc2Face's arcface.onnx, an insightface recogniser of the same kind whose weights "
+    "are not verified to be the same, so the likeness may be weaker than Vec2Face's own."
+)
+
+
+def is_random_model(model: str) -> bool:
+    """Whether `model` is a built-in random-weight test model (plumbing only; draws no faces)."""
+    from synthface.weights import BUILT_IN_LICENCES
+
+    return model in BUILT_IN_LICENCES
 
 # ------------------------------------------------------------------------------------ conditioning
 
@@ -63,10 +75,9 @@ class ArcFaceConditioner:
     """Conditioning vectors from Arc2Face's ArcFace recogniser, on crops aligned from `face.kps`."""
 
     name = "arcface"
-    note = ""
 
-    def __init__(self, recognizer) -> None:
-        self.recognizer = recognizer
+    def __init__(self, recognizer, note: str = "") -> None:
+        self.recognizer, self.note = recognizer, note
 
     def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
         from synthface.faces import norm_crop
@@ -100,7 +111,8 @@ def standin_projection(in_dim: int, dim: int = CONDITIONING_DIM, seed: int = STA
 
 def make_conditioner(kind: str, model: str, analyzer):
     """"arcface" (Arc2Face's arcface.onnx, found locally), "stand-in", or "auto": arcface when
-    installed, else the stand-in for the tiny model; a real model without arcface.onnx is an error."""
+    installed, else the stand-in for a random-weight test model; a real model without arcface.onnx
+    is an error. A Vec2Face model's arcface conditioner carries `VEC2FACE_NOTE`."""
     if kind not in ("auto", "arcface", "stand-in"):
         raise InvalidInputError(f"conditioner must be 'auto', 'arcface' or 'stand-in', got {kind!r}.")
     if kind == "stand-in":
@@ -110,18 +122,21 @@ def make_conditioner(kind: str, model: str, analyzer):
     try:
         path = weights.find("arc2face-arcface")
     except ModelNotFoundError as exc:
-        if kind == "auto" and model == TINY:
+        if kind == "auto" and is_random_model(model):
             return StandInConditioner(analyzer.embedding_dim, analyzer.name)
         raise ModelNotFoundError(
             f"The {model} model is conditioned on ArcFace vectors from Arc2Face's own recogniser, which is "
             f"not installed. {exc}"
         ) from None
+    from synthface.render import Vec2FaceFamily, family_for
+
+    note = VEC2FACE_NOTE if isinstance(family_for(model), Vec2FaceFamily) and not is_random_model(model) else ""
     rec = getattr(analyzer, "recognizer", None)
     if rec is not None and Path(getattr(rec, "path", "")) == Path(path):
-        return ArcFaceConditioner(rec)  # the analyser already runs that recogniser: share it
+        return ArcFaceConditioner(rec, note)  # the analyser already runs that recogniser: share it
     from synthface.faces.onnx_backend import ArcFaceRecognizer
 
-    return ArcFaceConditioner(ArcFaceRecognizer(path))
+    return ArcFaceConditioner(ArcFaceRecognizer(path), note)
 
 
 # ----------------------------------------------------------------------------------------- identity
@@ -302,11 +317,11 @@ def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) 
 
 
 class DemoSession:
-    """Everything the page needs, loaded lazily and kept: analyser, conditioner, one pipeline.
+    """Everything the page needs, loaded lazily and kept: analyser, conditioner, one renderer.
 
-    model: "tiny" (random weights, for tests), a registry name or a local folder, passed to
-    `synthface.pipelines.load_arc2face`; the last model used stays loaded. analyzer: a backend
-    name for `get_analyzer` or an analyser instance.
+    model: any name or local path `synthface.render.build_renderer` takes ("arc2face", "vec2face",
+    "tiny" / "vec2face-tiny" for tests, ...); the last model used stays loaded, in fp16 on CUDA and
+    fp32 elsewhere. analyzer: a backend name for `get_analyzer` or an analyser instance.
 
     Privacy: everything the session writes (zips holding identity vectors of uploaded faces, and,
     under `build_demo`, the uploads themselves) lives in one private temporary folder, `root`,
@@ -322,7 +337,7 @@ class DemoSession:
         self.analyzer_name = analyzer if isinstance(analyzer, str) else analyzer.name
         self._analyzer = None if isinstance(analyzer, str) else analyzer
         self._conditioners: dict[str, object] = {}
-        self._pipe: tuple[str, object] | None = None
+        self._renderer = None  # synthface.render.Renderer of the last model used
         self._lcm: dict | None = None  # LCM state of the loaded pipeline; dropped with it
         self._lock = threading.Lock()
         self.root = Path(tempfile.mkdtemp(prefix="synthface-demo-"))  # mode 0700: this user only
@@ -350,23 +365,25 @@ class DemoSession:
         return self._analyzer
 
     def conditioner(self, model: str):
-        key = "tiny" if model == TINY else "real"
+        from synthface.render import family_for
+
+        key = "random" if is_random_model(model) else family_for(model).name
         if key not in self._conditioners:
             self._conditioners[key] = make_conditioner(self.conditioner_kind, model, self.analyzer)
         return self._conditioners[key]
 
-    def pipeline(self, model: str):
+    def renderer(self, model: str):
+        """The `synthface.render.Renderer` of `model`, loaded on first use and kept until another
+        model is asked for (the previous one, and its LCM state, are released first)."""
         with self._lock:
-            if self._pipe is None or self._pipe[0] != model:
-                import torch
+            if self._renderer is None or self._renderer.name != model:
+                from synthface.devices import resolve_device
+                from synthface.render import build_renderer
 
-                from synthface.pipelines import load_arc2face
-
-                self._pipe, self._lcm = None, None  # release the previous model (and its LCM state) first
-                device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-                self._pipe = (model, load_arc2face(model, dtype=dtype, device=device))
-            return self._pipe[1]
+                self._renderer, self._lcm = None, None
+                target = resolve_device(self.device)
+                self._renderer = build_renderer(model, device=target, dtype="fp16" if target.type == "cuda" else "fp32")
+            return self._renderer
 
     # -- one request -------------------------------------------------------------------------
 
@@ -377,25 +394,18 @@ class DemoSession:
         return identity_from_photos(list(photos or []), self.analyzer, conditioner)
 
     def render(self, identity: Identity, settings: Settings, model: str) -> list[Rendered]:
-        """Render `settings.num_images` images of `identity`, then judge each one."""
-        import torch
-
+        """Render `settings.num_images` images of `identity`, then judge each one. Steps and
+        guidance reach the renderer per request (families without them ignore them)."""
         from synthface.identity import perturb
+        from synthface.render import RenderSettings
 
         settings.check()
         seeds = settings.image_seeds()
         base = np.repeat(identity.vector[None], len(seeds), axis=0)
         conditions = base if settings.variation >= 1.0 else perturb(base, settings.variation, seed=seeds)
-        pipe = self.pipeline(model)
-        self._set_lcm(pipe, model, settings.lcm)
-        out = pipe(
-            id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
-            output_type="np",
-        )
-        images = [np.clip(np.rint(np.asarray(im) * 255), 0, 255).astype(np.uint8) for im in out.images]
+        renderer = self.renderer(model)
+        self._set_lcm(renderer.pipeline, model, settings.lcm)
+        images = replace(renderer, settings=RenderSettings(settings.steps, settings.guidance))(conditions, seeds)
         verdicts = judge(images, identity.reference, self.analyzer)
         condition_cos = conditions @ identity.vector
         return [
@@ -494,24 +504,38 @@ def _insightface_kwargs() -> dict:
 
 
 def installed_models(current: str) -> list[str]:
-    """Model choices for the page: the launched one first, then registry models found locally."""
+    """Model choices for the page: the launched one first, then the other generators
+    `synthface.render.generator_names` lists: with a random-weight model, the other random-weight
+    ones (tests); else those whose weights are found locally (Arc2Face also needs SD 1.5's)."""
     from synthface import weights
+    from synthface.render import generator_names
 
-    choices = [current]
-    try:
-        weights.find("arc2face")
-        weights.find("sd15")
-        choices.append("arc2face")
-    except ModelNotFoundError:
-        pass
+    choices, random_weights = [current], is_random_model(current)
+    for name in generator_names():
+        if is_random_model(name) != random_weights:
+            continue
+        if random_weights:
+            choices.append(name)
+            continue
+        try:
+            weights.find(name)
+            if name == "arc2face":
+                weights.find("sd15")
+            choices.append(name)
+        except ModelNotFoundError:
+            pass
     return list(dict.fromkeys(choices))
 
 
 def lcm_available(model: str) -> bool:
-    """LCM-LoRA can be switched on: a real model, peft installed, the LoRA weights found locally."""
+    """LCM-LoRA can be switched on: a real Arc2Face model, peft installed, the LoRA weights found locally."""
     import importlib.util
 
-    if model == TINY or importlib.util.find_spec("peft") is None:
+    from synthface.render import Arc2FaceFamily, family_for
+
+    if is_random_model(model) or not isinstance(family_for(model), Arc2FaceFamily):
+        return False
+    if importlib.util.find_spec("peft") is None:
         return False
     from synthface import weights
 
@@ -524,231 +548,3 @@ def lcm_available(model: str) -> bool:
 
 def new_seed() -> int:
     return random.SystemRandom().randrange(2**31)
-
-
-# ---------------------------------------------------------------------------------------------- UI
-
-DESCRIPTION = """\
-# synthface · identity customisation
-Upload one or more photos of **one person** (their identity vectors are averaged), or draw a
-**random identity**; get new images of that identity. Each caption gives the image's cosine to the
-identity as measured by the face analyser, and whether a dataset filter would **keep** or **drop** it.
-"""
-
-HOW_TO_READ = """\
-**Reading the captions.** *ID cos* is measured by the analyser ({analyzer}) between the generated
-face and the uploaded photos (for a random identity: the centre of the generated faces, unless the
-analyser is the conditioning recogniser); *keep* means at least {threshold}, the analyser's
-same-person threshold. *condition cos* is the cosine between the vector the image was rendered
-from and the identity (the *variation* control). {licence}
-"""
-
-
-def build_demo(
-    model: str = "arc2face",
-    analyzer: str = "dlib",
-    *,
-    conditioner: str = "auto",
-    device: str | None = None,
-    session: DemoSession | None = None,
-):
-    """The Gradio page over a `DemoSession`; `.launch()` it, or use `launch_demo` for the safe defaults."""
-    import gradio as gr
-
-    session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device)
-    # Gradio stores uploads (and copies of returned files) under GRADIO_TEMP_DIR, read when the page
-    # and its server are built: point it into the session's folder, so closing the session removes them.
-    os.environ["GRADIO_TEMP_DIR"] = str(session.uploads)
-    models = installed_models(model)
-
-    def run(photos, random_seed, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress):
-        seed = new_seed() if randomize_seed else int(seed)
-        settings = Settings(int(num_images), int(steps), float(guidance), seed, float(variation), bool(lcm))
-        model_choice = model_choice or model
-        try:
-            settings.check()
-            progress(0, desc="Finding the face")
-            ident = session.identity(_paths(photos), model_choice, random_seed=seed if random_seed else None)
-            for note in ident.notes:
-                gr.Warning(note)
-            progress(0.1, desc="Loading the model")
-            session.pipeline(model_choice)
-            results = session.render(ident, settings, model_choice)
-            archive = session.write_zip(results, ident, settings, model_choice)
-        except SynthfaceError as exc:
-            raise gr.Error(str(exc), title=_error_title(exc), print_exception=False) from None
-        kept = sum(r.verdict == "keep" for r in results)
-        summary = [f"**{len(results)} images**, seed {seed}; {kept} kept by the {session.analyzer.name} check."]
-        summary += [f"- {n}" for n in ident.notes]
-        if session.conditioner(model_choice).note and ident.source["kind"] == "photos":
-            summary.append(f"- {STANDIN_SHORT}")
-        return ([(r.image, r.caption) for r in results], ident.crops, str(archive), seed, "\n".join(summary))
-
-    def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        """New images of the person in the uploaded photos, each captioned with its identity cosine."""
-        return run(photos, False, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
-
-    def generate_random(num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        """Images of a random identity drawn from the prior with the seed."""
-        return run(None, True, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress)
-
-    with gr.Blocks(title="synthface demo", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
-        gr.Markdown(DESCRIPTION)
-        standin = _standin_note(session, model)
-        if standin:
-            gr.Markdown(f"> ⚠️ {standin}", elem_id="standin-note")
-        with gr.Row():
-            with gr.Column(scale=1):
-                photos = gr.File(
-                    label=f"Photos of one person (JPEG/PNG/WebP, up to {MAX_UPLOAD_MB} MB each)",
-                    file_count="multiple", file_types=["image"], elem_id="photos",
-                )
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    rand = gr.Button("Random identity", elem_id="random-identity")
-                num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
-                with gr.Accordion("Settings", open=False):
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                    guidance = gr.Slider(0.1, 10.0, value=3.0, step=0.1, label="Guidance")
-                    with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
-                        randomize = gr.Checkbox(value=True, label="Randomise seed")
-                    variation = gr.Slider(
-                        0.5, 1.0, value=1.0, step=0.01, label="Variation: target cosine to the identity",
-                        info="1 = exactly the identity; lower = more varied, less similar",
-                    )
-                    lcm = gr.Checkbox(
-                        value=False, label="LCM (2-4 steps)", interactive=lcm_available(model),
-                        info=None if lcm_available(model) else "needs a real model, pip install peft, synthface models download lcm-lora-sdv15",
-                    )
-                    model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
-                crops = gr.Gallery(
-                    label="Face used (aligned)", columns=4, height=170, fit_columns=False, format="png",
-                    object_fit="contain", elem_id="crops",
-                )
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Generated", columns=4, format="png", object_fit="contain", elem_id="gallery")
-                info = gr.Markdown(elem_id="info")
-                archive = gr.File(label="Download (images + manifest.json)", elem_id="download")
-                gr.Markdown(HOW_TO_READ.format(
-                    analyzer=analyzer, threshold=_threshold_text(session), licence=_licence_text(session, model),
-                ))
-
-        controls = [num_images, steps, guidance, seed, randomize, variation, lcm, model_choice]
-        outputs = [gallery, crops, archive, seed, info]
-        go.click(generate, [photos, *controls], outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
-        rand.click(generate_random, controls, outputs, api_name="random_identity", concurrency_limit=1, concurrency_id="gpu")
-        lcm.change(_lcm_defaults, lcm, [steps, guidance], api_visibility="private", queue=False)
-        model_choice.change(
-            lambda m: gr.Checkbox(value=False, interactive=lcm_available(m)), model_choice, lcm,
-            api_visibility="private", queue=False,
-        )
-    demo.queue(max_size=16, default_concurrency_limit=1)
-    _SESSIONS[demo] = session
-    return demo
-
-
-#: The session behind each page `build_demo` made, so `close_demo` can remove its files.
-_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-_ERROR_TITLES = {
-    NoFaceError: "No face found",
-    ImageError: "Unusable photo",
-    ModelNotFoundError: "Weights missing",
-    InvalidInputError: "Check the inputs",
-}
-
-
-def _error_title(exc: SynthfaceError) -> str:
-    return next((t for cls, t in _ERROR_TITLES.items() if isinstance(exc, cls)), "Error")
-
-
-def _paths(files) -> list[str]:
-    if not files:
-        return []
-    files = files if isinstance(files, (list, tuple)) else [files]
-    return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in files]
-
-
-def _lcm_defaults(on: bool):
-    return (4, 1.0) if on else (25, 3.0)
-
-
-def _standin_note(session: DemoSession, model: str) -> str:
-    try:
-        return session.conditioner(model).note
-    except SynthfaceError:  # reported on the first Generate instead, as an error in the page
-        return ""
-
-
-def _threshold_text(session: DemoSession) -> str:
-    try:
-        return f"{session.analyzer.same_person_cos:.2f}"
-    except SynthfaceError:  # analyser weights missing: reported on the first Generate
-        return "the threshold"
-
-
-def _licence_text(session: DemoSession, model: str) -> str:
-    try:
-        return session.licence_note(model)
-    except SynthfaceError:  # analyser weights missing: reported on the first Generate
-        return "Check the licences of the model and the analyser (synthface models list) before using the images."
-
-
-def launch_demo(demo, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
-    """Launch with the demo's safety defaults: localhost only unless told, upload size limit, the
-    server's refusals shown to the client as messages. A blocking launch (the default) removes the
-    session's files when the server stops (Ctrl-C or SIGTERM); otherwise call `close_demo`.
-
-    Raises:
-        InvalidInputError: `port` is out of range or already in use on `host`.
-    """
-    if port is not None:
-        check_port_free(host, port)
-    kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB}mb")
-    kwargs.setdefault("show_error", True)  # else a refused file path reaches the client as {"error": null}
-    blocking = not kwargs.get("prevent_thread_lock", False)
-    if blocking:
-        _sigterm_as_interrupt()
-    try:
-        return demo.launch(server_name=host, server_port=port, share=share, **kwargs)
-    except OSError as exc:
-        raise InvalidInputError(
-            f"Cannot start the demo server on {host}:{port or 'a port from 7860'}: {exc}. Pass another --port "
-            "(or none, to take the first free one), or stop the program that holds it."
-        ) from None
-    finally:
-        if blocking:
-            close_demo(demo)
-
-
-def close_demo(demo) -> None:
-    """Stop the page's server and remove its session's temporary files (uploads, zips)."""
-    demo.close()
-    session = _SESSIONS.pop(demo, None)
-    if session is not None:
-        session.close()
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raise InvalidInputError unless `port` is a valid port that can be bound on `host` now."""
-    if not 1 <= port <= 65535:
-        raise InvalidInputError(f"Port {port} is out of range; use 1 to 65535, or leave --port out for the first free one from 7860.")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise InvalidInputError(
-                f"Cannot serve the demo on {host}:{port}: {exc.strerror or exc}. Another program (perhaps an earlier "
-                "demo) holds that port: pass another --port, or leave it out to take the first free one from 7860."
-            ) from None
-
-
-def _sigterm_as_interrupt() -> None:
-    """Let SIGTERM stop the server like Ctrl-C, so the session's files are removed on the way out."""
-    import signal
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)

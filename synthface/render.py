@@ -72,6 +72,8 @@ class GeneratorFamily:
     """
 
     name: str = ""
+    #: Models it loads by name alone (downloadable or built in): what `generator_names` lists.
+    models: tuple[str, ...] = ()
 
     def load(self, model: str, *, device: torch.device, dtype: torch.dtype, allow_download: bool,
              allow_pickle: bool | None, **options):
@@ -109,6 +111,7 @@ class Arc2FaceFamily(GeneratorFamily):
     """Arc2Face (`synthface.pipelines.Arc2FacePipeline`): SD 1.5 conditioned on ArcFace ID vectors."""
 
     name = "arc2face"
+    models = ("arc2face", "tiny")
 
     def load(self, model, *, device, dtype, allow_download, allow_pickle, base=None, lcm_lora=None):
         """`load_arc2face`, then the LCM-LoRA when `lcm_lora` names one (folder, file or repo id)."""
@@ -181,6 +184,13 @@ def family_for(model: str | os.PathLike) -> GeneratorFamily:
             if family is not DEFAULT_FAMILY and family.claims(path):
                 return family
     return DEFAULT_FAMILY
+
+
+def generator_names() -> list[str]:
+    """Every model name a registered family loads by name alone (`GeneratorFamily.models`), in
+    registration order: the choices the demo and the CLI offer besides local paths."""
+    families = dict.fromkeys([DEFAULT_FAMILY, *_FAMILIES.values()])
+    return list(dict.fromkeys(name for family in families for name in family.models))
 
 
 def family_of_pipeline(pipeline) -> GeneratorFamily:
@@ -343,6 +353,7 @@ class Vec2FaceFamily(GeneratorFamily):
     """
 
     name = "vec2face"
+    models = ("vec2face", "vec2face-plus", "vec2face-plus-pose", "vec2face-tiny", "vec2face-plus-tiny")
     resolution = 112
 
     def load(self, model, *, device, dtype, allow_download, allow_pickle, pose=False, merge_lora=False):

@@ -1,5 +1,6 @@
 """The Gradio demo, launched on the tiny model with the dlib analyser and driven through
-gradio_client as a remote user would; plus the judging logic on real photos."""
+gradio_client as a remote user would (Arc2Face's and Vec2Face's random-weight models); plus the
+judging logic on real photos and the model choices."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 
 from synthface import demo as demo_lib
+from synthface import demo_page
 from synthface.errors import ModelNotFoundError
 from synthface.faces import load_image
+from synthface.render import GeneratorFamily, Renderer
 from tests.faces_fixtures import HANKS, T1, astronaut, dlib_analyzer
 
 CAPTION = re.compile(r"^(no face found|ID cos -?\d\.\d\d → (keep|drop)) · #(\d) seed (\d+) · condition cos (\d\.\d\d)$")
@@ -36,12 +39,12 @@ def _png(path: Path, image: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    page = demo_lib.build_demo("tiny", "dlib")
-    _, url, _ = demo_lib.launch_demo(page, prevent_thread_lock=True, quiet=True)
+    page = demo_page.build_demo("tiny", "dlib")
+    _, url, _ = demo_page.launch_demo(page, prevent_thread_lock=True, quiet=True)
     client = Client(url, verbose=False)
     yield url, client
     client.close()
-    demo_lib.close_demo(page)
+    demo_page.close_demo(page)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,37 @@ def test_random_identity_is_seeded(app):
     assert _zip(other[2])[0]["identity_vector"] != manifest["identity_vector"]
 
 
+def test_the_model_choice_renders_vec2face_through_synthface_render(app):
+    """Vec2Face's random-weight model from the page's model choice: 112 x 112 images, byte for byte
+    what synthface.render's renderer makes for the manifest's identity vector and seeds."""
+    import io
+
+    from PIL import Image
+
+    from synthface.render import build_renderer
+
+    _, client = app
+    controls = {**TINY_CONTROLS, "model_choice": "vec2face-tiny"}
+    gallery, _, archive, _, _ = client.predict(num_images=2, seed=5, variation=1.0, **controls,
+                                               api_name="/random_identity")
+    manifest, images = _zip(archive)
+    assert len(gallery) == 2 and manifest["model"] == "vec2face-tiny"
+    assert "random weights" in manifest["licence"]
+    vector = np.asarray(manifest["identity_vector"], dtype=np.float32)
+    expected = build_renderer("vec2face-tiny", device="cpu")(np.stack([vector, vector]), [5, 6])
+    got = [np.asarray(Image.open(io.BytesIO(images[n]))) for n in sorted(images)]
+    assert [g.shape for g in got] == [(112, 112, 3)] * 2
+    # the manifest rounds the vector to 7 decimals: at most one grey level from the page's own bytes
+    assert all(np.abs(g.astype(np.int16) - e).max() <= 1 for g, e in zip(got, expected))
+
+
+def test_cli_demo_refuses_an_unknown_model_listing_the_generators(capsys):
+    from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
+
+    result = run_cli_inprocess(capsys, "demo", "--model", "vec3face")
+    assert_clean_refusal(result, 2, "unknown generator 'vec3face'", "arc2face, tiny, vec2face, vec2face-plus")
+
+
 def test_upload_over_the_size_limit_is_refused(app, tmp_path):
     _, client = app
     big = _write(tmp_path / "huge.png", b"\x89PNG" + bytes(demo_lib.MAX_UPLOAD_MB * 2**20 + 1))
@@ -169,11 +203,28 @@ class _ReturnsPhotos:
     def __init__(self, images):
         self.images = images
 
-    def __call__(self, id_embeds, num_inference_steps, guidance_scale, generator, output_type):
+    def __call__(self, id_embeds, generator, output_type):
         from types import SimpleNamespace
 
-        assert output_type == "np" and len(generator) == len(id_embeds)
-        return SimpleNamespace(images=[im.astype(np.float32) / 255 for im in self.images[: len(id_embeds)]])
+        assert output_type == "pt" and len(generator) == len(id_embeds)
+        return SimpleNamespace(images=self.images[: len(id_embeds)])
+
+
+class _PhotoFamily(GeneratorFamily):
+    """The double's family: its 'images' are already uint8 photos (of different sizes)."""
+
+    name = "photos"
+
+    def call_kwargs(self, pipeline, settings):
+        return {}
+
+    def to_uint8(self, images):
+        return list(images)
+
+
+def _photo_renderer(images) -> Renderer:
+    """A real `synthface.render.Renderer` (the session replaces its settings per request) over the double."""
+    return Renderer(pipeline=_ReturnsPhotos(images), family=_PhotoFamily(), name="tiny")
 
 
 def test_captions_carry_the_analysers_cosine_and_verdict(tmp_path, monkeypatch):
@@ -181,7 +232,7 @@ def test_captions_carry_the_analysers_cosine_and_verdict(tmp_path, monkeypatch):
     session = demo_lib.DemoSession("tiny", dlib_analyzer())
     ident = session.identity([str(_png(tmp_path / "a.png", astronaut()))], "tiny")
     stranger = load_image(HANKS)  # another person, as an aligned 112 x 112 crop
-    monkeypatch.setattr(session, "pipeline", lambda model: _ReturnsPhotos([astronaut(), stranger]))
+    monkeypatch.setattr(session, "renderer", lambda model: _photo_renderer([astronaut(), stranger]))
     same, diff = session.render(ident, demo_lib.Settings(num_images=2, steps=1, seed=0), "tiny")
     threshold = session.analyzer.same_person_cos
     assert same.cos > 0.99 and same.verdict == "keep" and "ID cos 1.00 → keep" in same.caption
@@ -208,7 +259,7 @@ def test_verdicts_use_a_custom_analysers_declared_threshold(tmp_path, monkeypatc
     analyzer = _DeclaresItsThreshold(0.0)
     session = demo_lib.DemoSession("tiny", analyzer)
     ident = session.identity([str(_png(tmp_path / "a.png", astronaut()))], "tiny")
-    monkeypatch.setattr(session, "pipeline", lambda model: _ReturnsPhotos([load_image(HANKS)]))
+    monkeypatch.setattr(session, "renderer", lambda model: _photo_renderer([load_image(HANKS)]))
     settings = demo_lib.Settings(num_images=1, steps=1, seed=0)
     (probe,) = session.render(ident, settings, "tiny")
     assert 0.3 + 0.01 < probe.cos < 0.92 - 0.01
@@ -216,7 +267,7 @@ def test_verdicts_use_a_custom_analysers_declared_threshold(tmp_path, monkeypatc
     for offset in (-0.01, 0.01):
         analyzer.same_person_cos = round(probe.cos + offset, 4)
         (judged,) = session.render(ident, settings, "tiny")
-        assert judged.cos == probe.cos and demo_lib._threshold_text(session) == f"{analyzer.same_person_cos:.2f}"
+        assert judged.cos == probe.cos and demo_page._threshold_text(session) == f"{analyzer.same_person_cos:.2f}"
         verdicts[offset] = judged.verdict
     assert verdicts == {-0.01: "keep", 0.01: "drop"}
 
@@ -239,7 +290,15 @@ def test_a_real_model_without_the_arcface_recogniser_names_the_download(tmp_path
     with pytest.raises(ModelNotFoundError, match="synthface models download arc2face-arcface"):
         session.identity([str(_png(tmp_path / "a.png", astronaut()))], "arc2face")
     assert demo_lib.make_conditioner("auto", "tiny", session.analyzer).name == "stand-in"
-    assert demo_lib.installed_models("tiny") == ["tiny"] and not demo_lib.lcm_available("arc2face")
+    assert demo_lib.make_conditioner("auto", "vec2face-tiny", session.analyzer).name == "stand-in"
+    with pytest.raises(ModelNotFoundError, match="arc2face-arcface"):
+        demo_lib.make_conditioner("auto", "vec2face", session.analyzer)
+    assert not demo_lib.lcm_available("arc2face")
+    # Model choices come from synthface.render's families: random-weight ones beside a random-weight model,
+    # and no real one whose weights are missing.
+    assert demo_lib.installed_models("tiny") == ["tiny", "vec2face-tiny", "vec2face-plus-tiny"]
+    assert demo_lib.installed_models("vec2face") == ["vec2face"]
+    assert not demo_lib.lcm_available("vec2face") and not demo_lib.lcm_available("vec2face-tiny")
 
 
 def test_settings_out_of_range_are_refused():

@@ -24,7 +24,7 @@ if not CHROMIUM.is_file():
         allow_module_level=True,
     )
 
-from synthface import demo as demo_lib  # noqa: E402 (after the skip checks above)
+from synthface import demo_page  # noqa: E402 (after the skip checks above)
 from tests.faces_fixtures import T1  # noqa: E402
 
 NUM_IMAGES = 4  # the page's default
@@ -32,8 +32,8 @@ NUM_IMAGES = 4  # the page's default
 
 @pytest.fixture(scope="module")
 def url():
-    page = demo_lib.build_demo("tiny", "dlib")
-    _, address, _ = demo_lib.launch_demo(page, prevent_thread_lock=True, quiet=True)
+    page = demo_page.build_demo("tiny", "dlib")
+    _, address, _ = demo_page.launch_demo(page, prevent_thread_lock=True, quiet=True)
     yield address
     page.close()
 

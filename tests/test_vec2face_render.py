@@ -101,3 +101,11 @@ def test_published_names_carry_the_registry_licence():
     from synthface.weights import licence
 
     assert licence("vec2face").restricted and "academic use only" in licence("vec2face").text
+
+
+def test_the_family_lists_the_names_its_loader_takes():
+    from synthface.pipelines.loading import VEC2FACE_MODELS, VEC2FACE_TINY
+
+    assert set(Vec2FaceFamily.models) == {*VEC2FACE_MODELS, *VEC2FACE_TINY}
+    assert set(Vec2FaceFamily.models) <= set(render.generator_names())
+    assert all(isinstance(family_for(name), Vec2FaceFamily) for name in Vec2FaceFamily.models)
