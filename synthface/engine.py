@@ -6,6 +6,10 @@ redoes the rest, so a run can be killed at any moment. Every image's seed is der
 seed, identity, image index), so the data do not depend on how shards are spread over ranks or on
 interruptions. Ranks come from the launcher (torchrun, accelerate, Slurm) or explicit arguments;
 shard i belongs to rank i mod world size, and rank 0 finalizes once every shard is done.
+
+Within a shard the stages overlap (`ShardWorker`): the device renders batch i+1 while threads
+analyse batch i and encode batch i-1 into the shard's temporary folder, a bounded number of
+batches in flight, with the same files as one stage after another.
 """
 
 from __future__ import annotations
