@@ -12,7 +12,8 @@ import torch
 from synthface.errors import ModelNotFoundError
 from synthface.pipelines import Arc2FacePipeline, load_arc2face
 from synthface.pipelines.testing import save_tiny_published_layout, tiny_arc2face_pipeline
-from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -31,7 +31,8 @@ from synthface.pipelines.arc2face import MAX_GUIDANCE_SCALE, MAX_IMAGE_SIDE
 from synthface.pipelines.testing import save_tiny_published_layout, tiny_arc2face_pipeline
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 from tests.faces_fixtures import dlib_analyzer
-from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 PICKLE_ENV = "SYNTHFACE_ALLOW_PICKLE"
 

@@ -12,7 +12,8 @@ import torch
 from synthface import render
 from synthface.errors import InvalidInputError
 from synthface.render import GeneratorFamily, Optimizations, RenderSettings, build_renderer, family_for
-from tests.test_pipeline import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = RenderSettings(steps=2, guidance=3.0)
