@@ -210,7 +210,7 @@ def shipped_recipes() -> list[ShippedRecipe]:
 
     folder = Path(str(files("synthface") / SHIPPED_RECIPES_DIR))
     recipes = []
-    for path in sorted(folder.glob("*.toml")):
+    for path in sorted(folder.glob("*.toml"), key=lambda p: p.stem):  # by name, as listed
         try:
             description = str(tomllib.loads(path.read_text(encoding="utf-8")).get("description", ""))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
