@@ -132,7 +132,8 @@ def derive_seed(*parts: int) -> int:
 class ImageTask:
     """One candidate image. `round` counts the identity's rendering rounds over all its vectors;
     `vector_round` says which vector it is rendered from (0: the sampled one, r: the replacement
-    drawn in collision-resampling round r)."""
+    drawn in collision-resampling round r); `pose`: the target (yaw, pitch) in degrees when the recipe
+    asks for poses (`variation.pose`), else None."""
 
     identity: int
     image: int
@@ -140,6 +141,22 @@ class ImageTask:
     seed: int
     target_cos: float
     vector_round: int = 0
+    pose: tuple[float, float] | None = None
+
+
+#: Mixed into an image's seed parts to draw its target pose (a stream of its own, so adding poses
+#: to a recipe changes no other draw).
+POSE_STREAM = 0x706F7365
+
+
+def draw_pose(recipe: Recipe, identity: int, image: int) -> tuple[float, float] | None:
+    """The target (yaw, pitch) of one image, uniform in `variation.pose`'s ranges, from
+    derive_seed(recipe seed, identity, image, POSE_STREAM) alone; None when the recipe sets no poses."""
+    pose = recipe.variation.pose
+    if pose is None:
+        return None
+    rng = np.random.default_rng(derive_seed(recipe.seed, identity, image, POSE_STREAM))
+    return float(rng.uniform(*pose.yaw)), float(rng.uniform(*pose.pitch))
 
 
 def plan_identity(recipe: Recipe, identity: int, round_: int = 0, vector_round: int = 0) -> list[ImageTask]:
@@ -154,7 +171,7 @@ def plan_identity(recipe: Recipe, identity: int, round_: int = 0, vector_round: 
     targets = mixture_cosines(recipe.variation.perturbation, k, seed=mix_seed % 2**32)
     return [
         ImageTask(identity, attempt * k + j, attempt, derive_seed(recipe.seed, identity, attempt * k + j),
-                  float(targets[j]), vector_round)
+                  float(targets[j]), vector_round, draw_pose(recipe, identity, attempt * k + j))
         for j in range(k)
     ]
 
@@ -790,7 +807,11 @@ class ShardWorker:
         conditions = np.where(
             (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=[t.seed for t in batch])
         ).astype(np.float32)
-        return batch, conditions, centres, self.renderer(conditions, [t.seed for t in batch])
+        seeds = [t.seed for t in batch]
+        if self.recipe.variation.pose is None:
+            return batch, conditions, centres, self.renderer(conditions, seeds)
+        poses = np.array([t.pose for t in batch], dtype=np.float32)
+        return batch, conditions, centres, self.renderer(conditions, seeds, poses=poses)
 
     def _analyse(self, batch, conditions, centres, images) -> list[Candidate]:
         from synthface.faces.align import norm_crop
@@ -920,6 +941,7 @@ class ShardWorker:
                 "drop_reason": "" if kept else verdict["reasons"][i],
                 "path": rel,
                 "unit": unit,
+                **({} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}),
             })
         shutil.rmtree(tmp / RunLayout.STAGED)  # the dropped candidates
         write_manifest(tmp / RunLayout.MANIFEST, rows)
@@ -1021,6 +1043,10 @@ def run(
     check_destination(layout)
     if renderer is None:
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
+        if recipe.variation.pose is not None:  # so is a generator without pose control (loaded to find out)
+            renderer = build_renderer(recipe, ranks)
+    if recipe.variation.pose is not None:
+        renderer.require_poses(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
     with lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
         _attach_log_file(layout, ranks)

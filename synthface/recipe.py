@@ -70,12 +70,33 @@ class GenerationConfig(_Section):
         return value
 
 
+class PoseConfig(_Section):
+    """Target head poses for generators with pose control (Vec2Face+ with its pose model): each image
+    draws its yaw and pitch independently and uniformly from these ranges (degrees, inclusive),
+    from its own seed, so the pose of an image never depends on batch, shard or rank."""
+
+    yaw: tuple[Float, Float] = Field((-60.0, 60.0), description="[least, largest] yaw in degrees, within [-90, 90]")
+    pitch: tuple[Float, Float] = Field((-20.0, 20.0), description="[least, largest] pitch in degrees, within [-90, 90]")
+
+    @field_validator("yaw", "pitch")
+    @classmethod
+    def _valid_range(cls, value):
+        lo, hi = value
+        if not -90.0 <= lo <= hi <= 90.0:
+            raise ValueError(f"must be [least, largest] with -90 <= least <= largest <= 90 degrees, got [{lo}, {hi}]")
+        return value
+
+
 class VariationConfig(_Section):
     images_per_identity: Int = Field(50, ge=1, le=10_000)
     overgenerate: Float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
     perturbation: dict[float, Float] = Field(
         default_factory=lambda: {1.0: 1.0},
         description="target cosine of each condition vector to its identity -> share of images",
+    )
+    pose: PoseConfig | None = Field(
+        None, description="target yaw/pitch ranges (needs a generator with pose control, e.g. 'vec2face-plus-pose'); "
+        "none: the generator's own poses",
     )
 
     @field_validator("perturbation")
@@ -142,6 +163,10 @@ class ComputeConfig(_Section):
     compile: Bool = Field(False, description="torch.compile the generator's denoiser (a slow first batch)")
 
 
+#: Sections that leave a recipe's fingerprint alone while unset (None), so recipes written before
+#: they existed keep their fingerprint; set, they change the data.
+_OPTIONAL_SECTIONS = (("variation", "pose"),)
+
 #: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
 #: before they existed keep their fingerprint (and their runs resume); any other value may change
 #: the last bits of images, so it makes a different run.
@@ -181,6 +206,9 @@ class Recipe(_Section):
         for key, default in _SPEED_DEFAULTS.items():
             if data["compute"][key] == default:
                 data["compute"].pop(key)
+        for section, key in _OPTIONAL_SECTIONS:
+            if data[section][key] is None:
+                data[section].pop(key)
         data.pop("description")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -96,6 +96,11 @@ class GeneratorFamily:
         """The image side the pipeline renders when no resolution is asked for."""
         raise NotImplementedError
 
+    def takes_poses(self, pipeline) -> bool:
+        """Whether `pipeline` takes `poses=` ((B, 2) float32 target yaw, pitch in degrees, one row per
+        image) as a call argument. Default: no."""
+        return False
+
     def claims(self, path: str) -> bool:
         """Whether the existing local file or folder `path` holds this family's weights; tried, in
         registration order, before a path falls to the default family. Default: no."""
@@ -267,12 +272,32 @@ class Renderer:
 
         return licence(self.name)
 
-    def __call__(self, conditions: np.ndarray, seeds: Sequence[int]) -> list[np.ndarray]:
+    @property
+    def takes_poses(self) -> bool:
+        """Whether this generator has pose control (`poses=` in `__call__`)."""
+        return self.family.takes_poses(self.pipeline)
+
+    def require_poses(self, who: str) -> None:
+        """InvalidInputError, starting with `who` (who asks for poses), unless the generator has pose control."""
+        if not self.takes_poses:
+            raise InvalidInputError(
+                f"{who} renders with a {self.family.name!r} generator that has no pose control, so it cannot "
+                "follow target poses. Use a generator with a pose model ('vec2face-plus-pose'; "
+                "'vec2face-plus-tiny' for plumbing tests), or remove the poses (variation.pose)."
+            )
+
+    def __call__(self, conditions: np.ndarray, seeds: Sequence[int], poses: np.ndarray | None = None) -> list[np.ndarray]:
+        """Image i from conditions[i], seeds[i] and, when given, poses[i] ((B, 2) target yaw, pitch in
+        degrees; only for a generator with pose control, see `require_poses`)."""
+        kwargs = self.family.call_kwargs(self.pipeline, self.settings)
+        if poses is not None:
+            self.require_poses("This render call")
+            kwargs["poses"] = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
         out = self.pipeline(
             id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
             generator=image_generators(seeds),
             output_type="pt",
-            **self.family.call_kwargs(self.pipeline, self.settings),
+            **kwargs,
         )
         return self.family.to_uint8(out.images)
 
@@ -407,6 +432,11 @@ class Vec2FaceFamily(GeneratorFamily):
 
     def native_resolution(self, pipeline) -> int:
         return self.resolution
+
+    def takes_poses(self, pipeline) -> bool:
+        """Vec2Face+ loaded with its pose model ("vec2face-plus-pose", "vec2face-plus-tiny"); with poses
+        the pipeline uses the published pose-control mask preset (`MASK_RATIOS["pose"]`)."""
+        return pipeline.pose_model is not None
 
     def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
         """Truncation, as the published scripts write: the same bytes as
