@@ -28,7 +28,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar
@@ -255,6 +255,7 @@ class RunLayout:
     RUN_FILE: ClassVar[str] = "run.json"
     RECIPE: ClassVar[str] = "recipe.toml"
     IDENTITIES: ClassVar[str] = "identities.safetensors"
+    ATTROP: ClassVar[str] = "attrop.safetensors"  # identities.attrop: the optimised centres and their statuses
     MANIFEST: ClassVar[str] = "manifest.parquet"
     EMBEDDINGS: ClassVar[str] = "embeddings.safetensors"
     CARD: ClassVar[str] = "README.md"
@@ -273,7 +274,7 @@ class RunLayout:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The fixed names a run writes in its folder (per-rank files aside)."""
-        return (cls.SHARDS, cls.EXPORT, cls.RUN_FILE, cls.RECIPE, cls.IDENTITIES, cls.MANIFEST, cls.EMBEDDINGS,
+        return (cls.SHARDS, cls.EXPORT, cls.RUN_FILE, cls.RECIPE, cls.IDENTITIES, cls.ATTROP, cls.MANIFEST, cls.EMBEDDINGS,
                 cls.CARD, *cls.REPORTS, cls.FINAL_DONE, cls.LOG, cls.LOCK)
 
     @classmethod
@@ -344,6 +345,10 @@ class RunLayout:
     def incomplete(self, units) -> list:
         """The units among `units` that are not done, in the given order."""
         return [u for u in units if not self.is_done(u)]
+
+    @property
+    def attrop(self) -> Path:
+        return self.root / self.ATTROP
 
     @property
     def identities(self) -> Path:
@@ -617,26 +622,132 @@ def _remove_stale_temporaries(layout: RunLayout) -> None:
 # --------------------------------------------------------------------------- identities
 
 
-def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_seconds: float = 3600) -> IdentityBank:
-    """The sampled bank: rank 0 samples it once (it is seed-determined); other ranks wait for its
-    file, saying every WAIT_REPORT_SECONDS what they wait for. Once finalize has replaced colliding
-    vectors the file holds the final vectors; the sampled bank is then sampled again (same seed, same
-    vectors), since shards are always rendered from it."""
+def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_seconds: float = 3600,
+                      renderer: Renderer | None = None) -> IdentityBank:
+    """The bank the shards render: rank 0 samples it once (it is seed-determined) and, with
+    `identities.attrop`, optimises its centres once (`attrop_centres`, saved to attrop.safetensors
+    before identities.safetensors; `renderer` is the Vec2Face generator it needs); other ranks wait
+    for its file, saying every WAIT_REPORT_SECONDS what they wait for. Once finalize has replaced
+    colliding vectors the file holds the final vectors; the rendered bank is then rebuilt (sampled
+    again, same seed, same vectors; AttrOP's saved centres reused), since shards are always rendered from it."""
     path = layout.identities
     if path.exists():
         bank = load_bank(path)
         if REPLACED_KEY not in bank.metadata:
             return bank
         log.warning("%s holds the vectors after collision resampling; sampling the original bank again", path)
-        return _sample_bank(recipe)
+        return attrop_centres(recipe, layout, _sample_bank(recipe), renderer)
     if ranks.rank != 0:
         _wait_until(lambda: [path] if not path.exists() else [], wait_seconds, lambda missing, waited: (
             f"rank {ranks.rank} of {ranks.world_size} is waiting for rank 0 to write {path} ({waited:.0f} s so far); "
             "is rank 0 running?"))
         return load_bank(path)
-    bank = _sample_bank(recipe)
+    bank = attrop_centres(recipe, layout, _sample_bank(recipe), renderer)
     bank.save(path)
     return bank
+
+
+#: Mixed into an identity's seed parts for the generator of its AttrOP masks.
+ATTROP_STREAM = 0x617474
+#: identities.safetensors metadata with AttrOP: JSON {status: count} (per-identity rows: attrop.safetensors).
+ATTROP_KEY = "attrop"
+#: Per-identity AttrOP outcomes, in attrop.safetensors' `status` metadata (a JSON list, one per identity).
+ATTROP_STATUSES = ("converged", "not_converged", "too_close")
+
+
+def attrop_centres(recipe: Recipe, layout: RunLayout, bank: IdentityBank, renderer: Renderer | None) -> IdentityBank:
+    """`bank` with its centres optimised by AttrOP (`identities.attrop`), or `bank` itself when unset.
+
+    Computed once and saved to attrop.safetensors (`vectors`: the unit centres rendered; metadata
+    `status`: one JSON record per identity: status, steps, retries, identity_loss, quality); a rerun
+    reuses the file. Identity i's mask draws come from derive_seed(recipe seed, i, ATTROP_STREAM).
+    A centre keeps its optimised vector only if AttrOP converged ("converged"); otherwise it keeps
+    the sampled one ("not_converged"). The bank's guarantee then holds again: in identity order, a
+    converged vector whose cosine to any other current centre exceeds identities.max_cos is reverted
+    to its sampled vector ("too_close"), so no two centres are closer than max_cos, as sampled.
+    """
+    cfg = recipe.identities.attrop
+    if cfg is None:
+        return bank
+    path = layout.attrop
+    if not path.exists():
+        vectors, records = _run_attrop(recipe, bank, renderer)
+        atomic_write_bytes(path, safetensors_bytes({"vectors": vectors}, {"status": json.dumps(records)}))
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    vectors = load_file(str(path))["vectors"]
+    with safe_open(str(path), "numpy") as handle:
+        records = json.loads(handle.metadata()["status"])
+    counts = Counter(r["status"] for r in records)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    meta = {**bank.metadata, ATTROP_KEY: json.dumps({s: counts[s] for s in ATTROP_STATUSES})}
+    return replace(bank, vectors=vectors, nearest_cos=sims.max(axis=1).astype(np.float32), metadata=meta)
+
+
+def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -> tuple[np.ndarray, list[dict]]:
+    import torch
+
+    from synthface.pipelines.vec2face_attrop import AttrOPConfig, attrop
+
+    cfg = recipe.identities.attrop
+    if renderer is None or renderer.family.name != "vec2face":
+        raise InvalidInputError(
+            f"identities.attrop optimises centres through a Vec2Face generator, but generation.model = "
+            f"{recipe.generation.model!r} is not one. Use a Vec2Face model ('vec2face', 'vec2face-tiny') or remove "
+            "identities.attrop."
+        )
+    estimators = attrop_estimators(cfg.estimators, renderer.device, bank.dim)
+    config = AttrOPConfig(lr=cfg.lr, max_steps=cfg.max_steps, max_retries=cfg.max_retries,
+                          quality_target=cfg.quality_target)
+    start = bank.vectors.astype(np.float32)
+    optimised, records = start.copy(), []
+    step = recipe.generation.batch_size
+    log.info("AttrOP on %d identity centres (at most %d steps each)", len(bank), cfg.max_steps * (cfg.max_retries + 1))
+    for lo in range(0, len(bank), step):
+        rows = torch.from_numpy(start[lo : lo + step])
+        gens = [torch.Generator().manual_seed(derive_seed(recipe.seed, i, ATTROP_STREAM))
+                for i in range(lo, lo + len(rows))]
+        result = attrop(renderer.pipeline, rows, rows, estimators, gens, config=config)
+        out = torch.nn.functional.normalize(result.vectors.float(), dim=1).numpy()
+        for j, st in enumerate(result.status):
+            if st.converged:
+                optimised[lo + j] = out[j]
+            records.append({"status": "converged" if st.converged else "not_converged", "steps": st.steps,
+                            "retries": st.retries, "identity_loss": st.identity_loss, "quality": st.quality})
+    for i in range(len(bank)):  # the guarantee, in identity order, against the centres as they stand
+        if records[i]["status"] == "converged":
+            cos = optimised @ optimised[i]
+            cos[i] = -1.0
+            if cos.max() > recipe.identities.max_cos:
+                optimised[i], records[i]["status"] = start[i], "too_close"
+    return optimised, records
+
+
+def attrop_estimators(name: str, device, dim: int):
+    """AttrOP's judges: "vec2face" loads the registry's vec2face-arcface and vec2face-magface
+    iresnet100s (found locally: `synthface models download`); "tiny" builds fixed random projections of
+    the 8x8-pooled image (plumbing only: they judge nothing about faces)."""
+    import torch
+
+    from synthface.pipelines.vec2face_attrop import AttrOPEstimators
+
+    if name == "tiny":
+        g = torch.Generator().manual_seed(0)
+        w_id, w_q = (torch.randn(3 * 64, dim, generator=g).to(device) for _ in range(2))
+
+        def pooled(images):
+            return torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
+
+        return AttrOPEstimators(identity=lambda im: pooled(im) @ w_id, quality=lambda im: pooled(im) @ w_q)
+    from synthface import weights
+
+    states = []
+    for model in ("vec2face-arcface", "vec2face-magface"):
+        (file,) = weights.spec(model).files
+        states.append(torch.load(weights.find(model) / file, map_location="cpu", weights_only=True))
+    return AttrOPEstimators.from_state_dicts(*states, device=device)
 
 
 def _sample_bank(recipe: Recipe) -> IdentityBank:
@@ -1043,14 +1154,14 @@ def run(
     check_destination(layout)
     if renderer is None:
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
-        if recipe.variation.pose is not None:  # so is a generator without pose control (loaded to find out)
-            renderer = build_renderer(recipe, ranks)
+        if recipe.variation.pose is not None or recipe.identities.attrop is not None:
+            renderer = build_renderer(recipe, ranks)  # so is a generator without pose control (loaded to find out)
     if recipe.variation.pose is not None:
         renderer.require_poses(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
     with lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
         _attach_log_file(layout, ranks)
-        bank = ensure_identities(recipe, layout, ranks, wait_seconds=min(wait_seconds, 3600))
+        bank = ensure_identities(recipe, layout, ranks, wait_seconds=min(wait_seconds, 3600), renderer=renderer)
         mine = [s for s in range(num_shards(recipe)) if s % ranks.world_size == ranks.rank]
         todo = layout.incomplete(mine)
         log.info("rank %d/%d: %d shards, %d already done", ranks.rank, ranks.world_size, len(mine), len(mine) - len(todo))

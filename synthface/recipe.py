@@ -29,6 +29,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AttrOPSettings(_Section):
+    """AttrOP on the identity centres (Vec2Face generators only): Adam on each sampled vector until
+    the images it renders pass the identity and quality checks, within hard caps
+    (`synthface.pipelines.vec2face_attrop`); see `synthface.engine.attrop_centres` for what is kept."""
+
+    estimators: Literal["vec2face", "tiny"] = Field(
+        "vec2face", description="'vec2face': the registry's vec2face-arcface and vec2face-magface iresnet100s; "
+        "'tiny': random projections (plumbing only)",
+    )
+    max_steps: Int = Field(20, ge=1, le=1000, description="Adam steps per try (a hard cap)")
+    max_retries: Int = Field(3, ge=0, le=100, description="restarts of an unconverged vector (a hard cap)")
+    quality_target: Float = Field(27.0, ge=0.0, le=100.0, description="MagFace norm to reach (Vec2Face: 27)")
+    lr: Float = Field(0.1, gt=0.0, le=10.0)
+
+
 class IdentitiesConfig(_Section):
     count: Int = Field(1000, ge=1, le=10_000_000, description="identities to sample")
     prior: Literal["isotropic", "gaussian"] = "isotropic"
@@ -38,6 +53,7 @@ class IdentitiesConfig(_Section):
     exclude_max_cos: Float | None = Field(None, gt=-1.0, lt=1.0)
     dim: Int = Field(512, ge=2, le=4096)
     seed: Int = Field(0, ge=0)
+    attrop: AttrOPSettings | None = Field(None, description="optimise the sampled centres with AttrOP (Vec2Face)")
 
     @model_validator(mode="after")
     def _gaussian_needs_reference(self):
@@ -165,7 +181,7 @@ class ComputeConfig(_Section):
 
 #: Sections that leave a recipe's fingerprint alone while unset (None), so recipes written before
 #: they existed keep their fingerprint; set, they change the data.
-_OPTIONAL_SECTIONS = (("variation", "pose"),)
+_OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"))
 
 #: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
 #: before they existed keep their fingerprint (and their runs resume); any other value may change
