@@ -30,3 +30,14 @@ def test_report_shows_trained_recognisers(tmp_path):
     page = html_path.read_text()
     assert "Recognisers trained on this set" in page and "<td>fr/r50</td><td>82.00</td><td>98.00</td><td>90.00</td>" in page
     assert "<td>fr/tiny</td><td>-</td><td>60.00</td><td>60.00</td>" in page
+
+
+def test_report_command_lists_trained_recognisers(tmp_path, capsys):
+    from tests.cli_helpers import run_cli_inprocess
+
+    root = hand_example(tmp_path / "run")
+    (root / "fr" / "r50").mkdir(parents=True)
+    (root / "fr" / "r50" / "results.json").write_text(results(0.9, lfw=0.98, cfp_fp=0.82))
+    result = run_cli_inprocess(capsys, "report", root, "--no-html")
+    assert result.returncode == 0, result.output
+    assert "recogniser r50" in result.stdout and "average 90.00 % (lfw 98.00, cfp_fp 82.00)" in result.stdout

@@ -55,6 +55,9 @@ def report(
         table.add_row(f"unique identities @ cos {t}", f"{cur['final']} of {c['identities_generated']}")
     if d["leakage"]:
         table.add_row("leakage flagged", str(d["leakage"]["flagged_count"]))
+    for name, result in d.get("recognisers", {}).items():  # synthface train RUN --out RUN/fr/NAME --eval-bins
+        sets = ", ".join(f"{s} {100 * a:.2f}" for s, a in result["sets"].items())
+        table.add_row(f"recogniser {name}", f"average {100 * result['average']:.2f} % ({sets})")
     table.add_row("written", str(json_path) + (f", {html_path}" if html_path else ""))
     console.print(table)
 
