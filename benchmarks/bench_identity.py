@@ -12,6 +12,7 @@ search per candidate batch of 50K, greedy acceptance inside the batch). Ratios a
 timings taken in this same process, so a noisy machine affects both sides.
 
     python benchmarks/bench_identity.py --num 100000 --skip-reference
+    python benchmarks/bench_identity.py --num 300000 --priors isotropic --screen int8 --skip-reference
     python benchmarks/bench_identity.py --num 20000 --cli --skip-reference
 """
 
@@ -125,16 +126,15 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="skip the slow reference sampler")
-    parser.add_argument("--no-screen", action="store_true", help="plain float32, no low-precision screening")
-    parser.add_argument("--no-int8", action="store_true", help="screen in bfloat16 even where int8 is faster")
+    parser.add_argument("--screen", choices=("auto", "float32", "bfloat16", "int8"), default="auto",
+                        help="the screen for the bank checks (auto: this machine's cached probe decides)")
     parser.add_argument("--verify", action="store_true", help="also time the independent all-pairs check")
     parser.add_argument("--cli", action="store_true", help="also time `synthface ids sample` in a fresh process")
     parser.add_argument("--priors", default="isotropic,gaussian", help="comma-separated: isotropic, gaussian")
     args = parser.parse_args()
-    if args.no_screen:
-        screening.SCREEN = False
-    if args.no_int8:
-        screening.INT8 = False
+    if args.screen != "auto":
+        screening.SCREEN = args.screen != "float32"
+        screening.INT8 = args.screen == "int8"
     screen = screening.gemm_screen(torch.device("cpu"), torch.randn(8, DIM))
     results: dict[str, object] = {
         "num": args.num,

@@ -49,6 +49,8 @@ INT8_MIN_COUNT = 20_000
 CHECKPOINT_EVERY = 300.0  # seconds between checkpoints of a sampling given a checkpoint file
 CHECKPOINT_FORMAT = "synthface.identity_checkpoint/1"
 BLOCK = 8192
+WITHIN_ROWS = 1024  # candidate rows per gram of the within-batch check (16 MiB in float32)
+_LOWER_ROWS = 1024  # rows rounded to int8 at a time through the float32 scratch buffer
 TILE = 64  # columns per tile whose screened maximum verification keeps for its exact recheck
 MAX_BINS = 10_000  # histogram bins of nearest-neighbour cosines (float32 cosines resolve ~1e-4 anyway)
 
@@ -429,7 +431,7 @@ def sample_identities(
     excluded = torch.from_numpy(exclude).to(device) if exclude is not None else None
     lp = bf16_dtype(device)  # the within-batch gram (small); the bank checks use `screen`
     delta = screen_delta(dim)
-    excluded_s: _Screened | None = None
+    excluded_err: torch.Tensor | None = None
     limit = max_cos - GUARANTEE_MARGIN
     ex_limit = None if exclude_max_cos is None else exclude_max_cos - GUARANTEE_MARGIN
     eta = _Eta(n)
@@ -446,23 +448,24 @@ def sample_identities(
                 state.use_screen(gemm_screen(device, cand if state.count == 0 else state.vectors[: state.count],
                                              allow_int8=n >= INT8_MIN_COUNT) or Float32Screen(dim),
                                  0 if excluded is None else excluded.shape[0])
-                excluded_s = _Screened.of(state.screen, excluded) if excluded is not None else None
+                if excluded is not None and isinstance(state.screen, Int8Screen):
+                    excluded_err = state.screen.prepare(excluded)[1]
             ok = torch.ones(batch, dtype=torch.bool, device=device)
             cand_s = _Screened.of(state.screen, cand)
             if excluded is not None:
-                _reject_clashes(cand, cand_s, excluded, excluded_s, excluded.shape[0], ex_limit, ok, state.work)
+                _reject_clashes(cand, cand_s, excluded, excluded_err, excluded.shape[0], ex_limit, ok, state.work)
             before = state.count
             log = state.near_log(batch, cand_s) if before else None
             if before:
-                _reject_clashes(cand, cand_s, state.vectors, state.low, before, limit, ok, state.work, log)
+                _reject_clashes(cand, cand_s, state.vectors, state.err, before, limit, ok, state.work, log)
             survivors = ok.nonzero().squeeze(1)
             keep = _greedy_keep_in_batch(cand[survivors], limit, cand[survivors].to(lp) if lp else None, delta)
             chosen = survivors[keep][: n - before]
-            state.append(cand[chosen], _Screened(state.screen, cand_s.low[chosen],
-                                                 None if cand_s.err is None else cand_s.err[chosen]))
+            accepted = cand_s.take(chosen)
+            state.append(cand[chosen], accepted.err)
             if log is not None:
                 log.settle(chosen, before)
-            state.record_within(before)
+            state.record_within(before, accepted.low)
             eta.add(batch, before, state.count - before, time.perf_counter() - started)
             if progress:
                 progress(SamplingProgress(state.count, n, draws, eta.elapsed,
@@ -573,16 +576,18 @@ def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 class _Bank:
-    """The accepted vectors so far with their screened copy and exact nearest-neighbour cosines, in
-    buffers allocated once (the blocked products write into one reused gram buffer), so memory is
-    the bank, its screened copy (none for float32) and O(batch x block) work space, never N x N."""
+    """The accepted vectors so far with their exact nearest-neighbour cosines (and, for int8, each
+    vector's rounding error), in buffers allocated once. There is no screened copy of the bank: each
+    block is rounded to the screen's form into one reused buffer just before its product, with the
+    same values a whole screened copy would hold, so decisions are unchanged. Memory is the float32
+    bank, N x (4 + 8 for int8) bytes and O(batch x block) work space, never N x N and no second copy."""
 
     def __init__(self, vectors: torch.Tensor, nearest: torch.Tensor):
         self.vectors = vectors  # (n, D) float32
         self.nearest = nearest  # (n,) float32, -2 while a vector has no neighbour yet
         self.count = 0
         self.screen: Screen | None = None
-        self.low: _Screened | None = None
+        self.err: torch.Tensor | None = None  # (n,) float64 int8 rounding errors, int8 screen only
         self.work: _Work | None = None
         self.err_max = 0.0
 
@@ -596,15 +601,14 @@ class _Bank:
         the bank or of the `excluded` vectors."""
         n, dim = self.vectors.shape
         self.screen = screen
-        self.work = _Work(screen, CANDIDATE_BATCH, min(BLOCK, max(n, excluded)), self.vectors.device)
-        if isinstance(screen, Float32Screen):
-            self.low = _Screened(screen, self.vectors, None)
-        else:
-            self.low = _Screened.empty(screen, n, dim, self.vectors.device)
+        self.work = _Work(screen, CANDIDATE_BATCH, min(BLOCK, max(n, excluded)), dim, self.vectors.device)
+        if isinstance(screen, Int8Screen):
+            self.err = torch.empty(n, dtype=torch.float64, device=self.vectors.device)
+            for start in range(0, self.count, BLOCK):  # a resumed bank's errors, a block at a time
+                stop = min(start + BLOCK, self.count)
+                self.err[start:stop] = screen.prepare(self.vectors[start:stop])[1]
             if self.count:
-                self.low.put(0, _Screened.of(screen, self.vectors[: self.count]), self.count)
-        if self.low.err is not None and self.count:
-            self.err_max = float(self.low.err[: self.count].max())
+                self.err_max = float(self.err[: self.count].max())
 
     def restore(self, vectors: np.ndarray, nearest: np.ndarray) -> None:
         count = vectors.shape[0]
@@ -612,13 +616,13 @@ class _Bank:
         self.nearest[:count] = torch.from_numpy(nearest)
         self.count = count
 
-    def append(self, new: torch.Tensor, new_s: _Screened) -> None:
+    def append(self, new: torch.Tensor, new_err: torch.Tensor | None) -> None:
+        """Add the vectors `new` (with their int8 rounding errors `new_err`) to the bank."""
         at, k = self.count, new.shape[0]
         self.vectors[at : at + k] = new
-        if self.low.low is not self.vectors:
-            self.low.put(at, new_s, k)
-        if new_s.err is not None and k:
-            self.err_max = max(self.err_max, float(new_s.err.max()))
+        if new_err is not None and k:
+            self.err[at : at + k] = new_err
+            self.err_max = max(self.err_max, float(new_err.max()))
         self.count += k
 
     def slack(self, cand_s: _Screened | None = None) -> float:
@@ -629,19 +633,18 @@ class _Bank:
     def near_log(self, batch: int, cand_s: _Screened) -> _NearLog:
         return _NearLog(self, batch, self.slack(cand_s))
 
-    def record_within(self, before: int) -> None:
-        """Exact nearest-neighbour cosines among the vectors accepted in this batch (rows before..count),
-        screened like the bank checks: only tiles that can hold a row's maximum, above its cosine to
-        the earlier bank, are recomputed in float32."""
+    def record_within(self, before: int, low: torch.Tensor) -> None:
+        """Exact nearest-neighbour cosines among the vectors accepted in this batch (rows before..count,
+        screened form `low`), screened like the bank checks: only tiles that can hold a row's maximum,
+        above its cosine to the earlier bank, are recomputed in float32."""
         stop, slack = self.count, self.slack()
         if stop - before < 2:
             return
         rows, tiles = [], []
-        low = self.low.low[before:stop]
         best = torch.full((stop - before,), -2.0, device=self.vectors.device)
         for start in range(before, stop, BLOCK):
             end = min(start + BLOCK, stop)
-            g = self.work.gram(low, self.low.low[start:end])
+            g = self.work.gram(low, low[start - before : end - before])
             g.diagonal(offset=before - start).fill_(self.screen.fill)
             tile_max = self.work.tile_max(g)
             torch.maximum(best, tile_max.amax(dim=1), out=best)
@@ -653,13 +656,24 @@ class _Bank:
 
 
 class _Work:
-    """Work space reused by every block: a gram buffer for `rows` x `cols` and its per-tile maxima."""
+    """Work space reused by every block: a gram buffer for `rows` x `cols`, its per-tile maxima, and a
+    buffer for one block of `cols` vectors in the screen's low-precision form."""
 
-    def __init__(self, screen: Screen, rows: int, cols: int, device: torch.device):
+    def __init__(self, screen: Screen, rows: int, cols: int, dim: int, device: torch.device):
         self.screen = screen
         self.tile = math.gcd(TILE, BLOCK)
         self.gram_buf = torch.empty(rows * cols, dtype=screen.out_dtype, device=device)
         self.tile_buf = torch.empty(rows * -(-cols // self.tile), dtype=screen.out_dtype, device=device)
+        lowered = not isinstance(screen, Float32Screen)
+        self.block_buf = torch.empty(cols * dim, dtype=screen.dtype, device=device) if lowered else None
+        self.scratch = torch.empty((_LOWER_ROWS, dim), device=device) if isinstance(screen, Int8Screen) else None
+
+    def lower(self, x: torch.Tensor) -> torch.Tensor:
+        """The block `x` (at most `cols` rows) in the screen's low-precision form, in the reused block
+        buffer (valid until the next call): the values `screen.prepare(x)` gives; float32 is `x` itself."""
+        if self.block_buf is None:
+            return x
+        return self.screen.lower(x, self.block_buf[: x.numel()].view(x.shape), self.scratch)
 
     def gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = self.gram_buf[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
@@ -745,7 +759,7 @@ def _exact_tiles(bank: _Bank, rows: torch.Tensor, tiles: torch.Tensor, base: int
 
 @dataclass
 class _Screened:
-    """Vectors in a screen's low-precision form, with each vector's rounding error (int8)."""
+    """Candidates in a screen's low-precision form, with each vector's rounding error (int8)."""
 
     screen: Screen
     low: torch.Tensor
@@ -755,18 +769,8 @@ class _Screened:
     def of(cls, screen: Screen, x: torch.Tensor) -> _Screened:
         return cls(screen, *screen.prepare(x))
 
-    @classmethod
-    def empty(cls, screen: Screen, n: int, dim: int, device: torch.device) -> _Screened:
-        err = torch.empty(n, dtype=torch.float64, device=device) if isinstance(screen, Int8Screen) else None
-        return cls(screen, torch.empty((n, dim), dtype=screen.dtype, device=device), err)
-
     def take(self, index: torch.Tensor) -> _Screened:
         return _Screened(self.screen, self.low[index], None if self.err is None else self.err[index])
-
-    def put(self, at: int, other: _Screened, count: int) -> None:
-        self.low[at : at + count] = other.low[:count]
-        if self.err is not None:
-            self.err[at : at + count] = other.err[:count]
 
 
 def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -778,17 +782,18 @@ def _max_cos_against(cand: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def _reject_clashes(
-    cand: torch.Tensor, cand_s: _Screened, bank: torch.Tensor, bank_s: _Screened, count: int, limit: float,
-    ok: torch.Tensor, work: _Work, log: _NearLog | None = None,
+    cand: torch.Tensor, cand_s: _Screened, bank: torch.Tensor, bank_err: torch.Tensor | None, count: int,
+    limit: float, ok: torch.Tensor, work: _Work, log: _NearLog | None = None,
 ) -> None:
     """Clear `ok` for rows of `cand` with a float32 cosine > `limit` to one of the first `count`
-    rows of `bank`, and hand each block's tile maxima to `log`.
+    rows of `bank` (int8 rounding errors `bank_err`), and hand each block's tile maxima to `log`.
 
     The same decisions as comparing float32 cosines with `limit`, from a screened pass: per bank
     block, a row whose screened maximum exceeds limit + slack certainly clashes, one below
     limit - slack certainly does not (slack: the screen's error bound for that row and block),
     and only rows in between are recomputed in float32 against that block. Rows already
-    rejected are skipped.
+    rejected are skipped. Each bank block is rounded to the screen's form in `work`'s block buffer
+    just before its product (O(block x D), against the product's O(batch x block x D)).
     """
     screen = cand_s.screen
     for start in range(0, count, BLOCK):
@@ -797,9 +802,9 @@ def _reject_clashes(
         if rows.numel() == 0:
             break
         sub = cand_s if rows.numel() == ok.numel() else cand_s.take(rows)
-        tile_max = work.tile_max(work.gram(sub.low, bank_s.low[start:stop]))
+        tile_max = work.tile_max(work.gram(sub.low, work.lower(bank[start:stop])))
         screened = tile_max.amax(dim=1)
-        col_err = None if bank_s.err is None else float(bank_s.err[start:stop].max())
+        col_err = None if bank_err is None else float(bank_err[start:stop].max())
         slack = screen.slack(sub.err, col_err)
         reject = screened > limit + slack
         band = (screened > limit - slack) & ~reject
@@ -861,14 +866,21 @@ def _greedy_keep_in_batch(
     """Greedy acceptance in order inside one batch: keep i unless it clashes with a kept j < i.
 
     With `cand_lp` the clash matrix comes from a bfloat16 gram, and the rows with any entry
-    within `delta` of `limit` are recomputed in float32, so it equals the float32 one.
+    within `delta` of `limit` are recomputed in float32, so it equals the float32 one. Grams are
+    computed WITHIN_ROWS rows at a time, against the earlier candidates only.
     """
     m = cand.shape[0]
     if m == 0:
         return torch.zeros(0, dtype=torch.bool, device=cand.device)
     if cand_lp is None:
-        clash = torch.tril(cand @ cand.T > limit, diagonal=-1)
-        rows, cols = (t.cpu().numpy() for t in clash.nonzero(as_tuple=True))
+        rows_l, cols_l = [], []
+        for lo in range(0, m, WITHIN_ROWS):
+            hi = min(lo + WITHIN_ROWS, m)
+            r, c = (cand[lo:hi] @ cand[:hi].T > limit).nonzero(as_tuple=True)
+            earlier = c < r + lo
+            rows_l.append(r[earlier] + lo)
+            cols_l.append(c[earlier])
+        rows, cols = (torch.cat(t).cpu().numpy() for t in (rows_l, cols_l))
     else:
         rows, cols = _screened_clashes(cand, cand_lp, limit, delta)
     keep = torch.ones(m, dtype=torch.bool)
@@ -892,12 +904,18 @@ def _screened_clashes(
     to bfloat16 values, so no full-size float copy of the gram is made.
     """
     m = cand.shape[0]
-    screened = cand_lp @ cand_lp.T
-    r, c = (screened > bf16_round(limit - delta, up=False)).nonzero(as_tuple=True)
-    lower = c < r
-    r, c = r[lower], c[lower]
-    band = screened[r, c] <= bf16_round(limit + delta, up=True)
-    del screened
+    low, high = bf16_round(limit - delta, up=False), bf16_round(limit + delta, up=True)
+    r_l, c_l, band_l = [], [], []
+    for lo in range(0, m, WITHIN_ROWS):  # rows lo..hi against the candidates before them
+        hi = min(lo + WITHIN_ROWS, m)
+        screened = cand_lp[lo:hi] @ cand_lp[:hi].T
+        r, c = (screened > low).nonzero(as_tuple=True)
+        earlier = c < r + lo
+        r, c = r[earlier], c[earlier]
+        band_l.append(screened[r, c] <= high)
+        r_l.append(r + lo)
+        c_l.append(c)
+    r, c, band = torch.cat(r_l), torch.cat(c_l), torch.cat(band_l)
     band_row = torch.zeros(m, dtype=torch.bool, device=cand.device)
     band_row[r[band]] = True
     certain = ~band_row[r]
@@ -1216,16 +1234,18 @@ def _check_seed(seed: int) -> None:
 
 
 def _check_memory(n: int, dim: int, device: torch.device) -> None:
-    """Refuse a bank that cannot fit: the float32 bank and its screened copy (n x dim x 6 bytes), its
+    """Refuse a bank that cannot fit: the float32 bank (n x dim x 4 bytes; no screened copy), its
     nearest-neighbour cosines and int8 errors (n x 12 bytes), one candidate batch's draws and copies
-    (x 32 bytes), its within-batch gram (batch^2 x 8 bytes) and the reused block gram (batch x block x 4)."""
-    batch = CANDIDATE_BATCH
-    needed = n * dim * 6 + n * 12 + batch * dim * 32 + min(n, batch) ** 2 * 8 + batch * min(n, BLOCK) * 4
+    (x 32 bytes), its within-batch gram (WITHIN_ROWS rows, x 8 bytes), the reused block gram
+    (batch x block x 4) and the block's screened form (block x dim x 2)."""
+    batch, block = CANDIDATE_BATCH, min(n, BLOCK)
+    needed = (n * dim * 4 + n * 12 + batch * dim * 32 + min(n, batch) * min(n, WITHIN_ROWS) * 8
+              + batch * block * 4 + block * dim * 2)
     free = available_memory(device)
     if free is not None and needed > free:
         raise DeviceMemoryError(
             f"Sampling {n} identities of dimension {dim} needs about {format_bytes(needed)} of memory on "
-            f"{device} (the bank, its screened copy and one batch of candidates), but only about "
+            f"{device} (the bank and one batch of candidates), but only about "
             f"{format_bytes(free)} is free. Ask for fewer identities (--num) or a smaller dimension (--dim)."
         )
 

@@ -48,6 +48,7 @@ _NORM_SLACK = 1e-5
 # Int8 headroom: the scale maps 1.25x the largest coordinate seen when fitting to 127, so later
 # vectors rarely clip; a clipped coordinate only enlarges that vector's own error term.
 _INT8_HEADROOM = 1.25
+_INT8_CHUNK = 4096  # rows rounded to int8 at a time (float32/float64 temporaries of this many rows)
 
 
 def screen_delta(dim: int) -> float:
@@ -87,6 +88,10 @@ class Bf16Screen:
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return x.to(torch.bfloat16), None
+
+    def lower(self, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` in this screen's low-precision form, the values of `prepare(x)[0]`, written into `out`."""
+        return out.copy_(x)
 
     def gram(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return torch.matmul(a, b.T, out=out)
@@ -141,14 +146,25 @@ class Int8Screen:
         return cls(scale=127.0 / (headroom * max(largest, 1e-12)), dim=int(x.shape[1]))
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x` rounded to int8 (`lower`) and each vector's rounding error |x - q / scale| (float64)."""
         low = torch.empty(x.shape, dtype=torch.int8, device=x.device)
         err = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-        for start in range(0, x.shape[0], 65536):  # float64 temporaries stay small
-            part = x[start : start + 65536]
-            q = torch.round(part * self.scale).clamp_(-127, 127)
-            err[start : start + 65536] = torch.linalg.vector_norm(part.double() - q.double() / self.scale, dim=1)
-            low[start : start + 65536] = q
+        scratch = torch.empty((min(x.shape[0], _INT8_CHUNK), x.shape[1]), dtype=torch.float32, device=x.device)
+        for start in range(0, x.shape[0], _INT8_CHUNK):  # float64 temporaries stay small
+            part = x[start : start + _INT8_CHUNK]
+            q = self.lower(part, low[start : start + _INT8_CHUNK], scratch)
+            err[start : start + _INT8_CHUNK] = torch.linalg.vector_norm(part.double() - q.double() / self.scale, dim=1)
         return low, err
+
+    def lower(self, x: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """q = round(x * scale) clipped to +-127, written into `out` (int8) through `scratch` (float32,
+        any number of rows: `x` is rounded that many rows at a time)."""
+        step = scratch.shape[0]
+        for start in range(0, x.shape[0], step):
+            part = x[start : start + step]
+            q = torch.mul(part, self.scale, out=scratch[: part.shape[0]]).round_().clamp_(-127, 127)
+            out[start : start + step].copy_(q)
+        return out
 
     def gram(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return torch._int_mm(a, b.T) if out is None else torch._int_mm(a, b.T, out=out)

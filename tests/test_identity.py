@@ -347,6 +347,41 @@ def test_int8_screening_error_is_within_the_per_pair_bound(dim):
     assert float(screen.slack(torch.tensor(0.011), 0.011)) < 0.03  # 512-d: ~0.02, a few rechecks
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "int8"])
+def test_blocks_lowered_into_a_reused_buffer_equal_the_prepared_copy(kind):
+    """The sampler rounds each bank block into one reused buffer (through a float32 scratch of any
+    number of rows for int8): the values a whole screened copy would hold, stale contents ignored."""
+    x = torch.from_numpy(_normalise(np.random.default_rng(5).standard_normal((3000, 64))))
+    screen = Int8Screen.fitted(x[:500]) if kind == "int8" else screening.Bf16Screen(64)
+    want = screen.prepare(x)[0]
+    buffer = torch.full((1000, 64), 7, dtype=screen.dtype)
+    scratch = torch.full((7, 64), 3.0) if kind == "int8" else None
+    for start in (0, 1000, 2000):
+        block = screen.lower(x[start : start + 1000], buffer, scratch)
+        assert block.data_ptr() == buffer.data_ptr() and torch.equal(block, want[start : start + 1000])
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_sampler_memory_grows_by_the_bank_alone(kind):
+    """No screened copy of the bank: per identity the sampler holds the float32 vector and its
+    nearest-neighbour cosine (and an int8 rounding error); work space does not grow with n."""
+    import synthface.identity as identity
+
+    dim = 64
+    screen = {"float32": screening.Float32Screen(dim), "bfloat16": screening.Bf16Screen(dim),
+              "int8": Int8Screen(scale=300.0, dim=dim)}[kind]
+
+    def held(n: int) -> int:
+        state = identity._Bank.allocate(n, dim, torch.device("cpu"))
+        state.use_screen(screen, 0)
+        tensors = [t for obj in (state, state.work) for t in vars(obj).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    per_identity = dim * 4 + 4 + (8 if kind == "int8" else 0)
+    assert held(200_000) - held(50_000) == 150_000 * per_identity
+    assert held(50_000) - 50_000 * per_identity < 140 * 2**20  # work space: one 4096 x 8192 gram and a block
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
