@@ -7,9 +7,18 @@ seed, identity, image index), so the data do not depend on how shards are spread
 interruptions. Ranks come from the launcher (torchrun, accelerate, Slurm) or explicit arguments;
 shard i belongs to rank i mod world size, and rank 0 finalizes once every shard is done.
 
-Within a shard the stages overlap (`ShardWorker`): the device renders batch i+1 while threads
-analyse batch i and encode batch i-1 into the shard's temporary folder, a bounded number of
-batches in flight, with the same files as one stage after another.
+The life cycle of a shard on its rank (`ShardWorker.run_units`), with its stages overlapped:
+1. opened when its first batch is rendered: a fresh temporary folder, after removing what an
+   earlier attempt left;
+2. its batches flow render -> analyse -> write (the device renders batch i+1 while threads analyse
+   batch i and encode batch i-1 into the temporary folder), a bounded number of batches in flight;
+3. when its last batch is back it is judged; identities still short of min_images get another
+   round of batches (on_too_few = "resample"), rendered next;
+4. finished: kept files moved to their names, the folder renamed into place, then the done record.
+The rank's shards stream into each other: the next shard renders while the previous one is
+analysed, written and finished, so the device never waits at a shard boundary. Each shard's files
+depend on that shard alone, so they are byte-identical to one stage after another; a failure keeps
+the shards finished before it and removes the temporary folders of the open ones.
 """
 
 from __future__ import annotations
@@ -791,6 +800,32 @@ class UnitResult:
     stages: dict = field(default_factory=dict)  # `stage_report` of this unit
 
 
+@dataclass(frozen=True)
+class UnitWork:
+    """A unit to render: its name, its identities, and which of their vectors (0: the sampled ones,
+    r: the replacements of collision-resampling round r)."""
+
+    unit: str
+    identities: list[int]
+    vector_round: int
+
+
+@dataclass
+class _OpenUnit:
+    """A unit between its first rendered batch and its done record (`ShardWorker.run_units`): its
+    temporary folder, its candidates so far (pixels already encoded there), its rendering round, the
+    batches of that round not yet back at the sink, and when and from which stage times it started."""
+
+    job: UnitWork
+    tmp: Path
+    rounds: int  # the most rounds it may take
+    started: float
+    times_before: StageTimes
+    round: int = 0
+    waiting: int = 0
+    candidates: list[Candidate] = field(default_factory=list)
+
+
 #: Batches between the renderer and the end of the write stage at once (`ShardWorker.max_in_flight`):
 #: one rendering, one being analysed, one being written, one waiting; more only holds more memory.
 MAX_IN_FLIGHT = 4
@@ -812,11 +847,12 @@ class ShardWorker:
     """Renders, analyses, filters and writes units of work: the shards of one rank, and on rank 0 the
     collision-resampling rounds. Every per-image verdict is `synthface.filtering`'s.
 
-    The three stages overlap (`synthface.stages.run_stages`): the calling thread renders batch i+1
-    while one thread analyses batch i and another encodes and writes batch i-1 into the unit's
-    temporary folder. `max_in_flight` bounds the batches in between (1: the serial engine, for
-    debugging). The files are byte-identical either way: every batch's work depends on that batch
-    alone, and results are collected in render order. `stage_times` adds up over every unit.
+    The three stages overlap (`synthface.stages.run_stages`), within a unit and across units: the
+    calling thread renders batch i+1 while one thread analyses batch i and another encodes and writes
+    batch i-1 into its unit's temporary folder. `max_in_flight` bounds the batches in between (1: the
+    serial engine, for debugging), and so the pixels held. The files are byte-identical either way:
+    every batch's work depends on that batch alone, and each unit collects its results in render
+    order. `stage_times` adds up over every unit.
     """
 
     def __init__(self, recipe: Recipe, layout: RunLayout, renderer: Renderer, analyzer=None, *,
@@ -835,47 +871,111 @@ class ShardWorker:
         self.stage_times = stage_times if stage_times is not None else StageTimes()
         self.images = 0  # rendered by this worker so far (the images of `stage_times`)
 
-    # one unit ----------------------------------------------------------------
+    # units -------------------------------------------------------------------
 
     def run_shard(self, shard: int, vectors: np.ndarray, on_images: Callable[[int], None] | None = None) -> UnitResult:
-        return self.run_unit(shard_unit(shard), list(shard_identities(self.recipe, shard)), vectors, 0, on_images)
+        return self.run_shards([shard], vectors, on_images)[0]
+
+    def run_shards(self, shards: Sequence[int], vectors: np.ndarray,
+                   on_images: Callable[[int], None] | None = None) -> list[UnitResult]:
+        """Render `shards` (their first vectors), streamed into each other; see `run_units`."""
+        units = [UnitWork(shard_unit(s), list(shard_identities(self.recipe, s)), 0) for s in shards]
+        return self.run_units(units, vectors, on_images)
 
     def run_unit(self, unit: str, identities: list[int], vectors: np.ndarray, vector_round: int,
                  on_images: Callable[[int], None] | None = None) -> UnitResult:
-        """Render `identities` from their rows of `vectors` (their `vector_round`-th vector), in up to
-        max_rounds rounds while some keep fewer than min_images (on_too_few = "resample"); stream
-        every candidate into the unit's temporary folder, rename it into place, then mark it done
-        with what ran. Any failure removes the temporary folder: a unit is complete or absent."""
-        start, before = time.perf_counter(), self.stage_times.copy()
-        candidates: list[Candidate] = []
-        filt = self.recipe.filtering
-        rounds = filt.max_rounds if filt.on_too_few == "resample" and filt.enabled else 1
-        pending = identities
-        tmp = self._open_temp(unit)
+        return self.run_units([UnitWork(unit, identities, vector_round)], vectors, on_images)[0]
+
+    def run_units(self, units: Sequence[UnitWork], vectors: np.ndarray,
+                  on_images: Callable[[int], None] | None = None) -> list[UnitResult]:
+        """Render, analyse, filter and write `units`, each from its identities' rows of `vectors`;
+        the results of those finished, in the order they finished.
+
+        A unit's life cycle (`_OpenUnit`): opened (a fresh temporary folder) when its first batch is
+        rendered; each round's batches stream their candidates into that folder; when the round's
+        last batch reaches the sink the unit is judged, and either a next round is rendered for the
+        identities still short of min_images (on_too_few = "resample", up to max_rounds rounds) or
+        the unit is finished: kept files moved to their names, the folder renamed into place, then
+        its done record written. One `run_stages` carries every unit, so the next unit renders while
+        the previous one is analysed, written and finished: the device does not wait at unit
+        boundaries, and a resampling round waits only for its own unit.
+
+        Each unit's batches, candidates and files depend on that unit alone (rounds are batched
+        within the unit), so the files are the same whatever overlaps (max_in_flight=1 is the
+        serial engine). On any failure the units finished before it (their batches were ahead of
+        it) are kept, every unit still open loses its temporary folder, and the exception is
+        raised (OSError as OutputPathError): a unit is complete or absent.
+        """
+        open_units: list[_OpenUnit] = []
+        finished: list[UnitResult] = []
+
+        def work() -> Iterator[tuple[_OpenUnit, list[ImageTask]]]:
+            for job in units:
+                state = _OpenUnit(job, self._open_temp(job.unit), self._max_rounds(), time.perf_counter(),
+                                  self.stage_times.copy())
+                open_units.append(state)
+                yield from self._round_batches(state, job.identities)
+
+        def collect(item: tuple[_OpenUnit, list[Candidate]]) -> list | None:
+            state, candidates = item
+            state.candidates += candidates
+            self.images += len(candidates)
+            if on_images:
+                on_images(len(candidates))
+            state.waiting -= 1
+            if state.waiting:
+                return None
+            verdict = self._judge(state.candidates, vectors)
+            kept_per = Counter(c.task.identity for c, k in zip(state.candidates, verdict["kept"]) if k)
+            short = [i for i in state.job.identities if kept_per[i] < self.recipe.filtering.min_images]
+            state.round += 1
+            if short and state.round < state.rounds:
+                return self._round_batches(state, short)  # the next round, rendered before any later unit
+            finished.append(self._finish(state, verdict))
+            open_units.remove(state)
+            return None
+
+        stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors))),
+                  Stage("analyse", lambda w: (w[0], self._analyse(*w[1]))),
+                  Stage("write", lambda w: (w[0], self._stage_files(w[0].tmp, w[1])))]
         try:
-            for round_ in range(rounds):
-                tasks = [t for ident in pending for t in plan_identity(self.recipe, ident, round_, vector_round)]
-                candidates += self._render(tasks, vectors, on_images, tmp)
-                verdict = self._judge(candidates, vectors)
-                kept_per = Counter(c.task.identity for c, k in zip(candidates, verdict["kept"]) if k)
-                pending = [i for i in identities if kept_per[i] < filt.min_images]
-                if not pending:
-                    break
-            kept = self._finish(unit, tmp, candidates, verdict)
+            run_stages(work(), stages, collect, max_in_flight=self.max_in_flight, times=self.stage_times)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            names = ", ".join(u.job.unit for u in open_units)
             raise OutputPathError(
-                f"Writing {unit} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
+                f"Writing {names} under {self.layout.shards} failed: {exc.strerror or exc}. Finished shards "
                 "are kept and nothing half-written is left; free space or fix permissions, then run the same "
                 "command again to resume."
             ) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        stages = stage_report(self.stage_times.since(before), len(candidates))
-        result = UnitResult(unit, len(candidates), kept, time.perf_counter() - start, stages)
+        finally:
+            for state in open_units:
+                shutil.rmtree(state.tmp, ignore_errors=True)
+        return finished
+
+    def _max_rounds(self) -> int:
+        filt = self.recipe.filtering
+        return filt.max_rounds if filt.on_too_few == "resample" and filt.enabled else 1
+
+    def _round_batches(self, state: _OpenUnit, identities: list[int]) -> list[tuple[_OpenUnit, list[ImageTask]]]:
+        """The work items of `state`'s current round for `identities`: its tasks cut into batches
+        (counted in `state.waiting`, so the sink knows the round's last batch)."""
+        tasks = [t for i in identities for t in plan_identity(self.recipe, i, state.round, state.job.vector_round)]
+        size = self.recipe.generation.batch_size
+        batches = [(state, tasks[lo : lo + size]) for lo in range(0, len(tasks), size)]
+        state.waiting = len(batches)
+        return batches
+
+    def _finish(self, state: _OpenUnit, verdict: dict) -> UnitResult:
+        """Write the unit's files into place (`_write_unit`), then its done record with what ran."""
+        unit, candidates = state.job.unit, state.candidates
+        kept = self._write_unit(unit, state.tmp, candidates, verdict)
+        stages = stage_report(self.stage_times.since(state.times_before), len(candidates))
+        result = UnitResult(unit, len(candidates), kept, time.perf_counter() - state.started, stages)
         self.layout.mark_done(unit, {"unit": unit, "candidates": result.candidates, "kept": result.kept,
                                      "seconds": round(result.seconds, 3), "stages": stages, "models": self.models()})
+        log.info("%s: %d candidates, %d kept, %.1f s, %.2f images/s, bottleneck %s (busy %s)", unit,
+                 result.candidates, result.kept, result.seconds, stages["images_per_s"], stages["bottleneck"],
+                 stages["busy_share"])
         return result
 
     def models(self) -> list[dict]:
@@ -891,25 +991,6 @@ class ShardWorker:
             out.append({"name": f"{a.name} ({options})" if options else a.name, "role": "filter / face analysis",
                         "licence": a.license, "restricted": a.license_restricted,
                         "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
-        return out
-
-    def _render(self, tasks: list[ImageTask], vectors: np.ndarray, on_images, tmp: Path) -> list[Candidate]:
-        """Render, analyse and write `tasks` batch by batch, overlapped; the candidates in task order,
-        their pixels already in `tmp`."""
-        batch_size = self.recipe.generation.batch_size
-        batches = [tasks[lo : lo + batch_size] for lo in range(0, len(tasks), batch_size)]
-        out: list[Candidate] = []
-
-        def collect(candidates: list[Candidate]) -> None:
-            out.extend(candidates)
-            self.images += len(candidates)
-            if on_images:
-                on_images(len(candidates))
-
-        stages = [Stage("render", lambda batch: self._render_batch(batch, vectors)),
-                  Stage("analyse", lambda rendered: self._analyse(*rendered)),
-                  Stage("write", lambda candidates: self._stage_files(tmp, candidates))]
-        run_stages(batches, stages, collect, max_in_flight=self.max_in_flight, times=self.stage_times)
         return out
 
     def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray):
@@ -946,7 +1027,7 @@ class ShardWorker:
 
     def _stage_files(self, tmp: Path, candidates: list[Candidate]) -> list[Candidate]:
         """Encode each candidate's crop (and full image) under its staging name in `tmp` and drop its
-        pixels; `_finish` moves the kept ones to their final names."""
+        pixels; `_write_unit` moves the kept ones to their final names."""
         quality = self.recipe.export.jpeg_quality
         for c in candidates:
             for full, pixels in ((False, c.crop), (True, c.full)):
@@ -1013,7 +1094,7 @@ class ShardWorker:
             ) from None
         return tmp
 
-    def _finish(self, unit: str, tmp: Path, candidates: list[Candidate], verdict: dict) -> int:
+    def _write_unit(self, unit: str, tmp: Path, candidates: list[Candidate], verdict: dict) -> int:
         """Move the kept candidates' files to their final names, delete the dropped ones, write the
         manifest and embeddings, then rename the folder into place (atomic on POSIX); returns the
         number of kept images."""
@@ -1180,11 +1261,7 @@ def run(
             if progress:
                 progress.start(total, times)
             try:
-                for shard in shards:
-                    result = get_worker().run_shard(shard, bank.vectors, on_images=progress.advance if progress else None)
-                    log.info("shard %d: %d candidates, %d kept, %.1f s, %.2f images/s, bottleneck %s (busy %s)",
-                             shard, result.candidates, result.kept, result.seconds, result.stages["images_per_s"],
-                             result.stages["bottleneck"], result.stages["busy_share"])
+                get_worker().run_shards(shards, bank.vectors, on_images=progress.advance if progress else None)
             finally:
                 if progress:
                     progress.stop()

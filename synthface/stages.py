@@ -2,17 +2,24 @@
 
 `run_stages(items, stages, sink)` runs the first stage (render) and `sink` on the calling thread and
 every later stage on a thread of its own, joined by FIFO queues, so results reach `sink` in the
-order of `items`. At most `max_in_flight` items are between the first stage and the sink at once
-(the memory bound). The first exception, in any stage, in `sink` or in `items`, stops the run: the
-workers drop what is queued, finish the call they are in and exit, every thread is joined, and the
-exception is raised on the calling thread unchanged. Threads pay off because torch, onnxruntime,
-dlib, cv2 and file I/O release the GIL while they work.
+order the items were rendered. `sink` may return further items (a follow-up round of work that
+depends on results so far); they are rendered before the rest of `items`, and the run ends when
+nothing is left to render and nothing is in flight. At most `max_in_flight` items are between the
+first stage and the sink at once (the memory bound).
+
+The first exception, in any stage, in `sink` or in `items`, stops the run: nothing more is
+rendered, the items behind the failure are dropped, and the items ahead of it (already past the
+failing stage) still go through the later stages and reach `sink`, so work finished before the
+failure is kept. An exception in `sink` drops everything in flight. Then every thread is joined and
+the first exception is raised on the calling thread unchanged. Threads pay off because torch,
+onnxruntime, dlib, cv2 and file I/O release the GIL while they work.
 
 `StageTimes` records how long each stage was busy, so a progress line can name the bottleneck.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _END = object()  # sent down the queues after the last item
+_WAKE = object()  # a failing worker puts it on the results queue, waking a calling thread that waits there
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class StageTimes:
 def run_stages(
     items: Iterable[Any],
     stages: list[Stage],
-    sink: Callable[[Any], None],
+    sink: Callable[[Any], Iterable[Any] | None],
     *,
     max_in_flight: int | None = None,
     times: StageTimes | None = None,
@@ -75,8 +83,9 @@ def run_stages(
     """Feed `items` through `stages` in order and hand each result to `sink`; return the times.
 
     stages[0] and `sink` run on the calling thread (where the device's work is queued); each later
-    stage runs on its own thread. max_in_flight (default: one per stage, plus one) bounds the items
-    taken from `items` but not yet through `sink`; when it is reached the calling thread waits for
+    stage runs on its own thread. What `sink` returns (None, or an iterable of items) is rendered
+    next, before the rest of `items`. max_in_flight (default: one per stage, plus one) bounds the
+    items rendered but not yet through `sink`; when it is reached the calling thread waits for
     results instead of rendering more. Pass `times` to watch it during the run; `clock` times it.
     """
     if not stages:
@@ -88,16 +97,15 @@ def run_stages(
     start, wall_before = clock(), times.wall
     inbox = {i: queue.SimpleQueue() for i in range(1, len(stages))}  # what stage i works on
     done: queue.SimpleQueue = queue.SimpleQueue()  # results on their way to the sink
-    stop = threading.Event()
-    failure: list[BaseException] = []
+    sink_index = len(stages)  # where a failure in the sink (or an interrupt of the calling thread) sits
+    failure: list[tuple[BaseException, int]] = []  # the first exception and the index of its stage
     lock = threading.Lock()
 
-    def fail(exc: BaseException) -> None:
+    def fail(exc: BaseException, index: int) -> None:
         with lock:
             if not failure:
-                failure.append(exc)
-        stop.set()
-        done.put(_END)  # wake the calling thread if it waits for results
+                failure.append((exc, index))
+        done.put(_WAKE)
 
     def worker(index: int) -> None:
         stage, outbox = stages[index], inbox.get(index + 1, done)
@@ -106,13 +114,13 @@ def run_stages(
             if item is _END:
                 outbox.put(_END)
                 return
-            if stop.is_set():
-                continue  # drop queued work; keep reading until the end marker
+            if failure and index <= failure[0][1]:
+                continue  # behind the failure: dropped (keep reading until the end marker)
             began = clock()
             try:
                 item = stage.fn(item)
             except BaseException as exc:  # re-raised on the calling thread
-                fail(exc)
+                fail(exc, index)
                 continue
             times.add(stage.name, clock() - began)
             outbox.put(item)
@@ -121,47 +129,68 @@ def run_stages(
                for i, s in enumerate(stages) if i > 0]
     for thread in threads:
         thread.start()
+    head, first_queue = stages[0], inbox.get(1, done)
+    source, follow_ups = iter(items), collections.deque()
     in_flight = 0
+
+    def to_sink(result: Any) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+        if failure and failure[0][1] == sink_index:
+            return  # the sink itself failed: nothing more reaches it
+        began = clock()
+        times.wall = wall_before + began - start
+        more = sink(result)
+        times.add("sink", clock() - began)
+        if more is not None:
+            follow_ups.extend(more)
 
     def deliver(block: bool) -> bool:
         """Hand one finished result to the sink; False when none was ready (block=False)."""
-        nonlocal in_flight
         try:
             result = done.get(block=block)
         except queue.Empty:
             return False
-        if failure:
-            raise failure[0]
-        began = clock()
-        sink(result)
-        times.add("sink", clock() - began)
-        times.wall = wall_before + clock() - start
-        in_flight -= 1
+        if result is not _WAKE:
+            to_sink(result)
         return True
 
-    head, first_queue = stages[0], inbox.get(1, done)
     try:
-        for item in items:
-            while in_flight >= limit:
-                deliver(block=True)
-            if failure:
-                raise failure[0]
-            began = clock()
-            result = head.fn(item)
-            times.add(head.name, clock() - began)
-            in_flight += 1
-            first_queue.put(result)
-            while deliver(block=False):
-                pass
-        while in_flight:
-            deliver(block=True)
+        try:
+            while not failure:
+                if in_flight >= limit:
+                    deliver(block=True)
+                    continue
+                try:
+                    item = follow_ups.popleft() if follow_ups else next(source, _END)
+                    if item is _END:
+                        if not in_flight:
+                            break
+                        deliver(block=True)  # its sink may add follow-up items
+                        continue
+                    began = clock()
+                    result = head.fn(item)
+                except BaseException as exc:  # a failing render or `items`: what is in flight still finishes
+                    fail(exc, 0)
+                    break
+                times.add(head.name, clock() - began)
+                in_flight += 1
+                first_queue.put(result)
+                while deliver(block=False):
+                    pass
+        except BaseException as exc:  # the sink (or an interrupt): drop everything in flight
+            fail(exc, sink_index)
+        first_queue.put(_END)  # drain: the end marker passes every stage after what is ahead of it
+        while (result := done.get()) is not _END:
+            if result is not _WAKE:
+                try:
+                    to_sink(result)
+                except BaseException as exc:
+                    fail(exc, sink_index)
     finally:
-        stop.set()
-        if threads:
-            inbox[1].put(_END)
         for thread in threads:
             thread.join()
         times.wall = wall_before + clock() - start
     if failure:
-        raise failure[0]
+        raise failure[0][0]
     return times

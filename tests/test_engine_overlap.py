@@ -4,6 +4,7 @@ the same files, a failing stage leaves no partial shard, and a shard's pixels st
 from __future__ import annotations
 
 import json
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from synthface.recipe import load_recipe
 from synthface.stages import StageTimes
 from tests.engine_doubles import PhotoRenderer
 from tests.test_engine import small_recipe
-from tests.test_engine_verdicts import data_files, photo_recipe
+from tests.test_engine_verdicts import COLLISION_COS, data_files, photo_recipe
 
 SMOKE = Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml"
 
@@ -67,7 +68,7 @@ def test_overlapped_and_serial_engines_agree_with_the_real_dlib_filter(photo_ser
     assert summary.stats["drop_reasons"] == {"low_similarity": 1}  # the planted swap, judged the same way
     # Each shard's record says how its stages spent their time.
     record = engine.RunLayout(tmp_path / "run").record(0)
-    assert set(record["stages"]["busy_s"]) == {"render", "analyse", "write", "sink"}
+    assert set(record["stages"]["busy_s"]) >= {"render", "analyse", "write"}
     assert record["stages"]["bottleneck"] in record["stages"]["busy_s"]
     assert summary.stages["images_per_s"] > 0 and set(summary.stages["busy_share"]) >= {"render", "analyse", "write"}
 
@@ -86,6 +87,88 @@ def test_a_crash_in_the_analysis_stage_leaves_no_partial_shard_and_a_rerun_compl
     assert data_files(out) == data_files(serial)
 
 
+def streaming_recipe():
+    """Three shards of two identities, three batches each; identity 3 (shard 1) has a swapped image
+    and so needs a resampling round (min_images = 3), of two more batches."""
+    return small_recipe(
+        identities={"count": 6, "dim": 512},
+        generation={"batch_size": 2},
+        variation={"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
+        filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0, "collision_cos": COLLISION_COS,
+                   "min_cos": 0.95, "min_images": 3, "on_too_few": "resample"},
+        export={"formats": ["imagefolder"]},
+        compute={"shard_size": 2},
+    )
+
+
+def streaming_renderer(recipe, out):
+    layout = engine.prepare_output(recipe, out)
+    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
+    return PhotoRenderer(bank.vectors, recipe.seed, {(3, 1): 0})
+
+
+@pytest.fixture(scope="module")
+def streaming_serial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("streaming") / "serial"
+    recipe = streaming_recipe()
+    renderer = streaming_renderer(recipe, out)
+    summary = engine.run(recipe, out, renderer=renderer, analyzer=get_analyzer("dlib"), max_in_flight=1)
+    return recipe, out, renderer.calls, summary.stats
+
+
+def test_shards_stream_into_each_other_with_a_resampling_round_and_the_same_files(streaming_serial, tmp_path):
+    recipe, serial, serial_calls, stats = streaming_serial
+    renderer = streaming_renderer(recipe, tmp_path / "run")
+    summary = engine.run(recipe, tmp_path / "run", renderer=renderer, analyzer=get_analyzer("dlib"))
+    assert data_files(tmp_path / "run") == data_files(serial) and summary.stats == stats
+    assert renderer.calls == serial_calls == 3 * 3 + 2  # three shards of three batches, one round of two
+    rows = engine.RunLayout(serial).record(1)
+    assert rows["candidates"] == 9 and rows["kept"] == 6  # shard 1's second round: identity 3 again
+    assert stats["images_kept"] == 18 and stats["drop_reasons"] == {"low_similarity": 1, "surplus": 2}
+
+
+class StallingAnalyzer:
+    """dlib, where the analysis of shard 0's last batch waits until shard 1's first batch has been
+    rendered, and shard 1's first analysis raises: a crash while shard 0 is finishing."""
+
+    def __init__(self, renderer: PhotoRenderer):
+        self.inner, self.renderer, self.calls = get_analyzer("dlib"), renderer, 0
+        self.second_shard_rendered = threading.Event()
+        render = renderer.__call__
+
+        def counting(conditions, seeds):
+            images = render(conditions, seeds)
+            if renderer.calls == 4:
+                self.second_shard_rendered.set()
+            return images
+
+        self.render = counting
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def analyze(self, images, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            assert self.second_shard_rendered.wait(30), "shard 1 was not rendered while shard 0 was in flight"
+        if self.calls == 4:
+            raise RuntimeError("analysis crashed")
+        return self.inner.analyze(images, **kwargs)
+
+
+def test_a_crash_in_the_next_shard_keeps_the_finishing_shard_and_leaves_no_partial_one(streaming_serial, tmp_path):
+    recipe, serial, _, _ = streaming_serial
+    out = tmp_path / "run"
+    renderer = streaming_renderer(recipe, out)
+    stalling = StallingAnalyzer(renderer)
+    with pytest.raises(RuntimeError, match="analysis crashed"):
+        engine.run(recipe, out, renderer=stalling.render, analyzer=stalling)
+    layout = engine.RunLayout(out)
+    assert sorted(p.name for p in layout.shards.iterdir()) == ["shard-000000", "shard-000000.done"]
+    engine.run(recipe, out, renderer=renderer, analyzer=get_analyzer("dlib"))
+    assert data_files(out) == data_files(serial)
+
+
 def uint8_noise(size: int):
     def render(conditions, seeds):
         return [np.random.default_rng(int(s)).integers(0, 256, (size, size, 3), dtype=np.uint8) for s in seeds]
@@ -95,24 +178,26 @@ def uint8_noise(size: int):
 
 def test_a_shard_holds_only_its_in_flight_batches_pixels(tmp_path):
     side, batch, images = 192, 4, 96
-    recipe = small_recipe(identities={"count": 13, "dim": 64}, generation={"batch_size": batch},
+    recipe = small_recipe(identities={"count": 25, "dim": 64}, generation={"batch_size": batch},
                           variation={"images_per_identity": images // 12}, export={"keep_full_images": True},
                           compute={"shard_size": 12})
     layout = engine.prepare_output(recipe, tmp_path / "run")
     bank = engine.ensure_identities(recipe, layout, engine.Ranks())
     worker = engine.ShardWorker(recipe, layout, uint8_noise(side))
-    worker.run_shard(1, bank.vectors)  # one identity, untraced: the imports of a first write are not the shard's
+    worker.run_shard(2, bank.vectors)  # one identity, untraced: the imports of a first write are not the shard's
     tracemalloc.start()
     try:
-        worker.run_shard(0, bank.vectors)
+        results = worker.run_shards([0, 1], bank.vectors)  # two shards streamed into each other
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     per_image = side * side * 3 + 112 * 112 * 3  # the full image and its crop
-    all_pixels = images * per_image  # what a shard holding every image until the end needs (~12 MB)
+    all_pixels = images * per_image  # what one shard holding every image until the end needs (~12 MB)
     assert peak < (engine.MAX_IN_FLIGHT + 3) * batch * per_image < all_pixels / 3
-    full = sorted((layout.shard_dir(0) / "full").rglob("*.png"))
-    assert len(full) == images and not (layout.shard_dir(0) / layout.STAGED).exists()
+    assert [r.unit for r in results] == ["shard-000000", "shard-000001"]
+    for shard in (0, 1):
+        full = sorted((layout.shard_dir(shard) / "full").rglob("*.png"))
+        assert len(full) == images and not (layout.shard_dir(shard) / layout.STAGED).exists()
 
 
 def test_stage_report_arithmetic():

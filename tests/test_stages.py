@@ -88,7 +88,7 @@ def test_a_failure_anywhere_stops_every_thread_and_is_raised_unchanged(failing):
             if name == failing and x == 5:
                 raise error
             processed[name].append(x)
-            return x
+            return None if name == "sink" else x
         return run
 
     stages = [Stage(name, step(name)) for name in ("render", "analyse", "write")]
@@ -100,7 +100,8 @@ def test_a_failure_anywhere_stops_every_thread_and_is_raised_unchanged(failing):
     assert len(pulled) <= 5 + 4 + 1
     for name, xs in processed.items():
         assert xs == list(range(len(xs))), name  # in order, nothing skipped
-    assert 5 not in processed["sink"]
+    # the items ahead of the failure still went through every stage: finished work is not lost
+    assert processed["sink"] == [0, 1, 2, 3, 4]
 
 
 def test_a_failing_render_stops_the_workers():
@@ -112,7 +113,32 @@ def test_a_failing_render_stops_the_workers():
     seen = []
     with pytest.raises(RuntimeError, match="device-side assert"):
         run_stages(range(10), [Stage("render", render), Stage("analyse", lambda x: x)], seen.append)
-    assert stage_threads() == [] and seen == list(range(len(seen))) and len(seen) <= 3
+    assert stage_threads() == [] and seen == [0, 1, 2]  # what was rendered before the failure still finished
+
+
+def test_what_the_sink_returns_is_rendered_next_and_the_run_waits_for_it():
+    """A sink that asks for a follow-up item after some results (as the engine's shards ask for a
+    resampling round): follow-ups are rendered before the rest of the items, and a follow-up asked
+    for by the very last result still runs, however many items are in flight."""
+    for limit in (1, 2, 4):
+        rendered, seen = [], []
+
+        def render(x, rendered=rendered):
+            rendered.append(x)
+            return x
+
+        def sink(x, seen=seen):
+            seen.append(x)
+            if isinstance(x, int) and x % 3 == 2:
+                return [f"again-{x}"]
+            return None
+
+        run_stages(range(6), [Stage("render", render), Stage("analyse", lambda x: x)], sink, max_in_flight=limit)
+        assert sorted(map(str, seen)) == sorted(map(str, [*range(6), "again-2", "again-5"])), limit
+        assert seen == rendered and seen[-1] == "again-5"  # in render order; the last one was waited for
+        if limit == 1:
+            assert seen == [0, 1, 2, "again-2", 3, 4, 5, "again-5"]
+    assert stage_threads() == []
 
 
 class ThreadClock:
@@ -136,7 +162,7 @@ def test_busy_times_add_up_per_stage_and_name_the_bottleneck():
     def step(name):
         def run(x):
             clock.work(cost[name] * (1 + x % 2))  # odd items cost twice as much
-            return x
+            return None if name == "sink" else x
         return run
 
     times = StageTimes()
