@@ -12,8 +12,8 @@ The life cycle of a shard on its rank (`ShardWorker.run_units`), with its stages
    earlier attempt left;
 2. its batches flow render -> analyse -> write (the device renders batch i+1 while threads analyse
    batch i and encode batch i-1 into the temporary folder), a bounded number of batches in flight;
-3. when its last batch is back it is judged; identities still short of min_images get another
-   round of batches (on_too_few = "resample"), rendered next;
+3. when its last batch is through (the finish stage, a thread of its own) it is judged; identities
+   still short of min_images get another round of batches (on_too_few = "resample"), rendered next;
 4. finished: kept files moved to their names, the folder renamed into place, then the done record.
 The rank's shards stream into each other: the next shard renders while the previous one is
 analysed, written and finished, so the device never waits at a shard boundary. Each shard's files
@@ -847,9 +847,9 @@ class ShardWorker:
     """Renders, analyses, filters and writes units of work: the shards of one rank, and on rank 0 the
     collision-resampling rounds. Every per-image verdict is `synthface.filtering`'s.
 
-    The three stages overlap (`synthface.stages.run_stages`), within a unit and across units: the
-    calling thread renders batch i+1 while one thread analyses batch i and another encodes and writes
-    batch i-1 into its unit's temporary folder. `max_in_flight` bounds the batches in between (1: the
+    The stages overlap (`synthface.stages.run_stages`), within a unit and across units: the calling
+    thread renders batch i+1 while one thread analyses batch i, another encodes and writes batch i-1
+    into its unit's temporary folder, and a fourth judges and finishes units whose last batch is in. `max_in_flight` bounds the batches in between (1: the
     serial engine, for debugging), and so the pixels held. The files are byte-identical either way:
     every batch's work depends on that batch alone, and each unit collects its results in render
     order. `stage_times` adds up over every unit.
@@ -893,7 +893,7 @@ class ShardWorker:
 
         A unit's life cycle (`_OpenUnit`): opened (a fresh temporary folder) when its first batch is
         rendered; each round's batches stream their candidates into that folder; when the round's
-        last batch reaches the sink the unit is judged, and either a next round is rendered for the
+        last batch reaches the finish stage the unit is judged, and either a next round is rendered for the
         identities still short of min_images (on_too_few = "resample", up to max_rounds rounds) or
         the unit is finished: kept files moved to their names, the folder renamed into place, then
         its done record written. One `run_stages` carries every unit, so the next unit renders while
@@ -916,28 +916,36 @@ class ShardWorker:
                 open_units.append(state)
                 yield from self._round_batches(state, job.identities)
 
-        def collect(item: tuple[_OpenUnit, list[Candidate]]) -> list | None:
+        def settle(item: tuple[_OpenUnit, list[Candidate]]) -> tuple[_OpenUnit, int, list[int]]:
+            """The finish stage (a thread of its own, so the device never waits for it): take a batch's
+            candidates; after a round's last batch, judge the unit and either name the identities
+            of its next round or finish it. Returns (unit, images, identities of the next round)."""
             state, candidates = item
             state.candidates += candidates
-            self.images += len(candidates)
-            if on_images:
-                on_images(len(candidates))
             state.waiting -= 1
             if state.waiting:
-                return None
+                return state, len(candidates), []
             verdict = self._judge(state.candidates, vectors)
             kept_per = Counter(c.task.identity for c, k in zip(state.candidates, verdict["kept"]) if k)
             short = [i for i in state.job.identities if kept_per[i] < self.recipe.filtering.min_images]
             state.round += 1
             if short and state.round < state.rounds:
-                return self._round_batches(state, short)  # the next round, rendered before any later unit
+                return state, len(candidates), short
             finished.append(self._finish(state, verdict))
             open_units.remove(state)
-            return None
+            return state, len(candidates), []
+
+        def collect(item: tuple[_OpenUnit, int, list[int]]) -> list | None:
+            state, images, short = item
+            self.images += images
+            if on_images:
+                on_images(images)
+            return self._round_batches(state, short) if short else None  # rendered before any later unit
 
         stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors))),
                   Stage("analyse", lambda w: (w[0], self._analyse(*w[1]))),
-                  Stage("write", lambda w: (w[0], self._stage_files(w[0].tmp, w[1])))]
+                  Stage("write", lambda w: (w[0], self._stage_files(w[0].tmp, w[1]))),
+                  Stage("finish", settle)]
         try:
             run_stages(work(), stages, collect, max_in_flight=self.max_in_flight, times=self.stage_times)
         except OSError as exc:
@@ -958,7 +966,7 @@ class ShardWorker:
 
     def _round_batches(self, state: _OpenUnit, identities: list[int]) -> list[tuple[_OpenUnit, list[ImageTask]]]:
         """The work items of `state`'s current round for `identities`: its tasks cut into batches
-        (counted in `state.waiting`, so the sink knows the round's last batch)."""
+        (counted in `state.waiting`, so the finish stage knows the round's last batch)."""
         tasks = [t for i in identities for t in plan_identity(self.recipe, i, state.round, state.job.vector_round)]
         size = self.recipe.generation.batch_size
         batches = [(state, tasks[lo : lo + size]) for lo in range(0, len(tasks), size)]
