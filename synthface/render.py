@@ -68,7 +68,9 @@ class GeneratorFamily:
 
     A family's pipeline must accept `pipe(id_embeds=(B, D) float32 tensor, generator=[B CPU
     torch.Generator], output_type="pt", **call_kwargs(...))` and return an output whose `.images`
-    is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone.
+    is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone. A family
+    defines load, accepts, optimize, call_kwargs and native_resolution (the base raises for each it
+    lacks; test doubles define only what they use); claims and to_uint8 have defaults.
     """
 
     name: str = ""
@@ -78,23 +80,23 @@ class GeneratorFamily:
     def load(self, model: str, *, device: torch.device, dtype: torch.dtype, allow_download: bool,
              allow_pickle: bool | None, **options):
         """The pipeline for `model` on `device` in `dtype`; ModelNotFoundError when it is not available."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define load() (GeneratorFamily's interface)")
 
     def accepts(self, pipeline) -> bool:
         """Whether `pipeline` (an object built elsewhere) belongs to this family."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define accepts() (GeneratorFamily's interface)")
 
     def optimize(self, pipeline, optimizations: Optimizations) -> None:
         """Apply `optimizations` to `pipeline` in place; InvalidInputError for a setting it lacks."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define optimize() (GeneratorFamily's interface)")
 
     def call_kwargs(self, pipeline, settings: RenderSettings) -> dict[str, Any]:
         """The pipeline's own keyword arguments for `settings` (besides id_embeds, generator, output_type)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define call_kwargs() (GeneratorFamily's interface)")
 
     def native_resolution(self, pipeline) -> int:
         """The image side the pipeline renders when no resolution is asked for."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define native_resolution() (GeneratorFamily's interface)")
 
     def takes_poses(self, pipeline) -> bool:
         """Whether `pipeline` takes `poses=` ((B, 2) float32 target yaw, pitch in degrees, one row per

@@ -17,6 +17,7 @@ pixels whatever the number of workers or an interruption, which makes resumed ru
 
 from __future__ import annotations
 
+import abc
 import os
 import tarfile
 from collections import OrderedDict
@@ -74,18 +75,20 @@ def resolve_export(path: str | Path, fmt: str = "auto") -> tuple[str, Path]:
 # ----------------------------------------------------------------------------------------------- sources
 
 
-class _Source:
+class _Source(abc.ABC):
     """Encoded image + label by index; subclasses open their files lazily, once per process."""
 
     fmt: str
     labels: np.ndarray | None  # known without reading images (None for RecordIO: read with the image)
     num_classes: int
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of samples."""
 
+    @abc.abstractmethod
     def read(self, i: int) -> tuple[bytes, int]:
-        raise NotImplementedError
+        """Sample `i`: its encoded image and its label."""
 
     def __getstate__(self) -> dict:  # handles never travel to workers
         state = dict(self.__dict__)
