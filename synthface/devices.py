@@ -23,15 +23,18 @@ def available_devices() -> list[str]:
     return names
 
 
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """`name` as a torch device this machine has: None or "auto" give cuda when available, else cpu;
-    "cpu", "cuda", "cuda:N" and "mps" are checked against the hardware and the torch build.
+def resolve_device(name: str | torch.device | None, local_rank: int | None = None) -> torch.device:
+    """`name` as a torch device this machine has: None or "auto" give cuda when available (this
+    process's GPU `cuda:LOCAL_RANK` when a launcher gives `local_rank`), else cpu; "cpu", "cuda",
+    "cuda:N" and "mps" are checked against the hardware and the torch build.
 
     Raises InvalidInputError naming `name` and the accepted choices for an unknown name, a device
     type synthface does not run on, or one this machine or torch build lacks.
     """
     if name is None or (isinstance(name, str) and name.strip().lower() == AUTO):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
     choices = ", ".join([AUTO, *available_devices()])
     try:
         device = torch.device(name.strip().lower() if isinstance(name, str) else name)

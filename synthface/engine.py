@@ -1322,15 +1322,11 @@ def make_analyzer(recipe: Recipe):
 def resolve_render_device(recipe: Recipe, ranks: Ranks):
     """The torch device this rank renders on: "auto" is this rank's GPU (LOCAL_RANK) or the CPU; any
     other name must exist here, else InvalidInputError (see synthface.devices)."""
-    import torch
 
     from synthface.devices import resolve_device
 
-    name = recipe.generation.device
-    if name == "auto":
-        return torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
     try:
-        return resolve_device(name)
+        return resolve_device(recipe.generation.device, local_rank=ranks.local_rank)
     except InvalidInputError as exc:
         raise InvalidInputError(f"generation.device: {exc} In a recipe: --set generation.device=auto.") from None
 

@@ -278,3 +278,14 @@ def test_report_options_bounds_in_the_library():
                 {"max_genuine_pairs": 0}, {"sheet_images": 10**6}):
         with pytest.raises(InvalidInputError, match=next(iter(bad))):
             ReportOptions(**bad)
+
+
+def test_auto_device_is_this_processs_gpu_under_a_launcher(monkeypatch):
+    import torch
+
+    from synthface.devices import resolve_device
+
+    assert resolve_device("auto", local_rank=1) == torch.device("cpu")  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device(None) == torch.device("cuda")

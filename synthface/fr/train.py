@@ -260,7 +260,7 @@ def train(
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        dev = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        dev = resolve_device(None, local_rank=local_rank)  # one process per GPU under the launcher
     else:
         dev = resolve_device(device)
     source = open_source(data, config.format)
