@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="also time the independent all-pairs check")
     parser.add_argument("--cli", action="store_true", help="also time `synthface ids sample` in a fresh process")
     parser.add_argument("--priors", default="isotropic,gaussian", help="comma-separated: isotropic, gaussian")
+    parser.add_argument("--eta-trace", type=Path, default=None,
+                        help="write every progress report (seconds, accepted, ETA) per prior to this JSON file")
     args = parser.parse_args()
     if args.screen != "auto":
         screening.SCREEN = args.screen != "float32"
@@ -146,12 +148,15 @@ def main() -> None:
     }
     priors = {"isotropic": isotropic_prior(DIM), "gaussian": anisotropic_prior()}
     names = args.priors.split(",")
+    traces: dict[str, dict] = {}
     for name in names:
         before, points = usage(), []
         start = time.perf_counter()
         bank = sample_identities(args.num, max_cos=THRESHOLD, prior=priors[name], seed=args.seed, device="cpu",
-                                 progress=lambda s: points.append((time.perf_counter() - start, s.eta_s)))
+                                 progress=lambda s: points.append((time.perf_counter() - start, s.eta_s, s.accepted)))
         sampled = time.perf_counter() - start
+        traces[name] = {"total_s": sampled, "points": points}
+        points = [(t, eta) for t, eta, _ in points]
         with tempfile.TemporaryDirectory() as tmp:
             saved = time.perf_counter()
             bank.save(Path(tmp) / "ids.safetensors")
@@ -174,6 +179,8 @@ def main() -> None:
             entry.update(verify_s=round(check.seconds, 2), max_cos_verified=round(check.max_cos, 4))
         results[name] = entry
         print(f"{name}: {json.dumps(entry)}", flush=True)
+        if args.eta_trace is not None:
+            args.eta_trace.write_text(json.dumps(traces))
 
     limit = exact_pass_seconds(bank.vectors)
     results["exact_pass_s"] = round(limit, 2)
