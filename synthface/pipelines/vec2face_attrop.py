@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -60,23 +61,77 @@ class AttrOPStatus:
 @dataclass
 class AttrOPEstimators:
     """The judges: ArcFace-style identity features, MagFace-style quality (norm of the output),
-    optional yaw in degrees. `from_state_dicts` builds iresnet100s via synthface.fr.backbones."""
+    optional yaw in degrees. `from_state_dicts` builds iresnet100s via synthface.fr.backbones and
+    6DRepNet via synthface.pipelines.vec2face_pose; `from_registry` finds Vec2Face's own files."""
 
     identity: Estimator
     quality: Estimator
     yaw: Estimator | None = None
 
     @classmethod
-    def from_state_dicts(cls, identity: dict, quality: dict, *, device="cpu", dtype=torch.float32) -> AttrOPEstimators:
+    def from_state_dicts(cls, identity: dict, quality: dict, pose: dict | None = None, *, device="cpu",
+                         dtype=torch.float32) -> AttrOPEstimators:
         """IResNets (arcface_torch names, e.g. Vec2Face's arcface-r100-glint360k.pth and
-        magface-r100-glint360k.pth) from their state dicts, frozen, in eval mode."""
+        magface-r100-glint360k.pth) and, with `pose`, 6DRepNet (6DRepNet_300W_LP_AFLW2000.pth, fed as
+        Vec2Face feeds it: BGR in [0, 1]) from their state dicts, frozen, in eval mode.
+
+        Raises FileFormatError when a state dict is not the architecture it is given as (naming keys)."""
         from synthface.fr.backbones import backbone_from_state_dict
+        from synthface.pipelines.vec2face_pose import sixdrepnet_from_state_dict
 
         models = []
         for name, state in (("identity", identity), ("quality", quality)):
             model = backbone_from_state_dict(state, source=f"the AttrOP {name} estimator").to(device, dtype)
             models.append(model.requires_grad_(False))
-        return cls(identity=models[0], quality=models[1])
+        yaw = None
+        if pose is not None:
+            yaw = sixdrepnet_from_state_dict(pose, source="the AttrOP pose estimator").to(device, dtype).yaw
+        return cls(identity=models[0], quality=models[1], yaw=yaw)
+
+    @classmethod
+    def from_registry(cls, *, pose: bool | None = None, allow_pickle: bool | None = None, device="cpu",
+                      dtype=torch.float32) -> AttrOPEstimators:
+        """Vec2Face's own judges, found locally through synthface.weights: `vec2face-arcface`,
+        `vec2face-magface` and, for the pose term, `vec2face-6drepnet` (pose=True: required;
+        None: used when installed; False: not loaded). All are pickled `.pth` files, read with
+        torch's weights_only loader on an opt-in only (`allow_pickle`, SYNTHFACE_ALLOW_PICKLE=1).
+        Every file is non-commercial (`synthface.weights.licence`).
+
+        Raises:
+            ModelNotFoundError: a required file is not installed (the message names the download
+                command), or no pickle opt-in was given.
+            FileFormatError: a file is damaged or not the published architecture.
+        """
+        import pickle
+
+        from synthface import weights
+        from synthface.errors import FileFormatError, ModelNotFoundError
+        from synthface.pipelines.vec2face_pose import read_sixdrepnet_state
+
+        if not weights.pickle_allowed(allow_pickle):
+            raise weights.pickle_refusal("Vec2Face AttrOP estimators", [Path(weights.spec(m).files[0]).name
+                                                                       for m in ("vec2face-arcface", "vec2face-magface")])
+        states = []
+        for model in ("vec2face-arcface", "vec2face-magface"):
+            file = weights.find(model)
+            try:
+                states.append(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+            except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                raise FileFormatError(
+                    f"{file} cannot be read as a torch checkpoint ({type(exc).__name__}): it is truncated or damaged. "
+                    f"Check it with `synthface models verify {model}` and fetch it again with "
+                    f"`synthface models download {model}`."
+                ) from None
+        pose_state = None
+        if pose is not False:
+            try:
+                pose_file = weights.find("vec2face-6drepnet")
+            except ModelNotFoundError:
+                if pose:
+                    raise
+            else:
+                pose_state = read_sixdrepnet_state(pose_file, allow_pickle=True)
+        return cls.from_state_dicts(*states, pose_state, device=device, dtype=dtype)
 
 
 @dataclass
