@@ -1096,9 +1096,14 @@ def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
     """
     n, device = t.shape[0], t.device
     tile = math.gcd(TILE, BLOCK)
-    low, err = screen.prepare(t)
-    worst = None if err is None else float(err.max())  # int8: one bound from the worst vector, both sides
+    worst = None  # int8: one bound from the worst vector's rounding error, both sides
+    if isinstance(screen, Int8Screen):
+        worst = max((float(screen.prepare(t[i : i + BLOCK])[1].max()) for i in range(0, n, BLOCK)), default=0.0)
     delta = float(screen.slack(worst, worst))
+    # No screened copy of the bank: each block is rounded into one of two reused buffers (rows, columns)
+    # just before its product, and every product lands in one reused gram buffer.
+    work = _Work(screen, min(n, BLOCK), min(n, BLOCK), t.shape[1], device)
+    rows_work = _Work(screen, 0, min(n, BLOCK), t.shape[1], device)
     screened = torch.full((n,), -2.0, device=device)
     rows_l: list[torch.Tensor] = []
     tiles_l: list[torch.Tensor] = []
@@ -1118,9 +1123,9 @@ def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
         rows_l[:], tiles_l[:], vals_l[:] = [rows[near]], [tiles[near]], [vals[near]]
 
     for i in range(0, n, BLOCK):
-        a = low[i : i + BLOCK]
+        a = rows_work.lower(t[i : i + BLOCK])
         for j in range(i, n, BLOCK):
-            g = screen.gram(a, low[j : j + BLOCK])
+            g = work.gram(a, a if i == j else work.lower(t[j : j + BLOCK]))
             if i == j:
                 g.fill_diagonal_(screen.fill)
             bi, bj = g.shape
