@@ -1,9 +1,9 @@
 """insightface-style analysis: SCRFD detection and an ArcFace ONNX recogniser.
 
 Works from a model-pack folder (antelopev2, buffalo_l: detector + recogniser side by side) or from
-explicit ONNX files (e.g. Arc2Face's `arcface.onnx`). The recogniser runs on onnxruntime with
-providers picked automatically, or inside torch (`runtime="torch"`) so it batches on the GPU next
-to the diffusion model without onnxruntime-gpu. insightface's pretrained models are licensed for
+explicit ONNX files (e.g. Arc2Face's `arcface.onnx`). Both models run on onnxruntime with
+providers picked automatically, or inside torch (`runtime="torch"`: detection, alignment and
+recognition batched on the GPU next to the diffusion model, without onnxruntime-gpu). insightface's pretrained models are licensed for
 non-commercial research only.
 """
 
@@ -247,11 +247,14 @@ class InsightFaceAnalyzer(AnalyzerBase):
 
     detector: a SCRFD ONNX path, or "dlib" to detect with the offline dlib backend instead.
     recognizer: an ArcFace ONNX path (e.g. Arc2Face's arcface.onnx); overrides the pack's.
-    runtime: "onnxruntime" or "torch" for the recogniser (see ArcFaceRecognizer); with "torch" the
-    faces are also aligned on `device` (batched `norm_crop_torch`), so only landmarks and
-    embeddings cross between host and device. Detection stays where it is (SCRFD on onnxruntime's
-    providers, or dlib on the CPU). Results equal the onnxruntime path's: the same boxes, landmarks
-    and scores, embeddings within a cosine of 1e-3.
+    runtime: "onnxruntime" (the default) or "torch". With "torch" everything runs on `device`
+    (default: CUDA when torch sees it, else the CPU): SCRFD detects a batch of images per forward
+    (`synthface.faces.scrfd.ScrfdDetector`: the graph through the ONNX->torch runner, decoding and
+    NMS in torch), faces are aligned by batched `norm_crop_torch` and embedded by the recogniser in
+    torch, so only uint8 images go up and boxes, landmarks and embeddings come back. A dlib
+    detector stays on the CPU. Results equal the onnxruntime path's within the network's float
+    error: the same faces in the same order, boxes and landmarks within 1e-3 px and scores within
+    1e-5 (tests/test_faces_device_detect.py), embeddings within a cosine of 1e-3.
     det_size / det_thresh: SCRFD input size (a multiple of 32, 32 to 1280) and score threshold
     (0 to 1); smaller sizes from DET_SIZE_FALLBACK are tried when nothing is found (tight crops).
 
@@ -305,13 +308,16 @@ class InsightFaceAnalyzer(AnalyzerBase):
         self.embedding_space, found = _provenance(Path(recognizer), detector)
         self.license, self.license_restricted = found.text, found.restricted
         self.det_size, self.det_thresh = det_size, det_thresh
+        self._dlib = self._scrfd = self._device_scrfd = None
         if str(detector) == "dlib":
             from synthface.faces.dlib_backend import DlibAnalyzer
 
             self._dlib = DlibAnalyzer()
-            self._scrfd = None
+        elif runtime == "torch":
+            from synthface.faces.scrfd import ScrfdDetector
+
+            self._device_scrfd = ScrfdDetector(detector, device=self.recognizer.device, det_thresh=det_thresh)
         else:
-            self._dlib = None
             self._scrfd = self._load_scrfd(Path(detector), providers)
 
     @staticmethod
@@ -327,21 +333,47 @@ class InsightFaceAnalyzer(AnalyzerBase):
         images = [as_rgb_uint8(im) for im in _as_list(images)]
         if self._dlib is not None:
             return [[_rebrand(f, self.name) for f in faces] for faces in self._dlib.detect(images)]
+        if self._device_scrfd is not None:
+            return self._detect_on_device(images)
         return [self._detect_one(im) for im in images]
+
+    def _det_sizes(self) -> list[int]:
+        """det_size, then the smaller DET_SIZE_FALLBACK sizes, tried in turn while nothing is found."""
+        return [self.det_size, *(s for s in DET_SIZE_FALLBACK if s < self.det_size)]
+
+    def _faces(self, det: np.ndarray, kps: np.ndarray) -> list[Face]:
+        return largest_first([Face(bbox=d[:4], kps=k, det_score=float(d[4]), backend=self.name) for d, k in zip(det, kps)])
 
     def _detect_one(self, image: np.ndarray) -> list[Face]:
         check_image_bounds(image.shape[1], image.shape[0])
         bgr = np.ascontiguousarray(image[..., ::-1])
-        sizes = [self.det_size, *(s for s in DET_SIZE_FALLBACK if s < self.det_size)]
-        for size in sizes:
+        for size in self._det_sizes():
             self._scrfd.prepare(0, input_size=(size, size), det_thresh=self.det_thresh)
             det, kps = self._scrfd.detect(bgr, input_size=(size, size))
             if det is not None and len(det):
                 if kps is None:
                     raise FileFormatError("This SCRFD model gives no keypoints; use a *_kps detector (antelopev2, buffalo_l).")
-                faces = [Face(bbox=d[:4], kps=k, det_score=float(d[4]), backend=self.name) for d, k in zip(det, kps)]
-                return largest_first(faces)
+                return self._faces(det, kps)
         return []
+
+    def _detect_on_device(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """`_detect_one` for a whole batch on the device: every image at det_size in batched
+        forwards, then only the images still without a face at each smaller fallback size."""
+        for image in images:
+            check_image_bounds(image.shape[1], image.shape[0])
+        found: list[list[Face]] = [[] for _ in images]
+        pending, tried = list(range(len(images))), set()
+        for size in self._det_sizes():
+            input_size = self._device_scrfd.input_size(size)
+            if input_size in tried:  # a fixed-size graph runs at its own size whatever is asked
+                continue
+            tried.add(input_size)
+            for i, (det, kps) in zip(pending, self._device_scrfd.detect([images[i] for i in pending], input_size)):
+                found[i] = self._faces(det, kps)
+            pending = [i for i in pending if not found[i]]
+            if not pending:
+                break
+        return found
 
     def crops(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         from synthface.faces.align import norm_crop

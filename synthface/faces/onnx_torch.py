@@ -1,8 +1,8 @@
-"""Run an ONNX recogniser (ArcFace / IResNet style) as a torch module, batched on any device.
+"""Run an ONNX face model (ArcFace / IResNet recognisers, SCRFD detectors) as a torch module, batched on any device.
 
 This avoids onnxruntime-gpu and its CUDA-version pairing: the graph is executed op by op with
 torch functions and the ONNX initializers become module buffers, so `.to("cuda")`, `.half()` and
-`torch.compile` work as for any module. Only the operators recogniser graphs use are implemented;
+`torch.compile` work as for any module. Only the operators recogniser and detector graphs use are implemented;
 anything else is refused up front with the list of missing operators.
 """
 
@@ -43,7 +43,7 @@ class OnnxModule(nn.Module):
         from onnx import numpy_helper
 
         graph = model.graph
-        missing = sorted({n.op_type for n in graph.node} - set(_OPS))
+        missing = sorted({n.op_type for n in graph.node} - set(_OPS) - {"Constant"})
         if missing:
             raise FileFormatError(
                 f"The ONNX graph uses operators the torch runner does not implement: {', '.join(missing)}. "
@@ -295,3 +295,70 @@ def _avg_pool(x, **kw):
         count_include_pad=bool(kw.get("count_include_pad", 0)),
     )
 
+
+
+# --- Resize (FPN upsampling in detector graphs) ----------------------------------------------------
+
+_NEAREST_ROUNDING = {
+    "round_prefer_floor": lambda x: torch.ceil(x - 0.5),
+    "round_prefer_ceil": lambda x: torch.floor(x + 0.5),
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+}
+
+
+def _source_coords(out_len: int, in_len: int, scale: float, mode: str) -> torch.Tensor:
+    """ONNX Resize's coordinate transform: output index -> (fractional) input coordinate, float64."""
+    i = torch.arange(out_len, dtype=torch.float64)
+    if mode == "asymmetric":
+        return i / scale
+    if mode == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (i + 0.5) / scale - 0.5 if out_len > 1 else torch.zeros(1, dtype=torch.float64)
+    if mode == "align_corners":
+        return i * (in_len - 1) / (out_len - 1) if out_len > 1 else torch.zeros(1, dtype=torch.float64)
+    raise FileFormatError(
+        f"Resize coordinate_transformation_mode={mode!r} is not supported by the torch runner (it supports "
+        "asymmetric, half_pixel, pytorch_half_pixel and align_corners). Run this model with onnxruntime instead."
+    )
+
+
+@_op("Resize")
+def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_floor", axes=None, antialias=0, keep_aspect_ratio_policy="stretch",
+            cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0):
+    """ONNX Resize, modes nearest and linear (separable along each resized axis), from `scales` or
+    `sizes` as exporters write them (PyTorch's F.interpolate: asymmetric + floor for nearest)."""
+    if mode not in ("nearest", "linear") or antialias or keep_aspect_ratio_policy != "stretch" or exclude_outside:
+        raise FileFormatError(
+            f"Resize with mode={mode!r}, antialias={antialias}, keep_aspect_ratio_policy={keep_aspect_ratio_policy!r}, "
+            f"exclude_outside={exclude_outside} is not supported by the torch runner (only nearest and linear "
+            "without antialiasing). Run this model with onnxruntime instead."
+        )
+    axes = [a % x.dim() for a in (axes or range(x.dim()))]
+    if sizes is not None and sizes.numel():
+        out_lens = _ints(sizes)
+        factors = [o / x.shape[a] for a, o in zip(axes, out_lens)]
+    else:
+        factors = [float(s) for s in scales.tolist()]
+        out_lens = [int(np.floor(x.shape[a] * s)) for a, s in zip(axes, factors)]
+    for axis, out_len, scale in zip(axes, out_lens, factors):
+        in_len = x.shape[axis]
+        if out_len == in_len and scale == 1.0:
+            continue
+        src = _source_coords(out_len, in_len, scale, coordinate_transformation_mode)
+        if mode == "nearest":
+            if nearest_mode not in _NEAREST_ROUNDING:
+                raise FileFormatError(f"Resize nearest_mode={nearest_mode!r} is not an ONNX rounding mode ({', '.join(_NEAREST_ROUNDING)}).")
+            index = _NEAREST_ROUNDING[nearest_mode](src).clamp(0, in_len - 1).long().to(x.device)
+            x = torch.index_select(x, axis, index)
+            continue
+        src = src.clamp(0, in_len - 1)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=in_len - 1)
+        shape = [1] * x.dim()
+        shape[axis] = out_len
+        w = (src - lo).to(device=x.device, dtype=x.dtype).reshape(shape)
+        x = torch.index_select(x, axis, lo.to(x.device)) * (1 - w) + torch.index_select(x, axis, hi.to(x.device)) * w
+    return x

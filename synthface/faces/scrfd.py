@@ -1,0 +1,235 @@
+"""SCRFD face detection on a torch device, batched: insightface's detector without onnxruntime.
+
+The SCRFD ONNX graph runs through synthface's ONNX->torch runner (`synthface.faces.onnx_torch`);
+decoding (anchor centres, box and keypoint distances, threshold, NMS) runs in torch on the same
+device, many images per forward. Results equal insightface's `SCRFD.detect` on onnxruntime: the
+letterbox resize is the same cv2 call on the CPU, the decoding and the greedy NMS are the same
+float32 arithmetic in the same order, so the only differences are the network's own (convolutions
+summed in another order, about 1e-6 relative), measured in tests/test_faces_device_detect.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from synthface.errors import FileFormatError, ModelNotFoundError
+
+#: insightface's SCRFD layouts by output count: (strides, anchors per location, has keypoints).
+SCRFD_LAYOUTS = {
+    6: ((8, 16, 32), 2, False),
+    9: ((8, 16, 32), 2, True),
+    10: ((8, 16, 32, 64, 128), 1, False),
+    15: ((8, 16, 32, 64, 128), 1, True),
+}
+#: SCRFD's input normalisation on 0-255 RGB pixels: (x - mean) / std.
+INPUT_MEAN, INPUT_STD = 127.5, 128.0
+#: IoU above which NMS drops the lower-scored box (insightface's default).
+NMS_THRESH = 0.4
+
+
+def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """(H, W, 3) uint8 -> (input height, input width, 3) uint8 and the scale applied: the image
+    resized with cv2 (bilinear) to fit `input_size` = (width, height) keeping its aspect ratio,
+    placed at the top-left of a black canvas. The same sizes and call as insightface's SCRFD."""
+    import cv2
+
+    width, height = input_size
+    im_ratio = float(image.shape[0]) / image.shape[1]
+    if im_ratio > float(height) / width:
+        new_height = height
+        new_width = int(new_height / im_ratio)
+    else:
+        new_width = width
+        new_height = int(new_width * im_ratio)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    canvas[:new_height, :new_width] = cv2.resize(image, (new_width, new_height))
+    return canvas, float(new_height) / image.shape[0]
+
+
+class ScrfdDetector:
+    """An insightface SCRFD detector ONNX (det_10g, scrfd_*_kps) executed in torch on `device`.
+
+    `detect(images, input_size)` letterboxes each image on the CPU (cv2, as insightface does),
+    uploads them as uint8, and runs `batch_size` images per forward; everything after the resize
+    (normalisation, network, decoding, threshold, NMS) stays on the device, and only the kept boxes
+    and keypoints come back. Memory: the network at `batch_size` x input size, plus a boolean
+    K x K overlap matrix per image for its K candidates above `det_thresh`.
+
+    Refuses (FileFormatError) a graph that is not SCRFD-shaped, one without keypoint outputs (the
+    5 landmarks are what alignment needs) and one with operators the torch runner lacks.
+    """
+
+    def __init__(self, path: str | Path, *, device=None, det_thresh: float = 0.5, nms_thresh: float = NMS_THRESH,
+                 batch_size: int = 16) -> None:
+        import onnx
+        import torch
+
+        from synthface.faces.onnx_torch import OnnxModule
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"Detector file {path} does not exist.")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
+        n_out = len(model.graph.output)
+        if n_out not in SCRFD_LAYOUTS:
+            raise FileFormatError(
+                f"{path.name} does not look like a SCRFD detector: it has {n_out} outputs, and SCRFD graphs have "
+                "6, 9, 10 or 15 (scores, box distances and keypoints per stride). Pass the pack's detector "
+                "(det_10g.onnx in buffalo_l, scrfd_10g_bnkps.onnx in antelopev2)."
+            )
+        self.strides, self.num_anchors, has_kps = SCRFD_LAYOUTS[n_out]
+        if not has_kps:
+            raise FileFormatError(
+                f"{path.name} is a SCRFD detector without keypoint outputs ({n_out} outputs), so its faces cannot be "
+                "aligned: the 5 landmarks are what alignment needs. Use a *_kps detector (det_10g.onnx in buffalo_l, "
+                "scrfd_10g_bnkps.onnx in antelopev2)."
+            )
+        init = {t.name for t in model.graph.initializer}
+        inp = next(i for i in model.graph.input if i.name not in init)
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            raise FileFormatError(f"{path.name} takes a rank-{len(dims)} input; a SCRFD detector takes (N, 3, H, W).")
+        #: (width, height) the graph is fixed to, or None when its spatial size is dynamic.
+        self.static_size = (dims[3], dims[2]) if dims[2] > 0 and dims[3] > 0 else None
+        self.path, self.det_thresh, self.nms_thresh, self.batch_size = path, det_thresh, nms_thresh, batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._module = OnnxModule(model).eval().to(self.device)
+        self._centres: dict[tuple[int, int], object] = {}
+
+    def input_size(self, size: int | tuple[int, int]) -> tuple[int, int]:
+        """(width, height) the network runs at when `size` is asked for: the graph's own size when
+        it is fixed (as insightface does), else `size` (an int is square)."""
+        if self.static_size is not None:
+            return self.static_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def detect(self, images: Sequence[np.ndarray], size: int | tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image, (det, kps) as insightface's `SCRFD.detect(bgr, input_size=...)` returns them:
+        det float32 (K, 5) rows x1, y1, x2, y2, score in image pixels, kps float32 (K, 5, 2), in
+        NMS order (highest score first). images: uint8 RGB (H, W, 3); any mix of shapes."""
+        import torch
+
+        input_size = self.input_size(size)
+        out = []
+        for lo in range(0, len(images), self.batch_size):
+            boxes = [letterbox(np.asarray(im), input_size) for im in images[lo : lo + self.batch_size]]
+            pixels = torch.from_numpy(np.stack([b for b, _ in boxes])).to(self.device)
+            scales = torch.tensor([s for _, s in boxes], dtype=torch.float32, device=self.device)
+            with torch.inference_mode():
+                out.extend(self._detect_tensor(pixels, scales))
+        return out
+
+    def _detect_tensor(self, pixels, scales) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(N, H, W, 3) uint8 letterboxed images and their (N,) scales -> kept (det, kps) per image."""
+        import torch
+
+        n, height, width = pixels.shape[:3]
+        x = ((pixels.permute(0, 3, 1, 2).float() - INPUT_MEAN) / INPUT_STD)
+        outs = self._module(x.to(next(iter(self._module.buffers())).dtype))
+        fmc = len(self.strides)
+        scores, boxes, points = [], [], []
+        for level, stride in enumerate(self.strides):
+            rows = (height // stride) * (width // stride) * self.num_anchors
+            centres = self._anchor_centres(height // stride, width // stride, stride)
+            score = self._per_image(outs[level], n, rows, 1)[..., 0]
+            dist = self._per_image(outs[level + fmc], n, rows, 4) * stride
+            kdist = self._per_image(outs[level + 2 * fmc], n, rows, 10) * stride
+            scores.append(score)
+            boxes.append(torch.cat([centres - dist[..., :2], centres + dist[..., 2:]], dim=-1))
+            points.append(centres.repeat(1, 5) + kdist)
+        scores, boxes, points = torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(points, 1)
+        # candidates in insightface's order: score descending, ties in anchor order (stable sort)
+        passed = scores >= self.det_thresh
+        count = passed.sum(1)
+        k = int(count.max()) if n else 0
+        order = torch.sort(torch.where(passed, scores, -torch.inf), dim=1, descending=True, stable=True).indices[:, :k]
+        scale = scales.reshape(n, 1, 1)
+        boxes = torch.gather(boxes, 1, order[..., None].expand(n, k, 4)) / scale
+        points = torch.gather(points, 1, order[..., None].expand(n, k, 10)) / scale
+        scores = torch.gather(scores, 1, order)
+        counts = count.tolist()
+        keep = torch.zeros(n, k, dtype=torch.bool, device=scores.device)
+        for group in nms_groups(counts):
+            rows, width = torch.tensor(group, device=scores.device), max(counts[i] for i in group)
+            valid = torch.arange(width, device=scores.device)[None, :] < count[rows, None]
+            keep[rows, :width] = greedy_nms(boxes[rows, :width], valid, self.nms_thresh)
+        keep = keep.cpu().numpy()
+        det = torch.cat([boxes, scores[..., None]], dim=-1).cpu().numpy()
+        points = points.cpu().numpy().reshape(n, k, 5, 2)
+        return [(det[i][keep[i]], points[i][keep[i]]) for i in range(n)]
+
+    def _per_image(self, out, n: int, rows: int, width: int):
+        """A head output as (N, rows, width): rank-3 (batched) graphs give it directly, rank-2 ones
+        (det_10g) stack the batch's rows image after image."""
+        if out.numel() != n * rows * width:
+            raise FileFormatError(
+                f"{self.path.name} gave an output of shape {tuple(out.shape)} for {n} image(s), where SCRFD's layout has "
+                f"{n} x {rows} x {width} values: its graph does not run batches or is not a SCRFD graph. Detect one "
+                "image per forward (ScrfdDetector(..., batch_size=1)), or run it with runtime='onnxruntime'."
+            )
+        return out.float().reshape(n, rows, width)
+
+    def _anchor_centres(self, rows: int, cols: int, stride: int):
+        """(rows*cols*anchors, 2) x, y pixel centres in SCRFD's row order (y, x, anchor), cached."""
+        import torch
+
+        key = (rows, cols, stride)
+        if key not in self._centres:
+            ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+            centres = (torch.stack([xs, ys], dim=-1).reshape(-1, 2) * stride).float()
+            self._centres[key] = centres.repeat_interleave(self.num_anchors, dim=0).to(self.device)
+        return self._centres[key]
+
+
+def nms_groups(counts: Sequence[int], budget: int = 1 << 22) -> list[list[int]]:
+    """Images (indices into `counts`, their candidate counts) grouped for batched NMS: fewest
+    candidates first, each group padded to its largest count with at most `budget` overlap entries
+    (group size x count^2) unless one image alone needs more; images without candidates are left out.
+    One image with thousands of candidates thus does not pad the whole batch to its size."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(counts)), key=counts.__getitem__):
+        if counts[i] == 0:
+            continue
+        if groups and (len(groups[-1]) + 1) * counts[i] ** 2 <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def greedy_nms(boxes, valid, thresh: float):
+    """Greedy NMS as insightface's numpy `SCRFD.nms`, batched: boxes (N, K, 4) sorted by score
+    (highest first), valid (N, K) bool -> keep (N, K) bool.
+
+    A box is kept when no kept box before it overlaps it by IoU > thresh, IoU measured with
+    insightface's inclusive pixel convention (width x2 - x1 + 1) in the same float32 operations,
+    so the kept set is the numpy loop's. Computed without a sequential loop over boxes: the
+    pairwise "would suppress" matrix is formed once, then keep = not any(kept earlier box
+    suppresses it) is iterated to its fixed point, which is reached after at most K rounds (each
+    round fixes at least the next box in order) and in practice after a few.
+    """
+    import torch
+
+    k = boxes.shape[1]
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    w = torch.clamp(torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :]) + 1, min=0.0)
+    h = torch.clamp(torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :]) + 1, min=0.0)
+    inter = w * h
+    iou = inter / (areas[:, :, None] + areas[:, None, :] - inter)
+    earlier = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(1)
+    suppresses = ~(iou <= thresh) & earlier  # a NaN overlap suppresses, as in the numpy loop & valid[:, :, None] & valid[:, None, :]
+    keep = valid
+    for _ in range(k):
+        new = valid & ~(suppresses & keep[:, :, None]).any(1)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return keep
+
