@@ -6,11 +6,14 @@ This module is the plain logic (`DemoSession`: identity from photos, rendering t
 Any generator `synthface.render` knows can be chosen (Arc2Face, Vec2Face, their random-weight
 test models).
 
-Two embedding spaces meet here. The generator is conditioned on an ArcFace vector from Arc2Face's
-own `arcface.onnx` (the conditioning recogniser); images are judged by the analyser (dlib offline,
-or insightface). When `arcface.onnx` is not installed, a random-weight test model is conditioned on
-a *stand-in* (the analyser's descriptor through a fixed random orthogonal projection to 512-d): it
-exercises the plumbing only and carries no identity. A real model refuses the stand-in.
+Two embedding spaces meet here. The generator is conditioned on an ArcFace vector from the
+recogniser it was trained on (the conditioning recogniser: Arc2Face's own `arcface.onnx`; for
+Vec2Face its own Glint360K IResNet-100, `vec2face-arcface`); images are judged by the analyser
+(dlib offline, or insightface). A real Vec2Face model falls back to `arcface.onnx`, with a note on
+the page, only when `vec2face-arcface` is not installed. When `arcface.onnx` is not installed, a
+random-weight test model is conditioned on a *stand-in* (the analyser's descriptor through a fixed
+random orthogonal projection to 512-d): it exercises the plumbing only and carries no identity. A
+real model refuses the stand-in.
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ STANDIN_NOTE = (
 
 STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
 VEC2FACE_NOTE = (
-    "Vec2Face was trained on features of its own Glint360K ArcFace-R100 (vec2face-arcface); this demo "
-    "conditions it on Arc2Face's arcface.onnx, an insightface recogniser of the same kind whose weights "
-    "are not verified to be the same, so the likeness may be weaker than Vec2Face's own."
+    "Vec2Face was trained on features of its own Glint360K ArcFace-R100 (vec2face-arcface), which is not "
+    "installed; this demo conditions it on Arc2Face's arcface.onnx instead, an insightface recogniser of the "
+    "same kind whose weights are not verified to be the same, so the likeness may be weaker than Vec2Face's "
+    "own. To condition on Vec2Face's recogniser, run: synthface models download vec2face-arcface"
 )
+CONDITIONER_SHORT = "Conditioning recogniser: see the note at the top of the page."
 
 
 def is_random_model(model: str) -> bool:
@@ -86,6 +91,63 @@ class ArcFaceConditioner:
         return self.recognizer(np.stack([norm_crop(im, f.kps, size) for im, f in zip(images, faces)]))
 
 
+class Vec2FaceConditioner:
+    """Conditioning vectors from Vec2Face's own recogniser: the Glint360K IResNet-100 of the
+    `vec2face-arcface` registry entry (a bare state dict in arcface_torch's names; any IResNet the
+    keys describe loads, see `synthface.fr.backbones.backbone_from_state_dict`).
+
+    Each face is aligned to 112 x 112 from its 5 landmarks (`norm_crop`, as for ArcFaceConditioner),
+    fed as RGB in [-1, 1], and its raw output (the feature Vec2Face was trained on) is returned as a
+    unit vector: the direction is the identity; the pipeline rescales it to its identity norm. Runs
+    on the CPU (a few photos per request), in fp32.
+    """
+
+    name = "vec2face-arcface"
+    note = ""
+
+    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool | None = None) -> None:
+        from synthface.fr.backbones import backbone_from_state_dict
+
+        self.path = Path(path)
+        self.model = backbone_from_state_dict(_read_state_dict(self.path, allow_pickle),
+                                              source=str(self.path)).float().requires_grad_(False)
+
+    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
+        import torch
+
+        from synthface.faces import l2_normalize, norm_crop
+
+        crops = np.stack([norm_crop(im, f.kps, 112) for im, f in zip(images, faces)])
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.inference_mode():
+            return l2_normalize(self.model(x).numpy())
+
+
+def _read_state_dict(path: Path, allow_pickle: bool | None) -> dict:
+    """A bare state dict from a pickled `.pth`, on a pickle opt-in only (torch's weights_only loader)."""
+    import pickle
+
+    import torch
+
+    from synthface.errors import FileFormatError
+    from synthface.weights import model_of_file, pickle_allowed, pickle_refusal
+
+    if not pickle_allowed(allow_pickle):
+        raise pickle_refusal("Vec2Face conditioning recogniser (vec2face-arcface)", [path.name])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        name = model_of_file(path) or "vec2face-arcface"
+        raise FileFormatError(
+            f"{path} cannot be read as a torch checkpoint ({type(exc).__name__}): it is truncated or damaged. Check it "
+            f"with `synthface models verify {name}` and fetch it again with `synthface models download {name}`."
+        ) from None
+    if not isinstance(state, dict):
+        raise FileFormatError(f"{path} holds a {type(state).__name__}, not a state dict; pass Vec2Face's "
+                              "weights/arcface-r100-glint360k.pth (synthface models download vec2face-arcface).")
+    return state
+
+
 class StandInConditioner:
     """Plumbing-only conditioning: analyser descriptor -> fixed orthogonal projection -> unit 512-d."""
 
@@ -109,28 +171,41 @@ def standin_projection(in_dim: int, dim: int = CONDITIONING_DIM, seed: int = STA
     return (q * np.sign(np.diag(r))).astype(np.float32)  # sign fix: unique for a given seed
 
 
-def make_conditioner(kind: str, model: str, analyzer):
-    """"arcface" (Arc2Face's arcface.onnx, found locally), "stand-in", or "auto": arcface when
-    installed, else the stand-in for a random-weight test model; a real model without arcface.onnx
-    is an error. A Vec2Face model's arcface conditioner carries `VEC2FACE_NOTE`."""
+def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | None = None):
+    """"arcface" (the generator's conditioning recogniser, found locally), "stand-in", or "auto":
+    arcface when installed, else the stand-in for a random-weight test model; a real model without
+    its recogniser is an error.
+
+    For a real Vec2Face model, the recogniser is Vec2Face's own (`Vec2FaceConditioner` over
+    `vec2face-arcface`, a pickle: needs `allow_pickle` or SYNTHFACE_ALLOW_PICKLE=1); only when that
+    is not installed, Arc2Face's arcface.onnx, carrying `VEC2FACE_NOTE` (shown on the page). Random
+    test models and Arc2Face use arcface.onnx.
+    """
     if kind not in ("auto", "arcface", "stand-in"):
         raise InvalidInputError(f"conditioner must be 'auto', 'arcface' or 'stand-in', got {kind!r}.")
     if kind == "stand-in":
         return StandInConditioner(analyzer.embedding_dim, analyzer.name)
     from synthface import weights
+    from synthface.render import Vec2FaceFamily, family_for
 
+    vec2face = isinstance(family_for(model), Vec2FaceFamily) and not is_random_model(model)
+    if vec2face:
+        try:
+            own = weights.find("vec2face-arcface")
+        except ModelNotFoundError:
+            own = None  # not installed: arcface.onnx, with the note
+        if own is not None:
+            return Vec2FaceConditioner(own, allow_pickle=allow_pickle)
     try:
         path = weights.find("arc2face-arcface")
     except ModelNotFoundError as exc:
         if kind == "auto" and is_random_model(model):
             return StandInConditioner(analyzer.embedding_dim, analyzer.name)
-        raise ModelNotFoundError(
-            f"The {model} model is conditioned on ArcFace vectors from Arc2Face's own recogniser, which is "
-            f"not installed. {exc}"
-        ) from None
-    from synthface.render import Vec2FaceFamily, family_for
-
-    note = VEC2FACE_NOTE if isinstance(family_for(model), Vec2FaceFamily) and not is_random_model(model) else ""
+        needs = ("Vec2Face's own recogniser (vec2face-arcface) or, failing that, Arc2Face's (arc2face-arcface); "
+                 "neither is installed. Run: synthface models download vec2face-arcface.") if vec2face else \
+            "Arc2Face's own recogniser, which is not installed."
+        raise ModelNotFoundError(f"The {model} model is conditioned on ArcFace vectors from {needs} {exc}") from None
+    note = VEC2FACE_NOTE if vec2face else ""
     rec = getattr(analyzer, "recognizer", None)
     if rec is not None and Path(getattr(rec, "path", "")) == Path(path):
         return ArcFaceConditioner(rec, note)  # the analyser already runs that recogniser: share it
@@ -322,17 +397,28 @@ class DemoSession:
     model: any name or local path `synthface.render.build_renderer` takes ("arc2face", "vec2face",
     "tiny" / "vec2face-tiny" for tests, ...); the last model used stays loaded, in fp16 on CUDA and
     fp32 elsewhere. analyzer: a backend name for `get_analyzer` or an analyser instance.
+    analyzer_options: keyword arguments for a named analyser, as a recipe's
+    `filtering.analyzer_options` (e.g. {"runtime": "torch", "device": "cuda"} for insightface on the
+    device); they override the demo's defaults, and an option the analyser does not take is an
+    InvalidInputError naming the ones it does (when the analyser is built: `analyzer`).
+    allow_pickle: read pickled weights (Vec2Face's `.pth` files: the generator and its recogniser);
+    SYNTHFACE_ALLOW_PICKLE=1 opts in as well.
 
     Privacy: everything the session writes (zips holding identity vectors of uploaded faces, and,
     under `build_demo`, the uploads themselves) lives in one private temporary folder, `root`,
     removed by `close()`, when the session is garbage-collected, or at interpreter exit.
     """
 
-    def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None) -> None:
-        self.model, self.conditioner_kind, self.device = model, conditioner, device
+    def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None,
+                 analyzer_options: dict | None = None, allow_pickle: bool | None = None) -> None:
+        self.model, self.conditioner_kind, self.device, self.allow_pickle = model, conditioner, device, allow_pickle
+        self.analyzer_options = check_analyzer_options(analyzer_options or {})
         if not isinstance(analyzer, str):
             from synthface.faces import check_analyzer
 
+            if self.analyzer_options:
+                raise InvalidInputError("analyzer_options apply to an analyser given by name; configure an analyser "
+                                        "instance before passing it.")
             check_analyzer(analyzer)
         self.analyzer_name = analyzer if isinstance(analyzer, str) else analyzer.name
         self._analyzer = None if isinstance(analyzer, str) else analyzer
@@ -358,10 +444,8 @@ class DemoSession:
         if self._analyzer is None:
             from synthface.faces import get_analyzer
 
-            kwargs = {}
-            if self.analyzer_name == "insightface":
-                kwargs = _insightface_kwargs()
-            self._analyzer = get_analyzer(self.analyzer_name, **kwargs)
+            kwargs = _insightface_kwargs() if self.analyzer_name == "insightface" else {}
+            self._analyzer = get_analyzer(self.analyzer_name, **{**kwargs, **self.analyzer_options})
         return self._analyzer
 
     def conditioner(self, model: str):
@@ -369,7 +453,8 @@ class DemoSession:
 
         key = "random" if is_random_model(model) else family_for(model).name
         if key not in self._conditioners:
-            self._conditioners[key] = make_conditioner(self.conditioner_kind, model, self.analyzer)
+            self._conditioners[key] = make_conditioner(self.conditioner_kind, model, self.analyzer,
+                                                       allow_pickle=self.allow_pickle)
         return self._conditioners[key]
 
     def renderer(self, model: str):
@@ -382,7 +467,8 @@ class DemoSession:
 
                 self._renderer, self._lcm = None, None
                 target = resolve_device(self.device)
-                self._renderer = build_renderer(model, device=target, dtype="fp16" if target.type == "cuda" else "fp32")
+                self._renderer = build_renderer(model, device=target, dtype="fp16" if target.type == "cuda" else "fp32",
+                                                allow_pickle=self.allow_pickle)
             return self._renderer
 
     # -- one request -------------------------------------------------------------------------
@@ -490,6 +576,23 @@ class DemoSession:
         for old in self.outputs.glob("*.zip"):
             if old.stat().st_mtime < cutoff:
                 old.unlink(missing_ok=True)
+
+
+def check_analyzer_options(options: dict) -> dict:
+    """`options` when every name is a string and every value a string, integer, float or boolean
+    (what a recipe's `filtering.analyzer_options` holds), else InvalidInputError; whether the
+    analyser takes them is checked when it is built (`synthface.faces.build_analyzer`)."""
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"analyzer_options must be a mapping of option names to values, got {options!r}.")
+    for name, value in options.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidInputError(f"Analyser option name {name!r} is not a valid keyword name (e.g. device, runtime).")
+        if not isinstance(value, (str, int, float, bool)):
+            raise InvalidInputError(
+                f"Analyser option {name} = {value!r} is a {type(value).__name__}; options are strings, integers, "
+                "floats or booleans, as in a recipe's filtering.analyzer_options."
+            )
+    return dict(options)
 
 
 def _insightface_kwargs() -> dict:

@@ -11,6 +11,7 @@ import threading
 import weakref
 
 from synthface.demo import (
+    CONDITIONER_SHORT,
     KEEP_OUTPUTS_S,
     MAX_IMAGES,
     MAX_UPLOAD_MB,
@@ -45,12 +46,17 @@ def build_demo(
     *,
     conditioner: str = "auto",
     device: str | None = None,
+    analyzer_options: dict | None = None,
+    allow_pickle: bool | None = None,
     session: DemoSession | None = None,
 ):
-    """The Gradio page over a `DemoSession`; `.launch()` it, or use `launch_demo` for the safe defaults."""
+    """The Gradio page over a `DemoSession` (built from the other arguments unless `session` is
+    given; see DemoSession for `analyzer_options` and `allow_pickle`); `.launch()` it, or use
+    `launch_demo` for the safe defaults."""
     import gradio as gr
 
-    session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device)
+    session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device,
+                                     analyzer_options=analyzer_options, allow_pickle=allow_pickle)
     # Gradio stores uploads (and copies of returned files) under GRADIO_TEMP_DIR, read when the page
     # and its server are built: point it into the session's folder, so closing the session removes them.
     os.environ["GRADIO_TEMP_DIR"] = str(session.uploads)
@@ -75,8 +81,9 @@ def build_demo(
         kept = sum(r.verdict == "keep" for r in results)
         summary = [f"**{len(results)} images**, seed {seed}; {kept} kept by the {session.analyzer.name} check."]
         summary += [f"- {n}" for n in ident.notes]
-        if session.conditioner(model_choice).note and ident.source["kind"] == "photos":
-            summary.append(f"- {STANDIN_SHORT}")
+        conditioning = session.conditioner(model_choice)
+        if conditioning.note and ident.source["kind"] == "photos":
+            summary.append(f"- {STANDIN_SHORT if conditioning.name == 'stand-in' else CONDITIONER_SHORT}")
         return ([(r.image, r.caption) for r in results], ident.crops, str(archive), seed, "\n".join(summary))
 
     def generate(photos, num_images, steps, guidance, seed, randomize_seed, variation, lcm, model_choice, progress=gr.Progress(track_tqdm=True)):  # noqa: B008

@@ -314,5 +314,5 @@ def test_cli_demo_help():
 
     out = run_cli("demo", "--help", timeout=60)
     assert out.returncode == 0, out.stderr
-    for option in ("--model", "--analyzer", "--host", "--port", "--share", "127.0.0.1"):
+    for option in ("--model", "--analyzer", "--analyzer-option", "--allow-pickle", "--host", "--port", "--share", "127.0.0.1"):
         assert option in out.stdout
