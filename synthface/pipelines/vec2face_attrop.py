@@ -12,6 +12,8 @@ clipped to [-1, 1], and loss_i = identity_weight * (1 - cos_i) + max(0, quality_
 quality_scale [+ |yaw_target - |yaw_i|| * pose_scale]. A sample passes when 1 - cos_i <=
 max_identity_loss, quality_target - q_i <= max_quality_gap and (with a pose target) the yaw error
 is <= max_pose_error degrees. A retry restarts the unconverged samples from their start vector.
+The judges are Vec2Face's: iresnet100s for identity and quality, 6DRepNet for yaw
+(`synthface.pipelines.vec2face_pose`, fed BGR in [0, 1] at 112 x 112 as Vec2Face feeds it).
 """
 
 from __future__ import annotations
