@@ -55,15 +55,17 @@ class _TinyScrfd(nn.Module):
         return (*scores, *boxes, *points)
 
 
-def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5) -> bytes:
-    """A random SCRFD-layout detector as ONNX bytes: input "input.1" (1, 3, H, W) with H and W
-    dynamic (multiples of 32), 9 outputs in insightface's order (3 scores, 3 box distances, 3
-    keypoint sets for strides 8, 16, 32), rank 2 like det_10g's.
+def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5, input_size: tuple[int, int] | None = None) -> bytes:
+    """A random SCRFD-layout detector as ONNX bytes: input "input.1" (1, 3, H, W), H and W dynamic
+    (multiples of 32) or fixed to `input_size` = (width, height) as some exports are; 9 outputs in
+    insightface's order (3 scores, 3 box distances, 3 keypoint sets, for strides 8, 16, 32), rank 2
+    like det_10g's. The same arguments give the same bytes.
 
-    The heads are scaled so its output is well-formed on any input: box distances are positive
-    (about 3 strides, so boxes are valid and overlap their neighbours, which exercises NMS), and
-    the score logits are about `score_bias` +- 1, so with the default a few percent of the anchors
-    pass det_thresh=0.5 on photos and noise alike. The same seed gives the same bytes.
+    Built so its output is well-formed on any input: box distances are positive (about 3 strides,
+    so boxes are valid and overlap their neighbours, which exercises NMS); flat regions such as the
+    letterbox border score sigmoid(score_bias) (no ties above the threshold); elsewhere the score
+    follows the image's texture, so with the default bias tens of anchors pass det_thresh=0.5 on a
+    photo (more on noise, none on a uniform image), and fewer at smaller input sizes.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -81,9 +83,10 @@ def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5) -> bytes:
                 for conv in convs:
                     conv.weight.normal_(0.0, weight_std)
                     conv.bias.fill_(bias).add_(torch.randn_like(conv.bias) * 0.1)
-    return _export(model, torch.zeros(1, 3, 64, 96), input_names=["input.1"],
+    width, height = input_size or (96, 64)
+    return _export(model, torch.zeros(1, 3, height, width), input_names=["input.1"],
                    output_names=[f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in SCRFD_STRIDES],
-                   dynamic_axes={"input.1": {2: "height", 3: "width"}}, opset_version=11)
+                   dynamic_axes=None if input_size else {"input.1": {2: "height", 3: "width"}}, opset_version=11)
 
 
 def _export(model: nn.Module, example: torch.Tensor, **kwargs) -> bytes:
