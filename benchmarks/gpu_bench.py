@@ -9,10 +9,15 @@ guidance 3. Two ways of rendering, timed in the same process:
 - engine: synthface's path: the pipeline as a `synthface.render` renderer (the engine's: one
   seed per image, uint8 images back on the CPU), many identities per call (a batch-size sweep),
   bf16 and fp16, SDPA, channels_last, torch.compile where the time budget allows, and the filter's
-  recognition on the GPU for every image: the 5 landmarks are aligned with `norm_crop_torch` to
-  112 x 112 and embedded by a random IResNet-100 (ArcFace's layout) exported to ONNX at run time
-  and executed by synthface's ONNX->torch runner; the cosine to each identity is computed. Face
-  detection is not timed (noise has no faces; landmarks sit at the aligned template).
+  face analysis on the GPU for every image, through the shipped analyser
+  (`InsightFaceAnalyzer(runtime="torch", device=...)`, what a recipe's
+  `filtering.analyzer_options = {runtime = "torch", device = "cuda"}` selects): batched SCRFD
+  detection at 640, 5-point alignment (`norm_crop_torch`) to 112 x 112 and recognition, both ONNX
+  graphs run by synthface's ONNX->torch runner; the cosine to each identity is computed. No real
+  weights reach the GPU machine, so the graphs are random ones in the real layouts, exported at run
+  time: SCRFD's (`synthface.faces.testing.random_scrfd_bytes`, a small backbone: the detection
+  network is cheaper than det_10g's, its decoding and NMS are the real code) and a random
+  IResNet-100 (ArcFace's). They time the real code path; what they detect and embed means nothing.
 
 Then, budget permitting, the best engine setting runs through `synthface.engine.run` end to end
 (perturbation, crops, JPEG, shard writes, exports) to show what the engine itself costs there.
@@ -42,7 +47,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a plain checkout: synthface need not be installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from synthface.render import DTYPES, Optimizations, RenderSettings, build_renderer  # noqa: E402
@@ -89,7 +93,7 @@ class Budget:
         return predicted <= self.left() - self.reserve
 
 
-# --------------------------------------------------------------------------- the recogniser
+# --------------------------------------------------------------------------- the analyser
 
 
 def iresnet(depth: int, widths=(64, 128, 256, 512), embedding: int = 512, input_size: int = 112):
@@ -141,19 +145,30 @@ def export_onnx(model, path: Path, input_size: int = 112) -> None:
                 raise RuntimeError(f"ONNX export failed: {legacy_error!r}; then {dynamo_error!r}") from None
 
 
-def build_recogniser(device, dtype, *, tiny: bool, folder: Path):
-    """Export a random IResNet to ONNX and load it back through synthface's ONNX->torch runner."""
-    from synthface.faces.onnx_torch import onnx_to_torch
+def build_analyzer(device, dtype, *, tiny: bool, folder: Path):
+    """The shipped analyser on `device` (runtime="torch") from random graphs in the real layouts,
+    exported to `folder`: a SCRFD detector and an IResNet recogniser (recognition in `dtype`,
+    detection in float32), and a description of it for the JSON."""
+    from synthface.faces.onnx_backend import InsightFaceAnalyzer
+    from synthface.faces.testing import random_scrfd_bytes
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = iresnet(2, widths=(8, 16, 16, 32)) if tiny else iresnet(100)
-    path = folder / "recogniser.onnx"
-    export_onnx(model, path)
-    module = onnx_to_torch(path).eval().to(device=device, dtype=dtype)
-    size = path.stat().st_size
-    path.unlink()
-    return module, size
+    recogniser, detector = folder / "recogniser.onnx", folder / "scrfd.onnx"
+    export_onnx(model, recogniser)
+    detector.write_bytes(random_scrfd_bytes())
+    analyzer = InsightFaceAnalyzer(detector=detector, recognizer=recogniser, runtime="torch", device=device)
+    analyzer.recognizer.module.to(dtype=dtype)
+    described = {
+        "class": "synthface.faces.InsightFaceAnalyzer", "runtime": "torch", "det_size": analyzer.det_size,
+        "detector": "random SCRFD-layout graph (synthface.faces.testing.random_scrfd_bytes), float32",
+        "recogniser": "IResNet-2 (tiny)" if tiny else "IResNet-100",
+        "recogniser_onnx_mib": round(recogniser.stat().st_size / 2**20, 1),
+        "runner": "synthface.faces.onnx_torch",
+        "weights": "random: times the real code path; detections and embeddings mean nothing",
+    }
+    return analyzer, described
 
 
 # --------------------------------------------------------------------------- the two procedures
@@ -174,11 +189,12 @@ def reference_call(pipe, args, call_index: int) -> int:
 
 def engine_call(renderer, analyzer, batch: int, call_index: int) -> int:
     """One engine batch: `batch` identities x 1 image, per-image seeds, uint8 images on the CPU as the
-    engine gets them, then recognition on the GPU and the cosine to each identity (same-space filtering)."""
+    engine gets them, then face analysis on the GPU and the cosine of each largest face to its identity
+    (same-space filtering; an image without a face is what the filter drops)."""
     ids = random_ids(batch, 10_000 + call_index).numpy()
     images = renderer(ids, [call_index * 4096 + i for i in range(batch)])
-    embeddings = np.stack([faces[0].embedding for faces in analyzer.analyze(images)])
-    _ = np.sum(embeddings * ids, axis=1)
+    found = [(faces[0].embedding, i) for i, faces in enumerate(analyzer.analyze(images)) if faces]
+    _ = [float(embedding @ ids[i]) for embedding, i in found]
     return batch
 
 
@@ -329,9 +345,8 @@ def bench(args, scratch: Path) -> dict:
     else:
         pipe = full_size_arc2face_pipeline(device=device, dtype=DTYPES[args.ref_dtype])
     pipe.set_progress_bar_config(disable=True)
-    recogniser, onnx_bytes = build_recogniser(device, DTYPES[args.ref_dtype], tiny=args.tiny, folder=scratch)
-    result["recogniser"] = {"layout": "IResNet-2 (tiny)" if args.tiny else "IResNet-100", "onnx_mib": round(onnx_bytes / 2**20, 1),
-                            "runner": "synthface.faces.onnx_torch"}
+    analyzer, result["analyzer"] = build_analyzer(device, DTYPES[args.ref_dtype], tiny=args.tiny, folder=scratch)
+    recogniser = analyzer.recognizer.module
     # FLOPs depend on shapes only: count them once, on the eager UNet, before anything is compiled.
     flops_cfg_pair = unet_flops(pipe, 2, args.size)
     log(f"components ready; UNet forward on a CFG pair: {flops_cfg_pair / 1e9:.4g} GFLOP")
@@ -348,8 +363,6 @@ def bench(args, scratch: Path) -> dict:
 
     # (b) the engine path: sweep ---------------------------------------------------------------
     rows: list[dict] = []
-
-    analyzer = GpuAnalyzer(recogniser, device)
 
     def try_config(label: str, dtype: str, batch: int, channels_last: bool, compiled: bool, extra_s: float = 0.0):
         calls = 2 + (0 if args.min_seconds == 0 else 1)
@@ -450,35 +463,8 @@ def bench(args, scratch: Path) -> dict:
     return result
 
 
-class GpuAnalyzer:
-    """Engine analyser stand-in: numpy images -> GPU -> aligned crops -> embeddings (fixed landmarks)."""
-
-    name, license, license_restricted, embedding_dim = "random-iresnet-gpu", "none (random weights)", False, 512
-    embedding_space = "random-iresnet"  # comparable with nothing else
-    same_person_cos = 0.3  # ArcFace's (synthface.faces.onnx_backend); random weights judge nothing
-
-    def __init__(self, recogniser, device):
-        self.recogniser, self.device = recogniser, device
-
-    def analyze(self, images, *, all_faces: bool = False):
-        from synthface.faces.align import norm_crop_torch, template
-        from synthface.faces.types import Face
-
-        batch = torch.from_numpy(np.stack(images)).to(self.device)
-        side = batch.shape[1]
-        kps = torch.as_tensor(template(side), device=self.device).expand(len(images), 5, 2)
-        crops = norm_crop_torch(batch, kps)
-        dtype = next(p for p in self.recogniser.buffers() if p.is_floating_point()).dtype
-        with torch.inference_mode():
-            emb = torch.nn.functional.normalize(self.recogniser(((crops - 127.5) / 127.5).to(dtype)).float(), dim=1)
-        emb = emb.cpu().numpy()
-        box = np.array([0, 0, side, side], dtype=np.float32)
-        pts = template(side).astype(np.float32)
-        return [[Face(bbox=box, kps=pts, det_score=1.0, embedding=e, backend=self.name)] for e in emb]
-
-
 def engine_end_to_end(renderer, analyzer, args, best, budget, device, scratch, result) -> dict | None:
-    """`synthface.engine.run` with the best setting's renderer and the GPU analyser, at the best batch."""
+    """`synthface.engine.run` with the best setting's renderer and the analyser on the GPU, at the best batch."""
     from bench_engine import timed_run
 
     from synthface.recipe import load_recipe

@@ -108,7 +108,9 @@ class ArcFaceRecognizer:
             from synthface.faces.onnx_torch import OnnxModule
 
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self._module = OnnxModule(model).eval().to(self.device)
+            #: the graph as a torch module; `module.to(dtype=torch.bfloat16)` makes recognition run in
+            #: that dtype (inputs are cast to it, embeddings come back float32)
+            self.module = OnnxModule(model).eval().to(self.device)
         else:
             raise InvalidInputError(f"runtime must be 'onnxruntime' or 'torch', got {runtime!r}")
 
@@ -183,7 +185,8 @@ class ArcFaceRecognizer:
         if self.runtime != "torch":
             raise InvalidInputError("forward_tensor needs runtime='torch'")
         with torch.inference_mode():
-            y = self._module(((x - self.mean) / self.std).to(next(iter(self._module.buffers())).dtype))
+            dtype = next((b.dtype for b in self.module.buffers() if b.is_floating_point()), torch.float32)
+            y = self.module(((x - self.mean) / self.std).to(dtype))
         return torch.nn.functional.normalize(y.float(), dim=-1)
 
 

@@ -130,8 +130,7 @@ class ScrfdDetector:
         import torch
 
         n, height, width = pixels.shape[:3]
-        x = ((pixels.permute(0, 3, 1, 2).float() - INPUT_MEAN) / INPUT_STD)
-        outs = self._module(x.to(next(iter(self._module.buffers())).dtype))
+        outs = self._module((pixels.permute(0, 3, 1, 2).float() - INPUT_MEAN) / INPUT_STD)
         fmc = len(self.strides)
         scores, boxes, points = [], [], []
         for level, stride in enumerate(self.strides):
