@@ -12,7 +12,7 @@ guidance 3. Two ways of rendering, timed in the same process:
   face analysis on the GPU for every image, through the shipped analyser
   (`InsightFaceAnalyzer(runtime="torch", device=...)`, what a recipe's
   `filtering.analyzer_options = {runtime = "torch", device = "cuda"}` selects): batched SCRFD
-  detection at 640, 5-point alignment (`norm_crop_torch`) to 112 x 112 and recognition, both ONNX
+  detection at 640 (160 with --tiny), 5-point alignment (`norm_crop_torch`) to 112 x 112 and recognition, both ONNX
   graphs run by synthface's ONNX->torch runner; the cosine to each identity is computed. No real
   weights reach the GPU machine, so the graphs are random ones in the real layouts, exported at run
   time: SCRFD's (`synthface.faces.testing.random_scrfd_bytes`, a small backbone: the detection
@@ -148,7 +148,8 @@ def export_onnx(model, path: Path, input_size: int = 112) -> None:
 def build_analyzer(device, dtype, *, tiny: bool, folder: Path):
     """The shipped analyser on `device` (runtime="torch") from random graphs in the real layouts,
     exported to `folder`: a SCRFD detector and an IResNet recogniser (recognition in `dtype`,
-    detection in float32), and a description of it for the JSON."""
+    detection in float32, at 640 as shipped or at 160 for the tiny run's 32 x 32 images), and a
+    description of it for the JSON."""
     from synthface.faces.onnx_backend import InsightFaceAnalyzer
     from synthface.faces.testing import random_scrfd_bytes
 
@@ -158,7 +159,8 @@ def build_analyzer(device, dtype, *, tiny: bool, folder: Path):
     recogniser, detector = folder / "recogniser.onnx", folder / "scrfd.onnx"
     export_onnx(model, recogniser)
     detector.write_bytes(random_scrfd_bytes())
-    analyzer = InsightFaceAnalyzer(detector=detector, recognizer=recogniser, runtime="torch", device=device)
+    analyzer = InsightFaceAnalyzer(detector=detector, recognizer=recogniser, runtime="torch", device=device,
+                                   det_size=160 if tiny else 640)
     analyzer.recognizer.module.to(dtype=dtype)
     described = {
         "class": "synthface.faces.InsightFaceAnalyzer", "runtime": "torch", "det_size": analyzer.det_size,
