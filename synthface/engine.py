@@ -668,8 +668,9 @@ def attrop_centres(recipe: Recipe, layout: RunLayout, bank: IdentityBank, render
     """`bank` with its centres optimised by AttrOP (`identities.attrop`), or `bank` itself when unset.
 
     Computed once and saved to attrop.safetensors (`vectors`: the unit centres rendered; metadata
-    `status`: one JSON record per identity: status, steps, retries, identity_loss, quality); a rerun
-    reuses the file. Identity i's mask draws come from derive_seed(recipe seed, i, ATTROP_STREAM).
+    `status`: one JSON record per identity: status, steps, retries, identity_loss, quality, pose_error
+    (|yaw_target - |yaw|| in degrees with identities.attrop.yaw_target, else null); a rerun reuses
+    the file. Identity i's mask draws come from derive_seed(recipe seed, i, ATTROP_STREAM).
     A centre keeps its optimised vector only if AttrOP converged ("converged"); otherwise it keeps
     the sampled one ("not_converged"). The bank's guarantee then holds again: in identity order, a
     converged vector whose cosine to any other current centre exceeds identities.max_cos is reverted
@@ -707,9 +708,11 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
             f"{recipe.generation.model!r} is not one. Use a Vec2Face model ('vec2face', 'vec2face-tiny') or remove "
             "identities.attrop."
         )
-    estimators = attrop_estimators(cfg.estimators, renderer.device, bank.dim)
+    pose = cfg.yaw_target is not None
+    estimators = attrop_estimators(cfg.estimators, renderer.device, bank.dim, pose=pose,
+                                   allow_pickle=recipe.generation.allow_pickle or None)
     config = AttrOPConfig(lr=cfg.lr, max_steps=cfg.max_steps, max_retries=cfg.max_retries,
-                          quality_target=cfg.quality_target)
+                          quality_target=cfg.quality_target, max_pose_error=cfg.max_pose_error)
     start = bank.vectors.astype(np.float32)
     optimised, records = start.copy(), []
     step = recipe.generation.batch_size
@@ -718,13 +721,15 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
         rows = torch.from_numpy(start[lo : lo + step])
         gens = [torch.Generator().manual_seed(derive_seed(recipe.seed, i, ATTROP_STREAM))
                 for i in range(lo, lo + len(rows))]
-        result = attrop(renderer.pipeline, rows, rows, estimators, gens, config=config)
+        yaw = torch.full((len(rows),), float(cfg.yaw_target)) if pose else None
+        result = attrop(renderer.pipeline, rows, rows, estimators, gens, config=config, yaw_target=yaw)
         out = torch.nn.functional.normalize(result.vectors.float(), dim=1).numpy()
         for j, st in enumerate(result.status):
             if st.converged:
                 optimised[lo + j] = out[j]
             records.append({"status": "converged" if st.converged else "not_converged", "steps": st.steps,
-                            "retries": st.retries, "identity_loss": st.identity_loss, "quality": st.quality})
+                            "retries": st.retries, "identity_loss": st.identity_loss, "quality": st.quality,
+                            "pose_error": st.pose_error})
     for i in range(len(bank)):  # the guarantee, in identity order, against the centres as they stand
         if records[i]["status"] == "converged":
             cos = optimised @ optimised[i]
@@ -734,15 +739,26 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
     return optimised, records
 
 
-def attrop_estimators(name: str, device, dim: int):
-    """AttrOP's judges: "vec2face" loads the registry's vec2face-arcface and vec2face-magface
-    iresnet100s (found locally: `synthface models download`); "tiny" builds fixed random projections of
-    the 8x8-pooled image (plumbing only: they judge nothing about faces)."""
+def attrop_estimators(name: str, device, dim: int, *, pose: bool = False, allow_pickle: bool | None = None):
+    """AttrOP's judges. "vec2face": the registry's vec2face-arcface and vec2face-magface iresnet100s
+    and, with `pose`, vec2face-6drepnet (`AttrOPEstimators.from_registry`, found locally:
+    `synthface models download ...`); all are pickled .pth files, read only on the run's pickle opt-in
+    (`allow_pickle`: the recipe's generation.allow_pickle, or SYNTHFACE_ALLOW_PICKLE=1). "tiny":
+    fixed random projections of the 8x8-pooled image (plumbing only: they judge nothing about faces,
+    and there is no tiny yaw judge, so `pose` is refused).
+
+    Raises ModelNotFoundError (a file not installed, naming its download command, or no pickle
+    opt-in, naming it), FileFormatError (a damaged file) or InvalidInputError (tiny with `pose`)."""
     import torch
 
     from synthface.pipelines.vec2face_attrop import AttrOPEstimators
 
     if name == "tiny":
+        if pose:
+            raise InvalidInputError(
+                "identities.attrop.yaw_target needs a yaw judge, and the 'tiny' estimators have none: set "
+                "identities.attrop.estimators = 'vec2face' (with vec2face-6drepnet installed) or remove yaw_target."
+            )
         g = torch.Generator().manual_seed(0)
         w_id, w_q = (torch.randn(3 * 64, dim, generator=g).to(device) for _ in range(2))
 
@@ -751,12 +767,17 @@ def attrop_estimators(name: str, device, dim: int):
 
         return AttrOPEstimators(identity=lambda im: pooled(im) @ w_id, quality=lambda im: pooled(im) @ w_q)
     from synthface import weights
+    from synthface.errors import ModelNotFoundError
 
-    states = []
-    for model in ("vec2face-arcface", "vec2face-magface"):
-        (file,) = weights.spec(model).files
-        states.append(torch.load(weights.find(model) / file, map_location="cpu", weights_only=True))
-    return AttrOPEstimators.from_state_dicts(*states, device=device)
+    try:
+        return AttrOPEstimators.from_registry(pose=pose, allow_pickle=allow_pickle, device=device)
+    except ModelNotFoundError as exc:
+        if weights.pickle_allowed(allow_pickle):
+            raise  # a file not installed: the message names `synthface models download ...`
+        raise ModelNotFoundError(
+            f"identities.attrop: {exc} In a recipe: generation.allow_pickle = true "
+            "(or --set generation.allow_pickle=true)."
+        ) from None
 
 
 def _sample_bank(recipe: Recipe) -> IdentityBank:

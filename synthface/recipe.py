@@ -29,19 +29,46 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: identities.attrop fields added after recipes with AttrOP were written: at these values they leave
+#: the fingerprint alone (so those recipes keep theirs); any other value changes the data.
+_ATTROP_DEFAULTS = {"yaw_target": None, "max_pose_error": 5.0}
+
+
 class AttrOPSettings(_Section):
     """AttrOP on the identity centres (Vec2Face generators only): Adam on each sampled vector until
-    the images it renders pass the identity and quality checks, within hard caps
-    (`synthface.pipelines.vec2face_attrop`); see `synthface.engine.attrop_centres` for what is kept."""
+    the images it renders pass the identity and quality checks (and, with `yaw_target`, the pose
+    check), within hard caps (`synthface.pipelines.vec2face_attrop`); see
+    `synthface.engine.attrop_centres` for what is kept."""
 
     estimators: Literal["vec2face", "tiny"] = Field(
-        "vec2face", description="'vec2face': the registry's vec2face-arcface and vec2face-magface iresnet100s; "
-        "'tiny': random projections (plumbing only)",
+        "vec2face", description="'vec2face': the registry's vec2face-arcface and vec2face-magface iresnet100s "
+        "(and vec2face-6drepnet with yaw_target); pickled .pth files, read only with generation.allow_pickle = "
+        "true or SYNTHFACE_ALLOW_PICKLE=1; 'tiny': random projections (plumbing only, no yaw judge)",
     )
     max_steps: Int = Field(20, ge=1, le=1000, description="Adam steps per try (a hard cap)")
     max_retries: Int = Field(3, ge=0, le=100, description="restarts of an unconverged vector (a hard cap)")
     quality_target: Float = Field(27.0, ge=0.0, le=100.0, description="MagFace norm to reach (Vec2Face: 27)")
     lr: Float = Field(0.1, gt=0.0, le=10.0)
+    yaw_target: Float | None = Field(
+        None, ge=0.0, le=90.0, description="absolute yaw in degrees every centre's image should reach, judged by "
+        "6DRepNet (vec2face-6drepnet, as Vec2Face+ uses it: |yaw|); adds the pose term to AttrOP's loss and check. "
+        "Needs estimators = 'vec2face'. Unset: no pose term",
+    )
+    max_pose_error: Float = Field(
+        5.0, gt=0.0, le=90.0, description="largest |yaw_target - |yaw|| in degrees that passes (Vec2Face: 5); "
+        "only with yaw_target",
+    )
+
+    @model_validator(mode="after")
+    def _yaw_needs_a_judge(self):
+        if self.yaw_target is not None and self.estimators == "tiny":
+            raise ValueError(
+                "yaw_target needs a yaw judge, and the 'tiny' estimators have none (they are random projections): "
+                "use estimators = 'vec2face' (with vec2face-6drepnet installed) or remove yaw_target"
+            )
+        if self.yaw_target is None and self.max_pose_error != _ATTROP_DEFAULTS["max_pose_error"]:
+            raise ValueError("max_pose_error applies only with yaw_target: set yaw_target (degrees) or remove it")
+        return self
 
 
 class IdentitiesConfig(_Section):
@@ -225,6 +252,10 @@ class Recipe(_Section):
         for section, key in _OPTIONAL_SECTIONS:
             if data[section][key] is None:
                 data[section].pop(key)
+        attrop = data["identities"].get("attrop")
+        for key, default in _ATTROP_DEFAULTS.items():
+            if attrop is not None and attrop[key] == default:
+                attrop.pop(key)
         data.pop("description")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

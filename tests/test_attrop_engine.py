@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 
-from synthface import engine
-from synthface.errors import InvalidInputError
+from synthface import engine, weights
+from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.identity import load_bank
 from synthface.recipe import load_recipe
 from tests.test_vec2face_pose import SpyPipeline
@@ -61,7 +63,7 @@ def test_a_converged_centre_too_close_to_another_is_reverted(monkeypatch, tmp_pa
     bank = engine._sample_bank(recipe)
     import synthface.pipelines.vec2face_attrop as module
 
-    def lands_on_identity_0(pipe, start, target, estimators, gens, config):
+    def lands_on_identity_0(pipe, start, target, estimators, gens, config, yaw_target=None):
         from synthface.pipelines.vec2face_attrop import AttrOPResult, AttrOPStatus
 
         vectors = start.clone()
@@ -80,3 +82,119 @@ def test_attrop_needs_a_vec2face_generator(tmp_path):
     with pytest.raises(InvalidInputError, match="identities.attrop.*Vec2Face"):
         engine.run(recipe, tmp_path / "run")
     assert load_recipe("smoke").fingerprint() == "9510f151679a89ce"  # unset: fingerprints as before
+
+
+# --------------------------------------------------------------------------- estimators from the registry
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+#: Registry estimators on vec2face-tiny: 2 identities, one Adam step each (plumbing, not convergence).
+REGISTRY = ["generation.model='vec2face-tiny'", "identities.count=2", "export.formats=['imagefolder']",
+            "identities.attrop={ estimators = 'vec2face', max_steps = 1, max_retries = 0 }"]
+
+
+def fake_hub(cache: Path, files: dict[str, dict]) -> Path:
+    """State dicts saved as the Hugging Face cache lays out a download of BooBooWu/Vec2Face, where
+    synthface.weights.find looks for the registry's vec2face-* files (HF_HUB_CACHE)."""
+    import torch
+
+    root = cache / "models--BooBooWu--Vec2Face"
+    for name, state in files.items():
+        (file,) = weights.spec(name).files
+        path = root / "snapshots" / COMMIT / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def hubs(tmp_path_factory):
+    """Two fake caches: random-weight iresnets (narrow, arcface_torch names) only, and with 6DRepNet."""
+    import torch
+
+    from synthface.fr.backbones import iresnet
+    from synthface.pipelines.vec2face_pose import SixDRepNet
+
+    torch.manual_seed(0)
+    small = iresnet("r18", widths=(16, 16, 32, 32)).eval().state_dict()
+    judges = {"vec2face-arcface": small, "vec2face-magface": small}
+    no_pose = fake_hub(tmp_path_factory.mktemp("hub-no-pose"), judges)
+    pose = fake_hub(tmp_path_factory.mktemp("hub-pose"), {**judges, "vec2face-6drepnet": SixDRepNet().state_dict()})
+    return {"no_pose": no_pose, "pose": pose, "empty": tmp_path_factory.mktemp("hub-empty")}
+
+
+@pytest.fixture
+def registry_calls(monkeypatch):
+    """Every AttrOPEstimators.from_registry call's keyword arguments (the call itself goes through)."""
+    from synthface.pipelines.vec2face_attrop import AttrOPEstimators
+
+    calls, real = [], AttrOPEstimators.from_registry.__func__
+
+    def spy(cls, **kwargs):
+        calls.append(kwargs)
+        return real(cls, **kwargs)
+
+    monkeypatch.setattr(AttrOPEstimators, "from_registry", classmethod(spy))
+    monkeypatch.delenv(weights.PICKLE_ENV, raising=False)
+    return calls
+
+
+def centres(recipe, tmp_path):
+    tmp_path.mkdir()
+    renderer = engine.build_renderer(recipe, engine.Ranks())
+    engine.attrop_centres(recipe, engine.RunLayout(tmp_path), engine._sample_bank(recipe), renderer)
+    return statuses(tmp_path)
+
+
+def test_vec2face_estimators_load_through_the_registry_on_the_pickle_opt_in(hubs, registry_calls, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hubs["pose"]))
+    recipe = load_recipe("smoke", REGISTRY)
+    with pytest.raises(ModelNotFoundError, match="generation.allow_pickle = true.*") as refused:
+        centres(recipe, tmp_path / "refused")
+    assert weights.PICKLE_ENV in str(refused.value) and not (tmp_path / "refused" / "attrop.safetensors").exists()
+    records = centres(load_recipe("smoke", [*REGISTRY, "generation.allow_pickle=true"]), tmp_path / "recipe")
+    assert len(records) == 2 and all(r["steps"] == 1 and r["pose_error"] is None for r in records)
+    monkeypatch.setenv(weights.PICKLE_ENV, "1")  # the environment's opt-in counts as the recipe's does
+    assert len(centres(recipe, tmp_path / "env")) == 2
+    # No yaw target: 6DRepNet is never loaded, though installed; the recipe's opt-in is passed on.
+    assert [(c["pose"], c["allow_pickle"]) for c in registry_calls] == [(False, None), (False, True), (False, None)]
+
+
+def test_a_missing_estimator_names_its_download(hubs, registry_calls, tmp_path, monkeypatch):
+    recipe = load_recipe("smoke", [*REGISTRY, "generation.allow_pickle=true"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(hubs["empty"]))
+    with pytest.raises(ModelNotFoundError, match="synthface models download vec2face-arcface"):
+        centres(recipe, tmp_path / "a")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hubs["no_pose"]))
+    with pytest.raises(ModelNotFoundError, match="synthface models download vec2face-6drepnet"):
+        centres(load_recipe("smoke", [*REGISTRY, "generation.allow_pickle=true", "identities.attrop.yaw_target=30.0"]),
+                tmp_path / "b")
+
+
+def test_a_yaw_target_is_judged_by_6drepnet_and_recorded(hubs, registry_calls, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hubs["pose"]))
+    recipe = load_recipe("smoke", [*REGISTRY, "generation.allow_pickle=true", "identities.attrop.yaw_target=30.0",
+                                   "identities.attrop.max_pose_error=90.0"])
+    records = centres(recipe, tmp_path / "run")
+    assert [c["pose"] for c in registry_calls] == [True]
+    assert len(records) == 2 and all(math.isfinite(r["pose_error"]) and 0 <= r["pose_error"] <= 120 for r in records)
+    for r in records:  # the recipe's max_pose_error reached the check (90: the pose never blocks convergence)
+        assert (r["status"] != "not_converged") == (r["identity_loss"] <= 0.3 and 27.0 - r["quality"] <= 1.0)
+
+
+def test_a_yaw_target_needs_a_yaw_judge_and_fingerprints_stay():
+    with pytest.raises(InvalidInputError, match="yaw_target needs a yaw judge.*estimators = 'vec2face'"):
+        load_recipe("smoke", [*ATTROP, "identities.attrop.yaw_target=30.0"])
+    with pytest.raises(InvalidInputError, match="yaw judge"):
+        engine.attrop_estimators("tiny", "cpu", 512, pose=True)
+    with pytest.raises(InvalidInputError, match="max_pose_error applies only with yaw_target"):
+        load_recipe("smoke", [*ATTROP, "identities.attrop.max_pose_error=3.0"])
+    with pytest.raises(InvalidInputError, match="yaw_target"):
+        load_recipe("smoke", [*REGISTRY, "identities.attrop.yaw_target=95.0"])
+    # Recipes with AttrOP but no yaw target fingerprint as before the field existed (values of the earlier code).
+    assert load_recipe("hsface10k-vec2face").fingerprint() == "882fc485c118405e"
+    with_yaw = load_recipe("hsface10k-vec2face", ["identities.attrop.yaw_target=30.0"])
+    assert with_yaw.fingerprint() not in ("882fc485c118405e", load_recipe(
+        "hsface10k-vec2face", ["identities.attrop.yaw_target=45.0"]).fingerprint())

@@ -82,6 +82,25 @@ def test_toml_round_trip_and_fingerprint():
     assert other.fingerprint() != recipe.fingerprint()
 
 
+def test_fields_added_later_keep_old_fingerprints():
+    """Values computed by the code before identities.attrop.yaw_target / max_pose_error existed: a
+    recipe that leaves them unset (or at their defaults) keeps its fingerprint, so its runs resume."""
+    base = {"name": "fp", "seed": 3, "identities": {"count": 10, "max_cos": 0.3},
+            "generation": {"model": "vec2face", "allow_pickle": True}}
+    attrop = {**base, "identities": {**base["identities"], "attrop": {"estimators": "vec2face", "max_steps": 7}}}
+    assert parse_recipe(base).fingerprint() == "dbfbd9d031d54021"
+    assert parse_recipe(attrop).fingerprint() == "a677497a33a0fa34"
+    explicit = tomllib.loads(parse_recipe(attrop).to_toml())  # to_toml writes max_pose_error = 5.0
+    assert explicit["identities"]["attrop"]["max_pose_error"] == 5.0
+    assert parse_recipe(explicit).fingerprint() == "a677497a33a0fa34"
+    yaw = parse_recipe(attrop).model_copy(deep=True)
+    yaw.identities.attrop.yaw_target = 30.0
+    assert parse_recipe(tomllib.loads(yaw.to_toml())) == yaw
+    assert yaw.fingerprint() != "a677497a33a0fa34"
+    yaw.identities.attrop.max_pose_error = 3.0
+    assert len({yaw.fingerprint(), parse_recipe(tomllib.loads(yaw.to_toml())).fingerprint()}) == 1
+
+
 def test_candidates_per_identity_rounds_up():
     assert Recipe(variation={"images_per_identity": 50, "overgenerate": 1.3}).variation.candidates_per_identity == 65
     assert Recipe(variation={"images_per_identity": 3, "overgenerate": 1.5}).variation.candidates_per_identity == 5
