@@ -18,7 +18,9 @@ The life cycle of a shard on its rank (`ShardWorker.run_units`), with its stages
 The rank's shards stream into each other: the next shard renders while the previous one is
 analysed, written and finished, so the device never waits at a shard boundary. Each shard's files
 depend on that shard alone, so they are byte-identical to one stage after another; a failure keeps
-the shards finished before it and removes the temporary folders of the open ones.
+the shards finished before it and removes the temporary folders of the open ones. Each rank
+records how its session's shards ran (images/s, busy share per stage, bottleneck:
+`RunLayout.stage_record`), and rank 0 copies those records into run.json once the run is finalized.
 """
 
 from __future__ import annotations
@@ -276,6 +278,7 @@ class RunLayout:
     STAGED: ClassVar[str] = "candidates"  # every candidate's files in a unit's temporary folder, until judged
     LOG: ClassVar[str] = "run.log"
     LOCK: ClassVar[str] = "run.lock"
+    STAGE_RECORD: ClassVar[str] = "stages.rank{rank}.json"  # in SHARDS: how a rank's last session ran (timings)
     # Per-rank logs and locks of a distributed job, and the hidden temporaries of atomic writes.
     _RANK_FILE: ClassVar[re.Pattern] = re.compile(r"^run\.rank\d+\.(log|lock)$")
     _TEMPORARY: ClassVar[re.Pattern] = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
@@ -346,6 +349,26 @@ class RunLayout:
 
     def is_done(self, unit: int | str) -> bool:
         return self.record(unit) is not None
+
+    def stage_record(self, rank: int) -> Path:
+        """Where rank `rank` records how its last session's shards ran (`stage_report`: images/s, each
+        stage's busy seconds and share, the bottleneck); `record_stages` gathers these into run.json."""
+        return self.shards / self.STAGE_RECORD.format(rank=rank)
+
+    def record_stages(self) -> dict:
+        """Copy every rank's stage record into run.json under "stages" ({"rank0": report, ...}),
+        rewriting it atomically with its identity unchanged; returns what was recorded. Ranks whose
+        record is missing or unreadable are left out."""
+        found = {}
+        for path in sorted(self.shards.glob(self.STAGE_RECORD.format(rank="*"))):
+            try:
+                found[path.name.split(".")[1]] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        info = json.loads(self.run_file.read_text())
+        if found and info.get("stages") != found:
+            atomic_write_bytes(self.run_file, json.dumps({**info, "stages": found}, indent=2).encode())
+        return found
 
     def mark_done(self, unit: int | str, record: dict) -> None:
         """Record a unit as complete: its marker is written atomically, after everything it made."""
@@ -1295,11 +1318,13 @@ def run(
                 if progress:
                     progress.stop()
 
-        if todo:
-            render(todo)
-        skipped = sorted(set(mine) - set(todo))
         def stages() -> dict:
             return stage_report(times, worker.images) if worker else {}
+
+        if todo:
+            render(todo)
+            atomic_write_bytes(layout.stage_record(ranks.rank), json.dumps(stages(), indent=2).encode())
+        skipped = sorted(set(mine) - set(todo))
 
         if ranks.rank != 0:
             return RunSummary(layout.root, todo, skipped, False, {}, stages())
@@ -1322,6 +1347,9 @@ def run(
             todo = sorted(set(todo) | set(shards))
             skipped = sorted(set(skipped) - set(shards))
         stats = finalize(recipe, layout, bank, worker=get_worker)
+        if worker is not None:  # this session rendered (shards, damaged units or resampling rounds)
+            atomic_write_bytes(layout.stage_record(ranks.rank), json.dumps(stages(), indent=2).encode())
+        layout.record_stages()
         return RunSummary(layout.root, todo, skipped, True, stats, stages())
 
 

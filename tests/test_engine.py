@@ -32,13 +32,14 @@ def small_recipe(**sections) -> "engine.Recipe":
 
 
 def tree_digest(root: Path) -> dict[str, bytes]:
-    """Every file under root with its bytes, except logs, timing-bearing markers and the files that
-    record the command line (and so the output folder's name)."""
+    """Every file under root with its bytes, except logs, timing-bearing markers and stage records,
+    and the files that record the command line (and so the output folder's name)."""
     skip = {"run.log", "run.json", "finalize.done", "README.md"}
+    timings = f"{engine.RunLayout.SHARDS}/{engine.RunLayout.STAGE_RECORD.format(rank='*')}"
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in skip and not p.name.endswith(".done")
+        if p.is_file() and p.name not in skip and not p.name.endswith(".done") and not p.relative_to(root).match(timings)
     }
 
 

@@ -71,6 +71,11 @@ def test_overlapped_and_serial_engines_agree_with_the_real_dlib_filter(photo_ser
     assert set(record["stages"]["busy_s"]) >= {"render", "analyse", "write"}
     assert record["stages"]["bottleneck"] in record["stages"]["busy_s"]
     assert summary.stages["images_per_s"] > 0 and set(summary.stages["busy_share"]) >= {"render", "analyse", "write"}
+    # The session's report is the rank's stage record, and the finished run copies it into run.json.
+    layout = engine.RunLayout(tmp_path / "run")
+    assert json.loads(layout.stage_record(0).read_text()) == summary.stages
+    info = json.loads(layout.run_file.read_text())
+    assert info["stages"] == {"rank0": summary.stages} and info["fingerprint"] == recipe.fingerprint()
 
 
 def test_a_crash_in_the_analysis_stage_leaves_no_partial_shard_and_a_rerun_completes(photo_serial, tmp_path):
