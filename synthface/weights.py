@@ -183,6 +183,19 @@ def pickle_refusal(what: str, files: list[Path] | list[str]) -> ModelNotFoundErr
     )
 
 
+def state_dict_mismatch(expected: dict[str, tuple[int, ...]], state) -> str | None:
+    """None when `state` (name -> tensor) holds exactly `expected`'s names with their shapes; else one
+    line naming the missing, unexpected and wrong-shape keys (six of each, then a count), for the
+    FileFormatError of a strict loader. `expected`: name -> shape, e.g. from a meta-device module."""
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got == expected:
+        return None
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and expected[k] != got[k]]
+    return "; ".join(f"{what}: {', '.join(keys[:6])}{f' and {len(keys) - 6} more' if len(keys) > 6 else ''}"
+                     for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
+
+
 def spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]

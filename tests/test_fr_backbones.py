@@ -119,7 +119,7 @@ def test_other_architectures_are_refused_with_a_paragraph():
         config_from_state_dict(wrapped)
     broken = dict(tiny().state_dict())
     broken["layer2.0.bn2.weight"] = torch.zeros(3)
-    with pytest.raises(FileFormatError, match="wrong shape layer2.0.bn2.weight"):
+    with pytest.raises(FileFormatError, match="wrong shape: layer2.0.bn2.weight"):
         config_from_state_dict(broken)
 
 

@@ -212,15 +212,10 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor], *, source: str = "
     if side * side * widths[-1] != fc_in:
         raise FileFormatError(f"{source}: fc takes {fc_in} inputs, not {widths[-1]} x a square map; not an IResNet.")
     config = BackboneConfig(tuple(blocks), widths, fc_out, side * 16, "layer1.0.attn.fc1.weight" in state, 0.0, stem)
-    expected = {k: tuple(v.shape) for k, v in IResNet.on_meta(config).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        detail = "; ".join(
-            f"{what} {', '.join(ks[:3])}{' ...' if len(ks) > 3 else ''}"
-            for what, ks in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if ks
-        )
+    from synthface.weights import state_dict_mismatch
+
+    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in IResNet.on_meta(config).state_dict().items()}, state)
+    if detail:
         raise FileFormatError(
             f"{source} looks like an IResNet but does not match one ({detail}). It may be another "
             "architecture with similar names; pass an arcface_torch IResNet state dict or an ONNX recogniser."

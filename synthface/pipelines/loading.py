@@ -320,16 +320,12 @@ def read_vec2face_checkpoint(path: Path, *, allow_pickle: bool):
 def _strict_load(cls, config: dict, state: dict, source: str):
     """`cls(**config)` with `state` loaded strictly; a FileFormatError naming every mismatched key."""
     from synthface.errors import FileFormatError
+    from synthface.weights import state_dict_mismatch
 
     with torch.device("meta"):
         module = cls(**config)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and expected[k] != got[k]]
-        detail = "; ".join(f"{what}: {', '.join(ks[:6])}{f' and {len(ks) - 6} more' if len(ks) > 6 else ''}"
-                           for what, ks in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if ks)
+    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
+    if detail:
         raise FileFormatError(
             f"{source} does not match the published {cls.__name__} ({detail}). It is another model or another "
             "size; pass the published Vec2Face / Vec2Face+ files, or a folder converted from them."

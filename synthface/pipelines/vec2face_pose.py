@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from synthface.errors import FileFormatError, InvalidInputError, ModelNotFoundError
+from synthface.weights import state_dict_mismatch
 
 #: RepVGG-B1g2: blocks per stage, stage widths (64 * (2, 2, 2, 4)), stem width min(64, 64 * 2).
 REPVGG_B1_BLOCKS = (4, 6, 16, 1)
@@ -175,13 +176,8 @@ def sixdrepnet_from_state_dict(state: Mapping[str, torch.Tensor], *, source: str
     """
     with torch.device("meta"):
         model = SixDRepNet(preprocess)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        wrong = [f"{k} {got[k]} (expected {expected[k]})" for k in expected if k in got and expected[k] != got[k]]
-        detail = "; ".join(f"{what}: {', '.join(ks[:6])}{f' and {len(ks) - 6} more' if len(ks) > 6 else ''}"
-                           for what, ks in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if ks)
+    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
+    if detail:
         raise FileFormatError(
             f"{source} is not 6DRepNet's RepVGG-B1g2 in deploy form ({detail}). Pass the published "
             "6DRepNet_300W_LP_AFLW2000.pth (synthface models download vec2face-6drepnet); a training-form "
