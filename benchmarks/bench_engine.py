@@ -160,6 +160,9 @@ def main(argv=None) -> dict:
                         help="the stand-in's sleep per batch (default: analysis + writing time per batch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more recipe overrides")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--full-size-vec2face", action="store_true",
+                        help="render with the full-size Vec2Face architecture and random weights (speed only: the "
+                        "images are not faces); the recipe's model is set to vec2face-tiny for its family's settings")
     args = parser.parse_args(argv)
 
     from synthface.engine import Ranks, build_renderer
@@ -176,6 +179,8 @@ def main(argv=None) -> dict:
         identities, images = (8, 2) if args.quick else (args.identities or 64, args.images or 4)
         fixed = []
     overrides = [f"identities.count={identities}", f"variation.images_per_identity={images}", *fixed, *args.set]
+    if args.full_size_vec2face:
+        overrides.append('generation.model="vec2face-tiny"')
     recipe = load_recipe(args.recipe, overrides)
     if args.standin:
         result = {"benchmark": "engine_overlap", "recipe": args.recipe.name, "overrides": overrides,
@@ -190,13 +195,19 @@ def main(argv=None) -> dict:
         ]
     else:
         start = time.perf_counter()
-        renderer = build_renderer(recipe, Ranks())
+        if args.full_size_vec2face:
+            from synthface.pipelines.testing import full_size_vec2face_pipeline
+            from synthface.render import build_renderer as renderer_for
+
+            renderer = renderer_for(full_size_vec2face_pipeline(), name="vec2face")
+        else:
+            renderer = build_renderer(recipe, Ranks())
         build_s = time.perf_counter() - start
         result = {
             "benchmark": "engine_overhead",
             "recipe": args.recipe.name,
             "overrides": overrides,
-            "model": recipe.generation.model,
+            "model": "vec2face (full size, random weights)" if args.full_size_vec2face else recipe.generation.model,
             "renderer_build_s": round(build_s, 3),
             **timed_run(recipe, renderer),
         }

@@ -91,6 +91,16 @@ def test_bench_engine_quick(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
 
 
+def test_bench_engine_full_size_vec2face_quick(tmp_path):
+    out = tmp_path / "engine.json"
+    proc = run_script(str(BENCH / "bench_engine.py"), "--quick", "--full-size-vec2face", "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 16 and result["model"].startswith("vec2face (full size")
+    assert result["total_s"] == pytest.approx(result["model_s"] + result["engine_s"], abs=1e-3)
+    assert result["total_over_model"] >= 1
+
+
 def test_bench_engine_standin_quick(tmp_path):
     out = tmp_path / "overlap.json"
     proc = run_script(str(BENCH / "bench_engine.py"), "--standin", "--quick", "--json", str(out), timeout=300)
