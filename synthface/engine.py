@@ -735,7 +735,10 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
     estimators = attrop_estimators(cfg.estimators, renderer.device, bank.dim, pose=pose,
                                    allow_pickle=recipe.generation.allow_pickle or None)
     config = AttrOPConfig(lr=cfg.lr, max_steps=cfg.max_steps, max_retries=cfg.max_retries,
-                          quality_target=cfg.quality_target, max_pose_error=cfg.max_pose_error)
+                          quality_target=cfg.quality_target, max_identity_loss=cfg.max_identity_loss,
+                          max_quality_gap=cfg.max_quality_gap, max_pose_error=cfg.max_pose_error,
+                          identity_weight=cfg.identity_weight, quality_scale=cfg.quality_scale,
+                          pose_scale=cfg.pose_scale)
     start = bank.vectors.astype(np.float32)
     optimised, records = start.copy(), []
     step = recipe.generation.batch_size

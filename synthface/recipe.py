@@ -29,9 +29,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-#: identities.attrop fields added after recipes with AttrOP were written: at these values they leave
-#: the fingerprint alone (so those recipes keep theirs); any other value changes the data.
-_ATTROP_DEFAULTS = {"yaw_target": None, "max_pose_error": 5.0}
+#: identities.attrop fields added after recipes with AttrOP were written: at their defaults (the
+#: AttrOPSettings field defaults, which are AttrOPConfig's) they leave the fingerprint alone, so those
+#: recipes keep theirs; any other value changes the data.
+_ATTROP_ADDED_LATER = ("yaw_target", "max_pose_error", "identity_weight", "quality_scale", "pose_scale",
+                       "max_identity_loss", "max_quality_gap")
 
 
 class AttrOPSettings(_Section):
@@ -58,6 +60,28 @@ class AttrOPSettings(_Section):
         5.0, gt=0.0, le=90.0, description="largest |yaw_target - |yaw|| in degrees that passes (Vec2Face: 5); "
         "only with yaw_target",
     )
+    # The loss is identity_weight * (1 - cos) + max(0, quality_target - quality) * quality_scale
+    # [+ |yaw_target - |yaw|| * pose_scale]: the scales multiply, so Vec2Face+'s "quality / 30" is
+    # quality_scale = 1/30. Vec2Face+'s target_sim 0.3 gate on the identity term has no AttrOPConfig
+    # counterpart (the identity term is always weighed), so it cannot be set here.
+    identity_weight: Float = Field(
+        100.0, ge=0.0, le=1e4, description="weight of the identity term 1 - cos in AttrOP's loss (Vec2Face: 100)",
+    )
+    quality_scale: Float = Field(
+        1.0, ge=0.0, le=1e4, description="multiplies the quality term max(0, quality_target - quality) "
+        "(Vec2Face: 1; Vec2Face+: 1/30 = 0.0333...)",
+    )
+    pose_scale: Float = Field(
+        1.0, ge=0.0, le=1e4, description="multiplies the pose term |yaw_target - |yaw|| in degrees (Vec2Face: 1; "
+        "Vec2Face+: 1/90 = 0.0111...); only with yaw_target",
+    )
+    max_identity_loss: Float = Field(
+        0.3, gt=0.0, le=2.0, description="largest 1 - cos (identity to its centre) that passes (Vec2Face: 0.3)",
+    )
+    max_quality_gap: Float = Field(
+        1.0, ge=0.0, le=100.0, description="largest quality_target - quality (MagFace norm) that passes "
+        "(Vec2Face: 1)",
+    )
 
     @model_validator(mode="after")
     def _yaw_needs_a_judge(self):
@@ -66,8 +90,10 @@ class AttrOPSettings(_Section):
                 "yaw_target needs a yaw judge, and the 'tiny' estimators have none (they are random projections): "
                 "use estimators = 'vec2face' (with vec2face-6drepnet installed) or remove yaw_target"
             )
-        if self.yaw_target is None and self.max_pose_error != _ATTROP_DEFAULTS["max_pose_error"]:
-            raise ValueError("max_pose_error applies only with yaw_target: set yaw_target (degrees) or remove it")
+        if self.yaw_target is None:
+            for name in ("max_pose_error", "pose_scale"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name} applies only with yaw_target: set yaw_target (degrees) or remove it")
         return self
 
 
@@ -253,8 +279,8 @@ class Recipe(_Section):
             if data[section][key] is None:
                 data[section].pop(key)
         attrop = data["identities"].get("attrop")
-        for key, default in _ATTROP_DEFAULTS.items():
-            if attrop is not None and attrop[key] == default:
+        for key in _ATTROP_ADDED_LATER:
+            if attrop is not None and attrop[key] == AttrOPSettings.model_fields[key].default:
                 attrop.pop(key)
         data.pop("description")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -198,3 +198,111 @@ def test_a_yaw_target_needs_a_yaw_judge_and_fingerprints_stay():
     with_yaw = load_recipe("hsface10k-vec2face", ["identities.attrop.yaw_target=30.0"])
     assert with_yaw.fingerprint() not in ("882fc485c118405e", load_recipe(
         "hsface10k-vec2face", ["identities.attrop.yaw_target=45.0"]).fingerprint())
+
+
+# --------------------------------------------------------------------------- the loss weights and checks
+
+#: identities.attrop fields that are AttrOPConfig fields of the same name and meaning.
+CONFIG_FIELDS = ("lr", "max_steps", "max_retries", "quality_target", "max_identity_loss", "max_quality_gap",
+                 "max_pose_error", "identity_weight", "quality_scale", "pose_scale")
+
+
+def captured_config(monkeypatch, overrides):
+    """The AttrOPConfig and yaw targets the engine passes for `smoke` with `overrides` (attrop and its
+    judges replaced: nothing is optimised or loaded)."""
+    import synthface.pipelines.vec2face_attrop as module
+    from synthface.pipelines.vec2face_attrop import AttrOPEstimators, AttrOPResult, AttrOPStatus
+
+    seen = []
+
+    def capture(pipe, start, target, estimators, gens, config, yaw_target=None):
+        seen.append((config, yaw_target))
+        return AttrOPResult(None, start.clone() * 22, [AttrOPStatus(False, 1, 0, 1.0, 0.0, None)] * len(start))
+
+    monkeypatch.setattr(module, "attrop", capture)
+    monkeypatch.setattr(engine, "attrop_estimators", lambda *a, **k: AttrOPEstimators(None, None, None))
+    recipe = load_recipe("smoke", ["generation.model='vec2face-tiny'", "identities.count=2", *overrides])
+    engine._run_attrop(recipe, engine._sample_bank(recipe), engine.build_renderer(recipe, engine.Ranks()))
+    return seen
+
+
+def test_the_loss_weights_and_checks_reach_attrop_config(monkeypatch):
+    from synthface.pipelines.vec2face_attrop import AttrOPConfig
+    from synthface.recipe import AttrOPSettings
+
+    # Unset, every field is AttrOPConfig's own default (Vec2Face's).
+    defaults = AttrOPConfig()
+    assert {n: AttrOPSettings.model_fields[n].default for n in CONFIG_FIELDS} == {
+        n: getattr(defaults, n) for n in CONFIG_FIELDS}
+    ((config, yaw),) = captured_config(monkeypatch, ["identities.attrop={ estimators = 'tiny' }"])
+    assert config == defaults and yaw is None
+    # Vec2Face+'s published values (the scales multiply: quality / 30, yaw / 90) and every check.
+    plus = ("identities.attrop={ estimators = 'vec2face', lr = 0.05, max_steps = 4, max_retries = 2, "
+            "quality_target = 24.0, quality_scale = 0.03333333333333333, yaw_target = 30.0, "
+            "pose_scale = 0.011111111111111112, identity_weight = 50.0, max_identity_loss = 0.4, "
+            "max_quality_gap = 2.0, max_pose_error = 7.0 }")
+    ((config, yaw),) = captured_config(monkeypatch, [plus])
+    assert config == AttrOPConfig(lr=0.05, max_steps=4, max_retries=2, quality_target=24.0, quality_scale=1 / 30,
+                                  pose_scale=1 / 90, identity_weight=50.0, max_identity_loss=0.4,
+                                  max_quality_gap=2.0, max_pose_error=7.0)
+    assert yaw.tolist() == [30.0, 30.0]
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("identity_weight", "-1.0", "greater than or equal to 0"),
+    ("identity_weight", "2e4", "less than or equal to 10000"),
+    ("quality_scale", "-0.5", "greater than or equal to 0"),
+    ("max_identity_loss", "0.0", "greater than 0"),
+    ("max_identity_loss", "2.5", "less than or equal to 2"),
+    ("max_quality_gap", "-1.0", "greater than or equal to 0"),
+    ("max_quality_gap", "true", ""),
+])
+def test_out_of_range_loss_settings_are_refused_naming_the_field(field, value, fragment):
+    with pytest.raises(InvalidInputError, match=f"identities.attrop.{field} must") as info:
+        load_recipe("smoke", [*ATTROP, f"identities.attrop.{field}={value}"])
+    assert fragment in str(info.value)
+
+
+def test_pose_scale_needs_a_yaw_target_and_a_range():
+    with pytest.raises(InvalidInputError, match="pose_scale applies only with yaw_target"):
+        load_recipe("smoke", [*ATTROP, "identities.attrop.pose_scale=0.5"])
+    with pytest.raises(InvalidInputError, match="identities.attrop.pose_scale must be greater than or equal to 0"):
+        load_recipe("smoke", [*REGISTRY, "identities.attrop.yaw_target=30.0", "identities.attrop.pose_scale=-1.0"])
+    posed = load_recipe("smoke", [*REGISTRY, "identities.attrop.yaw_target=30.0", "identities.attrop.pose_scale=0.5"])
+    assert posed.identities.attrop.pose_scale == 0.5
+
+
+def test_loss_settings_leave_fingerprints_alone_at_their_defaults():
+    import tomllib
+
+    # Values of the code before the loss settings existed.
+    pinned = {("hsface10k-vec2face",): "882fc485c118405e", ("vec2face-plus-pose",): "8ddfb52c9b0bb7c9",
+              ("smoke", *ATTROP): "4d7919a41037aeba", ("smoke",): "9510f151679a89ce"}
+    for (name, *overrides), value in pinned.items():
+        recipe = load_recipe(name, overrides)
+        assert recipe.fingerprint() == value, name
+    # Written out explicitly at their defaults (to_toml writes every field), they still leave it alone.
+    smoke = load_recipe("smoke", ATTROP)
+    explicit = tomllib.loads(smoke.to_toml())
+    assert explicit["identities"]["attrop"]["identity_weight"] == 100.0
+    from synthface.recipe import parse_recipe
+
+    assert parse_recipe(explicit).fingerprint() == "4d7919a41037aeba"
+    changed = {load_recipe("smoke", [*ATTROP, f"identities.attrop.{k}={v}"]).fingerprint()
+               for k, v in (("identity_weight", 50.0), ("quality_scale", 0.5), ("max_identity_loss", 0.2),
+                            ("max_quality_gap", 2.0))}
+    assert len(changed) == 4 and "4d7919a41037aeba" not in changed
+
+
+def test_the_vec2face_plus_example_is_a_valid_setting():
+    """vec2face-plus-pose.toml's commented AttrOP line loads, and means Vec2Face+'s published loss."""
+    import tomllib
+
+    text = (Path(__file__).parents[1] / "pipelines" / "vec2face-plus-pose.toml").read_text()
+    (line,) = [ln[2:] for ln in text.splitlines() if ln.startswith("# attrop = {")]
+    example = tomllib.loads(line)["attrop"]
+    recipe = load_recipe("vec2face-plus-pose", [f"identities.{line.replace(' = ', '=', 1)}"])
+    attrop = recipe.identities.attrop
+    assert attrop.model_dump(include=set(example)) == example
+    assert (attrop.quality_target, attrop.quality_scale, attrop.pose_scale) == (24.0, 1 / 30, 1 / 90)
+    assert load_recipe("vec2face-plus-pose").identities.attrop is None  # the active values are unchanged

@@ -83,8 +83,10 @@ def test_toml_round_trip_and_fingerprint():
 
 
 def test_fields_added_later_keep_old_fingerprints():
-    """Values computed by the code before identities.attrop.yaw_target / max_pose_error existed: a
-    recipe that leaves them unset (or at their defaults) keeps its fingerprint, so its runs resume."""
+    """Values computed by the code before identities.attrop.yaw_target / max_pose_error (and the loss
+    weights and checks: identity_weight, quality_scale, pose_scale, max_identity_loss,
+    max_quality_gap) existed: a recipe that leaves them unset (or at their defaults) keeps its
+    fingerprint, so its runs resume."""
     base = {"name": "fp", "seed": 3, "identities": {"count": 10, "max_cos": 0.3},
             "generation": {"model": "vec2face", "allow_pickle": True}}
     attrop = {**base, "identities": {**base["identities"], "attrop": {"estimators": "vec2face", "max_steps": 7}}}
@@ -92,6 +94,7 @@ def test_fields_added_later_keep_old_fingerprints():
     assert parse_recipe(attrop).fingerprint() == "a677497a33a0fa34"
     explicit = tomllib.loads(parse_recipe(attrop).to_toml())  # to_toml writes max_pose_error = 5.0
     assert explicit["identities"]["attrop"]["max_pose_error"] == 5.0
+    assert explicit["identities"]["attrop"]["quality_scale"] == 1.0
     assert parse_recipe(explicit).fingerprint() == "a677497a33a0fa34"
     yaw = parse_recipe(attrop).model_copy(deep=True)
     yaw.identities.attrop.yaw_target = 30.0
