@@ -351,18 +351,27 @@ class RunLayout:
         return self.record(unit) is not None
 
     def stage_record(self, rank: int) -> Path:
-        """Where rank `rank` records how its last session's shards ran (`stage_report`: images/s, each
+        """Where rank `rank` records how its latest session's shards ran (`stage_report`: images/s, each
         stage's busy seconds and share, the bottleneck); `record_stages` gathers these into run.json."""
         return self.shards / self.STAGE_RECORD.format(rank=rank)
 
-    def record_stages(self) -> dict:
-        """Copy every rank's stage record into run.json under "stages" ({"rank0": report, ...}),
-        rewriting it atomically with its identity unchanged; returns what was recorded. Ranks whose
-        record is missing or unreadable are left out."""
+    def write_stage_record(self, rank: int, report: dict | None) -> None:
+        """Write rank `rank`'s stage record (atomically), or remove it (None: a session is starting,
+        so an earlier session's timings are never taken for this one's)."""
+        if report is None:
+            self.stage_record(rank).unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(self.stage_record(rank), json.dumps(report, indent=2).encode())
+
+    def record_stages(self, world_size: int) -> dict:
+        """Copy the stage records of ranks 0 .. world_size - 1 into run.json under "stages"
+        ({"rank0": report, ...}), rewriting it atomically with its identity unchanged; returns what was
+        recorded. A rank whose record is not there yet (it writes it after its last shard is marked
+        done, so rank 0 can finalize first) or is unreadable is left out; its own file stays current."""
         found = {}
-        for path in sorted(self.shards.glob(self.STAGE_RECORD.format(rank="*"))):
+        for rank in range(world_size):
             try:
-                found[path.name.split(".")[1]] = json.loads(path.read_text())
+                found[f"rank{rank}"] = json.loads(self.stage_record(rank).read_text())
             except (OSError, ValueError):
                 continue
         info = json.loads(self.run_file.read_text())
@@ -1325,8 +1334,9 @@ def run(
             return stage_report(times, worker.images) if worker else {}
 
         if todo:
+            layout.write_stage_record(ranks.rank, None)
             render(todo)
-            atomic_write_bytes(layout.stage_record(ranks.rank), json.dumps(stages(), indent=2).encode())
+            layout.write_stage_record(ranks.rank, stages())
         skipped = sorted(set(mine) - set(todo))
 
         if ranks.rank != 0:
@@ -1351,8 +1361,8 @@ def run(
             skipped = sorted(set(skipped) - set(shards))
         stats = finalize(recipe, layout, bank, worker=get_worker)
         if worker is not None:  # this session rendered (shards, damaged units or resampling rounds)
-            atomic_write_bytes(layout.stage_record(ranks.rank), json.dumps(stages(), indent=2).encode())
-        layout.record_stages()
+            layout.write_stage_record(ranks.rank, stages())
+        layout.record_stages(ranks.world_size)
         return RunSummary(layout.root, todo, skipped, True, stats, stages())
 
 

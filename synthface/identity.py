@@ -553,7 +553,8 @@ class _Eta:
         alpha, beta = _theil_sen(before, seconds / batches)
         batches, before, _, seconds = _columns(timed[-ETA_RECENT:])
         modelled = alpha * before + beta
-        scale = float(np.median(seconds / batches / modelled)) if (modelled > 0).all() else 1.0
+        usable = (modelled > 0) & (seconds > 0)  # a batch below the timer's resolution says nothing of the speed
+        scale = float(np.median(seconds[usable] / batches[usable] / modelled[usable])) if usable.any() else 1.0
         growth = [row for row in timed if row[1] >= count / 2][-ETA_WINDOW:]
         batches, before, accepted, _ = _columns(growth if len(growth) >= ETA_MIN_BATCHES else timed[-ETA_MIN_BATCHES:])
         mid = before + accepted / 2  # the bank grows within a batch

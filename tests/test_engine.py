@@ -207,3 +207,21 @@ def test_same_space_needs_matching_dimensions(tmp_path):
     worker = engine.ShardWorker(recipe, layout, noise_renderer(), get_analyzer("dlib"))
     with pytest.raises(InvalidInputError, match="embeds into 128 dimensions and the identities have 512"):
         worker.run_shard(0, bank.vectors)
+
+
+def test_run_json_gathers_the_stage_records_of_this_jobs_ranks(tmp_path):
+    """record_stages copies ranks 0 .. world_size - 1 (a rank not done writing is left out, a rank of an
+    earlier, larger job is ignored) and keeps run.json's identity; a starting session removes its own."""
+    recipe = small_recipe()
+    layout = engine.prepare_output(recipe, tmp_path / "run")
+    identity = json.loads(layout.run_file.read_text())
+    reports = {rank: {"images_per_s": 10.0 + rank, "bottleneck": "render"} for rank in range(3)}
+    for rank in (0, 2):
+        layout.write_stage_record(rank, reports[rank])
+    assert layout.record_stages(2) == {"rank0": reports[0]}
+    layout.write_stage_record(1, reports[1])
+    assert layout.record_stages(2) == {"rank0": reports[0], "rank1": reports[1]}
+    info = json.loads(layout.run_file.read_text())
+    assert info.pop("stages") == {"rank0": reports[0], "rank1": reports[1]} and info == identity
+    layout.write_stage_record(1, None)
+    assert not layout.stage_record(1).exists()
