@@ -107,10 +107,12 @@ class Vec2FaceConditioner:
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool | None = None) -> None:
         from synthface.fr.backbones import backbone_from_state_dict
+        from synthface.weights import read_pickled_state_dict
 
         self.path = Path(path)
-        self.model = backbone_from_state_dict(_read_state_dict(self.path, allow_pickle),
-                                              source=str(self.path)).float().requires_grad_(False)
+        state = read_pickled_state_dict(self.path, model="vec2face-arcface", allow_pickle=allow_pickle,
+                                        what="Vec2Face conditioning recogniser (vec2face-arcface)")
+        self.model = backbone_from_state_dict(state, source=str(self.path)).float().requires_grad_(False)
 
     def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
         import torch
@@ -121,31 +123,6 @@ class Vec2FaceConditioner:
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.inference_mode():
             return l2_normalize(self.model(x).numpy())
-
-
-def _read_state_dict(path: Path, allow_pickle: bool | None) -> dict:
-    """A bare state dict from a pickled `.pth`, on a pickle opt-in only (torch's weights_only loader)."""
-    import pickle
-
-    import torch
-
-    from synthface.errors import FileFormatError
-    from synthface.weights import model_of_file, pickle_allowed, pickle_refusal
-
-    if not pickle_allowed(allow_pickle):
-        raise pickle_refusal("Vec2Face conditioning recogniser (vec2face-arcface)", [path.name])
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        name = model_of_file(path) or "vec2face-arcface"
-        raise FileFormatError(
-            f"{path} cannot be read as a torch checkpoint ({type(exc).__name__}): it is truncated or damaged. Check it "
-            f"with `synthface models verify {name}` and fetch it again with `synthface models download {name}`."
-        ) from None
-    if not isinstance(state, dict):
-        raise FileFormatError(f"{path} holds a {type(state).__name__}, not a state dict; pass Vec2Face's "
-                              "weights/arcface-r100-glint360k.pth (synthface models download vec2face-arcface).")
-    return state
 
 
 class StandInConditioner:

@@ -196,6 +196,70 @@ def state_dict_mismatch(expected: dict[str, tuple[int, ...]], state) -> str | No
                      for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
 
 
+def load_pickled(path: str | Path, *, model: str, what: str, allow_pickle: bool | None = None,
+                 safe_globals: tuple[type, ...] = ()):
+    """The content of a pickled torch checkpoint (`.pth`), read with torch's weights_only loader
+    (memory-mapped, on the CPU) and only on a pickle opt-in (`pickle_allowed`). `model`: the
+    registry entry the file should be (the messages name its verify and download commands, or
+    the entry of the file's own name where it is a registered file); `what`: the model in words,
+    for the refusal; `safe_globals`: classes the checkpoint may hold beside tensors.
+
+    Raises:
+        ModelNotFoundError: no opt-in to pickled weights (the message says how to give one).
+        FileFormatError: the file is missing, truncated, damaged or not a PyTorch file.
+    """
+    import pickle
+
+    import torch
+
+    from synthface.errors import FileFormatError
+
+    path = Path(path)
+    if not pickle_allowed(allow_pickle):
+        raise pickle_refusal(what, [path.name])
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:200] if text else type(exc).__name__
+        name = model_of_file(path) or model
+        raise FileFormatError(
+            f"{path} cannot be read as a torch checkpoint ({detail}): it is missing, truncated, damaged or not a "
+            f"PyTorch file. Check it with `synthface models verify {name}` (add `--path FOLDER` for a file outside "
+            f"the model cache) and fetch it again with `synthface models download {name}`."
+        ) from None
+
+
+def read_pickled_state_dict(path: str | Path, *, model: str, what: str, allow_pickle: bool | None = None,
+                            unwrap: tuple[str, ...] = ()) -> dict:
+    """The state dict (name -> tensor) in a pickled `.pth` (see `load_pickled`): a bare one, or one
+    wrapped in a dict under the first key of `unwrap` it holds (e.g. 6DRepNet's training
+    checkpoints, {'model_state_dict': ..., 'epoch': ...}).
+
+    Raises:
+        ModelNotFoundError: no opt-in to pickled weights.
+        FileFormatError: the file cannot be read, or holds something other than a state dict (the
+            message names the registry entry's file to pass instead).
+    """
+    import torch
+
+    from synthface.errors import FileFormatError
+
+    content = load_pickled(path, model=model, what=what, allow_pickle=allow_pickle)
+    if isinstance(content, dict):
+        content = next((content[k] for k in unwrap if isinstance(content.get(k), dict)), content)
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        found = (f"a dict with keys {', '.join(map(repr, list(content)[:5]))}" if isinstance(content, dict)
+                 else f"a {type(content).__name__}")
+        s = spec(model)
+        raise FileFormatError(
+            f"{path} holds {found}, not a state dict (name -> tensor) of the {what}. Pass {s.source}'s "
+            f"{s.files[0]} (registry entry {model}: `{s.fetch_command}`)."
+        )
+    return dict(content)
+
+
 def spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]

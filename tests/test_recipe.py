@@ -100,6 +100,14 @@ def test_fields_added_later_keep_old_fingerprints():
     yaw.identities.attrop.yaw_target = 30.0
     assert parse_recipe(tomllib.loads(yaw.to_toml())) == yaw
     assert yaw.fingerprint() != "a677497a33a0fa34"
+    # left out only at their defaults: any other value of a field added later changes the data
+    changed = {}
+    for field, value in (("max_pose_error", 3.0), ("identity_weight", 50.0), ("quality_scale", 1 / 30),
+                         ("pose_scale", 1 / 90), ("max_identity_loss", 0.2), ("max_quality_gap", 2.0)):
+        other = yaw.model_copy(deep=True)
+        setattr(other.identities.attrop, field, value)
+        changed[field] = other.fingerprint()
+    assert yaw.fingerprint() not in changed.values() and len(set(changed.values())) == len(changed), changed
     yaw.identities.attrop.max_pose_error = 3.0
     assert len({yaw.fingerprint(), parse_recipe(tomllib.loads(yaw.to_toml())).fingerprint()}) == 1
 

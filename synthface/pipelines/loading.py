@@ -15,7 +15,7 @@ import torch
 
 from synthface.errors import ModelNotFoundError
 from synthface.pipelines.arc2face import Arc2FacePipeline, default_scheduler
-from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
+from synthface.weights import load_pickled, pickle_allowed, pickle_refusal, pickled_only
 
 ARC2FACE_REPO = "FoivosPar/Arc2Face"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -277,23 +277,12 @@ def read_vec2face_checkpoint(path: Path, *, allow_pickle: bool):
     architecture exactly (loaded with `strict=True`).
     """
     import argparse
-    import pickle
 
     from synthface.errors import FileFormatError
     from synthface.pipelines.vec2face_model import UNUSED_KEYS, PoseConditionModel, Vec2FaceModel
 
-    if not allow_pickle:
-        raise pickle_refusal("Vec2Face checkpoint", [path.name])
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(
-            f"{path} cannot be read as a torch checkpoint ({detail[:200]}): it is truncated, damaged or not a "
-            "PyTorch file. Check it with `synthface models verify vec2face --path FOLDER` (sizes and sha256) and "
-            "fetch it again with `synthface models download vec2face`."
-        ) from None
+    content = load_pickled(path, model="vec2face", what="Vec2Face checkpoint", allow_pickle=allow_pickle,
+                           safe_globals=(argparse.Namespace,))
     if isinstance(content, dict) and "model_vec2face" in content:
         state, pose_state = dict(content["model_vec2face"]), content.get("pose_model")
     elif isinstance(content, dict) and "latent_prior_proj_f.weight" in content:

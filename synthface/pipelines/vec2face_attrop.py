@@ -104,26 +104,16 @@ class AttrOPEstimators:
                 command), or no pickle opt-in was given.
             FileFormatError: a file is damaged or not the published architecture.
         """
-        import pickle
-
         from synthface import weights
-        from synthface.errors import FileFormatError, ModelNotFoundError
+        from synthface.errors import ModelNotFoundError
         from synthface.pipelines.vec2face_pose import read_sixdrepnet_state
 
-        if not weights.pickle_allowed(allow_pickle):
+        if not weights.pickle_allowed(allow_pickle):  # refused up front, naming both files
             raise weights.pickle_refusal("Vec2Face AttrOP estimators", [Path(weights.spec(m).files[0]).name
                                                                        for m in ("vec2face-arcface", "vec2face-magface")])
-        states = []
-        for model in ("vec2face-arcface", "vec2face-magface"):
-            file = weights.find(model)
-            try:
-                states.append(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-            except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-                raise FileFormatError(
-                    f"{file} cannot be read as a torch checkpoint ({type(exc).__name__}): it is truncated or damaged. "
-                    f"Check it with `synthface models verify {model}` and fetch it again with "
-                    f"`synthface models download {model}`."
-                ) from None
+        states = [weights.read_pickled_state_dict(weights.find(model), model=model, what=what, allow_pickle=True)
+                  for model, what in (("vec2face-arcface", "AttrOP identity estimator (vec2face-arcface)"),
+                                      ("vec2face-magface", "AttrOP quality estimator (vec2face-magface)"))]
         pose_state = None
         if pose is not False:
             try:

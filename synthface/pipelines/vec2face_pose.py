@@ -138,31 +138,10 @@ def read_sixdrepnet_state(path: str | Path, *, allow_pickle: bool | None = None)
         ModelNotFoundError: no opt-in to pickled weights (the message says how to give one).
         FileFormatError: the file is not a readable torch checkpoint holding a state dict.
     """
-    import pickle
+    from synthface.weights import read_pickled_state_dict
 
-    from synthface.weights import pickle_allowed, pickle_refusal
-
-    path = Path(path)
-    if not pickle_allowed(allow_pickle):
-        raise pickle_refusal("6DRepNet pose estimator", [path.name])
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(
-            f"{path} cannot be read as a torch checkpoint ({detail}): it is missing, truncated or damaged. Check it "
-            "with `synthface models verify vec2face-6drepnet` and fetch it again with "
-            "`synthface models download vec2face-6drepnet`."
-        ) from None
-    if isinstance(content, Mapping) and isinstance(content.get("model_state_dict"), Mapping):
-        content = content["model_state_dict"]
-    if not isinstance(content, Mapping) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        found = type(content).__name__ if not isinstance(content, Mapping) else ", ".join(map(str, list(content)[:5]))
-        raise FileFormatError(
-            f"{path} holds {found or 'nothing'}, not a 6DRepNet state dict. Pass Vec2Face's "
-            "weights/6DRepNet_300W_LP_AFLW2000.pth (registry entry vec2face-6drepnet)."
-        )
-    return dict(content)
+    return read_pickled_state_dict(path, model="vec2face-6drepnet", what="6DRepNet pose estimator",
+                                   allow_pickle=allow_pickle, unwrap=("model_state_dict",))
 
 
 def sixdrepnet_from_state_dict(state: Mapping[str, torch.Tensor], *, source: str = "the state dict",
