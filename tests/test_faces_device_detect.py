@@ -68,8 +68,12 @@ def assert_same_detections(got, want) -> None:
 
 
 def resize_model(opset: int, shape, *, scales=None, sizes=None, **attrs) -> onnx.ModelProto:
+    """A one-node Resize graph with the inputs `opset` defines: (X, scales) in opset 10, (X, roi,
+    scales, sizes) from 11 (roi optional from 13); neither scales nor sizes gives the roi alone."""
     inits, inputs = [], ["x"]
-    if opset < 13:
+    if opset == 10:
+        pass
+    elif opset < 13:
         inits.append(helper.make_tensor("roi", TensorProto.FLOAT, [0], []))
         inputs.append("roi")
     else:
@@ -77,6 +81,8 @@ def resize_model(opset: int, shape, *, scales=None, sizes=None, **attrs) -> onnx
     if scales is not None:
         inits.append(helper.make_tensor("scales", TensorProto.FLOAT, [len(scales)], scales))
         inputs.append("scales")
+    elif sizes is None:
+        inputs = inputs[:2]
     else:
         inputs.append("")
         inits.append(helper.make_tensor("sizes", TensorProto.INT64, [len(sizes)], sizes))
@@ -88,6 +94,9 @@ def resize_model(opset: int, shape, *, scales=None, sizes=None, **attrs) -> onnx
 
 
 RESIZES = {
+    "opset 10 nearest up and down (X, scales)": (10, dict(scales=[1, 1, 1.7, 0.6], mode="nearest")),
+    "opset 10 nearest x2 (X, scales)": (10, dict(scales=[1, 1, 2, 2], mode="nearest")),
+    "opset 10 linear up and down (X, scales)": (10, dict(scales=[1, 1, 2.5, 0.6], mode="linear")),
     "pytorch nearest x2 (opset 11, roi)": (11, dict(scales=[1, 1, 2, 2], mode="nearest",
                                                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")),
     "nearest half_pixel sizes": (13, dict(sizes=[1, 2, 7, 3], mode="nearest")),
@@ -124,6 +133,10 @@ def test_resize_refuses_what_it_does_not_implement():
     module = onnx_to_torch(resize_model(13, [1, 1, 4, 4], scales=[1, 1, 2, 2], mode="cubic"))
     with pytest.raises(FileFormatError, match="cubic.*onnxruntime"):
         module(torch.zeros(1, 1, 4, 4))
+    roi_only = onnx_to_torch(resize_model(11, [1, 1, 4, 4], mode="nearest"))  # (X, roi): no output size
+    assert roi_only.opset == 11 and len(roi_only.nodes[0][1]) == 2
+    with pytest.raises(FileFormatError, match="neither scales nor sizes.*opset 10 .X, scales.*onnxruntime"):
+        roi_only(torch.zeros(1, 1, 4, 4))
 
 
 # --- NMS --------------------------------------------------------------------------------------------
@@ -144,6 +157,16 @@ def test_greedy_nms_keeps_insightfaces_set():
         keep = greedy_nms(torch.from_numpy(dets[None, :, :4]), torch.ones(1, k, dtype=torch.bool), 0.4)[0]
         assert np.flatnonzero(keep.numpy()).tolist() == want
         assert k < 300 or 20 < len(want) < 200  # the crowded case suppresses, and keeps several
+        # over the budget: one image in blocks of sqrt(budget) boxes (of 7 and 8 here), the same set
+        for budget in (49, 64):
+            keep = greedy_nms(torch.from_numpy(dets[None, :, :4]), torch.ones(1, k, dtype=torch.bool), 0.4, budget)[0]
+            assert np.flatnonzero(keep.numpy()).tolist() == want
+    # two images over the budget together are taken one at a time; padding stays dropped
+    boxes = torch.from_numpy(np.stack([dets[:, :4], dets[::-1, :4].copy()]))
+    valid = torch.ones(2, 300, dtype=torch.bool)
+    valid[1, 250:] = False
+    np.testing.assert_array_equal(greedy_nms(boxes, valid, 0.4, budget=300 * 300).numpy(),
+                                  greedy_nms(boxes, valid, 0.4).numpy())
 
 
 def test_nms_groups_bound_the_padding():
@@ -218,6 +241,30 @@ def test_a_fixed_size_graph_runs_at_its_own_size(models):
     want = get_analyzer("insightface", detector=str(path), recognizer=str(models.rec)).detect(picked)
     assert calls == [(320, 256)] and [len(f) for f in got] == [len(f) for f in want]
     assert len(got[0]) > 0 and got[2] == []
+    for w, g in zip(sum(want, []), sum(got, [])):
+        np.testing.assert_allclose(g.bbox, w.bbox, rtol=0, atol=BOX_TOL)
+
+
+def test_a_graph_that_runs_one_image_per_forward(models, caplog):
+    """A graph whose reshapes are fixed to one image (batch dimension fixed to 1) fails on a batch;
+    the detector then runs it one image per forward, says so once, and gives insightface's results,
+    also through the analyser (which builds the detector with the default batch size)."""
+    path = models.folder / "det_one_image.onnx"
+    path.write_bytes(random_scrfd_bytes(input_size=(192, 160), one_image=True))
+    picked = [images()[i] for i in (0, 4, 7)]
+    detector = ScrfdDetector(path, device="cpu", batch_size=2)
+    with caplog.at_level("WARNING", logger="synthface.faces.scrfd"):
+        got = detector.detect(picked, 640) + detector.detect(picked[:2], 640)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "synthface.faces.scrfd"]
+    assert len(warnings) == 1 and "does not run batches" in warnings[0] and "one image per forward" in warnings[0]
+    assert detector._one_per_forward
+    assert sum(len(d) for d, _ in got) > 0
+    for image, result in zip(picked + picked[:2], got):
+        assert_same_detections(result, insightface_detect(path, image, (192, 160)))
+    options = dict(detector=str(path), recognizer=str(models.rec))
+    device = get_analyzer("insightface", **options, runtime="torch", device="cpu")
+    want, got = get_analyzer("insightface", **options).detect(picked), device.detect(picked)
+    assert device._device_scrfd._one_per_forward and [len(f) for f in got] == [len(f) for f in want]
     for w, g in zip(sum(want, []), sum(got, [])):
         np.testing.assert_allclose(g.bbox, w.bbox, rtol=0, atol=BOX_TOL)
 

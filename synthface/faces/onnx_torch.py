@@ -55,13 +55,21 @@ class OnnxModule(nn.Module):
         init_names = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
+        #: the graph's default-domain (ai.onnx) opset version, or None when it imports none.
+        self.opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         self.nodes = []
         for node in graph.node:
             attrs = {a.name: _attr_value(a) for a in node.attribute}
             if node.op_type == "Constant":
                 self._add_constant(node.output[0], _constant_value(attrs))
                 continue
-            self.nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+            inputs = list(node.input)
+            if node.op_type == "Resize" and self.opset is not None and self.opset < 11:
+                # Resize-10 takes (X, scales) and always resizes asymmetrically, nearest as onnxruntime's
+                # opset-10 kernel rounds; bind scales as the later opsets' third input
+                inputs = [inputs[0], "", *inputs[1:2]]
+                attrs = {**attrs, "coordinate_transformation_mode": "asymmetric", "nearest_mode": _RESIZE10_NEAREST}
+            self.nodes.append((node.op_type, inputs, list(node.output), attrs))
 
     def _add_constant(self, onnx_name: str, array: np.ndarray) -> None:
         key = f"c{len(self._names)}_" + re.sub(r"\W", "_", onnx_name)[:40]
@@ -305,6 +313,9 @@ _NEAREST_ROUNDING = {
     "floor": torch.floor,
     "ceil": torch.ceil,
 }
+#: Resize-10's nearest rounding (no nearest_mode attribute then): onnxruntime's opset-10 kernel
+#: truncates when upsampling an axis and rounds up when downsampling it.
+_RESIZE10_NEAREST = "opset10"
 
 
 def _source_coords(out_len: int, in_len: int, scale: float, mode: str) -> torch.Tensor:
@@ -329,7 +340,8 @@ def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_
             nearest_mode="round_prefer_floor", axes=None, antialias=0, keep_aspect_ratio_policy="stretch",
             cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0):
     """ONNX Resize, modes nearest and linear (separable along each resized axis), from `scales` or
-    `sizes` as exporters write them (PyTorch's F.interpolate: asymmetric + floor for nearest)."""
+    `sizes` as exporters write them (PyTorch's F.interpolate: asymmetric + floor for nearest).
+    Opset-10 nodes (X, scales) arrive here rebound by `OnnxModule` as (X, None, scales)."""
     if mode not in ("nearest", "linear") or antialias or keep_aspect_ratio_policy != "stretch" or exclude_outside:
         raise FileFormatError(
             f"Resize with mode={mode!r}, antialias={antialias}, keep_aspect_ratio_policy={keep_aspect_ratio_policy!r}, "
@@ -340,6 +352,13 @@ def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_
     if sizes is not None and sizes.numel():
         out_lens = _ints(sizes)
         factors = [o / x.shape[a] for a, o in zip(axes, out_lens)]
+    elif scales is None or not scales.numel():
+        raise FileFormatError(
+            "A Resize node gives neither scales nor sizes, so its output size is undefined: from opset 11 its inputs "
+            "are (X, roi, scales, sizes) with scales or sizes set, in opset 10 (X, scales). Re-export the model so the "
+            "node has one of them and the graph declares the opset its nodes follow, or run it with onnxruntime "
+            "(runtime='onnxruntime')."
+        )
     else:
         factors = [float(s) for s in scales.tolist()]
         out_lens = [int(np.floor(x.shape[a] * s)) for a, s in zip(axes, factors)]
@@ -348,6 +367,10 @@ def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_
         if out_len == in_len and scale == 1.0:
             continue
         src = _source_coords(out_len, in_len, scale, coordinate_transformation_mode)
+        if mode == "nearest" and nearest_mode == _RESIZE10_NEAREST:
+            index = (torch.ceil(src) if scale < 1 else torch.floor(src)).clamp(0, in_len - 1).long().to(x.device)
+            x = torch.index_select(x, axis, index)
+            continue
         if mode == "nearest":
             if nearest_mode not in _NEAREST_ROUNDING:
                 raise FileFormatError(f"Resize nearest_mode={nearest_mode!r} is not an ONNX rounding mode ({', '.join(_NEAREST_ROUNDING)}).")

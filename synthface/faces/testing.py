@@ -38,6 +38,8 @@ class _TinyScrfd(nn.Module):
         self.score = nn.ModuleList(nn.Conv2d(width, a, 3, 1, 1) for _ in SCRFD_STRIDES)
         self.bbox = nn.ModuleList(nn.Conv2d(width, 4 * a, 3, 1, 1) for _ in SCRFD_STRIDES)
         self.kps = nn.ModuleList(nn.Conv2d(width, 10 * a, 3, 1, 1) for _ in SCRFD_STRIDES)
+        #: per stride, one image's row count to reshape to, or None: reshape to (-1, width), any batch.
+        self.rows: list[int | None] = [None] * len(SCRFD_STRIDES)
 
     def forward(self, x):
         feats = []
@@ -49,17 +51,21 @@ class _TinyScrfd(nn.Module):
         for i in (1, 0):  # top-down: stride 32 -> 16 -> 8
             laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], scale_factor=2.0, mode="nearest")
         pyramid = [F.relu(s(p)) for s, p in zip(self.smooth, laterals)]
-        scores = [torch.sigmoid(h(p)).permute(0, 2, 3, 1).reshape(-1, 1) for h, p in zip(self.score, pyramid)]
-        boxes = [h(p).permute(0, 2, 3, 1).reshape(-1, 4) for h, p in zip(self.bbox, pyramid)]
-        points = [h(p).permute(0, 2, 3, 1).reshape(-1, 10) for h, p in zip(self.kps, pyramid)]
+        scores = [torch.sigmoid(h(p)).permute(0, 2, 3, 1).reshape(r or -1, 1)
+                  for h, p, r in zip(self.score, pyramid, self.rows)]
+        boxes = [h(p).permute(0, 2, 3, 1).reshape(r or -1, 4) for h, p, r in zip(self.bbox, pyramid, self.rows)]
+        points = [h(p).permute(0, 2, 3, 1).reshape(r or -1, 10) for h, p, r in zip(self.kps, pyramid, self.rows)]
         return (*scores, *boxes, *points)
 
 
-def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5, input_size: tuple[int, int] | None = None) -> bytes:
+def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5, input_size: tuple[int, int] | None = None,
+                       one_image: bool = False) -> bytes:
     """A random SCRFD-layout detector as ONNX bytes: input "input.1" (1, 3, H, W), H and W dynamic
     (multiples of 32) or fixed to `input_size` = (width, height) as some exports are; 9 outputs in
     insightface's order (3 scores, 3 box distances, 3 keypoint sets, for strides 8, 16, 32), rank 2
-    like det_10g's. The same arguments give the same bytes.
+    like det_10g's. The same arguments give the same bytes. `one_image` (needs `input_size`):
+    the output reshapes are fixed to one image's row counts, as in exports whose batch dimension is
+    fixed to 1, so the graph runs only one image per forward (onnxruntime and insightface run it).
 
     Built so its output is well-formed on any input: box distances are positive (about 3 strides,
     so boxes are valid and overlap their neighbours, which exercises NMS); flat regions such as the
@@ -84,6 +90,10 @@ def random_scrfd_bytes(seed: int = 0, *, score_bias: float = -2.5, input_size: t
                     conv.weight.normal_(0.0, weight_std)
                     conv.bias.fill_(bias).add_(torch.randn_like(conv.bias) * 0.1)
     width, height = input_size or (96, 64)
+    if one_image:
+        if input_size is None:
+            raise ValueError("one_image=True needs a fixed input_size")
+        model.rows = [(height // s) * (width // s) * SCRFD_ANCHORS for s in SCRFD_STRIDES]
     return _export(model, torch.zeros(1, 3, height, width), input_names=["input.1"],
                    output_names=[f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in SCRFD_STRIDES],
                    dynamic_axes=None if input_size else {"input.1": {2: "height", 3: "width"}}, opset_version=11)
