@@ -1056,14 +1056,48 @@ def verify_vectors(vectors: np.ndarray, *, bins: int = 40, device: str | torch.d
     start = time.perf_counter()
     _check_bins(bins)
     device = resolve_device(device)
-    x = _check_vectors("vectors", vectors)
-    t = torch.from_numpy(_normalise_rows(x)).to(device)
+    t = _UnitRows(_check_vectors("vectors", vectors), device)
     n = t.shape[0]
-    screen = gemm_screen(device, t, allow_int8=False)
+    screen = gemm_screen(device, t[:1], allow_int8=False)  # bfloat16 or none: only the dimension is read
     with full_precision_accumulation(device):
         nearest = _nearest_fp32(t) if screen is None else _nearest_screened(t, screen)
     nearest_np = nearest.cpu().numpy() if n >= 2 else np.full(n, np.nan, dtype=np.float32)
     return _summary(nearest_np, bins, time.perf_counter() - start)
+
+
+class _UnitRows:
+    """The rows of a float32 (N, D) array as unit float32 vectors on `device`: the values
+    `_normalise_rows` gives, bit for bit, with no normalised copy of the whole array (memory: the
+    array, on the device, and N float64 norms). Rows that normalising leaves unchanged (a saved bank's
+    are) are served as they are; otherwise each block is divided by its float64 norms when asked for.
+    Indexing takes what a tensor's first axis takes (a slice, an index tensor)."""
+
+    def __init__(self, x: np.ndarray, device: torch.device):
+        self.raw = torch.from_numpy(x).to(device)  # shares the array's memory on the CPU
+        self.norms = torch.from_numpy(_row_norms(x)).to(device)
+        self.shape = self.raw.shape
+        self.device = device
+        self.unit = all(np.array_equal(_normalise_rows(x[i : i + ROW_BLOCK]), x[i : i + ROW_BLOCK])
+                        for i in range(0, x.shape[0], ROW_BLOCK))
+        self._wide: torch.Tensor | None = None
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if self.unit:
+            return self.raw[rows]
+        return (self.raw[rows].double() / self.norms[rows, None]).float()
+
+    def block_into(self, start: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows start .. start + len(out) - 1 (fewer at the end), the values `self[start:...]` gives:
+        the array's own rows when they are unit already, else written into the float32 buffer `out`
+        through one reused float64 buffer (no allocation)."""
+        rows = slice(start, min(start + out.shape[0], self.shape[0]))
+        if self.unit:
+            return self.raw[rows]
+        m = rows.stop - rows.start
+        if self._wide is None or self._wide.shape[0] < m:
+            self._wide = torch.empty((out.shape[0], self.shape[1]), dtype=torch.float64, device=self.device)
+        wide = torch.div(self.raw[rows], self.norms[rows, None], out=self._wide[:m])
+        return out[:m].copy_(wide)
 
 
 def _check_bins(bins: int) -> None:
@@ -1084,7 +1118,7 @@ def _summary(nearest: np.ndarray, bins: int, seconds: float) -> Verification:
     return Verification(n, max_cos, nearest, hist, edges, seconds)
 
 
-def _nearest_fp32(t: torch.Tensor) -> torch.Tensor:
+def _nearest_fp32(t: _UnitRows) -> torch.Tensor:
     """Each row's maximum cosine to another row, in float32."""
     n = t.shape[0]
     nearest = torch.full((n,), -2.0, device=t.device)
@@ -1101,7 +1135,7 @@ def _nearest_fp32(t: torch.Tensor) -> torch.Tensor:
     return nearest
 
 
-def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
+def _nearest_screened(t: _UnitRows, screen: Screen) -> torch.Tensor:
     """The same float32 nearest-neighbour cosines as `_nearest_fp32`, from one screened pass.
 
     The pass keeps, per row, the screened maximum over each tile of TILE columns. A tile whose
@@ -1121,6 +1155,8 @@ def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
     # just before its product, and every product lands in one reused gram buffer.
     work = _Work(screen, min(n, BLOCK), min(n, BLOCK), t.shape[1], device)
     rows_work = _Work(screen, 0, min(n, BLOCK), t.shape[1], device)
+    # The normalised row block and column block (a float32 screen would use them as they are).
+    unit_rows, unit_cols = (torch.empty((min(n, BLOCK), t.shape[1]), device=device) for _ in range(2))
     screened = torch.full((n,), -2.0, device=device)
     rows_l: list[torch.Tensor] = []
     tiles_l: list[torch.Tensor] = []
@@ -1140,9 +1176,9 @@ def _nearest_screened(t: torch.Tensor, screen: Screen) -> torch.Tensor:
         rows_l[:], tiles_l[:], vals_l[:] = [rows[near]], [tiles[near]], [vals[near]]
 
     for i in range(0, n, BLOCK):
-        a = rows_work.lower(t[i : i + BLOCK])
+        a = rows_work.lower(t.block_into(i, unit_rows))
         for j in range(i, n, BLOCK):
-            g = work.gram(a, a if i == j else work.lower(t[j : j + BLOCK]))
+            g = work.gram(a, a if i == j else work.lower(t.block_into(j, unit_cols)))
             if i == j:
                 g.fill_diagonal_(screen.fill)
             bi, bj = g.shape
@@ -1299,11 +1335,11 @@ def _check_vectors(name: str, array, dim: int | None = None) -> np.ndarray:
         )
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise InvalidInputError(f"{name} must hold real numbers (a float or integer array), got dtype {x.dtype}.")
-    _refuse_rows(name, ~np.isfinite(x).all(axis=1), "with NaN or inf", "remove them before use")
+    _refuse_rows(name, ~_finite_rows(x), "with NaN or inf", "remove them before use")
     _refuse_rows(name, _row_norms(x) == 0, "that are all zero, which have no direction", "remove them")
     x32 = x.astype(np.float32, copy=False)
     if x32 is not x:
-        _refuse_rows(name, ~np.isfinite(x32).all(axis=1), "with values beyond float32's range (3.4e38)",
+        _refuse_rows(name, ~_finite_rows(x32), "with values beyond float32's range (3.4e38)",
                      "scale the vectors down (for example to unit norm)")
         _refuse_rows(name, _row_norms(x32) == 0, "whose values all underflow to zero in float32",
                      "scale the vectors up (for example to unit norm)")
@@ -1318,6 +1354,14 @@ def _refuse_rows(name: str, bad: np.ndarray, what: str, fix: str) -> None:
 
 
 ROW_BLOCK = 1 << 16  # rows converted to float64 at a time, so norms cost bounded extra memory
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """Whether each row is all finite, ROW_BLOCK rows at a time (no N x D temporary)."""
+    finite = np.empty(x.shape[0], dtype=bool)
+    for i in range(0, x.shape[0], ROW_BLOCK):
+        finite[i : i + ROW_BLOCK] = np.isfinite(x[i : i + ROW_BLOCK]).all(axis=1)
+    return finite
 
 
 def _row_norms(x: np.ndarray) -> np.ndarray:

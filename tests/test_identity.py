@@ -441,3 +441,23 @@ def test_screen_probes_are_cached_and_fall_back(monkeypatch):
     monkeypatch.setattr(screening, "_INT8_FAST", {"cpu": True})
     assert screening.gemm_screen(cpu, torch.ones(2, 8)).name == "int8"
     assert np.array_equal(sample_identities(300, max_cos=0.4, dim=64, seed=1, device="cpu").vectors, bank.vectors)
+
+def test_verify_normalises_blocks_on_the_fly_to_the_same_bits():
+    """verify holds no normalised copy of the bank: its rows are divided by their float64 norms block by
+    block, giving `_normalise_rows`'s values bit for bit, for slices and gathered rows, tiny and huge."""
+    import torch
+
+    import synthface.identity as identity
+
+    x = (np.random.default_rng(0).standard_normal((3000, 64)) * np.logspace(-20, 20, 3000)[:, None]).astype(np.float32)
+    rows = identity._UnitRows(x, torch.device("cpu"))
+    want = identity._normalise_rows(x)
+    assert np.array_equal(rows[0:3000].numpy(), want)
+    assert np.array_equal(rows[torch.tensor([5, 2999, 17])].numpy(), want[[5, 2999, 17]])
+    assert rows.raw.data_ptr() == torch.from_numpy(x).data_ptr()  # the array itself, not a copy
+    assert not rows.unit
+    buffer = torch.empty((1000, 64))
+    assert np.array_equal(rows.block_into(2500, buffer).numpy(), want[2500:])  # the short last block
+    # Rows normalising leaves unchanged are served as they are, with the same bits.
+    again = identity._UnitRows(want, torch.device("cpu"))
+    assert again.unit and np.array_equal(again.block_into(0, buffer).numpy(), identity._normalise_rows(want)[:1000])
