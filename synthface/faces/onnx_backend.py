@@ -77,15 +77,10 @@ class ArcFaceRecognizer:
     """
 
     def __init__(self, path: str | Path, *, runtime: str = "onnxruntime", providers=None, device=None, batch_size: int = 64):
-        import onnx
+        from synthface.faces.onnx_torch import read_onnx
 
         path = Path(path)
-        if not path.is_file():
-            raise ModelNotFoundError(f"Recogniser file {path} does not exist.")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
+        model = read_onnx(path, "Recogniser")
         inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
         dims = [d.dim_value or None for d in inp.type.tensor_type.shape.dim]
         if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:

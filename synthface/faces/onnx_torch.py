@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthface.errors import FileFormatError
+from synthface.errors import FileFormatError, ModelNotFoundError
 
 _OPS: dict[str, Callable] = {}
 
@@ -88,6 +88,21 @@ class OnnxModule(nn.Module):
             env.update(zip(outs, result))
         out = [env[name] for name in self.output_names]
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def read_onnx(path: str | Path, what: str):
+    """The ONNX model in `path` (`what` names it in errors, e.g. "Detector").
+
+    Raises ModelNotFoundError when the file does not exist, FileFormatError when it is not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{what} file {path} does not exist.")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
 
 
 def onnx_to_torch(source) -> OnnxModule:

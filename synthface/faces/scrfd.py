@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import FileFormatError, ModelNotFoundError
+from synthface.errors import FileFormatError
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,12 @@ class ScrfdDetector:
 
     def __init__(self, path: str | Path, *, device=None, det_thresh: float = 0.5, nms_thresh: float = NMS_THRESH,
                  batch_size: int = 16) -> None:
-        import onnx
         import torch
 
-        from synthface.faces.onnx_torch import OnnxModule
+        from synthface.faces.onnx_torch import OnnxModule, read_onnx
 
         path = Path(path)
-        if not path.is_file():
-            raise ModelNotFoundError(f"Detector file {path} does not exist.")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
+        model = read_onnx(path, "Detector")
         n_out = len(model.graph.output)
         if n_out not in SCRFD_LAYOUTS:
             raise FileFormatError(
