@@ -1074,11 +1074,15 @@ class _UnitRows:
 
     def __init__(self, x: np.ndarray, device: torch.device):
         self.raw = torch.from_numpy(x).to(device)  # shares the array's memory on the CPU
-        self.norms = torch.from_numpy(_row_norms(x)).to(device)
+        norms, self.unit = np.empty(x.shape[0], dtype=np.float64), True
+        for i in range(0, x.shape[0], ROW_BLOCK):  # one pass: the norms, and whether dividing changes a bit
+            block = x[i : i + ROW_BLOCK].astype(np.float64)
+            norms[i : i + ROW_BLOCK] = np.linalg.norm(block, axis=1)
+            self.unit = self.unit and np.array_equal((block / norms[i : i + ROW_BLOCK, None]).astype(np.float32),
+                                                     x[i : i + ROW_BLOCK])
+        self.norms = torch.from_numpy(norms).to(device)
         self.shape = self.raw.shape
         self.device = device
-        self.unit = all(np.array_equal(_normalise_rows(x[i : i + ROW_BLOCK]), x[i : i + ROW_BLOCK])
-                        for i in range(0, x.shape[0], ROW_BLOCK))
         self._wide: torch.Tensor | None = None
 
     def __getitem__(self, rows) -> torch.Tensor:
