@@ -16,6 +16,101 @@ from pathlib import Path
 
 from synthface.errors import OutputPathError
 
+# What each file-system error means for an output, and what the user can do about it. Every command
+# turns these errnos into one OutputPathError paragraph through `output_error` / `output_errors`.
+_OUTPUT_ERRNO_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free some space or choose a folder on another disk",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable disk",
+    errno.EACCES: "this user may not write there; choose a writable folder",
+    errno.EPERM: "this user may not write there; choose a writable folder",
+    errno.ENAMETOOLONG: "a name in the path is too long for the file system; choose a shorter name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose a path whose parents are folders",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.ENOENT: "a folder on the way does not exist (or was removed meanwhile); create it or choose another path",
+    errno.ELOOP: "the path has a loop of symbolic links; choose another path",
+    errno.EEXIST: "something already exists under that name; remove it or choose another path",
+    errno.EFBIG: "the file is larger than the file system allows; choose a folder on another disk",
+}
+OUTPUT_ERRNOS = frozenset(_OUTPUT_ERRNO_FIXES)
+
+
+def output_error(exc: OSError, path: str | Path, *, action: str = "write") -> OutputPathError:
+    """The one-paragraph OutputPathError for a file-system error `exc` met while trying to `action` `path`."""
+    fix = _OUTPUT_ERRNO_FIXES.get(exc.errno, "check the path and the disk, or choose another output folder")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return OutputPathError(
+        f"Cannot {action} {path}: {reason} ({fix}). Nothing under the final name was changed; fix that and run "
+        "the command again."
+    )
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path, *, action: str = "write") -> Iterator[None]:
+    """Turn a file-system error (full disk, read-only, name too long, a file on the way, ...) raised inside
+    the block into `output_error`'s paragraph; other errors pass through unchanged."""
+    try:
+        yield
+    except OutputPathError:
+        raise
+    except OSError as exc:
+        if exc.errno in OUTPUT_ERRNOS:
+            raise output_error(exc, path, action=action) from None
+        raise
+
+
+def check_output_folder(folder: str | Path, *, what: str = "output folder", option: str = "--out") -> Path:
+    """Return `folder` if a folder can be created or written there, else raise a clear OutputPathError.
+
+    Nothing is created: a refusal leaves the file system as it was. Refused: an existing entry that is
+    not a folder (a file, a device, a FIFO), a path under a file, a name too long for the file system,
+    and a folder (or the nearest existing parent) that this user cannot write.
+    """
+    folder = Path(folder)
+    with output_errors(folder, action=f"use the {what}"):
+        try:
+            mode = folder.lstat().st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISLNK(mode):
+            mode = folder.stat().st_mode  # a link to a folder is a folder
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise OutputPathError(
+                f"Cannot use {folder} as the {what}: it is {_kind(folder)}, not a folder. Give a folder path "
+                f"with {option}."
+            )
+        probe = folder
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+            if probe.exists() and not probe.is_dir():
+                raise OutputPathError(
+                    f"Cannot create the {what} {folder}: {probe} is {_kind(probe)}, not a folder. Give a path "
+                    f"whose parents are folders with {option}."
+                )
+        _check_name_lengths(folder)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise OutputPathError(
+                f"Cannot write the {what} {folder}: {probe} is read-only for this user. Choose a writable "
+                f"location with {option}."
+            )
+    return folder
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Raise ENAMETOOLONG as an OSError if any component of `path` is longer than its file system allows."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing if existing.exists() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+
 
 def check_output_path(path: str | Path) -> Path:
     """Return `path` if a file can be written there, else raise a clear OutputPathError.
@@ -26,6 +121,12 @@ def check_output_path(path: str | Path) -> Path:
     itself (for root, /dev/null for the whole machine) instead of writing through it.
     """
     path = Path(path)
+    with output_errors(path):
+        _check_name_lengths(path)
+        return _check_output_path(path)
+
+
+def _check_output_path(path: Path) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         if folder.exists() or folder.is_symlink():
@@ -87,7 +188,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     link, device, FIFO, socket or folder under that name is never replaced.
     """
     path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with output_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -97,11 +199,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise OutputPathError(
-                f"Writing {path} failed: {os.strerror(exc.errno)}. Nothing under that name was "
-                "changed; free space or choose another folder, then run the command again."
-            ) from None
+        if exc.errno in OUTPUT_ERRNOS and not isinstance(exc, OutputPathError):
+            raise output_error(exc, path) from None
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
