@@ -18,6 +18,8 @@ def test_unknown_analyser_is_refused_even_when_the_run_has_embeddings(tmp_path, 
     result = run_cli_inprocess(capsys, "report", root, "--analyzer", "banana", "--no-html")
     assert_clean_refusal(result, 2, "unknown face backend 'banana'", "dlib", "insightface")
     assert not (root / "report.json").exists()
+    result = run_cli_inprocess(capsys, "report", root, "--analyzer", "dlib", "--no-html")  # known, but not needed
+    assert result.returncode == 0 and "--analyzer dlib was not used" in " ".join(result.stdout.split())
 
 
 def test_reference_of_another_width_is_refused_naming_both_widths(tmp_path, capsys):

@@ -49,6 +49,9 @@ def report(
     if d.get("embedded_by"):
         console.print(f"{run_dir} has no embeddings (filtering was off): its kept images were embedded with "
                       f"{d['embedded_by']} for this report.", highlight=False)
+    elif analyzer is not None:
+        console.print(f"--analyzer {analyzer} was not used: {run_dir} holds the embeddings its filter stored, and "
+                      "the report measures those.", highlight=False)
     for line in skipped_lines(d["skipped"]):
         console.print(line, highlight=False, soft_wrap=True)
     table = Table(title=f"report: {run_dir}", show_header=False)

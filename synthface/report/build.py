@@ -14,8 +14,8 @@ from synthface.errors import FileFormatError, InvalidInputError
 from synthface.filtering import DROP_REASONS
 from synthface.report import metrics as M
 from synthface.report.recognisers import recogniser_results
-from synthface.report.sections import FACE_SECTIONS
 from synthface.report.run import Run, embedding_width, load_run, map_tensor, tensor_names
+from synthface.report.sections import FACE_SECTIONS
 
 REPORT_VERSION = 1
 HIST_EDGES = np.linspace(-1.0, 1.0, 201)

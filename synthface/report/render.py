@@ -8,8 +8,8 @@ import io
 
 import numpy as np
 
-from synthface.report.sections import skipped_lines
 from synthface.report.run import Run
+from synthface.report.sections import skipped_lines
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
