@@ -54,7 +54,7 @@ STANDIN_NOTE = (
     "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
     "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
     "projection. A random-weight test model accepts any 512-d vector; to draw the same person with a real "
-    "Arc2Face model, run: synthface models download arc2face-arcface"
+    "{family} model, run: synthface models download {recogniser}"
 )
 
 STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
@@ -130,9 +130,11 @@ class StandInConditioner:
 
     name = "stand-in"
 
-    def __init__(self, in_dim: int, analyzer_name: str, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED) -> None:
+    def __init__(self, in_dim: int, analyzer_name: str, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED,
+                 *, model: str = "tiny") -> None:
         self.projection = standin_projection(in_dim, dim, seed)
-        self.note = STANDIN_NOTE.format(analyzer=analyzer_name)
+        family, recogniser = ("Vec2Face", "vec2face-arcface") if _vec2face_family(model) else ("Arc2Face", "arc2face-arcface")
+        self.note = STANDIN_NOTE.format(analyzer=analyzer_name, family=family, recogniser=recogniser)
 
     def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
         from synthface.faces import l2_normalize
@@ -161,11 +163,10 @@ def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | No
     if kind not in ("auto", "arcface", "stand-in"):
         raise InvalidInputError(f"conditioner must be 'auto', 'arcface' or 'stand-in', got {kind!r}.")
     if kind == "stand-in":
-        return StandInConditioner(analyzer.embedding_dim, analyzer.name)
+        return StandInConditioner(analyzer.embedding_dim, analyzer.name, model=model)
     from synthface import weights
-    from synthface.render import Vec2FaceFamily, family_for
 
-    vec2face = isinstance(family_for(model), Vec2FaceFamily) and not is_random_model(model)
+    vec2face = _vec2face_family(model) and not is_random_model(model)
     if vec2face:
         try:
             own = weights.find("vec2face-arcface")
@@ -177,7 +178,7 @@ def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | No
         path = weights.find("arc2face-arcface")
     except ModelNotFoundError as exc:
         if kind == "auto" and is_random_model(model):
-            return StandInConditioner(analyzer.embedding_dim, analyzer.name)
+            return StandInConditioner(analyzer.embedding_dim, analyzer.name, model=model)
         needs = ("Vec2Face's own recogniser (vec2face-arcface) or, failing that, Arc2Face's (arc2face-arcface); "
                  "neither is installed. Run: synthface models download vec2face-arcface.") if vec2face else \
             "Arc2Face's own recogniser, which is not installed."
@@ -189,6 +190,13 @@ def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | No
     from synthface.faces.onnx_backend import ArcFaceRecognizer
 
     return ArcFaceConditioner(ArcFaceRecognizer(path), note)
+
+
+def _vec2face_family(model: str) -> bool:
+    """Whether `model` is rendered by Vec2Face's family, whose ID vectors come from its own recogniser."""
+    from synthface.render import Vec2FaceFamily, family_for
+
+    return isinstance(family_for(model), Vec2FaceFamily)
 
 
 # ----------------------------------------------------------------------------------------- identity
@@ -428,7 +436,7 @@ class DemoSession:
     def conditioner(self, model: str):
         from synthface.render import family_for
 
-        key = "random" if is_random_model(model) else family_for(model).name
+        key = f"{family_for(model).name}{' (random weights)' if is_random_model(model) else ''}"
         if key not in self._conditioners:
             self._conditioners[key] = make_conditioner(self.conditioner_kind, model, self.analyzer,
                                                        allow_pickle=self.allow_pickle)
@@ -583,28 +591,91 @@ def _insightface_kwargs() -> dict:
         return {}
 
 
-def installed_models(current: str) -> list[str]:
-    """Model choices for the page: the launched one first, then the other generators
-    `synthface.render.generator_names` lists: with a random-weight model, the other random-weight
-    ones (tests); else those whose weights are found locally (Arc2Face also needs SD 1.5's)."""
+#: The weights a face analyser of the demo needs (registry names), by analyser name.
+ANALYZER_WEIGHTS = {"dlib": "dlib", "insightface": "antelopev2"}
+
+
+def generator_weights(model: str) -> list[tuple[str, ...]]:
+    """The registry entries (`synthface.weights`) that `model` needs to draw a person, as groups of
+    alternatives (one found locally per group is enough): its own weights, SD 1.5's parts for
+    Arc2Face, and the recogniser its ID vectors come from (a real Vec2Face: its own, else
+    Arc2Face's). Random-weight test models need none; a local path needs only the recogniser."""
+    if is_random_model(model):
+        return []
+    from synthface.weights import REGISTRY
+
+    groups = [(model,)] if model in REGISTRY else []
+    if model == "arc2face":
+        groups.append(("sd15",))
+    groups.append(("vec2face-arcface", "arc2face-arcface") if _vec2face_family(model) else ("arc2face-arcface",))
+    return groups
+
+
+def missing_weights(model: str) -> list[str]:
+    """The registry entries `model` needs that are not found locally (one per unmet group of
+    `generator_weights`, its first choice), in order; [] when it can run."""
+    return [group[0] for group in generator_weights(model) if not any(_found(name) for name in group)]
+
+
+def _found(name: str) -> bool:
     from synthface import weights
+
+    try:
+        weights.find(name)
+    except ModelNotFoundError:
+        return False
+    return True
+
+
+def installed_models(current: str | None = None) -> list[str]:
+    """Model choices for the page: `current` first (the launched one), then every generator
+    `synthface.render.generator_names` lists whose weights are found locally (`missing_weights`),
+    then the random-weight test models, which need none."""
     from synthface.render import generator_names
 
-    choices, random_weights = [current], is_random_model(current)
-    for name in generator_names():
-        if is_random_model(name) != random_weights:
-            continue
-        if random_weights:
-            choices.append(name)
-            continue
-        try:
-            weights.find(name)
-            if name == "arc2face":
-                weights.find("sd15")
-            choices.append(name)
-        except ModelNotFoundError:
-            pass
-    return list(dict.fromkeys(choices))
+    names = generator_names()
+    real = [n for n in names if not is_random_model(n) and not missing_weights(n)]
+    return list(dict.fromkeys([*([current] if current else []), *real, *(n for n in names if is_random_model(n))]))
+
+
+def default_model() -> str:
+    """The model `synthface demo` starts on without --model: the first real generator whose weights
+    are all found locally (Arc2Face first), else the random-weight "tiny" model."""
+    return next((n for n in installed_models() if not is_random_model(n)), "tiny")
+
+
+def weights_notice(model: str, analyzer: str = "dlib", analyzer_options: dict | None = None) -> list[str]:
+    """What the demo says at start about weights: one line per generator (and the analyser, unless
+    `analyzer_options` point it at files of their own) whose weights are not found locally, each with
+    the commands that fetch them; [] when nothing is missing."""
+    from synthface.render import generator_names
+    from synthface.weights import spec
+
+    lines = []
+    for name in dict.fromkeys([model, *generator_names()]):
+        missing = missing_weights(name)
+        if missing:
+            fetch = "; ".join(spec(m).fetch_command for m in missing)
+            lines.append(f"{name} is not offered: {', '.join(missing)} not found locally. Get {'it' if len(missing) == 1 else 'them'} with: {fetch}")
+    needed = None if analyzer_options else ANALYZER_WEIGHTS.get(analyzer)
+    if needed and not _found(needed):
+        lines.append(f"The {analyzer} analyser needs {needed}, not found locally. Get it with: {spec(needed).fetch_command}")
+    return lines
+
+
+def require_model_weights(model: str) -> None:
+    """Refuse (ModelNotFoundError) a model whose weights are not all found locally, naming each
+    missing one with the command that fetches it and the way to start without them."""
+    missing = missing_weights(model)
+    if missing:
+        from synthface.weights import spec
+
+        fetch = "; ".join(spec(m).fetch_command for m in missing)
+        raise ModelNotFoundError(
+            f"The {model} model needs weights that are not found locally: {', '.join(missing)}. Get them with: "
+            f"{fetch}. Or start the demo without --model: it offers the models that are installed and the "
+            "random-weight test models (synthface demo --model tiny checks the page offline)."
+        )
 
 
 def lcm_available(model: str) -> bool:
@@ -613,7 +684,7 @@ def lcm_available(model: str) -> bool:
 
     from synthface.render import Arc2FaceFamily, family_for
 
-    if is_random_model(model) or not isinstance(family_for(model), Arc2FaceFamily):
+    if is_random_model(model) or not isinstance(family_for(model), Arc2FaceFamily):  # LCM-LoRA is for SD 1.5
         return False
     if importlib.util.find_spec("peft") is None:
         return False
@@ -624,6 +695,14 @@ def lcm_available(model: str) -> bool:
         return True
     except ModelNotFoundError:
         return False
+
+
+def sampler_settings(model: str) -> tuple[str, ...]:
+    """The sampler controls ("steps", "guidance") that mean something to `model`'s family, as it
+    declares them (`GeneratorFamily.sampler_settings`): none for Vec2Face's one-pass models."""
+    from synthface.render import family_for
+
+    return tuple(family_for(model).sampler_settings)
 
 
 def new_seed() -> int:

@@ -18,9 +18,12 @@ from synthface.demo import (
     STANDIN_SHORT,
     DemoSession,
     Settings,
+    default_model,
     installed_models,
     lcm_available,
     new_seed,
+    sampler_settings,
+    weights_notice,
 )
 from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError, NoFaceError, SynthfaceError
 
@@ -29,6 +32,12 @@ DESCRIPTION = """\
 Upload one or more photos of **one person** (their identity vectors are averaged), or draw a
 **random identity**; get new images of that identity. Each caption gives the image's cosine to the
 identity as measured by the face analyser, and whether a dataset filter would **keep** or **drop** it.
+"""
+
+MISSING_WEIGHTS = """\
+**Weights not installed.** Only models whose weights are found on this machine are offered (and the
+random-weight test models, which draw no faces). To add one, fetch its weights and restart the demo:
+
 """
 
 HOW_TO_READ = """\
@@ -40,8 +49,23 @@ from and the identity (the *variation* control). {licence}
 """
 
 
+GRADIO_MISSING = (
+    "The demo needs Gradio, which is not installed: it comes with synthface's [demo] extra. Install it with "
+    'pip install -e ".[demo]" in a clone of synthface, or pip install "synthface[demo]" from a wheel, then run '
+    "synthface demo again. Everything else in synthface works without it."
+)
+
+
+def require_gradio() -> None:
+    """Raise InvalidInputError naming the [demo] extra when Gradio cannot be imported."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InvalidInputError(GRADIO_MISSING) from None
+
+
 def build_demo(
-    model: str = "arc2face",
+    model: str | None = None,
     analyzer: str = "dlib",
     *,
     conditioner: str = "auto",
@@ -52,9 +76,13 @@ def build_demo(
 ):
     """The Gradio page over a `DemoSession` (built from the other arguments unless `session` is
     given; see DemoSession for `analyzer_options` and `allow_pickle`); `.launch()` it, or use
-    `launch_demo` for the safe defaults."""
+    `launch_demo` for the safe defaults. `model` None: `default_model()` (the first installed real
+    generator, else "tiny"). The page says which weights are missing and how to get them, and
+    offers the models found locally plus the random-weight test models."""
+    require_gradio()
     import gradio as gr
 
+    model = model or (session.model if session is not None else default_model())
     session = session or DemoSession(model, analyzer, conditioner=conditioner, device=device,
                                      analyzer_options=analyzer_options, allow_pickle=allow_pickle)
     # Gradio stores uploads (and copies of returned files) under GRADIO_TEMP_DIR, read when the page
@@ -96,9 +124,11 @@ def build_demo(
 
     with gr.Blocks(title="synthface demo", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
         gr.Markdown(DESCRIPTION)
+        missing = weights_notice(model, session.analyzer_name, session.analyzer_options)
+        if missing:
+            gr.Markdown(MISSING_WEIGHTS + "\n".join(f"- {line}" for line in missing), elem_id="missing-weights")
         standin = _standin_note(session, model)
-        if standin:
-            gr.Markdown(f"> ⚠️ {standin}", elem_id="standin-note")
+        standin_md = gr.Markdown(f"> ⚠️ {standin}" if standin else "", visible=bool(standin), elem_id="standin-note")
         with gr.Row():
             with gr.Column(scale=1):
                 photos = gr.File(
@@ -109,9 +139,10 @@ def build_demo(
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     rand = gr.Button("Random identity", elem_id="random-identity")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+                sampler = sampler_settings(model)  # Vec2Face's one pass has no steps, guidance or LCM: hidden
                 with gr.Accordion("Settings", open=False):
-                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                    guidance = gr.Slider(0.1, 10.0, value=3.0, step=0.1, label="Guidance")
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Steps", visible="steps" in sampler)
+                    guidance = gr.Slider(0.1, 10.0, value=3.0, step=0.1, label="Guidance", visible="guidance" in sampler)
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
                         randomize = gr.Checkbox(value=True, label="Randomise seed")
@@ -119,10 +150,7 @@ def build_demo(
                         0.5, 1.0, value=1.0, step=0.01, label="Variation: target cosine to the identity",
                         info="1 = exactly the identity; lower = more varied, less similar",
                     )
-                    lcm = gr.Checkbox(
-                        value=False, label="LCM (2-4 steps)", interactive=lcm_available(model),
-                        info=None if lcm_available(model) else "needs a real model, pip install peft, synthface models download lcm-lora-sdv15",
-                    )
+                    lcm = gr.Checkbox(value=False, label="LCM (2-4 steps)", **_lcm_props(model))
                     model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
                 crops = gr.Gallery(
                     label="Face used (aligned)", columns=4, height=170, fit_columns=False, format="png",
@@ -141,10 +169,14 @@ def build_demo(
         go.click(generate, [photos, *controls], outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
         rand.click(generate_random, controls, outputs, api_name="random_identity", concurrency_limit=1, concurrency_id="gpu")
         lcm.change(_lcm_defaults, lcm, [steps, guidance], api_visibility="private", queue=False)
-        model_choice.change(
-            lambda m: gr.Checkbox(value=False, interactive=lcm_available(m)), model_choice, lcm,
-            api_visibility="private", queue=False,
-        )
+        def switch_model(m):
+            """The controls and the stand-in banner that apply to the newly chosen model."""
+            sampler, note = sampler_settings(m), _standin_note(session, m)
+            return (gr.Slider(visible="steps" in sampler), gr.Slider(visible="guidance" in sampler),
+                    gr.Checkbox(value=False, **_lcm_props(m)), gr.Markdown(f"> ⚠️ {note}" if note else "", visible=bool(note)))
+
+        model_choice.change(switch_model, model_choice, [steps, guidance, lcm, standin_md], api_visibility="private",
+                            queue=False)
     demo.queue(max_size=16, default_concurrency_limit=1)
     _SESSIONS[demo] = session
     return demo
@@ -171,6 +203,13 @@ def _paths(files) -> list[str]:
         return []
     files = files if isinstance(files, (list, tuple)) else [files]
     return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in files]
+
+
+def _lcm_props(model: str) -> dict:
+    """The LCM checkbox of `model`: shown for a denoising family only, usable where `lcm_available`."""
+    usable = lcm_available(model)
+    return {"visible": "steps" in sampler_settings(model), "interactive": usable,
+            "info": None if usable else "needs a real Arc2Face model, pip install peft, synthface models download lcm-lora-sdv15"}
 
 
 def _lcm_defaults(on: bool):

@@ -76,6 +76,9 @@ class GeneratorFamily:
     name: str = ""
     #: Models it loads by name alone (downloadable or built in): what `generator_names` lists.
     models: tuple[str, ...] = ()
+    #: The `RenderSettings` sampler fields its pipeline reads ("steps", "guidance"): a denoising
+    #: family reads both; a one-pass family reads none, so a UI hides those controls for it.
+    sampler_settings: tuple[str, ...] = ("steps", "guidance")
 
     def load(self, model: str, *, device: torch.device, dtype: torch.dtype, allow_download: bool,
              allow_pickle: bool | None, **options):
@@ -381,6 +384,7 @@ class Vec2FaceFamily(GeneratorFamily):
 
     name = "vec2face"
     models = ("vec2face", "vec2face-plus", "vec2face-plus-pose", "vec2face-tiny", "vec2face-plus-tiny")
+    sampler_settings = ()  # one forward pass: no steps, no guidance
     resolution = 112
 
     def load(self, model, *, device, dtype, allow_download, allow_pickle, pose=False, merge_lora=False):

@@ -15,3 +15,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smoke_run_folder(tmp_path_factory):
+    """One finished run of the shipped smoke recipe (random weights: its images hold no face), made
+    once per session in-process; tests read it and write their outputs elsewhere."""
+    import torch
+
+    from synthface.cli import cli
+
+    out = tmp_path_factory.mktemp("smoke-session") / "run"
+    before = torch.get_num_threads()
+    try:
+        assert cli(["run", "smoke", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)  # the tiny model runs on one thread
+    return out

@@ -294,10 +294,10 @@ def test_a_real_model_without_the_arcface_recogniser_names_the_download(tmp_path
     with pytest.raises(ModelNotFoundError, match="arc2face-arcface"):
         demo_lib.make_conditioner("auto", "vec2face", session.analyzer)
     assert not demo_lib.lcm_available("arc2face")
-    # Model choices come from synthface.render's families: random-weight ones beside a random-weight model,
-    # and no real one whose weights are missing.
+    # Model choices come from synthface.render's families: the launched one, no real one whose weights are
+    # missing, and the random-weight test models.
     assert demo_lib.installed_models("tiny") == ["tiny", "vec2face-tiny", "vec2face-plus-tiny"]
-    assert demo_lib.installed_models("vec2face") == ["vec2face"]
+    assert demo_lib.installed_models("vec2face") == ["vec2face", "tiny", "vec2face-tiny", "vec2face-plus-tiny"]
     assert not demo_lib.lcm_available("vec2face") and not demo_lib.lcm_available("vec2face-tiny")
 
 

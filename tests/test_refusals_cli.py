@@ -275,7 +275,7 @@ def test_report_options_bounds_in_the_library():
     from synthface.report import ReportOptions
 
     for bad in ({"leak_cos": float("nan")}, {"thresholds": (0.3, 1.0)}, {"impostor_images": 1}, {"seed": -1},
-                {"max_genuine_pairs": 0}, {"sheet_images": 10**6}):
+                {"max_genuine_pairs": -1}, {"sheet_images": 10**6}):  # 0 genuine pairs: skipped
         with pytest.raises(InvalidInputError, match=next(iter(bad))):
             ReportOptions(**bad)
 

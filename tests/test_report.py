@@ -19,7 +19,8 @@ from tests.cli_helpers import assert_clean_refusal, run_cli, run_cli_inprocess
 
 
 def write_run(root: Path, labels, emb, kept, reasons, *, ids=None, pose=None, paths=None) -> Path:
-    """A run folder in the engine's layout: manifest.parquet, embeddings.safetensors, identities.safetensors."""
+    """A run folder in the engine's layout: manifest.parquet, embeddings.safetensors, identities.safetensors
+    (`ids`, else one random unit vector per identity)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from safetensors.numpy import save_file
@@ -46,8 +47,10 @@ def write_run(root: Path, labels, emb, kept, reasons, *, ids=None, pose=None, pa
             cols[name] = pa.array(np.asarray(pose, np.float32)[:, k])
     pq.write_table(pa.table(cols), root / "manifest.parquet")
     save_file({"embeddings": np.ascontiguousarray(emb, dtype=np.float32)}, str(root / "embeddings.safetensors"))
-    if ids is not None:
-        save_file({"ids": np.ascontiguousarray(ids, dtype=np.float32)}, str(root / "identities.safetensors"))
+    if ids is None:  # a bank of unit vectors, one per identity (a run folder always holds its bank)
+        ids = np.random.default_rng(0).standard_normal((int(labels.max(initial=-1)) + 1 or 1, 8))
+        ids /= np.linalg.norm(ids, axis=1, keepdims=True)
+    save_file({"ids": np.ascontiguousarray(ids, dtype=np.float32)}, str(root / "identities.safetensors"))
     return root
 
 
@@ -187,6 +190,15 @@ def test_every_metric_matches_brute_force_on_the_hand_example(tmp_path):
     assert rep["pose"]["yaw"]["p95"] == pytest.approx(np.percentile(yaw, 95), abs=1e-4)
     assert sum(rep["pose"]["pitch"]["histogram"]["counts"]) == 11
 
+    bank = unit(np.eye(5, 3) + 0.01)  # the bank hand_example writes, with no recorded nearest cosines
+    gram = bank @ bank.T
+    np.fill_diagonal(gram, -np.inf)
+    b = rep["identity_bank"]
+    assert (b["count"], b["dim"], b["source"]) == (5, 3, "computed")
+    assert b["max_cos"] == pytest.approx(gram.max(), abs=1e-6)
+    assert b["nearest_cos"]["mean"] == pytest.approx(gram.max(axis=1).mean(), abs=1e-6)
+    assert rep["skipped"] == {}
+
     lk = rep["leakage"]
     ref = unit(reference)
     best = [(float((centres[i] @ ref.T).max()), int((centres[i] @ ref.T).argmax()), i) for i in range(n_ids)]
@@ -238,7 +250,8 @@ def test_cli_writes_json_and_html_with_plots_and_contact_sheet(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["leakage"]["flagged_count"] == 3 and data["counts"]["kept"] == 11
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 7  # reasons, scores, unique, spread, pose, sheet, leakage
+    assert page.count("data:image/png;base64,") == 8  # reasons, bank, scores, unique, spread, pose, sheet, leakage
+    assert 'alt="identity bank separation"' in page and "Skipped" not in page
     assert 'alt="contact sheet"' in page and "http" not in page.replace("http-equiv", "")  # self-contained
     assert not (root / "report.json").exists()
 

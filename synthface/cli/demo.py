@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 
 def register(root: typer.Typer) -> None:
@@ -12,7 +13,7 @@ def register(root: typer.Typer) -> None:
 
 
 def demo(
-    model: Annotated[str, typer.Option(help="Generator: a model name synthface.render loads (an unknown name lists them; the random-weight ones are smoke tests), or a local folder or Vec2Face .pth.")] = "arc2face",
+    model: Annotated[str | None, typer.Option(help="Generator: a model name synthface.render loads (an unknown name lists them; the random-weight ones are smoke tests), or a local folder or Vec2Face .pth. Default: the first one whose weights are installed (Arc2Face first), else the random-weight tiny model.")] = None,
     analyzer: Annotated[str, typer.Option(help="Judge of the generated faces: a registered face analyser (dlib, offline; insightface). Its licence is shown on the page.")] = "dlib",
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only. Use 0.0.0.0 to serve your network.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
@@ -25,15 +26,29 @@ def demo(
 
     Uploads and generated zips live in a private temporary folder, removed when the demo stops.
     """
-    from synthface.demo import DemoSession
-    from synthface.demo_page import build_demo, check_port_free, launch_demo
+    from synthface.demo import DemoSession, default_model, require_model_weights, weights_notice
+    from synthface.demo_page import build_demo, check_port_free, launch_demo, require_gradio
     from synthface.faces import require_registered
 
     require_registered(analyzer)
-    require_generator(model)
+    if model is not None:
+        require_generator(model)
     options = parse_analyzer_options(analyzer_option or [])
     if port is not None:  # before the models load, so a busy port is reported at once
         check_port_free(host, port)
+    require_gradio()
+    if model is None:
+        model = default_model()
+    else:
+        require_model_weights(model)  # asked for by name: its weights must be here (the message says how)
+    console = Console()
+    missing = weights_notice(model, analyzer, options)
+    if missing:
+        console.print("Weights not installed (these models are not offered; fetch them and restart the demo):",
+                      highlight=False)
+        for line in missing:
+            console.print(f"  - {line}", highlight=False, soft_wrap=True)
+    console.print(f"Starting the demo on {model}.", highlight=False)
     session = DemoSession(model, analyzer, device=device, analyzer_options=options, allow_pickle=allow_pickle or None)
     if options:
         session.analyzer  # noqa: B018 - built now, so an option the analyser refuses is reported before the page starts

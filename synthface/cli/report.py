@@ -21,7 +21,7 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.json and report.html (default: the run folder).")] = None,
     reference: Annotated[Path | None, typer.Option(help="Real identity centres (.safetensors or .npy, filter space) for the leakage check.")] = None,
     leak_cos: Annotated[float, typer.Option(help="Flag a synthetic identity whose best cosine to a real centre exceeds this.")] = 0.4,
-    max_genuine_pairs: Annotated[int, typer.Option(help="Genuine pairs scored exactly up to this many, sampled beyond.")] = 2_000_000,
+    max_genuine_pairs: Annotated[int, typer.Option(help="Genuine pairs scored exactly up to this many, sampled beyond; 0 skips them (and so the EER and TAR).")] = 2_000_000,
     impostor_images: Annotated[int, typer.Option(help="Images sampled for impostor pairs (all different-identity pairs among them).")] = 4096,
     seed: Annotated[int, typer.Option(help="Seed for the pair sampling.")] = 0,
     html: Annotated[bool, typer.Option("--html/--no-html", help="Also write report.html (needs matplotlib).")] = True,
@@ -31,9 +31,15 @@ def report(
     """Measure a generated dataset: counts, EER and TAR@FAR, unique identities, spread, pose, leakage.
 
     A run made with filtering off has no embeddings: its kept images are embedded first, and the
-    output says with which analyser."""
+    output says with which analyser. Where they hold no face (random weights), the measures that
+    need faces are skipped, and the output says so; counts, the identity bank and the contact
+    sheet are still written."""
+    from synthface.faces import require_registered
     from synthface.report import ReportOptions, write_report
+    from synthface.report.sections import skipped_lines
 
+    if analyzer is not None:
+        require_registered(analyzer)  # refused before anything is read, whether or not the run needs it
     options = ReportOptions(
         max_genuine_pairs=max_genuine_pairs, impostor_images=impostor_images, leak_cos=leak_cos, seed=seed, device=device
     )
@@ -43,16 +49,29 @@ def report(
     if d.get("embedded_by"):
         console.print(f"{run_dir} has no embeddings (filtering was off): its kept images were embedded with "
                       f"{d['embedded_by']} for this report.", highlight=False)
+    elif analyzer is not None:
+        console.print(f"--analyzer {analyzer} was not used: {run_dir} holds the embeddings its filter stored, and "
+                      "the report measures those.", highlight=False)
+    for line in skipped_lines(d["skipped"]):
+        console.print(line, highlight=False, soft_wrap=True)
     table = Table(title=f"report: {run_dir}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    c, v = d["counts"], d["verification"]
+    c, v, b = d["counts"], d["verification"], d["identity_bank"]
     table.add_row("kept / candidates", f"{c['kept']} / {c['candidates']}")
-    table.add_row("EER", _f(v["eer"]))
-    for far, r in v["tar_at_far"].items():
-        table.add_row(f"TAR @ FAR {far}", _f(r["tar"]))
-    for t, cur in d["unique_identities"].items():
-        table.add_row(f"unique identities @ cos {t}", f"{cur['final']} of {c['identities_generated']}")
+    if b:
+        table.add_row("identity bank max cos", f"{_f(b['max_cos'])} ({b['count']} identities)")
+    if v:
+        table.add_row("EER", _f(v["eer"]))
+        for far, r in v["tar_at_far"].items():
+            table.add_row(f"TAR @ FAR {far}", _f(r["tar"]))
+    else:
+        table.add_row("EER, TAR", "skipped")
+    if d["unique_identities"] is not None:
+        for t, cur in d["unique_identities"].items():
+            table.add_row(f"unique identities @ cos {t}", f"{cur['final']} of {c['identities_generated']}")
+    else:
+        table.add_row("unique identities", "skipped")
     if d["leakage"]:
         table.add_row("leakage flagged", str(d["leakage"]["flagged_count"]))
     for name, result in d.get("recognisers", {}).items():  # synthface train RUN --out RUN/fr/NAME --eval-bins

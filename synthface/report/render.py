@@ -9,6 +9,7 @@ import io
 import numpy as np
 
 from synthface.report.run import Run
+from synthface.report.sections import skipped_lines
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -16,6 +17,7 @@ h1{font-size:1.6em} h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bott
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 img.plot{max-width:100%;border:1px solid #eee} .note{color:#666;font-size:.9em}
+.skipped{background:#fff6e0;border:1px solid #e6c200;padding:.4em .8em;margin:.6em 0}
 """
 
 
@@ -23,41 +25,72 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
     """One HTML page with every section of `report` (a `Report`) and a contact sheet from `run`."""
     d, a = report.data, report.arrays
     parts = [f"<h1>synthface dataset report: {_e(d['run'])}</h1>"]
+    skipped = d.get("skipped", {})
+    if skipped:
+        parts.append('<div class="skipped" id="skipped"><b>Not everything could be measured.</b><ul>'
+                     + "".join(f"<li>{_e(line[0].upper() + line[1:])}</li>" for line in skipped_lines(skipped))
+                     + "</ul>Everything else below was measured.</div>")
+
     c = d["counts"]
     parts.append("<h2>Counts</h2>")
     parts.append(_table([
         ("candidates", c["candidates"]), ("kept", c["kept"]), ("dropped", c["dropped"]),
         ("identities generated", c["identities_generated"]), ("identities with images", c["identities_with_images"]),
-        ("identities in bank", c["identities_in_bank"] if c["identities_in_bank"] is not None else "-"),
+        ("identities in bank", c["identities_in_bank"]),
         ("images per identity (mean)", _f(c["images_per_identity"]["mean"])),
     ]))
     parts.append(_table([(k, v) for k, v in c["drop_reasons"].items()], head=("drop reason", "images")))
     parts.append(_img(_bar_plot(c["drop_reasons"]), "drop reasons"))
 
-    v = d["verification"]
-    parts.append("<h2>Genuine and impostor scores</h2>")
-    rows = [("EER", _f(v["eer"])), ("EER threshold", _f(v["eer_threshold"]))]
-    for far, r in v["tar_at_far"].items():
-        rows.append((f"TAR @ FAR {far}", f"{_f(r['tar'])} (t = {_f(r['threshold'])}{'' if r['reliable'] else ', few impostor pairs'})"))
-    rows += [
-        ("genuine pairs", f"{v['genuine_pairs']} of {v['genuine_pairs_total']}{'' if v['genuine_exact'] else ' (sampled)'}"),
-        ("impostor pairs", f"{v['impostor_pairs']}{'' if v['impostor_exact'] else ' (among sampled images)'}"),
-    ]
-    parts.append(_table(rows))
-    parts.append(_img(_score_plot(a["genuine"], a["impostor"], v["eer_threshold"]), "genuine and impostor cosine histograms"))
+    b = d.get("identity_bank")
+    parts.append("<h2>Identity bank (nearest-neighbour cosine of each identity)</h2>")
+    if b:
+        parts.append(_table([
+            ("identities", b["count"]), ("dimension", b["dim"]), ("max cos (closest pair)", _f(b["max_cos"])),
+            ("mean nearest cos", _f(b["nearest_cos"]["mean"])), ("5th / 95th percentile", f"{_f(b['nearest_cos']['p05'])} / {_f(b['nearest_cos']['p95'])}"),
+            ("source", "recorded when the bank was sampled" if b["source"] == "recorded" else "computed for this report"),
+        ]))
+        parts.append(_img(_hist_plot(a["bank_nearest"], "cosine of each identity to its nearest neighbour in the bank",
+                                     color="#dd8452"), "identity bank separation"))
+    else:
+        parts.append(_skipped(skipped, "identity_bank"))
 
-    parts.append("<h2>Unique identities (greedy packing of class centres)</h2>")
-    parts.append(_table([(f"cos {t}", f"{cur['final']} of {c['identities_generated']}") for t, cur in d["unique_identities"].items()], head=("threshold", "unique")))
-    parts.append(_img(_unique_plot(d["unique_identities"]), "unique identities vs generated"))
+    v = d["verification"]
+    parts.append(f"<h2>{SECTION_TITLES['verification']}</h2>")
+    if v:
+        rows = [("EER", _f(v["eer"])), ("EER threshold", _f(v["eer_threshold"]))]
+        for far, r in v["tar_at_far"].items():
+            rows.append((f"TAR @ FAR {far}", f"{_f(r['tar'])} (t = {_f(r['threshold'])}{'' if r['reliable'] else ', few impostor pairs'})"))
+        rows += [
+            ("genuine pairs", f"{v['genuine_pairs']} of {v['genuine_pairs_total']}{'' if v['genuine_exact'] else ' (sampled)'}"),
+            ("impostor pairs", f"{v['impostor_pairs']}{'' if v['impostor_exact'] else ' (among sampled images)'}"),
+        ]
+        parts.append(_table(rows))
+        parts.append(_img(_score_plot(a["genuine"], a["impostor"], v["eer_threshold"]), "genuine and impostor cosine histograms"))
+    else:
+        parts.append(_skipped(skipped, "verification"))
+
+    parts.append(f"<h2>{SECTION_TITLES['unique_identities']}</h2>")
+    if d["unique_identities"] is not None:
+        parts.append(_table([(f"cos {t}", f"{cur['final']} of {c['identities_generated']}") for t, cur in d["unique_identities"].items()], head=("threshold", "unique")))
+        parts.append(_img(_unique_plot(d["unique_identities"]), "unique identities vs generated"))
+    else:
+        parts.append(_skipped(skipped, "unique_identities"))
 
     s = d["intra_class"]
-    parts.append("<h2>Intra-class spread</h2>")
-    parts.append(_table(
-        [("mean cos to centre", _f(s["cos_to_centre"]["mean"])), ("5th percentile", _f(s["cos_to_centre"]["p05"]))]
-        + [(f"share with cos >= {t}", _f(x)) for t, x in s["share_within"].items()]
-    ))
-    parts.append(_img(_hist_plot(a["cos_to_centre"], "cosine of each image to its identity centre"), "intra-class spread"))
+    parts.append(f"<h2>{SECTION_TITLES['intra_class']}</h2>")
+    if s:
+        parts.append(_table(
+            [("mean cos to centre", _f(s["cos_to_centre"]["mean"])), ("5th percentile", _f(s["cos_to_centre"]["p05"]))]
+            + [(f"share with cos >= {t}", _f(x)) for t, x in s["share_within"].items()]
+        ))
+        parts.append(_img(_hist_plot(a["cos_to_centre"], "cosine of each image to its identity centre"), "intra-class spread"))
+    else:
+        parts.append(_skipped(skipped, "intra_class"))
 
+    if "pose" in skipped:
+        parts.append(f"<h2>{SECTION_TITLES['pose']}</h2>")
+        parts.append(_skipped(skipped, "pose"))
     if d["pose"]:
         parts.append("<h2>Pose</h2>")
         parts.append(_table([(k, _f(p["mean"]), _f(p["std"]), _f(p["p05"]), _f(p["p95"])) for k, p in d["pose"].items()], head=("angle", "mean", "std", "p05", "p95")))
@@ -67,9 +100,12 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
     sheet = contact_sheet(run, identities=sheet_identities, images=sheet_images)
     parts.append(_img(sheet, "contact sheet") if sheet else '<p class="note">No image files in this run folder (embeddings only).</p>')
 
+    if "leakage" in skipped:
+        parts.append(f"<h2>{SECTION_TITLES['leakage']}</h2>")
+        parts.append(_skipped(skipped, "leakage"))
     if d["leakage"]:
         lk = d["leakage"]
-        parts.append("<h2>Leakage against real identities</h2>")
+        parts.append(f"<h2>{SECTION_TITLES['leakage']}</h2>")
         parts.append(_table([
             ("reference identities", lk["reference_identities"]), ("max best-match cos", _f(lk["max_cos"])),
             (f"flagged (cos > {lk['threshold']})", lk["flagged_count"]),
@@ -88,6 +124,20 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
     parts.append(f'<p class="note">Timings (s): {_e(", ".join(f"{k} {x}" for k, x in d["seconds"].items()))}</p>')
     body = "\n".join(parts)
     return f'<!doctype html>\n<html><head><meta charset="utf-8"><title>synthface report</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n'
+
+
+SECTION_TITLES = {
+    "identity_bank": "Identity bank",
+    "verification": "Genuine and impostor scores",
+    "unique_identities": "Unique identities (greedy packing of class centres)",
+    "intra_class": "Intra-class spread",
+    "pose": "Pose",
+    "leakage": "Leakage against real identities",
+}
+
+
+def _skipped(skipped: dict, key: str) -> str:
+    return f'<p class="note skipped">Skipped: {_e(skipped.get(key, "not measured"))}.</p>'
 
 
 def contact_sheet(run: Run, *, identities: int = 8, images: int = 6, size: int = 112) -> bytes | None:
@@ -180,10 +230,10 @@ def _unique_plot(curves: dict) -> bytes:
     return _png(plt, fig)
 
 
-def _hist_plot(values, xlabel: str, line: float | None = None) -> bytes:
+def _hist_plot(values, xlabel: str, line: float | None = None, color: str = "#8172b2") -> bytes:
     plt, fig = _figure()
     ax = fig.add_subplot()
-    ax.hist(values, bins=np.linspace(-1, 1, 101), color="#8172b2")
+    ax.hist(values, bins=np.linspace(-1, 1, 101), color=color)
     if line is not None:
         ax.axvline(line, color="#c44e52", ls="--", lw=1)
     ax.set_xlabel(xlabel)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import FileFormatError, NoFaceError
+from synthface.errors import FileFormatError
 
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
 OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll", "quality",
@@ -28,8 +28,10 @@ class Run:
     root: Path
     columns: dict[str, np.ndarray]
     embeddings: np.ndarray
-    ids: np.ndarray | None
+    ids: np.ndarray  # (identities, D) the run's identity bank (a memory map)
     embedded_by: str = ""  # the analyser that embedded the kept images, when the run had no embeddings
+    no_faces: str = ""  # why no face measure can be made (the analyser found no face in any kept image)
+    ids_path: Path | None = None  # the identities file `ids` was read from
 
     @property
     def identity(self) -> np.ndarray:
@@ -46,7 +48,9 @@ class Run:
 def load_run(root: str | Path, analyzer=None) -> Run:
     """Open a finished run folder (names from engine.RunLayout). A run made with filtering off has no
     face embeddings; its kept images are then embedded with `analyzer` (required then: a
-    FileFormatError says so otherwise) and `Run.embedded_by` names it."""
+    FileFormatError says so otherwise) and `Run.embedded_by` names it. When the analyser finds no
+    face in any kept image (random weights), `Run.no_faces` says so and the face measures are
+    skipped. A missing or damaged identities file is a FileFormatError."""
     from synthface.engine import RunLayout
 
     layout = RunLayout(Path(root))
@@ -61,7 +65,7 @@ def load_run(root: str | Path, analyzer=None) -> Run:
             f"{columns['identity'].shape[0]} rows; they must be (rows, D) in manifest order. The run may be "
             "unfinished: finalize it first."
         )
-    embedded_by = ""
+    embedded_by, no_faces = "", ""
     if embeddings.shape[1] == 0:
         if analyzer is None:
             raise FileFormatError(
@@ -73,19 +77,44 @@ def load_run(root: str | Path, analyzer=None) -> Run:
         kept = np.asarray(columns["kept"], dtype=bool)
         faceless = kept & ~np.isfinite(embeddings).all(axis=1)
         if kept.any() and faceless.all(where=kept):
-            raise NoFaceError(
-                f"{analyzer.name} found no face in any of the {int(kept.sum())} kept images of {root}, so there is "
-                "nothing to measure (a run on random weights, such as the smoke recipe, draws no faces). Report a run "
-                "of a real model, or try another --analyzer."
+            # Nothing to measure faces on; what needs no face (counts, the bank, the contact sheet) still is.
+            no_faces = (
+                f"{analyzer.name} found no face in any of the {int(kept.sum())} kept images (a run on random weights, "
+                "such as the smoke recipe, draws no faces)"
             )
-        if faceless.any():
+        elif faceless.any():
             # The report measures faces: kept images in which the analyser finds none are left out, and said so.
             columns = {**columns, "kept": kept & ~faceless}
             embedded_by += f" (no face in {int(faceless.sum())} of {int(kept.sum())} kept images: left out)"
-    ids = None
-    if layout.identities.exists():
-        ids = np.asarray(map_tensor(layout.identities, "ids"), dtype=np.float32)
-    return Run(root=root, columns=columns, embeddings=embeddings, ids=ids, embedded_by=embedded_by)
+    if not layout.identities.is_file():
+        raise FileFormatError(
+            f"{layout.identities} is missing: a run folder keeps the identity bank its images were rendered from, "
+            "and the report measures it. Put the file back (copy it from where the run was made), or rerun the "
+            "recipe into this folder with `synthface run RECIPE --out RUN`, which resumes and rewrites it."
+        )
+    ids = np.asarray(map_tensor(layout.identities, "ids"), dtype=np.float32)
+    if ids.ndim != 2 or ids.shape[0] == 0:
+        raise FileFormatError(
+            f"{layout.identities} holds ids of shape {ids.shape}; an identity bank is (identities, D) vectors. "
+            "The file is damaged: rerun the recipe into this folder (synthface run RECIPE --out RUN)."
+        )
+    return Run(root=root, columns=columns, embeddings=embeddings, ids=ids, embedded_by=embedded_by,
+               no_faces=no_faces, ids_path=layout.identities)
+
+
+def embedding_width(root: str | Path, analyzer=None) -> tuple[int, str]:
+    """(width, what gives it) of the embeddings the report will measure in run folder `root`: the
+    stored ones' (the run's filter analyser), or for a run without them `analyzer`'s descriptor.
+    Only file headers are read, so a reference of another width is refused before any work."""
+    from synthface.engine import RunLayout
+
+    layout = RunLayout(Path(root))
+    if not layout.root.is_dir():
+        raise FileFormatError(f"{layout.root} is not a folder. Pass the run folder that holds {layout.MANIFEST}.")
+    width = int(map_tensor(layout.embeddings, "embeddings").shape[-1])
+    if width == 0 and analyzer is not None:
+        return int(analyzer.embedding_dim), f"{analyzer.name}'s descriptors, which embed this run's kept images"
+    return width, "the face embeddings its filter stored"
 
 
 def embed_kept_images(root: Path, columns: dict[str, np.ndarray], analyzer, batch: int = 32) -> np.ndarray:
@@ -140,8 +169,8 @@ def manifest_columns(path: Path) -> dict[str, np.ndarray]:
 _DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
 
 
-def map_tensor(path: Path, name: str) -> np.ndarray:
-    """Memory-map one tensor of a safetensors file (read-only); bfloat16 and others are loaded and cast."""
+def _header(path: Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file; FileFormatError when it is missing or unreadable."""
     if not path.is_file():
         raise FileFormatError(f"{path} does not exist; a run folder holds it once the run is finalized.")
     try:
@@ -150,10 +179,22 @@ def map_tensor(path: Path, name: str) -> np.ndarray:
             header = json.loads(handle.read(size))
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"{path} is not a readable safetensors file ({exc}); it may be truncated.") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(f"{path} is not a readable safetensors file (its header is not a mapping).")
+    return size, header
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The names of the tensors in a safetensors file (its header only is read)."""
+    return sorted(k for k in _header(path)[1] if k != "__metadata__")
+
+
+def map_tensor(path: Path, name: str) -> np.ndarray:
+    """Memory-map one tensor of a safetensors file (read-only); bfloat16 and others are loaded and cast."""
+    size, header = _header(path)
     entry = header.get(name)
     if entry is None:
-        names = sorted(k for k in header if k != "__metadata__")
-        raise FileFormatError(f"{path} has no tensor named {name!r} (it holds {', '.join(names) or 'none'}).")
+        raise FileFormatError(f"{path} has no tensor named {name!r} (it holds {', '.join(tensor_names(path)) or 'none'}).")
     shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
     if 8 + size + end > path.stat().st_size:
         raise FileFormatError(f"{path} is shorter than its header says; it is truncated. Write it again.")
