@@ -522,7 +522,9 @@ def check_format(path: Path) -> str | None:
         if suffix == ".onnx":
             import onnx
 
-            onnx.load(str(path), load_external_data=False)
+            problem = onnx_graph_problem(onnx.load(str(path), load_external_data=False))
+            if problem:
+                return f"UNUSABLE onnx: {problem}"
         elif suffix in (".bin", ".pt", ".pth"):
             import zipfile
 
@@ -534,6 +536,20 @@ def check_format(path: Path) -> str | None:
             json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # any parser's complaint is the verdict on the file
         return f"UNREADABLE {suffix[1:]}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def onnx_graph_problem(model) -> str | None:
+    """What makes a parsed ONNX model unusable as a face model, or None: no graph nodes (an empty or
+    all-default protobuf parses without error), no graph input besides its weights, or no output."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    if not graph.node:
+        return "its graph has no nodes (an empty or truncated protobuf)"
+    if not [i for i in graph.input if i.name not in weights]:
+        return "its graph declares no input"
+    if not graph.output:
+        return "its graph declares no output"
     return None
 
 
