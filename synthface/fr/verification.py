@@ -169,6 +169,12 @@ def image_size(data: bytes, what: str = "image", *, max_pixels: int = BIN_MAX_PI
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+    except Image.DecompressionBombError as exc:  # beyond PIL's own limit, far beyond ours
+        raise FileFormatError(
+            f"{what} declares more than {max_pixels:,} pixels ({exc}), far more than a face crop in a verification pack "
+            "may have (a guard against decompression bombs; the packs hold 112 x 112 crops). The .bin pack is damaged "
+            "or not a verification pack; rebuild it with `synthface eval make-bin`."
+        ) from None
     except Exception as exc:  # PIL's UnidentifiedImageError, a truncated header, a bomb beyond PIL's own limit
         raise FileFormatError(
             f"{what} is not a readable JPEG/PNG image ({type(exc).__name__}); the .bin pack is corrupt. Copy it again "
