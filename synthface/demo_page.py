@@ -121,7 +121,7 @@ def build_demo(
                     )
                     lcm = gr.Checkbox(
                         value=False, label="LCM (2-4 steps)", interactive=lcm_available(model),
-                        info=None if lcm_available(model) else "needs a real model, pip install peft, synthface models download lcm-lora-sdv15",
+                        info=None if lcm_available(model) else "needs a real model, `pip install peft` and `synthface models download lcm-lora-sdv15`",
                     )
                     model_choice = gr.Dropdown(models, value=model, label="Model", interactive=len(models) > 1)
                 crops = gr.Gallery(

