@@ -334,9 +334,12 @@ def test_make_bin_refusals_name_what_is_missing(photos, tmp_path, capsys):
         ((few,), InvalidInputError.exit_code, ["1 genuine and 1 impostor pairs", "at least 10 pairs", "add photos"]),
         ((photos, "--format", "gif"), InvalidInputError.exit_code, ["--format", "jpg, png"]),
         ((photos, "--backend", "nope"), InvalidInputError.exit_code, ["unknown face backend 'nope'"]),
+        ((photos, "--out", tmp_path / "file.txt" / "x.bin"), OutputPathError.exit_code, ["file.txt is a file, not a folder"]),
+        ((photos, "--out", tmp_path / ("b" * 300 + ".bin")), OutputPathError.exit_code, ["too long for the file system"]),
     ]
+    (tmp_path / "file.txt").write_text("the user's file")
     for args, code, needles in cases:
         before = snapshot(tmp_path)
-        result = run_cli_inprocess(capsys, "eval", "make-bin", *args, "--out", tmp_path / "x.bin")
+        result = run_cli_inprocess(capsys, "eval", "make-bin", "--out", tmp_path / "x.bin", *args)
         assert_clean_refusal(result, code, *needles)
         assert snapshot(tmp_path) == before, args

@@ -90,15 +90,13 @@ def make_bin_command(
 ) -> None:
     """Detect and align (112 x 112, ArcFace template) the largest face of each photo, draw genuine pairs within
     a folder and impostor pairs across folders (seeded), and write them in the insightface .bin layout."""
-    from synthface.faces import get_analyzer, require_registered
-    from synthface.fr.make_bin import FORMATS, identity_folders, make_bin
     from synthface.errors import InvalidInputError
+    from synthface.fr.make_bin import FORMATS, make_bin
 
     if image_format not in FORMATS:
         raise InvalidInputError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}.")
-    identity_folders(photos)  # a wrong folder is refused before the analyser loads
-    made = make_bin(photos, out, analyzer=get_analyzer(require_registered(backend)), pairs=pairs, seed=seed,
-                    fmt=image_format, overwrite=overwrite)
+    # the analyser loads only once the folder and OUT are known to be usable
+    made = make_bin(photos, out, analyzer=backend, pairs=pairs, seed=seed, fmt=image_format, overwrite=overwrite)
     for photo, why in made.skipped:
         console.print(f"[yellow]skipped[/] {photo}: {why}", highlight=False)
     console.print(f"written {made.path}: {made.genuine} genuine and {made.impostor} impostor pairs "

@@ -130,16 +130,19 @@ def encode(crop: np.ndarray, fmt: str, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def make_bin(folder: str | Path, out: str | Path, *, analyzer=None, pairs: int = 3000, seed: int = 0,
+def make_bin(folder: str | Path, out: str | Path, *, analyzer="dlib", pairs: int = 3000, seed: int = 0,
              fmt: str = "jpg", overwrite: bool = False) -> MadeBin:
     """Write `out`, a verification `.bin` of up to `pairs` genuine and as many impostor pairs from the photos
     in `folder`'s identity subfolders (see the module docstring), and say what went in.
 
-    `analyzer`: a face analyser (default: `get_analyzer("dlib")`, offline). The file is written atomically;
-    an existing `out` is refused unless `overwrite`. Raises InvalidInputError when the photos do not give
-    at least 10 pairs of both kinds (the message says what is missing), OutputPathError for an unusable `out`.
+    `analyzer`: a face analyser, or the name of a registered one (default "dlib", offline), built once the
+    arguments, the folder and `out` are checked. The file is written atomically; an existing `out` is
+    refused unless `overwrite`. Raises InvalidInputError for bad arguments, a folder without two identity
+    subfolders, or photos that do not give at least 10 pairs of both kinds (the message says what is
+    missing), OutputPathError for an unusable `out`.
     """
     from synthface.errors import OutputPathError
+    from synthface.faces import get_analyzer, require_registered
     from synthface.io import atomic_path, check_output_path
 
     if fmt not in FORMATS:
@@ -148,14 +151,14 @@ def make_bin(folder: str | Path, out: str | Path, *, analyzer=None, pairs: int =
         raise InvalidInputError(f"pairs (genuine pairs wanted; as many impostor pairs are added) must be a positive integer, got {pairs!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.")
+    if isinstance(analyzer, str):
+        require_registered(analyzer)
     out = check_output_path(out)
     if out.exists() and not overwrite:
         raise OutputPathError(f"{out} already exists. Choose another name, or pass --overwrite to replace it.")
     identities = identity_folders(folder)
-    if analyzer is None:
-        from synthface.faces import get_analyzer
-
-        analyzer = get_analyzer("dlib")
+    if isinstance(analyzer, str):
+        analyzer = get_analyzer(analyzer)
     with atomic_path(out) as staged:  # made now: a full or read-only disk is refused before the detection work
         crops, skipped = aligned_crops(identities, analyzer)
         chosen = choose_pairs({n: len(c) for n, c in crops.items()}, pairs, seed)
