@@ -10,7 +10,13 @@ TAR at FAR 1e-3 follows the same folds, with the threshold found by linear inter
 training FAR curve after collapsing equal FARs (insightface's `interp1d` call raises on SciPy >= 1.14).
 
 The packs are not redistributable and synthface never downloads them. They ship inside
-insightface's training-set archives (e.g. `faces_emore`, `faces_webface_112x112`, `ms1m-retinaface`).
+insightface's training-set archives (e.g. `faces_emore`, `faces_webface_112x112`, `ms1m-retinaface`);
+`synthface eval make-bin` (synthface.fr.make_bin) makes one from your own photos, offline.
+
+Packs are read defensively: pair labels must be booleans, and each image's declared size is read
+from its header and refused above BIN_MAX_PIXELS before anything is decoded (a decompression bomb
+is named by its record and costs no memory). Models with non-finite weights, and embeddings that
+come out non-finite, are refused rather than scored as "different".
 """
 
 from __future__ import annotations
