@@ -54,7 +54,7 @@ STANDIN_NOTE = (
     "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
     "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
     "projection. A random-weight test model accepts any 512-d vector; to draw the same person with a real "
-    "{family} model, run: synthface models download {recogniser}"
+    "{family} model, run `synthface models download {recogniser}`."
 )
 
 STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
@@ -62,7 +62,7 @@ VEC2FACE_NOTE = (
     "Vec2Face was trained on features of its own Glint360K ArcFace-R100 (vec2face-arcface), which is not "
     "installed; this demo conditions it on Arc2Face's arcface.onnx instead, an insightface recogniser of the "
     "same kind whose weights are not verified to be the same, so the likeness may be weaker than Vec2Face's "
-    "own. To condition on Vec2Face's recogniser, run: synthface models download vec2face-arcface"
+    "own. To condition on Vec2Face's recogniser, run `synthface models download vec2face-arcface`."
 )
 CONDITIONER_SHORT = "Conditioning recogniser: see the note at the top of the page."
 
@@ -180,7 +180,7 @@ def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | No
         if kind == "auto" and is_random_model(model):
             return StandInConditioner(analyzer.embedding_dim, analyzer.name, model=model)
         needs = ("Vec2Face's own recogniser (vec2face-arcface) or, failing that, Arc2Face's (arc2face-arcface); "
-                 "neither is installed. Run: synthface models download vec2face-arcface.") if vec2face else \
+                 "neither is installed. Run `synthface models download vec2face-arcface`.") if vec2face else \
             "Arc2Face's own recogniser, which is not installed."
         raise ModelNotFoundError(f"The {model} model is conditioned on ArcFace vectors from {needs} {exc}") from None
     note = VEC2FACE_NOTE if vec2face else ""
@@ -494,8 +494,8 @@ class DemoSession:
         if on and state is None:
             if not lcm_available(model):
                 raise ModelNotFoundError(
-                    "LCM needs a real Stable Diffusion 1.5 based model, the peft package (pip install peft) and the "
-                    "LCM-LoRA weights: synthface models download lcm-lora-sdv15"
+                    "LCM needs a real Stable Diffusion 1.5 based model, the peft package (`pip install peft`) and the "
+                    "LCM-LoRA weights (`synthface models download lcm-lora-sdv15`)."
                 )
             from synthface import weights
 

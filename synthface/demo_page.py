@@ -209,7 +209,7 @@ def _lcm_props(model: str) -> dict:
     """The LCM checkbox of `model`: shown for a denoising family only, usable where `lcm_available`."""
     usable = lcm_available(model)
     return {"visible": "steps" in sampler_settings(model), "interactive": usable,
-            "info": None if usable else "needs a real Arc2Face model, pip install peft, synthface models download lcm-lora-sdv15"}
+            "info": None if usable else "needs a real Arc2Face model, `pip install peft` and `synthface models download lcm-lora-sdv15`"}
 
 
 def _lcm_defaults(on: bool):

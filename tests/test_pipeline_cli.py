@@ -75,4 +75,4 @@ def test_generate_without_weights_is_a_one_paragraph_error(tmp_path, ids_file, m
     result = CliRunner().invoke(app, ["generate", "--ids", str(ids_file), "-k", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code != 0
     assert "not in the local Hugging Face cache" in str(result.exception)
-    assert "hf download FoivosPar/Arc2Face" in str(result.exception)
+    assert "`synthface models download arc2face`" in str(result.exception)

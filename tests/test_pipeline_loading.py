@@ -81,7 +81,7 @@ def test_repo_ids_resolve_through_the_local_hf_cache(tmp_path, reference):
 
 
 def test_missing_repo_is_a_paragraph_naming_the_download(tmp_path):
-    with pytest.raises(ModelNotFoundError, match=r"not in the local Hugging Face cache.*hf download FoivosPar/Arc2Face"):
+    with pytest.raises(ModelNotFoundError, match=r"not in the local Hugging Face cache.*`synthface models download arc2face`"):
         load_arc2face("arc2face", cache_dir=tmp_path)
     with pytest.raises(ModelNotFoundError, match="neither 'tiny', an existing folder"):
         load_arc2face("no such thing")

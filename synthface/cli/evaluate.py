@@ -1,4 +1,5 @@
-"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.verification)."""
+"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.verification);
+`synthface eval make-bin PHOTOS --out FILE`: a `.bin` for it from your own photos (synthface.fr.make_bin)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,36 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from typer.core import TyperGroup
+
 console = Console()
 
+#: The subcommand `synthface eval MODEL ...` runs: everything that does not name another subcommand.
+DEFAULT_COMMAND = "verify"
 
-def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+
+class _DefaultCommandGroup(TyperGroup):
+    """A group whose arguments go to DEFAULT_COMMAND unless they start with a subcommand's name (or ask for
+    the group's help), so `synthface eval MODEL --bins DIR` keeps working beside `synthface eval make-bin`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
 
 
+app = typer.Typer(
+    cls=_DefaultCommandGroup, no_args_is_help=True,
+    help="Verification accuracy on insightface .bin packs: `synthface eval MODEL --bins DIR` (short for `synthface "
+    "eval verify`); `synthface eval make-bin PHOTOS --out FILE` makes a .bin from your own photos, offline.",
+)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="eval")
+
+
+@app.command(DEFAULT_COMMAND)
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A `synthface train` run folder, a backbone model.pt, or an ONNX recogniser.")],
     bins: Annotated[Path, typer.Option("--bins", help="Folder with lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, cplfw.bin.")],
@@ -26,17 +50,20 @@ def eval_command(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Sum the embeddings of each image and its mirror (the protocol).")] = True,
 ) -> None:
     """Verification accuracy (10-fold, insightface protocol) on each set and their average."""
+    import contextlib
+
     from synthface.fr.verification import evaluate, find_bins, load_recognizer, write_results
+    from synthface.io import atomic_path
 
     paths = find_bins(bins, sets)
+    # The output's temporary file is made before the work, so a bad --out (a name too long, a file on the
+    # way, a read-only or full disk) is refused at once; it becomes OUT only when every set is done.
+    with atomic_path(out) if out is not None else contextlib.nullcontext() as staged:
+        results = evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
+        console.print(results_table(results, f"verification: {model}"))
+        if staged is not None:
+            write_results(results, staged)
     if out is not None:
-        from synthface.io import check_output_path
-
-        check_output_path(out)  # before the work
-    results = evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
-    console.print(results_table(results, f"verification: {model}"))
-    if out is not None:
-        write_results(results, out)
         console.print(f"written {out}")
 
 
@@ -49,3 +76,29 @@ def results_table(results: dict, title: str) -> Table:
         table.add_row(name, f"{100 * r['accuracy']:.2f}", f"{100 * r['std']:.2f}", f"{100 * r['tar_at_far']:.2f}", str(r["pairs"]))
     table.add_row("average", f"{100 * results['average']:.2f}", "", "", "", style="bold")
     return table
+
+
+@app.command("make-bin")
+def make_bin_command(
+    photos: Annotated[Path, typer.Argument(help="A folder of identity subfolders: PHOTOS/alice/1.jpg, PHOTOS/bob/1.jpg, ...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .bin to write (e.g. bins/mine.bin; then: synthface eval MODEL --bins bins).")],
+    pairs: Annotated[int, typer.Option(min=1, help="Genuine pairs wanted (at most); as many impostor pairs are added.")] = 3000,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the pair draw.")] = 0,
+    backend: Annotated[str, typer.Option(help="Face analyser that aligns the crops: dlib (offline) or insightface.")] = "dlib",
+    image_format: Annotated[str, typer.Option("--format", help="Crop encoding: jpg (as insightface's packs) or png (lossless).")] = "jpg",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")] = False,
+) -> None:
+    """Detect and align (112 x 112, ArcFace template) the largest face of each photo, draw genuine pairs within
+    a folder and impostor pairs across folders (seeded), and write them in the insightface .bin layout."""
+    from synthface.errors import InvalidInputError
+    from synthface.fr.make_bin import FORMATS, make_bin
+
+    if image_format not in FORMATS:
+        raise InvalidInputError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}.")
+    # the analyser loads only once the folder and OUT are known to be usable
+    made = make_bin(photos, out, analyzer=backend, pairs=pairs, seed=seed, fmt=image_format, overwrite=overwrite)
+    for photo, why in made.skipped:
+        console.print(f"[yellow]skipped[/] {photo}: {why}", highlight=False)
+    console.print(f"written {made.path}: {made.genuine} genuine and {made.impostor} impostor pairs "
+                  f"({len(made.skipped)} photos skipped). Evaluate with: synthface eval MODEL --bins {made.path.parent}",
+                  highlight=False)

@@ -44,6 +44,10 @@ def download(
     from synthface import weights
 
     spec = weights.spec(name)
+    if to is not None:
+        from synthface.io import check_output_folder
+
+        check_output_folder(Path(to).expanduser(), what="download folder", option="--to")
     console.print(f"{name}: {spec.license}")
     path = weights.download(name, to=to)
     console.print(f"ready: {path}")
@@ -86,8 +90,8 @@ def verify_command(
             + "; ".join(f"{name}: {', '.join(files)}" for name, files in broken.items())
             + ". Fetch "
             + ("them" if len(broken) > 1 else "it")
-            + " again with: "
-            + ", ".join(weights.spec(name).fetch_command for name in broken)
+            + " again with "
+            + ", ".join(f"`{weights.spec(name).fetch_command}`" for name in broken)
             + "."
         )
         raise typer.Exit(code=ModelNotFoundError.exit_code)
@@ -101,14 +105,46 @@ def convert(
     pose: Annotated[bool, typer.Option("--pose", help="In a Vec2Face+ folder, convert pose_model.pth.")] = False,
 ) -> None:
     """Convert a published Vec2Face / Vec2Face+ checkpoint to a safetensors folder that
-    `load_vec2face` (and recipes) read with no pickle opt-in. The weights are unchanged."""
+    `load_vec2face` (and recipes) read with no pickle opt-in. The weights are unchanged.
+    The folder is written under a hidden temporary name and renamed to OUT when complete, so a
+    failure (a full disk, say) leaves no half-written OUT."""
     from synthface.errors import OutputPathError
+    from synthface.export._common import staged_dir
+    from synthface.io import check_output_folder, output_errors
     from synthface.pipelines import load_vec2face
 
-    target = Path(out).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    target = check_output_folder(Path(out).expanduser(), what="converted model folder")
+    if target.exists() and any(target.iterdir()):
         raise OutputPathError(f"{target} exists and is not an empty folder; pass a new folder to --out.")
     pipe = load_vec2face(model, allow_pickle=allow_pickle, pose=pose)
-    pipe.save_pretrained(target)
+    _refuse_shared_storage(pipe, model)
+    with output_errors(target), staged_dir(target) as staged:
+        pipe.save_pretrained(staged)
     parts = "generator + pose model" if pipe.pose_model is not None else "generator"
     console.print(f"converted ({parts}, {pipe.vec2face.num_parameters():,} generator parameters): {target}")
+
+
+def _refuse_shared_storage(pipe, model: str) -> None:
+    """A FileFormatError naming the weights that share memory (one tensor stored under several names, or
+    views of one buffer): safetensors stores each tensor once, by name, and cannot write them."""
+    from synthface.errors import FileFormatError
+
+    for part in ("vec2face", "pose_model"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        owners: dict[int, list[str]] = {}
+        for name, tensor in module.state_dict().items():
+            storage = tensor.untyped_storage()
+            if storage.nbytes():
+                owners.setdefault(storage.data_ptr(), []).append(name)
+        shared = [names for names in owners.values() if len(names) > 1]
+        if shared:
+            groups = "; ".join(" = ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+                               for names in shared[:3])
+            raise FileFormatError(
+                f"{model}: {len(shared)} group(s) of {part} weights share memory ({groups}{' ...' if len(shared) > 3 else ''}): "
+                "one tensor is stored under several names, which safetensors cannot write and no published Vec2Face "
+                "file holds. Save a copy whose entries are separate tensors (torch.save({k: v.clone() for k, v in "
+                "state.items()}, path)) and convert that, or convert the published file."
+            )

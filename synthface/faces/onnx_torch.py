@@ -96,13 +96,34 @@ def read_onnx(path: str | Path, what: str):
     Raises ModelNotFoundError when the file does not exist, FileFormatError when it is not ONNX."""
     import onnx
 
+    from synthface.weights import model_of_file, onnx_graph_problem, spec
+
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"{what} file {path} does not exist.")
+    name = model_of_file(path)
+    fix = (f"Check it with `synthface models verify {name}` and fetch it again with `{spec(name).fetch_command}`."
+           if name else "Copy or export it again.")
+    if path.stat().st_size == 0:
+        raise FileFormatError(f"{what} file {path} is empty (0 bytes): the copy or download was cut off. {fix}")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:
-        raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}") from None
+        raise FileFormatError(f"Cannot read {path} as an ONNX model: {exc}. {fix}") from None
+    problem = onnx_graph_problem(model)
+    if problem:
+        raise FileFormatError(f"{what} file {path} is not a usable ONNX model: {problem}. {fix}")
+    return model
+
+
+def float_initializers(model):
+    """(name, array) of each floating-point initializer of a loaded ONNX model, e.g. to check weights are finite."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if np.issubdtype(array.dtype, np.floating):
+            yield init.name, array
 
 
 def onnx_to_torch(source) -> OnnxModule:

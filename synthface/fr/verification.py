@@ -10,7 +10,13 @@ TAR at FAR 1e-3 follows the same folds, with the threshold found by linear inter
 training FAR curve after collapsing equal FARs (insightface's `interp1d` call raises on SciPy >= 1.14).
 
 The packs are not redistributable and synthface never downloads them. They ship inside
-insightface's training-set archives (e.g. `faces_emore`, `faces_webface_112x112`, `ms1m-retinaface`).
+insightface's training-set archives (e.g. `faces_emore`, `faces_webface_112x112`, `ms1m-retinaface`);
+`synthface eval make-bin` (synthface.fr.make_bin) makes one from your own photos, offline.
+
+Packs are read defensively: pair labels must be booleans, and each image's declared size is read
+from its header and refused above BIN_MAX_PIXELS before anything is decoded (a decompression bomb
+is named by its record and costs no memory). Models with non-finite weights, and embeddings that
+come out non-finite, are refused rather than scored as "different".
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ STANDARD_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 THRESHOLDS = np.arange(0, 4, 0.01)
 NUM_FOLDS = 10
 TAR_FAR = 1e-3
+#: Most pixels an image inside a .bin pack may declare (4 MP; the packs hold 112 x 112 crops). Checked
+#: from each image's header before decoding, so a decompression bomb costs no memory.
+BIN_MAX_PIXELS = 2048 * 2048
 WHERE_BINS = (
     "The .bin packs are not shipped with synthface (their licences forbid it); they come inside insightface's "
     "training-set archives (faces_emore, faces_webface_112x112, ms1m-retinaface-t1, ...) as lfw.bin, cfp_fp.bin, "
@@ -69,7 +78,11 @@ class BinPack:
 
     def decode(self, start: int, stop: int, size: int) -> np.ndarray:
         """Images start..stop-1 as (n, size, size, 3) uint8 RGB."""
-        return np.stack([decode_image(self.images[i], size, f"{self.name} image {i}") for i in range(start, stop)])
+        return np.stack([decode_image(self.images[i], size, self.record(i)) for i in range(start, stop)])
+
+    def record(self, i: int) -> str:
+        """Image `i` in words, for errors: the pack, the image and its pair."""
+        return f"{self.name}.bin image {i} (pair {i // 2})"
 
 
 def _unpickle(data: bytes, **kwargs):
@@ -84,7 +97,8 @@ def read_bin(path: str | Path) -> BinPack:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError(f"{path} does not exist. {WHERE_BINS}")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise FileFormatError(f"{path} {what}. {WHERE_BINS}")
     data = path.read_bytes()
     try:
         try:
@@ -99,10 +113,12 @@ def read_bin(path: str | Path) -> BinPack:
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise FileFormatError(f"{path} unpickles to a {type(obj).__name__}, not (images, issame); it is not an insightface .bin pack.")
     images, issame = obj
+    if not isinstance(images, (list, tuple)):
+        raise FileFormatError(f"{path}: the images are a {type(images).__name__}, not a list of encoded images; it is not an insightface .bin pack.")
     images = [bytes(im) if isinstance(im, (bytes, bytearray, memoryview)) else im for im in images]
     if not all(isinstance(im, bytes) for im in images):
         raise FileFormatError(f"{path}: the images must be encoded bytes (JPEG/PNG); it is not an insightface .bin pack.")
-    issame = np.asarray(issame, dtype=bool).reshape(-1)
+    issame = _pair_labels(issame, path)
     if len(images) != 2 * issame.shape[0]:
         raise FileFormatError(
             f"{path} holds {len(images)} images for {issame.shape[0]} pair labels; a pack needs exactly two images "
@@ -110,7 +126,34 @@ def read_bin(path: str | Path) -> BinPack:
         )
     if issame.shape[0] < NUM_FOLDS:
         raise FileFormatError(f"{path} holds {issame.shape[0]} pairs; the 10-fold protocol needs at least {NUM_FOLDS}.")
-    return BinPack(path.stem, images, issame)
+    pack = BinPack(path.stem, images, issame)
+    for i, image in enumerate(images):  # headers only: a bomb is refused before any model is loaded
+        image_size(image, f"{path}: {pack.record(i)}")
+    return pack
+
+
+def _pair_labels(issame, path: Path) -> np.ndarray:
+    """The pair labels as a bool array; anything but booleans (0/1, strings, floats, None) is refused,
+    since numpy would read every non-zero value as "same" and the accuracy would be silently wrong."""
+    if isinstance(issame, np.ndarray):
+        if issame.dtype == bool:
+            return issame.reshape(-1)
+        values = issame.reshape(-1).tolist()
+    elif isinstance(issame, (list, tuple)):
+        values = issame
+    else:
+        raise FileFormatError(
+            f"{path}: the pair labels are a {type(issame).__name__}, not a list of booleans; it is not an insightface "
+            ".bin pack. Rebuild it with `synthface eval make-bin` or synthface.fr.verification.write_bin."
+        )
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, (bool, np.bool_))), None)
+    if bad is not None:
+        raise FileFormatError(
+            f"{path}: pair label {bad} is {values[bad]!r} ({type(values[bad]).__name__}), not a boolean; an insightface "
+            ".bin pack labels each pair True (same person) or False. Rebuild it with `synthface eval make-bin` or "
+            "synthface.fr.verification.write_bin, which write booleans."
+        )
+    return np.array(values, dtype=bool).reshape(-1)
 
 
 def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool], *, protocol: int = 2) -> Path:
@@ -123,10 +166,41 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool],
     return path
 
 
+def image_size(data: bytes, what: str = "image", *, max_pixels: int = BIN_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an encoded image, read from its header alone; a FileFormatError naming `what`
+    for bytes that are not an image and for an image of more than `max_pixels` pixels (a decompression
+    bomb: a few kilobytes of PNG can declare gigabytes of pixels), before anything is decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as exc:  # beyond PIL's own limit, far beyond ours
+        raise FileFormatError(
+            f"{what} declares more than {max_pixels:,} pixels ({exc}), far more than a face crop in a verification pack "
+            "may have (a guard against decompression bombs; the packs hold 112 x 112 crops). The .bin pack is damaged "
+            "or not a verification pack; rebuild it with `synthface eval make-bin`."
+        ) from None
+    except Exception as exc:  # PIL's UnidentifiedImageError, a truncated header, a bomb beyond PIL's own limit
+        raise FileFormatError(
+            f"{what} is not a readable JPEG/PNG image ({type(exc).__name__}); the .bin pack is corrupt. Copy it again "
+            "or rebuild it with `synthface eval make-bin`."
+        ) from None
+    if width * height > max_pixels or width <= 0 or height <= 0:
+        raise FileFormatError(
+            f"{what} declares {width} x {height} = {width * height:,} pixels, more than the {max_pixels:,} a face "
+            "crop in a verification pack may have (a guard against decompression bombs; the packs hold 112 x 112 "
+            "crops). The .bin pack is damaged or not a verification pack; rebuild it with `synthface eval make-bin`."
+        )
+    return width, height
+
+
 def decode_image(data: bytes, size: int, what: str = "image") -> np.ndarray:
-    """Encoded bytes -> (size, size, 3) uint8 RGB; resized (area interpolation) when not size x size."""
+    """Encoded bytes -> (size, size, 3) uint8 RGB; resized (area interpolation) when not size x size.
+    The header is checked first (`image_size`), so an oversized image is refused without being decoded."""
     import cv2
 
+    image_size(data, what)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileFormatError(f"{what} cannot be decoded; the .bin pack is corrupt.")
@@ -247,6 +321,11 @@ def load_recognizer(source: str | Path, *, device=None, batch_size: int = 256) -
         source = source / "model.pt"
     if not source.is_file():
         raise ModelNotFoundError(f"{source} does not exist. Pass a `synthface train` run folder, a backbone .pt file or an ONNX recogniser.")
+    if source.stat().st_size == 0:
+        raise FileFormatError(
+            f"{source} is empty (0 bytes): the copy or download was cut off, or the run was killed while writing it. "
+            "Copy it again, or pass another model (a `synthface train` run folder, a backbone .pt or an ONNX recogniser)."
+        )
     if source.suffix.lower() == ".onnx":
         return _onnx_recognizer(source, device)
     return torch_recognizer(load_backbone(source), device=device, batch_size=batch_size, description=str(source))
@@ -270,7 +349,21 @@ def load_backbone(path: str | Path):
             f"{path} holds a {type(state).__name__} that is not a plain backbone state dict (for a training checkpoint, "
             "pass the run folder or its model.pt instead)."
         )
+    check_finite({k: v for k, v in state.items() if v.is_floating_point()}, str(path))
     return backbone_from_state_dict(state, source=str(path))
+
+
+def check_finite(tensors: dict, source: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training run, a damaged file): they embed every
+    image as NaN, and every pair would silently count as "different". `tensors`: name -> tensor or array."""
+    bad = [name for name, t in tensors.items() if not bool(np.isfinite(np.asarray(t)).all())]
+    if bad:
+        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise FileFormatError(
+            f"{source} holds non-finite weights (NaN or infinity) in {names}: the training run diverged or the file is "
+            "damaged, and every embedding would be NaN. Evaluate an earlier checkpoint, or train again with a lower "
+            "learning rate."
+        )
 
 
 def _onnx_recognizer(path: Path, device) -> Recognizer:
@@ -278,6 +371,9 @@ def _onnx_recognizer(path: Path, device) -> Recognizer:
     from synthface.devices import resolve_device
     from synthface.faces.onnx_backend import ArcFaceRecognizer
 
+    from synthface.faces.onnx_torch import float_initializers, read_onnx
+
+    check_finite(dict(float_initializers(read_onnx(path, "Recogniser"))), str(path))
     dev = resolve_device(device)
     rec = ArcFaceRecognizer(path, runtime="torch", device=dev) if dev.type == "cuda" else ArcFaceRecognizer(path)
     step = 1 if rec.fixed_batch == 1 else rec.batch_size
@@ -297,6 +393,14 @@ def embed_pack(recognizer: Recognizer, pack: BinPack, *, chunk: int = 1024, flip
         emb = recognizer.forward(crops).astype(np.float32)
         if flip:
             emb = emb + recognizer.forward(np.ascontiguousarray(crops[:, :, ::-1])).astype(np.float32)
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            first = start + int(np.argmin(finite))
+            raise FileFormatError(
+                f"{recognizer.description} gives a non-finite embedding (NaN or infinity) for {pack.record(first)}: its "
+                "weights overflow on real input (a diverged training run or a damaged file). Evaluate an earlier "
+                "checkpoint or another model."
+            )
         out.append(emb)
     emb = np.concatenate(out)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -131,7 +131,7 @@ def _resolve_base(path: Path, base, *, allow_download, cache_dir, allow_pickle) 
         raise ModelNotFoundError(
             f"The Stable Diffusion 1.5 base {folder} lacks {', '.join(p + '/' for p in missing)}. Arc2Face takes "
             f"its VAE, tokenizer and scheduler config from {SD15_REPO}: "
-            f"`hf download {SD15_REPO} --include 'vae/*' 'tokenizer/*' 'scheduler/*' model_index.json`, "
+            "`synthface models download sd15`, "
             "or pass base= a folder holding vae/, tokenizer/ and scheduler/."
         )
     return folder
@@ -160,8 +160,8 @@ def _snapshot(repo: str, patterns: list[str], *, allow_download, cache_dir, allo
                                       cache_dir=str(cache_dir) if cache_dir else None))
     except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError, ValueError) as exc:
         how = (
-            "Downloads are off (the default): fetch it once with "
-            f"`hf download {repo}` (or pass allow_download=True / --allow-download), or pass a local folder."
+            "Downloads are off (the default): fetch Arc2Face once with `synthface models download arc2face` and "
+            "`synthface models download sd15` (or pass allow_download=True / --allow-download), or pass a local folder."
             if not allow_download
             else "The download failed; check the network, the repo id and your Hugging Face login (gated repos)."
         )

@@ -159,7 +159,7 @@ def sixdrepnet_from_state_dict(state: Mapping[str, torch.Tensor], *, source: str
     if detail:
         raise FileFormatError(
             f"{source} is not 6DRepNet's RepVGG-B1g2 in deploy form ({detail}). Pass the published "
-            "6DRepNet_300W_LP_AFLW2000.pth (synthface models download vec2face-6drepnet); a training-form "
+            "6DRepNet_300W_LP_AFLW2000.pth (`synthface models download vec2face-6drepnet`); a training-form "
             "checkpoint (rbr_dense / rbr_1x1 branches) must first be converted with RepVGG's switch_to_deploy."
         )
     model.load_state_dict(state, strict=True, assign=True)
