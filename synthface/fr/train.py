@@ -18,7 +18,6 @@ seeded permutation and DistributedDataParallel averages the gradients; rank 0 wr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -31,119 +30,15 @@ import torch
 from torch import nn
 
 from synthface.errors import InvalidInputError, OutputPathError
-from synthface.fr.backbones import DEPTHS, WIDTHS, BackboneConfig, IResNet
-from synthface.fr.data import AUGMENTATIONS, EpochView, TrainingSet, epoch_order, open_source
-from synthface.fr.heads import GRADIENTS, MarginHead
+from synthface.fr.backbones import DEPTHS, IResNet
+from synthface.fr.data import EpochView, TrainingSet, epoch_order, open_source
+from synthface.fr.heads import MarginHead
+from synthface.fr.settings import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, parse_overrides, preset_config
+
+__all__ = ["DEPTHS", "PRECISIONS", "PRESETS", "SCHEDULES", "TrainConfig", "TrainResult", "learning_rate", "load_metrics",
+           "parameter_groups", "parse_overrides", "preset_config", "train"]
 
 CONFIG, MODEL, CHECKPOINT, METRICS, RESULTS = "config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "results.json"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = ("step", "poly")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a run, plain data (saved as config.json; `--set key=value` edits one field)."""
-
-    network: str = "r50"
-    se: bool = False
-    widths: tuple[int, ...] = WIDTHS
-    num_features: int = 512
-    input_size: int = 112
-    dropout: float = 0.0
-    scale: float = 64.0
-    arc_margin: float = 0.5
-    cos_margin: float = 0.0
-    gradient: str = "straight-through"
-    sample_rate: float = 1.0
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bn_weight_decay: bool = False
-    schedule: str = "step"
-    milestones: tuple[int, ...] = (12, 20, 24)  # 1-based epochs on entering which lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    power: float = 1.0
-    epochs: int = 26
-    batch_size: int = 128
-    augment: str = "hsface"
-    format: str = "auto"
-    num_workers: int = 8
-    precision: str = "auto"
-    grad_scaler_growth_interval: int = 100
-    clip_grad_norm: float = 5.0
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 42
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        choices = {"network": tuple(DEPTHS), "gradient": GRADIENTS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
-                   "precision": PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InvalidInputError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        positive = ("epochs", "batch_size", "lr", "scale", "log_every", "input_size", "num_features", "gamma")
-        bad = [f"{n} = {getattr(self, n)!r}" for n in positive if not getattr(self, n) > 0]
-        bad += [f"{n} = {getattr(self, n)!r}" for n in ("num_workers", "clip_grad_norm", "warmup_epochs", "weight_decay",
-                                                       "momentum") if not getattr(self, n) >= 0]
-        if bad:
-            raise InvalidInputError(
-                f"Invalid training setting(s): {', '.join(bad)}. {', '.join(positive)} must be positive; num_workers, "
-                "clip_grad_norm (0: no clipping), warmup_epochs, weight_decay and momentum must not be negative."
-            )
-        self.backbone()  # checks widths, input size, dropout
-
-    def backbone(self) -> BackboneConfig:
-        return BackboneConfig(DEPTHS[self.network], tuple(self.widths), self.num_features, self.input_size, self.se,
-                              self.dropout, stem_width=self.widths[0])
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"Unknown training setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-PRESETS: dict[str, TrainConfig] = {
-    # Vec2Face's HSFace10K recipe: IR-SE50, ArcFace 0.5, SGD 0.1 / 10 entering epochs 12, 20, 24 of 26,
-    # batch 128 per process, HSFace augmentation + RandomErasing, fp16 + GradScaler(100), seed 42.
-    "hsface10k": TrainConfig(network="r50", se=True, dropout=0.4, precision="fp16"),
-    # arcface_torch's r50 setup: plain IResNet-50, poly decay per step over 20 epochs, flip only,
-    # weight decay on every parameter.
-    "arcface-torch": TrainConfig(network="r50", schedule="poly", epochs=20, augment="flip", bn_weight_decay=True,
-                                 precision="fp16"),
-    # CPU smoke runs and tests: a narrow r18 at 32x32, a softer margin, few epochs.
-    "tiny": TrainConfig(network="r18", widths=(16, 16, 32, 32), num_features=64, input_size=32, scale=16.0,
-                        arc_margin=0.2, lr=0.05, epochs=4, batch_size=32, augment="flip", num_workers=0,
-                        milestones=(3,), channels_last=False, log_every=5),
-}
-
-
-def preset_config(name: str = "hsface10k", overrides: dict | None = None) -> TrainConfig:
-    """A preset with `overrides` (field -> value) applied and checked."""
-    if name not in PRESETS:
-        raise InvalidInputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return TrainConfig.from_dict({**PRESETS[name].to_dict(), **(overrides or {})})
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`key=value` strings -> dict; values parse as JSON (numbers, true/false, [lists]) or stay strings."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"--set takes key=value (e.g. --set lr=0.05), got {item!r}.")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
