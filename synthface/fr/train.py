@@ -18,6 +18,8 @@ seeded permutation and DistributedDataParallel averages the gradients; rank 0 wr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -29,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthface.errors import InvalidInputError, OutputPathError
+from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, SynthfaceError
 from synthface.fr.backbones import DEPTHS, IResNet
-from synthface.fr.data import EpochView, TrainingSet, epoch_order, open_source
+from synthface.fr.data import EpochView, TrainingSet, epoch_order, fingerprint, open_source
 from synthface.fr.heads import MarginHead
 from synthface.fr.settings import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, parse_overrides, preset_config
 
@@ -95,34 +97,158 @@ def _dist() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+_open = open  # every file the loop writes goes through here (tests put a full disk behind it)
+
+
+class _Recorded(io.RawIOBase):
+    """A binary file that remembers the OSError its write met: torch.save reports a failed write as a
+    RuntimeError without the errno, and a full disk must read as one."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self.handle, self.error = handle, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def _save(obj, path: Path) -> None:
     from synthface.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, _open(tmp, "wb") as handle:
+        recorded = _Recorded(handle)
+        try:
+            torch.save(obj, recorded)
+        except RuntimeError:
+            if recorded.error is not None:
+                raise recorded.error from None
+            raise
 
 
-def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bool) -> None:
-    cfg_path = out_dir / CONFIG
-    if resume:
-        if not cfg_path.is_file():
-            raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
-        saved = json.loads(cfg_path.read_text())
-        if saved["train"] != config.to_dict():
-            diff = sorted(k for k in saved["train"] if saved["train"][k] != config.to_dict().get(k))
-            raise InvalidInputError(
-                f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
-                "--set values, or start a new run in another --out folder."
-            )
-        return
+def _append(path: Path, text: str) -> None:
+    from synthface.io import output_errors
+
+    with output_errors(path, action="append to"), _open(path, "a") as handle:
+        handle.write(text)
+
+
+def _damaged(path: Path, problem: str, fix: str) -> FileFormatError:
+    return FileFormatError(f"{path} is damaged: {problem}. {fix}")
+
+
+def _read_config(out_dir: Path) -> dict:
+    """config.json of an existing run, checked for the shape a run writes."""
+    path = out_dir / CONFIG
+    fix = ("A run cannot resume without the settings it started with: restore the file from a backup, or start a "
+           "new run in another --out folder.")
+    try:
+        saved = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, f"it is not JSON ({exc})", fix) from None
+    except OSError as exc:
+        raise FileFormatError(f"Cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}. {fix}") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict) and isinstance(saved.get("data", {}), dict)):
+        raise _damaged(path, 'it lacks the "train" settings (and "data" description) a run writes', fix)
+    return saved
+
+
+def _check_resume(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
+    """Refuse a resume under other settings or on another data set (nothing is written)."""
+    if not (out_dir / CONFIG).is_file():
+        raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
+    saved = _read_config(out_dir)
+    mine = config.to_dict()
+    if saved["train"] != mine:
+        diff = sorted(k for k in set(saved["train"]) | set(mine) if saved["train"].get(k) != mine.get(k))
+        raise InvalidInputError(
+            f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
+            "--set values, or start a new run in another --out folder."
+        )
+    before = saved.get("data", {})
+    changed = [k for k in ("num_images", "num_classes", "fingerprint") if k in before and before[k] != data_info[k]]
+    if changed:
+        was = ", ".join(f"{k} {before[k]}" for k in changed)
+        now = ", ".join(f"{k} {data_info[k]}" for k in changed)
+        raise InvalidInputError(
+            f"{out_dir} was started on another data set ({before.get('path', 'unknown path')}: {was}; now "
+            f"{data_info['path']}: {now}). Resume with the data the run started on, or start a new run in another "
+            "--out folder."
+        )
+
+
+def _check_new(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputPathError(
             f"{out_dir} already holds files (a previous run?). Pass --resume to continue it, or choose another --out folder."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from synthface.io import atomic_write_bytes
 
-    atomic_write_bytes(cfg_path, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+
+def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
+    """Make the run folder and its config.json; on failure remove the folders this call made."""
+    from synthface.io import atomic_write_bytes, output_errors
+
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        with output_errors(out_dir, action="create the training run folder"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / CONFIG, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+    except BaseException:
+        for folder in made:  # innermost first; only empty ones
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+_CHECKPOINT_FIX = (f"Remove {CHECKPOINT} and resume again to restart this run from step 0 (same settings), or restore "
+                   "the file from a backup.")
+
+
+def _load_checkpoint(out_dir: Path, dev) -> dict | None:
+    """checkpoint.pt of the run (None when it has none yet), checked for the entries a run writes."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types (zip, pickle, EOF, ...)
+        raise _damaged(path, f"torch cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})",
+                       _CHECKPOINT_FIX) from None
+    keys = ("model", "optimizer", "scaler", "step", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["step"], int) \
+            or state["step"] < 0:
+        raise _damaged(path, f"it is not a training checkpoint (it needs {', '.join(keys)})", _CHECKPOINT_FIX)
+    return state
+
+
+def _restore(state: dict, path: Path, model, optimizer, scaler, dev) -> int:
+    """Put a checkpoint's states in place; its step. A checkpoint of another shape is named, not a traceback."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _damaged(path, f"its states do not fit this run's model ({str(exc).splitlines()[0][:200]})",
+                       _CHECKPOINT_FIX) from None
+    return state["step"]
+
+
+def _unwrap_worker_error(exc: SynthfaceError) -> SynthfaceError:
+    """A DataLoader worker's error arrives with the worker's traceback in its message; keep the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    return type(exc)(last.partition(f"{type(exc).__name__}: ")[2] or last)
 
 
 def train(
@@ -145,6 +271,7 @@ def train(
     """
     from synthface.devices import resolve_device
     from synthface.fr.verification import evaluate, find_bins, read_bin, torch_recognizer, write_results
+    from synthface.io import check_output_folder
 
     config = config or PRESETS["hsface10k"]
     out_dir = Path(out_dir)
@@ -158,20 +285,34 @@ def train(
         dev = resolve_device(None, local_rank=local_rank)  # one process per GPU under the launcher
     else:
         dev = resolve_device(device)
+    # Everything is checked before anything is created in out_dir: a refusal leaves it as it was,
+    # so the fix it suggests (another --set, --resume, other data) works at once.
+    if rank == 0:
+        check_output_folder(out_dir, what="training run folder", option="--out")
     source = open_source(data, config.format)
+    steps_per_epoch = len(source) // (config.batch_size * world)
+    if steps_per_epoch == 0:
+        raise InvalidInputError(
+            f"The export has {len(source)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
+            "Lower batch_size with --set batch_size=N."
+        )
     packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
-    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source), "num_classes": source.num_classes}
-    if rank == 0:  # one process checks and creates the run folder; the others wait for it
-        _prepare_out(out_dir, config, data_info, resume)
+    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source),
+                 "num_classes": source.num_classes, "fingerprint": fingerprint(source)}
+    state, kept = None, []
+    if rank == 0:
+        if resume:
+            _check_resume(out_dir, config, data_info)
+        else:
+            _check_new(out_dir)
+    if resume:
+        state = _load_checkpoint(out_dir, dev)
+        kept = [m for m in load_metrics(out_dir) if m["step"] <= (state["step"] if state else 0)] if rank == 0 else []
+    elif rank == 0:  # one process creates the run folder; the others wait for it
+        _create_out(out_dir, config, data_info)
     if world > 1:
         torch.distributed.barrier()
     dataset = TrainingSet(source, config.augment, config.input_size, config.seed)
-    steps_per_epoch = len(dataset) // (config.batch_size * world)
-    if steps_per_epoch == 0:
-        raise InvalidInputError(
-            f"The export has {len(dataset)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
-            "Lower batch_size with --set batch_size=N."
-        )
 
     torch.manual_seed(config.seed)
     backbone = IResNet(config.backbone())
@@ -190,18 +331,12 @@ def train(
     scaler = torch.amp.GradScaler(dev.type, growth_interval=config.grad_scaler_growth_interval, enabled=precision == "fp16")
     start_step = 0
     metrics_path = out_dir / METRICS
-    if resume and (out_dir / CHECKPOINT).is_file():
-        state = torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = state["step"]
-        torch.set_rng_state(state["rng"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
-        if dev.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+    if state is not None:
+        start_step = _restore(state, out_dir / CHECKPOINT, model, optimizer, scaler, dev)
     if resume and rank == 0:  # lines the stopped run logged after its checkpoint are redone
-        kept = [m for m in load_metrics(out_dir) if m["step"] <= start_step]
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        from synthface.io import atomic_write_bytes
+
+        atomic_write_bytes(metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
     runner: nn.Module = model
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None)
@@ -217,8 +352,7 @@ def train(
     def write_metric(entry: dict) -> None:
         log.append(entry)
         if rank == 0:
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            _append(metrics_path, json.dumps(entry) + "\n")
 
     def checkpoint(step: int) -> None:
         if rank == 0:
@@ -242,7 +376,7 @@ def train(
         loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
             EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed + epoch))
-        for x, labels in loader:
+        for x, labels in _batches(loader):
             x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -294,7 +428,34 @@ def train(
     return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log, rank)
 
 
+def _batches(loader):
+    """The loader's batches; a worker's refusal (a damaged image) surfaces as its own one-paragraph message."""
+    try:
+        yield from loader
+    except SynthfaceError as exc:
+        raise _unwrap_worker_error(exc) from None
+
+
 def load_metrics(out_dir: str | Path) -> list[dict]:
-    """metrics.jsonl as a list of dicts (empty when the run wrote none yet)."""
+    """metrics.jsonl as a list of dicts (empty when the run wrote none yet); a damaged line is named."""
     path = Path(out_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    log = f"{METRICS} is only the run's log, the weights are in {CHECKPOINT}"
+    fix = f"Delete that line (or the whole file: {log}) and run again."
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"it is not text ({exc})", f"Delete the file ({log}) and run again.") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+            raise _damaged(path, f"line {n} ({line[:80]!r}) is not a JSON object with a step number", fix)
+        out.append(entry)
+    return out
