@@ -21,6 +21,7 @@ import abc
 import hashlib
 import io
 import os
+import re
 import struct
 import tarfile
 from collections import OrderedDict
@@ -366,14 +367,15 @@ def decode_rgb(data: bytes, size: int, what: str = "A training image") -> np.nda
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
-    except Image.DecompressionBombError as exc:  # PIL's own limit, higher than ours
-        raise FileFormatError(f"{what} is larger than the {MAX_PIXELS:,} pixels a training image may have ({exc}); it "
-                              "was not decoded. The export is damaged or holds another data set: export the run again.") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit (higher than ours) names only the pixel count
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        width, height = (int(pixels.group(1)), 1) if pixels else (MAX_PIXELS + 1, 1)
     except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise FileFormatError(f"{what} is not a readable image ({exc}); the export is damaged. Export the run again.") from None
     if width * height > MAX_PIXELS:
+        shape = f"a {width}x{height} image ({width * height:,} pixels)" if height > 1 else f"an image of {width:,} pixels"
         raise FileFormatError(
-            f"{what} is a {width}x{height} image ({width * height:,} pixels), more than the {MAX_PIXELS:,} a training "
+            f"{what} is {shape}, more than the {MAX_PIXELS:,} a training "
             "image may have (face crops are about 112x112); it was not decoded. The export is damaged or holds "
             "another data set: export the run again with its crop size."
         )
