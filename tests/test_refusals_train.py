@@ -227,3 +227,18 @@ def test_damaged_run_files_are_named_with_their_fix(damage, needles, data, stopp
     result = run_cli_inprocess(capsys, *train_args(data, run, "--resume"))
     assert result.returncode == 0, result.output
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
+
+
+def test_an_oversized_image_met_in_a_worker_is_one_paragraph_and_leaves_no_run(tmp_path, capsys):
+    samples = images(0)
+    side = 5000  # over the 4096 x 4096 a training image may have, under PIL's own bomb limit
+    big = bytearray(samples[3].jpeg)
+    sof = big.find(b"\xff\xc0")
+    big[sof + 5 : sof + 9] = side.to_bytes(2, "big") * 2
+    samples[3] = Sample(samples[3].label, samples[3].key, bytes(big))
+    data = write_format("recordio", samples, tmp_path / "set").out_dir
+    out = tmp_path / "run"
+    result = run_cli_inprocess(capsys, *train_args(data, out, "--set", "num_workers=1"))
+    assert_clean_refusal(result, 2, "record", "5000x5000", "it was not decoded", "export the run again")
+    assert "Original" not in result.output and "worker" not in result.output
+    assert not out.exists()  # refused before the first checkpoint: the same command can run again at once

@@ -190,8 +190,8 @@ def _check_new(out_dir: Path) -> None:
         )
 
 
-def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
-    """Make the run folder and its config.json; on failure remove the folders this call made."""
+def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> list[Path]:
+    """Make the run folder and its config.json; the folders this call made (on failure they are removed)."""
     from synthface.io import atomic_write_bytes, output_errors
 
     made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
@@ -200,9 +200,31 @@ def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / CONFIG, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
     except BaseException:
-        for folder in made:  # innermost first; only empty ones
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_new_run(out_dir, made)
+        raise
+    return made
+
+
+def _remove_new_run(out_dir: Path, made: list[Path]) -> None:
+    """Undo a new run that was refused before its first checkpoint: the files a run writes, then the
+    folders this call made (innermost first, only when empty), so the same command can run again."""
+    for name in (CONFIG, METRICS, RESULTS, MODEL):
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink(missing_ok=True)
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def _undone_if_refused(out_dir: Path, made: list[Path] | None):
+    """A refusal (a damaged image, a full disk) before the first checkpoint of a new run leaves no run folder
+    that would block running the same command again; after it, the run stays for --resume."""
+    try:
+        yield
+    except SynthfaceError:
+        if made is not None and not (out_dir / CHECKPOINT).exists():
+            _remove_new_run(out_dir, made)
         raise
 
 
@@ -218,7 +240,7 @@ def _load_checkpoint(out_dir: Path, dev) -> dict | None:
     try:
         state = torch.load(path, map_location=dev, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types (zip, pickle, EOF, ...)
-        raise _damaged(path, f"torch cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0][:200]})",
+        raise _damaged(path, f"torch cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0].split('. ')[0][:200]})",
                        _CHECKPOINT_FIX) from None
     keys = ("model", "optimizer", "scaler", "step", "rng")
     if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["step"], int) \
@@ -299,7 +321,7 @@ def train(
     packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
     data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source),
                  "num_classes": source.num_classes, "fingerprint": fingerprint(source)}
-    state, kept = None, []
+    state, kept, made = None, [], None
     if rank == 0:
         if resume:
             _check_resume(out_dir, config, data_info)
@@ -309,7 +331,7 @@ def train(
         state = _load_checkpoint(out_dir, dev)
         kept = [m for m in load_metrics(out_dir) if m["step"] <= (state["step"] if state else 0)] if rank == 0 else []
     elif rank == 0:  # one process creates the run folder; the others wait for it
-        _create_out(out_dir, config, data_info)
+        made = _create_out(out_dir, config, data_info)
     if world > 1:
         torch.distributed.barrier()
     dataset = TrainingSet(source, config.augment, config.input_size, config.seed)
@@ -361,66 +383,67 @@ def train(
                    "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}, out_dir / CHECKPOINT)
             _save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out_dir / MODEL)
 
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+    with _undone_if_refused(out_dir, made):
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True)
-    step, last_loss, images, clock, window_loss = start_step, math.nan, 0, time.perf_counter(), []
-    train_seconds, run_images = 0.0, 0
-    model.train()
-    while step < end_step:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
-        batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
-        loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
-            EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed + epoch))
-        for x, labels in _batches(loader):
-            x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = learning_rate(config, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = runner(x, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if config.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(backbone.parameters(), config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            images += len(x) * world
-            run_images += len(x) * world
-            window_loss.append(loss.detach())
-            if on_step is not None:
-                on_step(step, float(loss.detach()))
-            if step % config.log_every == 0 or step == end_step:
-                last_loss = float(torch.stack(window_loss).float().mean())
-                now = time.perf_counter()
-                speed = images / max(now - clock, 1e-9)
-                train_seconds += now - clock
-                write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 6),
-                              "lr": lr, "images_per_s": round(speed, 2)})
+            bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True)
+        step, last_loss, images, clock, window_loss = start_step, math.nan, 0, time.perf_counter(), []
+        train_seconds, run_images = 0.0, 0
+        model.train()
+        while step < end_step:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
+            batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
+            loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
+                EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed + epoch))
+            for x, labels in _batches(loader):
+                x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = learning_rate(config, step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = runner(x, labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if config.clip_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(backbone.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                images += len(x) * world
+                run_images += len(x) * world
+                window_loss.append(loss.detach())
+                if on_step is not None:
+                    on_step(step, float(loss.detach()))
+                if step % config.log_every == 0 or step == end_step:
+                    last_loss = float(torch.stack(window_loss).float().mean())
+                    now = time.perf_counter()
+                    speed = images / max(now - clock, 1e-9)
+                    train_seconds += now - clock
+                    write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 6),
+                                  "lr": lr, "images_per_s": round(speed, 2)})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
+                    window_loss, images, clock = [], 0, now
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
-                window_loss, images, clock = [], 0, now
-            if bar is not None:
-                bar.update(1)
-        if step % steps_per_epoch == 0 or step == end_step:
-            checkpoint(step)
-        if (step % steps_per_epoch == 0 or step == end_step) and packs:
-            results = evaluate(torch_recognizer(backbone, device=dev), packs)
-            model.train()
-            write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
-                          "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
-            write_results(results, out_dir / RESULTS)
-            images, clock = 0, time.perf_counter()  # images/s counts training only
-        if world > 1:
-            torch.distributed.barrier()
+                    bar.update(1)
+            if step % steps_per_epoch == 0 or step == end_step:
+                checkpoint(step)
+            if (step % steps_per_epoch == 0 or step == end_step) and packs:
+                results = evaluate(torch_recognizer(backbone, device=dev), packs)
+                model.train()
+                write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
+                              "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
+                write_results(results, out_dir / RESULTS)
+                images, clock = 0, time.perf_counter()  # images/s counts training only
+            if world > 1:
+                torch.distributed.barrier()
     if bar is not None:
         bar.close()
     if world > 1:
