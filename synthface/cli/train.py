@@ -21,7 +21,7 @@ def train_command(
     preset: Annotated[str, typer.Option(help="hsface10k (Vec2Face's IR-SE50 recipe), arcface-torch (IResNet-50, poly) or tiny (CPU smoke runs).")] = "hsface10k",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, the value in TOML (--set lr=0.05, --set milestones=[8,12], --set se=true); repeatable. The README lists the settings and their ranges.")] = None,
     eval_bins: Annotated[Optional[Path], typer.Option(help="Folder of insightface .bin packs: verify after every epoch, write results.json.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimiser steps (a checkpoint is written).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimiser steps in total, across epochs (a checkpoint is written); never beyond the epochs setting.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped or killed run in --out (same preset and --set values).")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda when available). Multi-GPU: torchrun/accelerate launch.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar with images/s.")] = True,

@@ -14,6 +14,11 @@ RNG state is checkpointed, so on CPU a run stopped (or killed) and resumed ends 
 weights, bit for bit, as one that ran through. Multi-GPU runs start under `torchrun` or
 `accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK): each process takes every world-th batch of one
 seeded permutation and DistributedDataParallel averages the gradients; rank 0 writes the files.
+
+Refusals leave the way open: the --out folder, the data (labels, class count), the batch size, the
+bins and, with `resume`, config.json (same settings, same data by its recorded fingerprint),
+checkpoint.pt and metrics.jsonl are checked before anything is created; a refusal during a new run
+before its first checkpoint removes what the run wrote; after one, the run stays for `resume`.
 """
 
 from __future__ import annotations
@@ -287,8 +292,9 @@ def train(
 ) -> TrainResult:
     """Train on the export at `data` into `out_dir` (see the module docstring for the folder and guarantees).
 
-    max_steps stops (with a checkpoint) after that many optimiser steps in total; `resume` continues a
-    stopped or killed run from its checkpoint (same config required). `on_step(step, loss)` is called
+    max_steps stops (with a checkpoint) after that many optimiser steps in total, counted across epochs
+    (each epoch is images // (batch_size x processes) steps, its tail dropped) and never beyond
+    `epochs`; `resume` continues a stopped or killed run from its checkpoint (same config and data required). `on_step(step, loss)` is called
     after every optimiser step.
     """
     from synthface.devices import resolve_device
