@@ -242,3 +242,13 @@ def test_an_oversized_image_met_in_a_worker_is_one_paragraph_and_leaves_no_run(t
     assert_clean_refusal(result, 2, "record", "5000x5000", "it was not decoded", "export the run again")
     assert "Original" not in result.output and "worker" not in result.output
     assert not out.exists()  # refused before the first checkpoint: the same command can run again at once
+
+
+def test_a_run_saved_before_the_data_fingerprint_still_resumes(data, stopped, tmp_path, capsys):
+    run = copy_run(stopped, tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["data"]["fingerprint"]  # config.json as runs wrote it before the fingerprint
+    (run / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    result = run_cli_inprocess(capsys, *train_args(data, run, "--resume"))
+    assert result.returncode == 0, result.output
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
