@@ -234,6 +234,11 @@ def test_damaged_recordio_headers_and_labels_name_the_record(tmp_path):
         handle.write(struct.pack("<f", 99.0))
     error = bounded_peak(lambda: open_source(folder))
     assert "Record 7" in str(error) and "label 99" in str(error) and "0..3" in str(error)
+    with open(folder / "train.rec", "r+b") as handle:  # record 3 announces 400 MB in a file of a few KB
+        handle.seek(record_offset(folder, 3) + 4)
+        handle.write(struct.pack("<I", 400_000_000))
+    error = bounded_peak(lambda: open_source(folder))
+    assert "400,000,000 bytes" in str(error) and "past the end of the file" in str(error)
     (folder / "train.idx").write_bytes(b"\xff\xfe\x00garbage")
     assert "not text" in str(bounded_peak(lambda: open_source(folder)))
 

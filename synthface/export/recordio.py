@@ -15,6 +15,7 @@ images are keys 1..N grouped by class, keys N+1..N+C hold each class's [first, e
 from __future__ import annotations
 
 import io
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -236,6 +237,12 @@ def read_header_at(handle: BinaryIO, offset: int) -> IRHeader:
     cflag, length = lrec >> 29, lrec & _LENGTH_MASK
     if cflag not in (0, 1):
         raise FileFormatError(f"The record at byte {offset} starts with continuation flag {cflag} (a middle part); the index or the file is corrupt.")
+    end = os.fstat(handle.fileno()).st_size
+    if cflag == 0 and offset + _FRAME.size + length > end:  # checked before a byte of it is read
+        raise FileFormatError(
+            f"The record at byte {offset} announces {length:,} bytes, past the end of the file ({end:,} bytes); the "
+            "file is truncated or corrupt."
+        )
     want = _HEADER.size + 4
     if length < want and cflag == 1:  # the magic inside the header itself: join the parts
         handle.seek(offset)
