@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from synthface.errors import FileFormatError, InvalidInputError
+from synthface.overrides import all_from_overrides, apply_override, explain
 
 # Numbers and switches are strict: TOML has real booleans, so `count = true` is a mistake to report,
 # not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`).
@@ -364,53 +365,25 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise FileFormatError(f"Recipe {path} is not valid TOML: {exc}. Fix the line it names.") from None
     for item in overrides:
         _apply_override(data, item)
-    return parse_recipe(data, source=str(path))
+    return parse_recipe(data, source=str(path), overrides=overrides)
 
 
-def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+def parse_recipe(data: dict, source: str = "recipe", overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInputError(f"{source} is not a valid recipe: " + _explain(exc)) from None
+        # a problem only the --set values made is theirs, not the (maybe shipped) file's
+        blame = "" if all_from_overrides(exc, overrides) else f"{source} is not a valid recipe: "
+        raise InvalidInputError(blame + _explain(exc, overrides)) from None
 
 
 def _apply_override(data: dict, item: str) -> None:
-    if "=" not in item:
-        raise InvalidInputError(f"--set {item!r} must look like section.field=value, e.g. --set identities.count=100.")
-    key, raw = item.split("=", 1)
-    if any(not part.strip() for part in key.split(".")):
-        raise InvalidInputError(
-            f"--set {item!r} has an empty field name before '='; it must look like section.field=value, "
-            "e.g. --set identities.count=100."
-        )
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word: take it as a string
-    node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise InvalidInputError(f"--set {item!r}: {part} is a value, not a section.")
-    node[parts[-1]] = value
+    apply_override(data, item, example="identities.count=100", shape="section.field=value")
 
 
-def _explain(exc: ValidationError) -> str:
-    """One readable sentence per problem: the field's dotted name, the message, the value given."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "recipe"
-        message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        if error["type"] == "extra_forbidden":
-            message = "is not a recipe field (check the spelling; `synthface run --help` lists the sections)"
-        elif error["type"] == "literal_error":
-            message = message.replace("must be", "must be one of", 1)
-        given = error.get("input")
-        hidden = error["type"] in ("extra_forbidden", "missing", "value_error") or isinstance(given, dict)
-        shown = "" if hidden else f" (given: {given!r})"
-        parts.append(f"{where} {message}{shown}")
-    return "; ".join(parts) + "."
+def _explain(exc: ValidationError, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """One readable sentence per problem (see `synthface.overrides.explain`)."""
+    return explain(exc, Recipe, overrides=overrides, what="recipe field", listing="`synthface run --help` lists the sections")
 
 
 def _dump_toml(data: dict) -> str:

@@ -154,3 +154,113 @@ def test_no_export_and_empty_class_are_refused(tmp_path):
     write_format("webdataset", samples, tmp_path / "wds", num_classes=4)
     with pytest.raises(FileFormatError, match="no images for 1 of its 4 classes"):
         open_source(tmp_path / "wds")
+
+
+# ----------------------------------------------------------------------------------------------- damaged data
+
+
+def huge_jpeg(side: int = 30000) -> bytes:
+    """A small JPEG whose header claims side x side pixels (decoding it would take side^2 x 3 bytes)."""
+    data = bytearray(jpeg(np.zeros((16, 16, 3), np.uint8)))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+def bounded_peak(fn, limit=20 << 20):
+    """Run fn (expected to raise) and return its exception, checking Python-side memory stayed under `limit`."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileFormatError) as info:
+            fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, peak
+    return info.value
+
+
+def record_offset(folder, key: int) -> int:
+    lines = (folder / "train.idx").read_text().splitlines()
+    return int(dict(line.split("\t") for line in lines)[str(key)])
+
+
+def test_a_recordio_property_claiming_2e9_classes_is_refused_before_allocating(tmp_path):
+    folder = write_format("recordio", toy_samples(), tmp_path / "rec").out_dir
+    (folder / "property").write_text("2000000000,24,24")
+    error = bounded_peak(lambda: open_source(folder))
+    assert "claims 2,000,000,000 classes" in str(error) and "property" in str(error) and "12 images" in str(error)
+    (folder / "property").write_text("4,24")
+    assert "three positive numbers" in str(bounded_peak(lambda: open_source(folder)))
+
+
+def test_a_30000_pixel_image_in_a_rec_is_refused_before_decoding(tmp_path, monkeypatch):
+    import cv2
+
+    samples = toy_samples()
+    samples[5] = Sample(samples[5].label, samples[5].key, huge_jpeg())
+    folder = write_format("recordio", samples, tmp_path / "rec", shuffle=False).out_dir
+    data = open_training_set(folder, input_size=24)
+
+    def no_decoding(*args):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    error = bounded_peak(lambda: data.item(5, 0))
+    assert "Record 5 (byte" in str(error) and "train.rec" in str(error) and "900,000,000 pixels" in str(error)
+    (tmp_path / "if").mkdir()
+    write_format("imagefolder", samples, tmp_path / "if" / "x")
+    error = bounded_peak(lambda: open_training_set(tmp_path / "if" / "x", input_size=24).item(5, 0))
+    assert "900,000,000 pixels" in str(error) and ".jpg" in str(error)
+    samples[5] = Sample(samples[5].label, samples[5].key, huge_jpeg(5000))  # over our limit, under PIL's
+    write_format("recordio", samples, tmp_path / "rec5000", shuffle=False)
+    error = bounded_peak(lambda: open_training_set(tmp_path / "rec5000", input_size=24).item(5, 0))
+    assert "Record 5" in str(error) and "5000x5000" in str(error) and "16,777,216" in str(error)
+
+
+def test_damaged_recordio_headers_and_labels_name_the_record(tmp_path):
+    folder = write_format("recordio", toy_samples(), tmp_path / "hdr", layout="header").out_dir
+    with open(folder / "train.rec", "r+b") as handle:  # record 0's label[0]: the end of the image keys
+        handle.seek(8 + 24)
+        handle.write(struct.pack("<f", 1e9))
+    error = bounded_peak(lambda: open_source(folder))
+    assert "header record (key 0)" in str(error) and "1e+09" in str(error)
+
+    folder = write_format("recordio", toy_samples(), tmp_path / "flat", shuffle=False).out_dir
+    with open(folder / "train.rec", "r+b") as handle:
+        handle.seek(record_offset(folder, 7) + 8 + 4)
+        handle.write(struct.pack("<f", 99.0))
+    error = bounded_peak(lambda: open_source(folder))
+    assert "Record 7" in str(error) and "label 99" in str(error) and "0..3" in str(error)
+    with open(folder / "train.rec", "r+b") as handle:  # record 3 announces 400 MB in a file of a few KB
+        handle.seek(record_offset(folder, 3) + 4)
+        handle.write(struct.pack("<I", 400_000_000))
+    error = bounded_peak(lambda: open_source(folder))
+    assert "400,000,000 bytes" in str(error) and "past the end of the file" in str(error)
+    (folder / "train.idx").write_bytes(b"\xff\xfe\x00garbage")
+    assert "not text" in str(bounded_peak(lambda: open_source(folder)))
+
+
+def webdataset_with_labels(folder, labels: list[bytes]):
+    import tarfile
+
+    folder.mkdir()
+    image = jpeg(np.zeros((8, 8, 3), np.uint8))
+    with tarfile.open(folder / "shard-000000.tar", "w") as tar:
+        for n, label in enumerate(labels):
+            for ext, payload in (("jpg", image), ("cls", label)):
+                info = tarfile.TarInfo(f"{n:04d}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return folder
+
+
+def test_negative_and_huge_labels_are_refused_before_counting(tmp_path):
+    folder = webdataset_with_labels(tmp_path / "neg", [b"0", b"1", b"-1"])
+    error = bounded_peak(lambda: open_source(folder))
+    assert "0002.jpg" in str(error) and "negative" in str(error)
+    folder = webdataset_with_labels(tmp_path / "huge", [b"0", b"1", b"2000000000"])
+    error = bounded_peak(lambda: open_source(folder))
+    assert "3 images" in str(error) and "2,000,000,000" in str(error) and "0002.jpg" in str(error)

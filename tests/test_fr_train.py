@@ -70,7 +70,7 @@ def test_presets_and_settings():
     config = preset_config("tiny", parse_overrides(["lr=0.5", "milestones=[2, 3]", "augment=hsface", "se=true"]))
     assert (config.lr, config.milestones, config.augment, config.se) == (0.5, (2, 3), "hsface", True)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(InvalidInputError, match="Unknown training setting"):
+    with pytest.raises(InvalidInputError, match="learning_rate is not a training setting"):
         preset_config("tiny", {"learning_rate": 1})
     with pytest.raises(InvalidInputError, match="key=value"):
         parse_overrides(["lr"])

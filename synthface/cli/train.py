@@ -19,17 +19,17 @@ def train_command(
     data: Annotated[Path, typer.Argument(help="An export folder (recordio, imagefolder, webdataset, parquet) or a run folder with export/.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for model.pt, config.json, checkpoint.pt, metrics.jsonl.")],
     preset: Annotated[str, typer.Option(help="hsface10k (Vec2Face's IR-SE50 recipe), arcface-torch (IResNet-50, poly) or tiny (CPU smoke runs).")] = "hsface10k",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, e.g. --set lr=0.05 (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, the value in TOML (--set lr=0.05, --set milestones=[8,12], --set se=true); repeatable. The README lists the settings and their ranges.")] = None,
     eval_bins: Annotated[Optional[Path], typer.Option(help="Folder of insightface .bin packs: verify after every epoch, write results.json.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimiser steps (a checkpoint is written).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many optimiser steps in total, across epochs (a checkpoint is written); never beyond the epochs setting.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped or killed run in --out (same preset and --set values).")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda when available). Multi-GPU: torchrun/accelerate launch.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar with images/s.")] = True,
 ) -> None:
     """Train an IResNet with an ArcFace head on a synthetic set; resumable, one checkpoint per epoch."""
-    from synthface.fr.train import parse_overrides, preset_config, train
+    from synthface.fr.train import preset_config, train
 
-    config = preset_config(preset, parse_overrides(set_ or []))
+    config = preset_config(preset, sets=set_ or [])
     result = train(data, out, config, eval_bins=eval_bins, max_steps=max_steps, resume=resume, device=device, progress=progress)
     if result.rank != 0:  # under torchrun / accelerate launch, one summary
         return

@@ -15,6 +15,7 @@ images are keys 1..N grouped by class, keys N+1..N+C hold each class's [first, e
 from __future__ import annotations
 
 import io
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -129,7 +130,11 @@ class RecordIOReader:
         self.offsets: dict[int, int] = {}
         self.keys: list[int] = []
         size = self.rec_path.stat().st_size
-        for n, line in enumerate(self.idx_path.read_text().splitlines(), 1):
+        try:
+            index_text = self.idx_path.read_text()
+        except UnicodeDecodeError:
+            raise FileFormatError(f"{self.idx_path} is not text ('key<TAB>offset' lines); the index is corrupt. Export the run again.") from None
+        for n, line in enumerate(index_text.splitlines(), 1):
             fields = line.strip().split("\t")
             try:
                 key, offset = int(fields[0]), int(fields[1])
@@ -142,10 +147,11 @@ class RecordIOReader:
         self.property: tuple[int, ...] | None = None
         prop = folder / PROPERTY
         if prop.is_file():
+            text = prop.read_bytes()[:200].decode("utf-8", "replace")
             try:
-                self.property = tuple(int(x) for x in prop.read_text().strip().split(","))
+                self.property = tuple(int(x) for x in text.strip().split(","))
             except ValueError:
-                raise FileFormatError(f"{prop} should read '<classes>,<height>,<width>'; it reads {prop.read_text()!r}.") from None
+                raise FileFormatError(f"{prop} should read '<classes>,<height>,<width>'; it reads {text!r}.") from None
         self._file = open(self.rec_path, "rb")  # noqa: SIM115 - the reader owns it; closed by close()
 
     def close(self) -> None:
@@ -216,6 +222,43 @@ def read_next_payload(handle: BinaryIO) -> bytes | None:
         parts.append(body[:length])
         if cflag in (0, 3):
             return MAGIC_BYTES.join(parts)
+
+
+def read_header_at(handle: BinaryIO, offset: int) -> IRHeader:
+    """The image-record header of the record at `offset` (its first label only when flag > 0), read
+    without the image: a few dozen bytes, so every record's label can be checked before training."""
+    handle.seek(offset)
+    head = handle.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        raise FileFormatError(f"RecordIO file truncated at byte {offset}: expected an 8-byte record header.")
+    magic, lrec = _FRAME.unpack(head)
+    if magic != MAGIC:
+        raise FileFormatError(f"Byte {offset} holds 0x{magic:08x}, not the RecordIO magic 0x{MAGIC:08x}: not a .rec file, or corrupt.")
+    cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+    if cflag not in (0, 1):
+        raise FileFormatError(f"The record at byte {offset} starts with continuation flag {cflag} (a middle part); the index or the file is corrupt.")
+    end = os.fstat(handle.fileno()).st_size
+    if cflag == 0 and offset + _FRAME.size + length > end:  # checked before a byte of it is read
+        raise FileFormatError(
+            f"The record at byte {offset} announces {length:,} bytes, past the end of the file ({end:,} bytes); the "
+            "file is truncated or corrupt."
+        )
+    want = _HEADER.size + 4
+    if length < want and cflag == 1:  # the magic inside the header itself: join the parts
+        handle.seek(offset)
+        payload = read_next_payload(handle)
+        return unpack(payload or b"")[0]
+    body = handle.read(min(length, want))
+    if len(body) < min(length, _HEADER.size):
+        raise FileFormatError(f"RecordIO file truncated at byte {offset}: the record announces {length} bytes.")
+    if len(body) < _HEADER.size:
+        raise FileFormatError(f"The record at byte {offset} holds {len(body)} bytes, less than its {_HEADER.size}-byte header; the file is corrupt.")
+    flag, label, id_, id2 = _HEADER.unpack_from(body)
+    if flag > 0:
+        if len(body) < want:
+            raise FileFormatError(f"The record at byte {offset} announces {flag} labels but is too short; the file is corrupt.")
+        return IRHeader(flag, (float(np.frombuffer(body, dtype="<f4", count=1, offset=_HEADER.size)[0]),), id_, id2)
+    return IRHeader(flag, label, id_, id2)
 
 
 # --------------------------------------------------------------------------- the dataset writer

@@ -18,7 +18,11 @@ pixels whatever the number of workers or an interruption, which makes resumed ru
 from __future__ import annotations
 
 import abc
+import hashlib
+import io
 import os
+import re
+import struct
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,7 +83,7 @@ class _Source(abc.ABC):
     """Encoded image + label by index; subclasses open their files lazily, once per process."""
 
     fmt: str
-    labels: np.ndarray | None  # known without reading images (None for RecordIO: read with the image)
+    labels: np.ndarray  # known without decoding images (RecordIO: read from each record's header)
     num_classes: int
 
     @abc.abstractmethod
@@ -89,6 +93,10 @@ class _Source(abc.ABC):
     @abc.abstractmethod
     def read(self, i: int) -> tuple[bytes, int]:
         """Sample `i`: its encoded image and its label."""
+
+    @abc.abstractmethod
+    def where(self, i: int) -> str:
+        """Where sample `i` lives, for a message ("Record 7 (byte 1234) of .../train.rec")."""
 
     def __getstate__(self) -> dict:  # handles never travel to workers
         state = dict(self.__dict__)
@@ -108,23 +116,46 @@ class _RecordIO(_Source):
     fmt = "recordio"
 
     def __init__(self, folder: Path):
-        from synthface.export.recordio import RecordIOReader
+        from synthface.export.recordio import PROPERTY, RecordIOReader, read_header_at
 
         with RecordIOReader(folder) as reader:
-            keys = reader.keys
+            keys, prop, handle = reader.keys, reader.property, reader._file
+            self.path = reader.rec_path
             if keys:
-                header, _ = reader.read_key(keys[0])
+                header = read_header_at(handle, reader.offsets[keys[0]])
                 if header.flag > 0:  # header layout: images are keys 1 .. label[0] - 1
-                    keys = list(range(1, int(header.label[0])))
+                    keys = _header_layout_keys(header, reader.offsets, folder)
+            labels = [read_header_at(handle, reader.offsets[k]) for k in keys]
+            self.keys = np.array(keys, dtype=np.int64)
             self.offsets = np.array([reader.offsets[k] for k in keys], dtype=np.int64)
-            prop = reader.property
-        self.path, self.labels = folder / "train.rec", None
         if prop is None:
             raise FileFormatError(f"{folder} has no 'property' file ('<classes>,<height>,<width>'); the export is incomplete.")
+        if len(prop) != 3 or min(prop) < 1:
+            raise FileFormatError(f"{folder / PROPERTY} reads {','.join(map(str, prop))}, not '<classes>,<height>,<width>' "
+                                  "with three positive numbers; the export is damaged. Export the run again.")
+        if prop[0] > len(keys):
+            raise FileFormatError(
+                f"{folder / PROPERTY} claims {prop[0]:,} classes, but {self.path} holds only {len(keys):,} images; every "
+                "class needs at least one. The property file is damaged or belongs to another export: write "
+                "'<classes>,<height>,<width>' with the true class count, or export the run again."
+            )
         self.num_classes = prop[0]
+        values = np.array([h.label if h.flag == 0 else h.label[0] for h in labels], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values >= self.num_classes))
+        if len(bad):
+            i = int(bad[0])
+            raise FileFormatError(
+                f"{self.where(i)} has label {values[i]:g}, not a class number in 0..{self.num_classes - 1} (the property "
+                f"file's {self.num_classes} classes; {len(bad)} such records in all). The export is damaged or its "
+                "property file belongs to another one: export the run again."
+            )
+        self.labels = values.astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def where(self, i: int) -> str:
+        return f"Record {int(self.keys[i])} (byte {int(self.offsets[i])}) of {self.path}"
 
     def read(self, i: int) -> tuple[bytes, int]:
         from synthface.export.recordio import read_next_payload, unpack
@@ -136,6 +167,23 @@ class _RecordIO(_Source):
             raise FileFormatError(f"{self.path} ends where its index expects record {i}; the file is truncated.")
         header, image = unpack(payload)
         return image, int(header.label if header.flag == 0 else header.label[0])
+
+
+def _header_layout_keys(header, offsets: dict[int, int], folder: Path) -> list[int]:
+    """Keys 1 .. label[0] - 1 of a header-layout RecordIO, checked against its index before any list is made."""
+    end = header.label[0]
+    if not np.isfinite(end) or end != int(end) or not 2 <= end <= len(offsets):
+        raise FileFormatError(
+            f"The header record (key 0) of {folder / 'train.rec'} says the images are keys 1..{end:g} - 1, but "
+            f"{folder / 'train.idx'} lists {len(offsets):,} records; the header is damaged. Export the run again."
+        )
+    missing = next((k for k in range(1, int(end)) if k not in offsets), None)
+    if missing is not None:
+        raise FileFormatError(
+            f"{folder / 'train.idx'} has no line for image key {missing}, which the header record (key 0) announces; "
+            "the files do not belong together. Export the run again."
+        )
+    return list(range(1, int(end)))
 
 
 class _ImageFolder(_Source):
@@ -158,6 +206,9 @@ class _ImageFolder(_Source):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def where(self, i: int) -> str:
+        return f"Image {self.paths[i]}"
+
     def read(self, i: int) -> tuple[bytes, int]:
         with open(self.paths[i], "rb") as handle:
             return handle.read(), int(self.labels[i])
@@ -168,7 +219,7 @@ class _WebDataset(_Source):
 
     def __init__(self, folder: Path):
         self.shards = sorted(folder.glob("shard-*.tar"))
-        where, sizes, labels = [], [], []
+        where, sizes, labels, self.names = [], [], [], []
         for s, shard in enumerate(self.shards):
             try:
                 with tarfile.open(shard, "r") as tar:
@@ -179,12 +230,13 @@ class _WebDataset(_Source):
                     for key, parts in members.items():
                         if "jpg" not in parts or "cls" not in parts:
                             raise FileFormatError(f"Sample {key!r} in {shard} lacks its .jpg or .cls member; the shard is damaged.")
-                        labels.append(int(tar.extractfile(parts["cls"]).read()))
+                        labels.append(int(tar.extractfile(parts["cls"]).read(64)))
                         where.append((s, parts["jpg"].offset_data))
+                        self.names.append(parts["jpg"].name)
                         sizes.append(parts["jpg"].size)
             except (tarfile.TarError, EOFError, ValueError) as exc:
                 raise FileFormatError(f"{shard} is not a readable WebDataset shard ({exc}); it is truncated or corrupt.") from None
-        self.where = np.array(where, dtype=np.int64).reshape(-1, 2)
+        self.where_ = np.array(where, dtype=np.int64).reshape(-1, 2)
         self.sizes = np.array(sizes, dtype=np.int64)
         self.labels = np.array(labels, dtype=np.int64)
         self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
@@ -192,8 +244,11 @@ class _WebDataset(_Source):
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def where(self, i: int) -> str:
+        return f"Member {self.names[i]} of {self.shards[int(self.where_[i][0])]}"
+
     def read(self, i: int) -> tuple[bytes, int]:
-        shard, offset = self.where[i]
+        shard, offset = self.where_[i]
         handle = self._handle(self.shards[shard])
         handle.seek(int(offset))
         return handle.read(int(self.sizes[i])), int(self.labels[i])
@@ -214,11 +269,14 @@ class _Parquet(_Source):
                 meta = pq.ParquetFile(path)
                 for g in range(meta.num_row_groups):
                     group = meta.read_row_group(g, columns=["label"]).column("label").to_numpy()
+                    if not np.issubdtype(group.dtype, np.integer):
+                        raise FileFormatError(f"{path} row group {g} has {group.dtype} labels, not integers; a synthface "
+                                              "Parquet export stores class numbers. Export the run again.")
                     labels.append(group)
                     where.append(np.stack([np.full(len(group), f), np.full(len(group), g), np.arange(len(group))], 1))
             except (pa.ArrowInvalid, OSError, KeyError) as exc:
                 raise FileFormatError(f"{path} is not a readable synthface Parquet file ({exc}); it is truncated or corrupt.") from None
-        self.where = np.concatenate(where).astype(np.int64) if where else np.zeros((0, 3), np.int64)
+        self.where_ = np.concatenate(where).astype(np.int64) if where else np.zeros((0, 3), np.int64)
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self._groups: OrderedDict = OrderedDict()
@@ -231,10 +289,14 @@ class _Parquet(_Source):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def where(self, i: int) -> str:
+        f, g, row = (int(x) for x in self.where_[i])
+        return f"Row {row} of row group {g} of {self.files[f]}"
+
     def read(self, i: int) -> tuple[bytes, int]:
         import pyarrow.parquet as pq
 
-        f, g, row = (int(x) for x in self.where[i])
+        f, g, row = (int(x) for x in self.where_[i])
         images = self._groups.get((f, g))
         if images is None:
             table = pq.ParquetFile(self._handle(self.files[f])).read_row_group(g, columns=["image"])
@@ -256,15 +318,26 @@ def open_source(path: str | Path, fmt: str = "auto") -> _Source:
     source = _SOURCES[found](folder)
     if len(source) == 0:
         raise FileFormatError(f"The {found} export in {folder} holds no images; export a run that kept images.")
-    if source.labels is not None:
-        counts = np.bincount(source.labels, minlength=source.num_classes)
-        if (counts == 0).any():
-            empty = np.flatnonzero(counts == 0)
-            raise FileFormatError(
-                f"The {found} export in {folder} has no images for {len(empty)} of its {source.num_classes} classes "
-                f"(first: label {empty[0]}); margin heads would keep centres no image pulls on. Relabel the classes "
-                "contiguously or export the run again."
-            )
+    labels = source.labels
+    if labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise FileFormatError(f"{source.where(i)} has label {labels[i]}, a negative class number; the {found} export in "
+                              f"{folder} is damaged. Export the run again.")
+    if source.num_classes > len(source):  # checked before counting: a damaged label must not size an array
+        i = int(np.argmax(labels))
+        raise FileFormatError(
+            f"The {found} export in {folder} holds {len(source):,} images but its labels reach {source.num_classes - 1:,} "
+            f"({source.where(i)}); every class needs at least one image. Relabel the classes contiguously from 0 or "
+            "export the run again."
+        )
+    counts = np.bincount(labels, minlength=source.num_classes)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0)
+        raise FileFormatError(
+            f"The {found} export in {folder} has no images for {len(empty)} of its {source.num_classes} classes "
+            f"(first: label {empty[0]}); margin heads would keep centres no image pulls on. Relabel the classes "
+            "contiguously or export the run again."
+        )
     if source.num_classes < 2:
         raise FileFormatError(f"The {found} export in {folder} has {source.num_classes} class; training a recogniser needs at least 2.")
     return source
@@ -275,11 +348,38 @@ def open_source(path: str | Path, fmt: str = "auto") -> _Source:
 _CV2_INTERPOLATIONS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_AREA", "INTER_CUBIC", "INTER_LANCZOS4")
 
 
-def decode_rgb(data: bytes, size: int) -> np.ndarray:
-    """Encoded bytes -> (size, size, 3) uint8 RGB (area-resized when the image has another size)."""
+MAX_PIXELS = 4096 * 4096  # a training image's largest width x height (face crops are 112 px; 48 MiB decoded)
+
+
+def decode_rgb(data: bytes, size: int, what: str = "A training image") -> np.ndarray:
+    """Encoded bytes -> (size, size, 3) uint8 RGB (area-resized when the image has another size).
+
+    The image's width and height are read from its header first (nothing decoded): one over
+    MAX_PIXELS, or bytes that are no image, are refused naming `what`, with bounded memory."""
+    import warnings
+
+    from PIL import Image
+
     from synthface.fr.verification import decode_image
 
-    return decode_image(data, size, "a training image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:  # PIL's own limit (higher than ours) names only the pixel count
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        width, height = (int(pixels.group(1)), 1) if pixels else (MAX_PIXELS + 1, 1)
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise FileFormatError(f"{what} is not a readable image ({exc}); the export is damaged. Export the run again.") from None
+    if width * height > MAX_PIXELS:
+        shape = f"a {width}x{height} image ({width * height:,} pixels)" if height > 1 else f"an image of {width:,} pixels"
+        raise FileFormatError(
+            f"{what} is {shape}, more than the {MAX_PIXELS:,} a training "
+            "image may have (face crops are about 112x112); it was not decoded. The export is damaged or holds "
+            "another data set: export the run again with its crop size."
+        )
+    return decode_image(data, size, what)
 
 
 def crop_on_black(img: np.ndarray, rng: np.random.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
@@ -385,10 +485,23 @@ class TrainingSet:
 
     def item(self, i: int, epoch: int) -> tuple[np.ndarray, int]:
         data, label = self.source.read(i)
-        if not 0 <= label < self.num_classes:
-            raise FileFormatError(f"Image {i} of the {self.source.fmt} export has label {label}, outside 0..{self.num_classes - 1}.")
+        if label != self.source.labels[i]:
+            raise FileFormatError(
+                f"{self.source.where(i)} now has label {label}, not the {self.source.labels[i]} it had when training "
+                "started: the export changed under the run. Restore it, or train on the new export into a new --out."
+            )
         rng = np.random.default_rng((self.seed, epoch, i))
-        return augment_image(decode_rgb(data, self.input_size), self.augment, rng), label
+        return augment_image(decode_rgb(data, self.input_size, self.source.where(i)), self.augment, rng), label
+
+
+def fingerprint(source: _Source, samples: int = 8) -> str:
+    """A cheap digest of a training set's content: its size, class count, every label in order and
+    the bytes of `samples` evenly spaced images (a resumed run must see the data it started on)."""
+    digest = hashlib.sha256(f"{len(source)},{source.num_classes}".encode())
+    digest.update(np.ascontiguousarray(source.labels, dtype="<i8").tobytes())
+    for i in np.unique(np.linspace(0, len(source) - 1, samples).round().astype(np.int64)):
+        digest.update(source.read(int(i))[0])
+    return digest.hexdigest()[:16]
 
 
 def open_training_set(path: str | Path, *, fmt: str = "auto", augment: Augment = "flip", input_size: int = 112, seed: int = 0) -> TrainingSet:

@@ -14,11 +14,17 @@ RNG state is checkpointed, so on CPU a run stopped (or killed) and resumed ends 
 weights, bit for bit, as one that ran through. Multi-GPU runs start under `torchrun` or
 `accelerate launch` (RANK, WORLD_SIZE, LOCAL_RANK): each process takes every world-th batch of one
 seeded permutation and DistributedDataParallel averages the gradients; rank 0 writes the files.
+
+Refusals leave the way open: the --out folder, the data (labels, class count), the batch size, the
+bins and, with `resume`, config.json (same settings, same data by its recorded fingerprint),
+checkpoint.pt and metrics.jsonl are checked before anything is created; a refusal during a new run
+before its first checkpoint removes what the run wrote; after one, the run stays for `resume`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import io
 import json
 import math
 import os
@@ -30,120 +36,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthface.errors import InvalidInputError, OutputPathError
-from synthface.fr.backbones import DEPTHS, WIDTHS, BackboneConfig, IResNet
-from synthface.fr.data import AUGMENTATIONS, EpochView, TrainingSet, epoch_order, open_source
-from synthface.fr.heads import GRADIENTS, MarginHead
+from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, SynthfaceError
+from synthface.fr.backbones import DEPTHS, IResNet
+from synthface.fr.data import EpochView, TrainingSet, epoch_order, fingerprint, open_source
+from synthface.fr.heads import MarginHead
+from synthface.fr.settings import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, parse_overrides, preset_config
+
+__all__ = ["DEPTHS", "PRECISIONS", "PRESETS", "SCHEDULES", "TrainConfig", "TrainResult", "learning_rate", "load_metrics",
+           "parameter_groups", "parse_overrides", "preset_config", "train"]
 
 CONFIG, MODEL, CHECKPOINT, METRICS, RESULTS = "config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "results.json"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SCHEDULES = ("step", "poly")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a run, plain data (saved as config.json; `--set key=value` edits one field)."""
-
-    network: str = "r50"
-    se: bool = False
-    widths: tuple[int, ...] = WIDTHS
-    num_features: int = 512
-    input_size: int = 112
-    dropout: float = 0.0
-    scale: float = 64.0
-    arc_margin: float = 0.5
-    cos_margin: float = 0.0
-    gradient: str = "straight-through"
-    sample_rate: float = 1.0
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bn_weight_decay: bool = False
-    schedule: str = "step"
-    milestones: tuple[int, ...] = (12, 20, 24)  # 1-based epochs on entering which lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    power: float = 1.0
-    epochs: int = 26
-    batch_size: int = 128
-    augment: str = "hsface"
-    format: str = "auto"
-    num_workers: int = 8
-    precision: str = "auto"
-    grad_scaler_growth_interval: int = 100
-    clip_grad_norm: float = 5.0
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 42
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        choices = {"network": tuple(DEPTHS), "gradient": GRADIENTS, "schedule": SCHEDULES, "augment": AUGMENTATIONS,
-                   "precision": PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InvalidInputError(f"{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        positive = ("epochs", "batch_size", "lr", "scale", "log_every", "input_size", "num_features", "gamma")
-        bad = [f"{n} = {getattr(self, n)!r}" for n in positive if not getattr(self, n) > 0]
-        bad += [f"{n} = {getattr(self, n)!r}" for n in ("num_workers", "clip_grad_norm", "warmup_epochs", "weight_decay",
-                                                       "momentum") if not getattr(self, n) >= 0]
-        if bad:
-            raise InvalidInputError(
-                f"Invalid training setting(s): {', '.join(bad)}. {', '.join(positive)} must be positive; num_workers, "
-                "clip_grad_norm (0: no clipping), warmup_epochs, weight_decay and momentum must not be negative."
-            )
-        self.backbone()  # checks widths, input size, dropout
-
-    def backbone(self) -> BackboneConfig:
-        return BackboneConfig(DEPTHS[self.network], tuple(self.widths), self.num_features, self.input_size, self.se,
-                              self.dropout, stem_width=self.widths[0])
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"Unknown training setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-PRESETS: dict[str, TrainConfig] = {
-    # Vec2Face's HSFace10K recipe: IR-SE50, ArcFace 0.5, SGD 0.1 / 10 entering epochs 12, 20, 24 of 26,
-    # batch 128 per process, HSFace augmentation + RandomErasing, fp16 + GradScaler(100), seed 42.
-    "hsface10k": TrainConfig(network="r50", se=True, dropout=0.4, precision="fp16"),
-    # arcface_torch's r50 setup: plain IResNet-50, poly decay per step over 20 epochs, flip only,
-    # weight decay on every parameter.
-    "arcface-torch": TrainConfig(network="r50", schedule="poly", epochs=20, augment="flip", bn_weight_decay=True,
-                                 precision="fp16"),
-    # CPU smoke runs and tests: a narrow r18 at 32x32, a softer margin, few epochs.
-    "tiny": TrainConfig(network="r18", widths=(16, 16, 32, 32), num_features=64, input_size=32, scale=16.0,
-                        arc_margin=0.2, lr=0.05, epochs=4, batch_size=32, augment="flip", num_workers=0,
-                        milestones=(3,), channels_last=False, log_every=5),
-}
-
-
-def preset_config(name: str = "hsface10k", overrides: dict | None = None) -> TrainConfig:
-    """A preset with `overrides` (field -> value) applied and checked."""
-    if name not in PRESETS:
-        raise InvalidInputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return TrainConfig.from_dict({**PRESETS[name].to_dict(), **(overrides or {})})
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`key=value` strings -> dict; values parse as JSON (numbers, true/false, [lists]) or stay strings."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"--set takes key=value (e.g. --set lr=0.05), got {item!r}.")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -200,34 +102,180 @@ def _dist() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+_open = open  # every file the loop writes goes through here (tests put a full disk behind it)
+
+
+class _Recorded(io.RawIOBase):
+    """A binary file that remembers the OSError its write met: torch.save reports a failed write as a
+    RuntimeError without the errno, and a full disk must read as one."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self.handle, self.error = handle, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def _save(obj, path: Path) -> None:
     from synthface.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, _open(tmp, "wb") as handle:
+        recorded = _Recorded(handle)
+        try:
+            torch.save(obj, recorded)
+        except RuntimeError:
+            if recorded.error is not None:
+                raise recorded.error from None
+            raise
 
 
-def _prepare_out(out_dir: Path, config: TrainConfig, data_info: dict, resume: bool) -> None:
-    cfg_path = out_dir / CONFIG
-    if resume:
-        if not cfg_path.is_file():
-            raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
-        saved = json.loads(cfg_path.read_text())
-        if saved["train"] != config.to_dict():
-            diff = sorted(k for k in saved["train"] if saved["train"][k] != config.to_dict().get(k))
-            raise InvalidInputError(
-                f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
-                "--set values, or start a new run in another --out folder."
-            )
-        return
+def _append(path: Path, text: str) -> None:
+    from synthface.io import output_errors
+
+    with output_errors(path, action="append to"), _open(path, "a") as handle:
+        handle.write(text)
+
+
+def _damaged(path: Path, problem: str, fix: str) -> FileFormatError:
+    return FileFormatError(f"{path} is damaged: {problem}. {fix}")
+
+
+def _read_config(out_dir: Path) -> dict:
+    """config.json of an existing run, checked for the shape a run writes."""
+    path = out_dir / CONFIG
+    fix = ("A run cannot resume without the settings it started with: restore the file from a backup, or start a "
+           "new run in another --out folder.")
+    try:
+        saved = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, f"it is not JSON ({exc})", fix) from None
+    except OSError as exc:
+        raise FileFormatError(f"Cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}. {fix}") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict) and isinstance(saved.get("data", {}), dict)):
+        raise _damaged(path, 'it lacks the "train" settings (and "data" description) a run writes', fix)
+    return saved
+
+
+def _check_resume(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
+    """Refuse a resume under other settings or on another data set (nothing is written)."""
+    if not (out_dir / CONFIG).is_file():
+        raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
+    saved = _read_config(out_dir)
+    mine = config.to_dict()
+    if saved["train"] != mine:
+        diff = sorted(k for k in set(saved["train"]) | set(mine) if saved["train"].get(k) != mine.get(k))
+        raise InvalidInputError(
+            f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
+            "--set values, or start a new run in another --out folder."
+        )
+    before = saved.get("data", {})
+    changed = [k for k in ("num_images", "num_classes", "fingerprint") if k in before and before[k] != data_info[k]]
+    if changed:
+        was = ", ".join(f"{k} {before[k]}" for k in changed)
+        now = ", ".join(f"{k} {data_info[k]}" for k in changed)
+        raise InvalidInputError(
+            f"{out_dir} was started on another data set ({before.get('path', 'unknown path')}: {was}; now "
+            f"{data_info['path']}: {now}). Resume with the data the run started on, or start a new run in another "
+            "--out folder."
+        )
+
+
+def _check_new(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputPathError(
             f"{out_dir} already holds files (a previous run?). Pass --resume to continue it, or choose another --out folder."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from synthface.io import atomic_write_bytes
 
-    atomic_write_bytes(cfg_path, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+
+def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> list[Path]:
+    """Make the run folder and its config.json; the folders this call made (on failure they are removed)."""
+    from synthface.io import atomic_write_bytes, output_errors
+
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        with output_errors(out_dir, action="create the training run folder"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / CONFIG, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+    except BaseException:
+        _remove_new_run(out_dir, made)
+        raise
+    return made
+
+
+def _remove_new_run(out_dir: Path, made: list[Path]) -> None:
+    """Undo a new run that was refused before its first checkpoint: the files a run writes, then the
+    folders this call made (innermost first, only when empty), so the same command can run again."""
+    for name in (CONFIG, METRICS, RESULTS, MODEL):
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink(missing_ok=True)
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def _undone_if_refused(out_dir: Path, made: list[Path] | None):
+    """A refusal (a damaged image, a full disk) before the first checkpoint of a new run leaves no run folder
+    that would block running the same command again; after it, the run stays for --resume."""
+    try:
+        yield
+    except SynthfaceError:
+        if made is not None and not (out_dir / CHECKPOINT).exists():
+            _remove_new_run(out_dir, made)
+        raise
+
+
+_CHECKPOINT_FIX = (f"Remove {CHECKPOINT} and resume again to restart this run from step 0 (same settings), or restore "
+                   "the file from a backup.")
+
+
+def _load_checkpoint(out_dir: Path, dev) -> dict | None:
+    """checkpoint.pt of the run (None when it has none yet), checked for the entries a run writes."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many types (zip, pickle, EOF, ...)
+        raise _damaged(path, f"torch cannot read it ({(str(exc).splitlines() or [type(exc).__name__])[0].split('. ')[0][:200]})",
+                       _CHECKPOINT_FIX) from None
+    keys = ("model", "optimizer", "scaler", "step", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in keys) or not isinstance(state["step"], int) \
+            or state["step"] < 0:
+        raise _damaged(path, f"it is not a training checkpoint (it needs {', '.join(keys)})", _CHECKPOINT_FIX)
+    return state
+
+
+def _restore(state: dict, path: Path, model, optimizer, scaler, dev) -> int:
+    """Put a checkpoint's states in place; its step. A checkpoint of another shape is named, not a traceback."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _damaged(path, f"its states do not fit this run's model ({str(exc).splitlines()[0][:200]})",
+                       _CHECKPOINT_FIX) from None
+    return state["step"]
+
+
+def _unwrap_worker_error(exc: SynthfaceError) -> SynthfaceError:
+    """A DataLoader worker's error arrives with the worker's traceback in its message; keep the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    return type(exc)(last.partition(f"{type(exc).__name__}: ")[2] or last)
 
 
 def train(
@@ -244,12 +292,14 @@ def train(
 ) -> TrainResult:
     """Train on the export at `data` into `out_dir` (see the module docstring for the folder and guarantees).
 
-    max_steps stops (with a checkpoint) after that many optimiser steps in total; `resume` continues a
-    stopped or killed run from its checkpoint (same config required). `on_step(step, loss)` is called
+    max_steps stops (with a checkpoint) after that many optimiser steps in total, counted across epochs
+    (each epoch is images // (batch_size x processes) steps, its tail dropped) and never beyond
+    `epochs`; `resume` continues a stopped or killed run from its checkpoint (same config and data required). `on_step(step, loss)` is called
     after every optimiser step.
     """
     from synthface.devices import resolve_device
     from synthface.fr.verification import evaluate, find_bins, read_bin, torch_recognizer, write_results
+    from synthface.io import check_output_folder
 
     config = config or PRESETS["hsface10k"]
     out_dir = Path(out_dir)
@@ -263,20 +313,34 @@ def train(
         dev = resolve_device(None, local_rank=local_rank)  # one process per GPU under the launcher
     else:
         dev = resolve_device(device)
+    # Everything is checked before anything is created in out_dir: a refusal leaves it as it was,
+    # so the fix it suggests (another --set, --resume, other data) works at once.
+    if rank == 0:
+        check_output_folder(out_dir, what="training run folder", option="--out")
     source = open_source(data, config.format)
+    steps_per_epoch = len(source) // (config.batch_size * world)
+    if steps_per_epoch == 0:
+        raise InvalidInputError(
+            f"The export has {len(source)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
+            "Lower batch_size with --set batch_size=N."
+        )
     packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
-    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source), "num_classes": source.num_classes}
-    if rank == 0:  # one process checks and creates the run folder; the others wait for it
-        _prepare_out(out_dir, config, data_info, resume)
+    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source),
+                 "num_classes": source.num_classes, "fingerprint": fingerprint(source)}
+    state, kept, made = None, [], None
+    if rank == 0:
+        if resume:
+            _check_resume(out_dir, config, data_info)
+        else:
+            _check_new(out_dir)
+    if resume:
+        state = _load_checkpoint(out_dir, dev)
+        kept = [m for m in load_metrics(out_dir) if m["step"] <= (state["step"] if state else 0)] if rank == 0 else []
+    elif rank == 0:  # one process creates the run folder; the others wait for it
+        made = _create_out(out_dir, config, data_info)
     if world > 1:
         torch.distributed.barrier()
     dataset = TrainingSet(source, config.augment, config.input_size, config.seed)
-    steps_per_epoch = len(dataset) // (config.batch_size * world)
-    if steps_per_epoch == 0:
-        raise InvalidInputError(
-            f"The export has {len(dataset)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
-            "Lower batch_size with --set batch_size=N."
-        )
 
     torch.manual_seed(config.seed)
     backbone = IResNet(config.backbone())
@@ -295,18 +359,12 @@ def train(
     scaler = torch.amp.GradScaler(dev.type, growth_interval=config.grad_scaler_growth_interval, enabled=precision == "fp16")
     start_step = 0
     metrics_path = out_dir / METRICS
-    if resume and (out_dir / CHECKPOINT).is_file():
-        state = torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = state["step"]
-        torch.set_rng_state(state["rng"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
-        if dev.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+    if state is not None:
+        start_step = _restore(state, out_dir / CHECKPOINT, model, optimizer, scaler, dev)
     if resume and rank == 0:  # lines the stopped run logged after its checkpoint are redone
-        kept = [m for m in load_metrics(out_dir) if m["step"] <= start_step]
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        from synthface.io import atomic_write_bytes
+
+        atomic_write_bytes(metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
     runner: nn.Module = model
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None)
@@ -322,8 +380,7 @@ def train(
     def write_metric(entry: dict) -> None:
         log.append(entry)
         if rank == 0:
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            _append(metrics_path, json.dumps(entry) + "\n")
 
     def checkpoint(step: int) -> None:
         if rank == 0:
@@ -332,66 +389,67 @@ def train(
                    "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}, out_dir / CHECKPOINT)
             _save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, out_dir / MODEL)
 
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+    with _undone_if_refused(out_dir, made):
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True)
-    step, last_loss, images, clock, window_loss = start_step, math.nan, 0, time.perf_counter(), []
-    train_seconds, run_images = 0.0, 0
-    model.train()
-    while step < end_step:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
-        batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
-        loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
-            EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed + epoch))
-        for x, labels in loader:
-            x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = learning_rate(config, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = runner(x, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if config.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(backbone.parameters(), config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            images += len(x) * world
-            run_images += len(x) * world
-            window_loss.append(loss.detach())
-            if on_step is not None:
-                on_step(step, float(loss.detach()))
-            if step % config.log_every == 0 or step == end_step:
-                last_loss = float(torch.stack(window_loss).float().mean())
-                now = time.perf_counter()
-                speed = images / max(now - clock, 1e-9)
-                train_seconds += now - clock
-                write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 6),
-                              "lr": lr, "images_per_s": round(speed, 2)})
+            bar = tqdm(total=end_step, initial=start_step, unit="step", dynamic_ncols=True)
+        step, last_loss, images, clock, window_loss = start_step, math.nan, 0, time.perf_counter(), []
+        train_seconds, run_images = 0.0, 0
+        model.train()
+        while step < end_step:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
+            batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
+            loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
+                EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed + epoch))
+            for x, labels in _batches(loader):
+                x, labels = x.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = learning_rate(config, step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = runner(x, labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if config.clip_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(backbone.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                images += len(x) * world
+                run_images += len(x) * world
+                window_loss.append(loss.detach())
+                if on_step is not None:
+                    on_step(step, float(loss.detach()))
+                if step % config.log_every == 0 or step == end_step:
+                    last_loss = float(torch.stack(window_loss).float().mean())
+                    now = time.perf_counter()
+                    speed = images / max(now - clock, 1e-9)
+                    train_seconds += now - clock
+                    write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(last_loss, 6),
+                                  "lr": lr, "images_per_s": round(speed, 2)})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
+                    window_loss, images, clock = [], 0, now
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2g}", img_s=f"{speed:.0f}")
-                window_loss, images, clock = [], 0, now
-            if bar is not None:
-                bar.update(1)
-        if step % steps_per_epoch == 0 or step == end_step:
-            checkpoint(step)
-        if (step % steps_per_epoch == 0 or step == end_step) and packs:
-            results = evaluate(torch_recognizer(backbone, device=dev), packs)
-            model.train()
-            write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
-                          "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
-            write_results(results, out_dir / RESULTS)
-            images, clock = 0, time.perf_counter()  # images/s counts training only
-        if world > 1:
-            torch.distributed.barrier()
+                    bar.update(1)
+            if step % steps_per_epoch == 0 or step == end_step:
+                checkpoint(step)
+            if (step % steps_per_epoch == 0 or step == end_step) and packs:
+                results = evaluate(torch_recognizer(backbone, device=dev), packs)
+                model.train()
+                write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
+                              "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
+                write_results(results, out_dir / RESULTS)
+                images, clock = 0, time.perf_counter()  # images/s counts training only
+            if world > 1:
+                torch.distributed.barrier()
     if bar is not None:
         bar.close()
     if world > 1:
@@ -399,7 +457,34 @@ def train(
     return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log, rank)
 
 
+def _batches(loader):
+    """The loader's batches; a worker's refusal (a damaged image) surfaces as its own one-paragraph message."""
+    try:
+        yield from loader
+    except SynthfaceError as exc:
+        raise _unwrap_worker_error(exc) from None
+
+
 def load_metrics(out_dir: str | Path) -> list[dict]:
-    """metrics.jsonl as a list of dicts (empty when the run wrote none yet)."""
+    """metrics.jsonl as a list of dicts (empty when the run wrote none yet); a damaged line is named."""
     path = Path(out_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    log = f"{METRICS} is only the run's log, the weights are in {CHECKPOINT}"
+    fix = f"Delete that line (or the whole file: {log}) and run again."
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"it is not text ({exc})", f"Delete the file ({log}) and run again.") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+            raise _damaged(path, f"line {n} ({line[:80]!r}) is not a JSON object with a step number", fix)
+        out.append(entry)
+    return out
