@@ -233,6 +233,78 @@ def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
+def renderer_name(renderer) -> str:
+    """How messages name `renderer`: a `Renderer` by its family and model, a function or method by its
+    qualified name, another callable by its class (else its repr, shortened)."""
+    if isinstance(renderer, Renderer):
+        return f"the {renderer.family.name!r} renderer of {renderer.name!r}"
+    name = getattr(renderer, "__qualname__", None)
+    if isinstance(name, str):
+        module = getattr(renderer, "__module__", None)
+        return f"the renderer {module}.{name}" if module else f"the renderer {name}"
+    if type(renderer).__call__ is not object.__call__ and type(renderer).__repr__ is object.__repr__:
+        return f"the renderer {type(renderer).__module__}.{type(renderer).__qualname__}"
+    text = repr(renderer)
+    return f"the renderer {text if len(text) <= 120 else text[:117] + '...'}"
+
+
+def check_images(images, count: int, renderer) -> list[np.ndarray]:
+    """What `renderer` returned for `count` seeds, checked at the boundary: the engine's images.
+
+    Accepted: a list or tuple of `count` images (or one (count, H, W, 3) array), each an (H, W, 3)
+    numpy array (RGB, channels last) of uint8, returned as it is, or of floats in [0, 1] (any float
+    dtype), converted as the built-in families convert: x * 255 in float32, rounded half to even
+    (`to_uint8`). Anything else (another count, a torch tensor or PIL image, integers other than
+    uint8, floats outside [0, 1] or not finite, grey, RGBA or channels-first arrays) is an
+    InvalidInputError naming the renderer (`renderer_name`), the image and what it was.
+    """
+    who = renderer_name(renderer)
+    rule = (f"{who[0].upper()}{who[1:]} must return a list of {count} RGB images, one per seed in the seeds' "
+            "order, each an (H, W, 3) numpy array of uint8 (or of floats in [0, 1], converted to uint8)")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        kind = f"one array of shape {images.shape}" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
+        raise InvalidInputError(f"{rule}; it returned {kind}.")
+    if len(images) != count:
+        raise InvalidInputError(f"{rule}; it returned {len(images)} image(s) for {count} seed(s).")
+    return [_checked_image(image, i, rule) for i, image in enumerate(images)]
+
+
+def _checked_image(image, index: int, rule: str) -> np.ndarray:
+    def refuse(what: str) -> InvalidInputError:
+        return InvalidInputError(f"{rule}; image {index} is {what}.")
+
+    if not isinstance(image, np.ndarray):
+        hint = {"Tensor": " (convert with tensor.permute(1, 2, 0).cpu().numpy())",
+                "Image": " (convert with numpy.asarray(image.convert('RGB')))"}.get(type(image).__name__, "")
+        raise refuse(f"a {type(image).__module__}.{type(image).__name__}, not a numpy array{hint}")
+    shape = image.shape
+    if image.ndim != 3 or shape[2] != 3 or 0 in shape:
+        if image.ndim == 3 and shape[0] == 3 and shape[2] != 3:
+            hint = "channels first; transpose it to (H, W, 3)"
+        elif image.ndim == 3 and shape[2] == 4:
+            hint = "4 channels (RGBA?); keep the colour channels, image[..., :3]"
+        elif image.ndim == 2:
+            hint = "grey (one channel); stack it to three, numpy.repeat(image[..., None], 3, axis=2)"
+        else:
+            hint = "not an (H, W, 3) image"
+        raise refuse(f"an array of shape {shape}: {hint}")
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise refuse(f"of dtype {image.dtype}; convert it with numpy.clip(image, 0, 255).astype(numpy.uint8) if its "
+                     "values are 0-255")
+    pixels = image.astype(np.float32)
+    if not np.isfinite(pixels).all():
+        raise refuse("a float array with NaN or inf values")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0.0 or high > 1.0:
+        scale = "; values up to 255 look like 0-255 pixels: cast them with .astype(numpy.uint8)" if high > 1.0 else ""
+        raise refuse(f"a float array with values from {low:g} to {high:g}, outside [0, 1]{scale}")
+    return np.rint(pixels * np.float32(255)).astype(np.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, H, W) floats in [0, 1] -> B (H, W, 3) uint8 arrays, rounded half to even on the tensor's
     device: the same bytes as numpy's `np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)`."""
@@ -301,7 +373,17 @@ class Renderer:
             output_type="pt",
             **kwargs,
         )
-        return self.family.to_uint8(out.images)
+        images = getattr(out, "images", None)
+        if not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[:2] == (len(seeds), 3)
+                and images.is_floating_point()):
+            found = (f"a {images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor)
+                     else f"images of type {type(images).__name__}")
+            raise InvalidInputError(
+                f"The {self.family.name!r} generator's pipeline ({type(self.pipeline).__qualname__}) returned {found} "
+                f"for {len(seeds)} seed(s); with output_type='pt' a family's pipeline must return .images as a "
+                f"({len(seeds)}, 3, H, W) float tensor in [0, 1] (see GeneratorFamily)."
+            )
+        return check_images(self.family.to_uint8(images), len(seeds), self)
 
 
 def build_renderer(

@@ -1,0 +1,127 @@
+"""Plug-in renderers and the pipelines' boundaries (issue #22, class 8): what a renderer returns is
+checked where the engine receives it, with a message naming the renderer; the pipelines' callbacks,
+save folders, dtypes and devices are typed errors; `perturb` and identity banks refuse bad vectors."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from synthface import engine, render
+from synthface.errors import InvalidInputError
+from tests.engine_doubles import noise_renderer
+from tests.test_engine import small_recipe, tree_digest
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
+
+
+def returning(make):
+    """A renderer whose images are `make(seed)`, one per seed."""
+
+    def render_images(conditions, seeds):
+        return [make(int(s)) for s in seeds]
+
+    return render_images
+
+
+def pixels(seed: int, shape=(48, 48, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+BAD_OUTPUTS = {
+    "one image short": (lambda c, s: [pixels(x) for x in s][:-1], "returned 4 image(s) for 5 seed(s)"),
+    "a torch tensor": (lambda c, s: torch.zeros(len(s), 3, 8, 8), "returned a tensor"),
+    "tensor images": (returning(lambda s: torch.zeros(3, 8, 8)), "torch.tensor, not a numpy array"),
+    "grey": (returning(lambda s: pixels(s, (48, 48))), "grey (one channel)"),
+    "rgba": (returning(lambda s: pixels(s, (48, 48, 4))), "4 channels (rgba?)"),
+    "channels first": (returning(lambda s: pixels(s, (3, 48, 48))), "channels first"),
+    "int64 pixels": (returning(lambda s: pixels(s).astype(np.int64)), "dtype int64"),
+    "floats in 0-255": (returning(lambda s: pixels(s).astype(np.float32)), "outside [0, 1]"),
+    "NaN floats": (returning(lambda s: np.full((8, 8, 3), np.nan, np.float32)), "nan or inf"),
+    "empty image": (returning(lambda s: np.zeros((0, 8, 3), np.uint8)), "shape (0, 8, 3)"),
+    "None": (lambda c, s: None, "returned a nonetype"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUTPUTS))
+def test_what_a_plug_in_renderer_returns_is_checked_by_the_engine_naming_it(tmp_path, case):
+    """Each bad return value is an InvalidInputError naming the renderer and the problem (before: a
+    traceback deep in the analyser or the JPEG encoder, or silently wrong images); the run stays
+    resumable: a good renderer then finishes it."""
+    bad, needle = BAD_OUTPUTS[case]
+    recipe = small_recipe()
+    with pytest.raises(InvalidInputError) as caught:
+        engine.run(recipe, tmp_path / "run", renderer=bad)
+    message = " ".join(str(caught.value).lower().split())
+    assert bad.__qualname__.lower() in message and needle in message, message
+    assert "(h, w, 3) numpy array of uint8" in message
+    assert not list((tmp_path / "run").rglob("*.jpg"))
+    summary = engine.run(recipe, tmp_path / "run", renderer=noise_renderer())
+    assert summary.finalized
+
+
+def test_float_images_in_0_1_are_converted_as_the_families_convert(tmp_path):
+    """Float images in [0, 1] are documented as converted (x * 255 rounded half to even): the run equals
+    the one whose renderer returned those uint8 bytes itself."""
+    noise = noise_renderer()
+
+    def as_floats(conditions, seeds):
+        return [image.astype(np.float64) / 255 for image in noise(conditions, seeds)]
+
+    recipe = small_recipe()
+    engine.run(recipe, tmp_path / "uint8", renderer=noise)
+    engine.run(recipe, tmp_path / "float", renderer=as_floats)
+    assert tree_digest(tmp_path / "float") == tree_digest(tmp_path / "uint8")
+    halves = render.check_images([np.full((2, 2, 3), 0.5 / 255, np.float32), np.ones((2, 2, 3))], 2, as_floats)
+    assert halves[0].dtype == np.uint8 and halves[0].max() == 0 and halves[1].min() == 255  # 0.5 rounds to even
+
+
+def test_renderers_are_named_by_qualified_name_class_or_family():
+    class Callable:
+        def __call__(self, conditions, seeds):
+            return []
+
+    partial = functools.partial(returning(pixels))
+    assert render.renderer_name(returning(pixels)).endswith("returning.<locals>.render_images")
+    assert render.renderer_name(Callable()).endswith(".Callable")
+    assert "functools.partial" in render.renderer_name(partial)
+    with pytest.raises(InvalidInputError, match="Callable must return a list of 1 RGB images"):
+        render.check_images(Callable()(None, [0]), 1, Callable())
+    uint8 = pixels(0)
+    assert render.check_images((uint8,), 1, Callable())[0] is uint8  # valid images pass as they are
+
+
+class _Family(render.GeneratorFamily):
+    name = "stub"
+
+    def call_kwargs(self, pipeline, settings):
+        return {}
+
+
+class _Pipeline:
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, images):
+        self.images = images
+
+    def __call__(self, *, id_embeds, generator, output_type):
+        return type("Out", (), {"images": self.images(len(generator))})()
+
+
+@pytest.mark.parametrize("images, found", [
+    (lambda n: torch.rand(n, 8, 8, 3), "shape (2, 8, 8, 3)"),      # channels last from a pipeline
+    (lambda n: torch.rand(n + 1, 3, 8, 8), "shape (3, 3, 8, 8)"),  # one image too many
+    (lambda n: np.random.rand(n, 3, 8, 8), "of type ndarray"),
+    (lambda n: torch.zeros(n, 3, 8, 8, dtype=torch.uint8), "torch.uint8"),
+])
+def test_a_plug_in_familys_pipeline_output_is_checked_naming_the_family(images, found):
+    renderer = render.Renderer(pipeline=_Pipeline(images), family=_Family(), name="stub-model")
+    with pytest.raises(InvalidInputError) as caught:
+        renderer(np.eye(2, 4, dtype=np.float32), [0, 1])
+    message = str(caught.value)
+    assert "'stub' generator's pipeline (_Pipeline)" in message and found in message, message
+    good = render.Renderer(pipeline=_Pipeline(lambda n: torch.rand(n, 3, 8, 8)), family=_Family(), name="stub-model")
+    assert [image.shape for image in good(np.eye(2, 4, dtype=np.float32), [0, 1])] == [(8, 8, 3)] * 2
