@@ -125,3 +125,90 @@ def test_a_plug_in_familys_pipeline_output_is_checked_naming_the_family(images, 
     assert "'stub' generator's pipeline (_Pipeline)" in message and found in message, message
     good = render.Renderer(pipeline=_Pipeline(lambda n: torch.rand(n, 3, 8, 8)), family=_Family(), name="stub-model")
     assert [image.shape for image in good(np.eye(2, 4, dtype=np.float32), [0, 1])] == [(8, 8, 3)] * 2
+
+
+# ---------------------------------------------------------------- the pipelines' own boundaries
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from synthface.pipelines.testing import tiny_arc2face_pipeline
+
+    return tiny_arc2face_pipeline(seed=0)
+
+
+def _ids() -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)), dim=1)
+
+
+def _bad_latents(pipe, i, t, tensors):
+    return {"latents": tensors["latents"][..., :4]}
+
+
+@pytest.mark.parametrize("kwargs, needles", [
+    ({"callback_on_step_end": 5}, ["callback_on_step_end must be a function", "got 5 (int)"]),
+    ({"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": "latents"},
+     ["must be a list of tensor names", "pass ['latents']"]),
+    ({"callback_on_step_end": lambda *a: 3}, ["returned 3 (int)", "none or a dict"]),
+    ({"callback_on_step_end": _bad_latents}, ["_bad_latents returned 'latents' as shape (1, 4, 16, 4)",
+                                              "(1, 4, 16, 16)"]),
+    ({"callback": "print"}, ["callback must be a function", "got 'print' (str)"]),
+    ({"callback": print, "callback_steps": 0}, ["callback_steps must be an integer 1 or more, got 0"]),
+    ({"callback": print, "callback_steps": 1.5}, ["callback_steps must be an integer 1 or more, got 1.5"]),
+])
+def test_bad_callbacks_are_typed_errors(pipe, kwargs, needles):
+    with pytest.raises(InvalidInputError) as caught:
+        pipe(_ids(), num_inference_steps=2, output_type="pt", **kwargs)
+    message = str(caught.value).lower()
+    assert all(n.lower() in message for n in needles), message
+
+
+def test_the_legacy_callback_runs_every_callback_steps_steps(pipe):
+    seen = []
+    pipe(_ids(), num_inference_steps=4, output_type="latent", callback=lambda i, t, x: seen.append((i, x.shape)),
+         callback_steps=2)
+    assert seen == [(0, (1, 4, 16, 16)), (2, (1, 4, 16, 16))]
+
+
+@pytest.mark.parametrize("call, needles", [
+    (lambda p: p.to("float16"), ["'float16' is a dtype, not a device", "dtype=torch.float16"]),
+    (lambda p: p.to(dtype="fp16"), ["dtype must be a torch floating-point dtype", "got 'fp16'", "torch.float16"]),
+    (lambda p: p.to(dtype="nonsense"), ["got 'nonsense'", "torch.float32, torch.float16 or torch.bfloat16"]),
+    (lambda p: p.to("gpu"), ["unknown device 'gpu'", "choose one of: auto, cpu"]),
+    (lambda p: p.to("cuda:99"), ["'cuda:99'", "choose one of"]),
+])
+@pytest.mark.parametrize("family", ["arc2face", "vec2face"])
+def test_dtype_and_device_strings_are_typed_errors(pipe, family, call, needles):
+    from synthface.pipelines.testing import tiny_vec2face_pipeline
+
+    target = pipe if family == "arc2face" else tiny_vec2face_pipeline()
+    with pytest.raises(InvalidInputError) as caught:
+        call(target)
+    message = str(caught.value).lower()
+    assert all(n.lower() in message for n in needles), message
+    assert target.device == torch.device("cpu") and target.dtype == torch.float32  # nothing moved
+
+
+@pytest.mark.parametrize("loader", ["load_arc2face", "load_vec2face"])
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"dtype": "float16"}, "got 'float16'; pass torch.float16"),
+    ({"dtype": "fp16"}, "got 'fp16'; pass torch.float16"),
+    ({"device": "bogus"}, "unknown device 'bogus'"),
+])
+def test_the_loaders_refuse_string_dtypes_and_bad_devices_before_reading(loader, kwargs, needle):
+    from synthface import pipelines
+
+    with pytest.raises(InvalidInputError) as caught:
+        getattr(pipelines, loader)("does-not-exist", **kwargs)  # refused before the model is looked up
+    assert needle in str(caught.value).lower()
+
+
+def test_save_pretrained_onto_a_file_is_an_output_path_error(pipe, tmp_path):
+    from synthface.errors import OutputPathError
+
+    target = tmp_path / "file"
+    target.write_text("mine")
+    for folder, needle in ((target, "it is a file, not a folder"), (target / "sub", "(?i)not a directory")):
+        with pytest.raises(OutputPathError, match=needle):
+            pipe.save_pretrained(folder)
+    assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from synthface.errors import DeviceMemoryError, InvalidInputError, ModelNotFoundError
 from synthface.pipelines import id_encoder
+from synthface.pipelines.checks import CheckedPipelineMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Largest output side accepted, in pixels (4x Arc2Face's native 512; as a recipe's `resolution`).
@@ -58,7 +59,7 @@ class Arc2FacePipelineOutput(BaseOutput):
     id_embeds: torch.Tensor
 
 
-class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Identity-conditioned face generation with Arc2Face (Papantoniou et al., ECCV 2024).
 
     Args:
@@ -162,6 +163,8 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        callback: Callable | None = None,
+        callback_steps: int = 1,
     ) -> Arc2FacePipelineOutput | tuple:
         """Render `num_images_per_prompt` images of each identity.
 
@@ -186,18 +189,27 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             callback_on_step_end: called after every step as `fn(pipe, step, timestep, kwargs)`
                 with the tensors named in `callback_on_step_end_tensor_inputs`; may return a dict
                 replacing some of them (e.g. `latents`).
-            callback_on_step_end_tensor_inputs: names from `_callback_tensor_inputs` (default
-                `["latents"]`).
+            callback_on_step_end_tensor_inputs: a list of names from `_callback_tensor_inputs`
+                (default `["latents"]`).
+            callback, callback_steps: diffusers' older form, `callback(step, timestep, latents)`
+                every `callback_steps` steps (a positive integer).
 
         Raises:
             InvalidInputError: any argument `check_inputs` refuses: bad or non-finite ID vectors,
-                sizes, steps, guidance, eta, latents, generator count or output type.
+                sizes, steps, guidance, eta, latents, generator count or output type; a callback that
+                is not callable, or returns something other than None or a dict of tensors of the
+                shapes it was given.
             DeviceMemoryError: the GPU ran out of memory; the message suggests a batch size.
         """
         # 1. Check inputs: anything non-finite or out of range is refused before any work is done.
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        _check_callbacks(callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps)
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        if callback is not None:
+            callback_on_step_end = _legacy_callback(callback, callback_steps, callback_on_step_end,
+                                                    getattr(self.scheduler, "order", 1))
+            tensor_inputs = list(dict.fromkeys([*tensor_inputs, "latents"]))
         unit, height, width = self.check_inputs(
             id_embeds, num_images_per_prompt, num_inference_steps, guidance_scale, height, width, generator,
             latents, eta, output_type, tensor_inputs,
@@ -252,8 +264,9 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds}
                     returned = callback_on_step_end(self, i, t, {name: local[name] for name in tensor_inputs})
-                    latents = (returned or {}).get("latents", latents)
-                    prompt_embeds = (returned or {}).get("prompt_embeds", prompt_embeds)
+                    returned = _checked_callback_result(callback_on_step_end, returned, local)
+                    latents = returned.get("latents", latents)
+                    prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
                 progress.update()
 
         # 2e. Decode.
@@ -460,6 +473,60 @@ def _check_real(name: str, value, low: float, high: float, *, why: str = "") -> 
     raise InvalidInputError(
         f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
     )
+
+
+def _check_callbacks(on_step_end, tensor_inputs, callback, callback_steps) -> None:
+    """Refuse a callback that is not callable, tensor inputs given as one string, and a callback_steps
+    that is not a positive integer, before any step runs."""
+    for name, value in (("callback_on_step_end", on_step_end), ("callback", callback)):
+        if value is not None and not callable(value):
+            raise InvalidInputError(
+                f"{name} must be a function called after each denoising step (or None), got {value!r:.60} "
+                f"({type(value).__name__}). Pass the function itself, e.g. {name}=my_function."
+            )
+    if isinstance(tensor_inputs, str):
+        raise InvalidInputError(
+            f"callback_on_step_end_tensor_inputs must be a list of tensor names, got the string {tensor_inputs!r}; "
+            f"pass [{tensor_inputs!r}]."
+        )
+    _check_int("callback_steps", callback_steps, 1, None, why="the callback runs every that many steps")
+
+
+def _legacy_callback(callback, every: int, on_step_end, order: int):
+    """diffusers' older `callback(step, timestep, latents)` every `every` steps, as a step-end callback
+    (run after `on_step_end`, if any, on the latents it returned)."""
+
+    def run(pipe, i, t, tensors):
+        returned = on_step_end(pipe, i, t, tensors) if on_step_end is not None else None
+        returned = _checked_callback_result(on_step_end, returned, tensors) if on_step_end is not None else {}
+        if i % every == 0:
+            callback(i // order, t, returned.get("latents", tensors["latents"]))
+        return returned
+
+    return run
+
+
+def _checked_callback_result(fn, returned, given: dict) -> dict:
+    """A step-end callback's result: None (nothing replaced) or a dict replacing some of the tensors it
+    may see by tensors of the same shape; anything else an InvalidInputError naming the callback."""
+    who = getattr(fn, "__qualname__", type(fn).__name__)
+    if returned is None:
+        return {}
+    if not isinstance(returned, dict):
+        raise InvalidInputError(
+            f"callback_on_step_end {who} returned {returned!r:.60} ({type(returned).__name__}); it must return None or a dict "
+            "of the tensors it replaces, e.g. {'latents': latents}."
+        )
+    for name, value in returned.items():
+        if name not in given:
+            continue  # names the pipeline does not track are ignored, as diffusers does
+        if not isinstance(value, torch.Tensor) or value.shape != given[name].shape:
+            found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"{value!r:.60} ({type(value).__name__})"
+            raise InvalidInputError(
+                f"callback_on_step_end {who} returned {name!r} as {found}; a replacement must be a tensor of "
+                f"the shape it was given, {tuple(given[name].shape)}."
+            )
+    return returned
 
 
 def _first_line(exc: Exception) -> str:
