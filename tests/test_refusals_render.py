@@ -212,3 +212,72 @@ def test_save_pretrained_onto_a_file_is_an_output_path_error(pipe, tmp_path):
         with pytest.raises(OutputPathError, match=needle):
             pipe.save_pretrained(folder)
     assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ---------------------------------------------------------------- perturb and identity banks
+
+
+@pytest.mark.parametrize("cos, needle", [
+    ([0.9, 0.8], "got 2 target cosine(s) for 3 vectors"),
+    ([0.9] * 4, "got 4 target cosine(s) for 3 vectors"),
+    ([[0.9, 0.9, 0.9]], "an array of shape (1, 3)"),
+    ("0.9", "got '0.9' (str)"),
+    (True, "got true (bool)"),
+])
+def test_perturb_checks_the_length_and_kind_of_its_targets(cos, needle):
+    from synthface.identity import perturb
+
+    with pytest.raises(InvalidInputError) as caught:
+        perturb(np.eye(3, 8, dtype=np.float32), cos)
+    assert needle in str(caught.value).lower() and "one per vector" in str(caught.value)
+
+
+@pytest.mark.parametrize("seed, needle", [
+    (-1, "got -1"), (1.5, "got 1.5"), (True, "got True"), ("3", "got '3'"), (None, "got None"),
+    ([1, -2, 3], "got -2"), ([1, 2.5, 3], "got 2.5"), ([1, 2], "got 2 seeds for 3 vectors"),
+])
+def test_perturb_checks_its_seeds(seed, needle):
+    from synthface.identity import perturb
+
+    with pytest.raises(InvalidInputError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        perturb(np.eye(3, 8, dtype=np.float32), 0.9, seed=seed)
+    one = perturb(np.eye(3, 8, dtype=np.float32), 0.9, seed=np.int64(4))  # numpy integers are seeds too
+    assert np.array_equal(one, perturb(np.eye(3, 8, dtype=np.float32), 0.9, seed=4))
+    per_row = perturb(np.eye(3, 8, dtype=np.float32), [0.9, 0.8, 0.7], seed=np.array([4, 5, 6]))
+    assert np.allclose(np.sum(per_row * np.eye(3, 8), axis=1), [0.9, 0.8, 0.7], atol=1e-6)
+
+
+def _unit(n: int = 4, d: int = 8) -> np.ndarray:
+    x = np.random.default_rng(0).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _nan(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[2, 1] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("vectors, needle", [
+    (_unit() * 2, "has 4 row(s) of norm other than 1 (first: row 0, norm 2)"),
+    (_nan(_unit()), "has 1 row(s) with nan or inf (first: row 2"),
+    (np.vstack([_unit(), np.zeros((1, 8), np.float32)]), "has 1 row(s) of norm other than 1 (first: row 4, norm 0)"),
+])
+def test_a_bank_of_non_finite_or_non_unit_vectors_is_refused_at_save_and_at_load(tmp_path, vectors, needle):
+    from safetensors.numpy import save_file
+
+    from synthface.errors import FileFormatError
+    from synthface.identity import IdentityBank, isotropic_prior, load_bank
+
+    with pytest.raises(InvalidInputError) as caught:
+        IdentityBank(vectors, isotropic_prior(8)).save(tmp_path / "bank.safetensors")
+    assert needle in str(caught.value).lower() and "nothing was written" in str(caught.value)
+    assert not list(tmp_path.iterdir())
+    save_file({"ids": vectors}, str(tmp_path / "edited.safetensors"), metadata={"format": "synthface.identity_bank"})
+    with pytest.raises(FileFormatError) as caught:
+        load_bank(tmp_path / "edited.safetensors")
+    message = str(caught.value).lower()
+    assert needle in message and "edited.safetensors" in message and "synthface ids sample" in message
+    near = _unit() * np.float32(1 + 5e-5)  # within the tolerance (1e-4): loaded as saved, bit for bit
+    IdentityBank(near, isotropic_prior(8)).save(tmp_path / "near.safetensors")
+    assert np.array_equal(load_bank(tmp_path / "near.safetensors").vectors, near)
