@@ -281,3 +281,65 @@ def test_a_bank_of_non_finite_or_non_unit_vectors_is_refused_at_save_and_at_load
     near = _unit() * np.float32(1 + 5e-5)  # within the tolerance (1e-4): loaded as saved, bit for bit
     IdentityBank(near, isotropic_prior(8)).save(tmp_path / "near.safetensors")
     assert np.array_equal(load_bank(tmp_path / "near.safetensors").vectors, near)
+
+
+# ---------------------------------------------------------------- a pickled LoRA is loaded as named
+
+
+def test_a_pickled_lora_is_never_swapped_for_an_unrelated_safetensors_beside_it(tmp_path, capsys):
+    """Before: `use_lcm(folder)` (and `generate --lcm-lora folder`) silently loaded whichever safetensors
+    lay beside the pickled LoRA. Now the folder is refused naming both files; the pickled file named
+    loads itself; a converted copy recording the pickled file's sha256 loads in its place."""
+    import hashlib
+
+    pytest.importorskip("peft")
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from synthface.io import safetensors_bytes
+    from synthface.pipelines import Arc2FacePipeline
+    from synthface.pipelines.testing import tiny_arc2face_pipeline
+    from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
+
+    def lora(seed):
+        with_adapter = tiny_arc2face_pipeline()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with_adapter.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
+                                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(with_adapter.unet))
+
+    def rendered(lora_path, **kwargs):
+        pipe = tiny_arc2face_pipeline().use_lcm(str(lora_path), **kwargs)
+        return pipe(_ids(), num_inference_steps=2, guidance_scale=1.0, output_type="np",
+                    generator=[torch.Generator().manual_seed(0)]).images
+
+    mine, other = lora(1), lora(2)
+    Arc2FacePipeline.save_lora_weights(tmp_path / "alone", unet_lora_layers=mine, safe_serialization=False)
+    Arc2FacePipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=mine, safe_serialization=False)
+    Arc2FacePipeline.save_lora_weights(tmp_path / "other", unet_lora_layers=other)
+    pickled = tmp_path / "lora" / "pytorch_lora_weights.bin"
+    (tmp_path / "lora" / "unrelated.safetensors").write_bytes(
+        (tmp_path / "other" / "pytorch_lora_weights.safetensors").read_bytes())
+    want = rendered(tmp_path / "alone" / "pytorch_lora_weights.bin", allow_pickle=True)
+
+    for allow in (None, True):
+        with pytest.raises(InvalidInputError) as caught:
+            tiny_arc2face_pipeline().use_lcm(str(tmp_path / "lora"), allow_pickle=allow)
+        assert "pytorch_lora_weights.bin" in str(caught.value) and "unrelated.safetensors" in str(caught.value)
+    ids = tmp_path / "ids.safetensors"
+    from synthface.identity import IdentityBank, isotropic_prior
+    IdentityBank(_ids().numpy(), isotropic_prior(512)).save(ids)
+    result = run_cli_inprocess(capsys, "generate", "--ids", ids, "-k", "1", "--model", "tiny", "--steps", "2",
+                               "--guidance", "1", "--device", "cpu", "--lcm-lora", tmp_path / "lora",
+                               "--out", tmp_path / "gen")
+    assert_clean_refusal(result, 2, "does not guess which one is meant", "unrelated.safetensors")
+    assert not (tmp_path / "gen").exists()
+    assert np.array_equal(rendered(pickled, allow_pickle=True), want)  # the file named is the file loaded
+
+    # A converted copy (its metadata records the pickled file's sha256) loads instead, with no opt-in.
+    digest = hashlib.sha256(pickled.read_bytes()).hexdigest()
+    tensors = {k: v.contiguous().numpy() for k, v in torch.load(pickled, weights_only=True).items()}
+    (tmp_path / "lora" / "converted.safetensors").write_bytes(safetensors_bytes(tensors, {"source_sha256": digest}))
+    assert np.allclose(rendered(pickled), want, atol=1e-6)
+    assert np.allclose(rendered(tmp_path / "lora"), want, atol=1e-6)

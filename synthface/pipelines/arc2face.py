@@ -371,11 +371,14 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
             lora: LCM-LoRA for SD 1.5 (`latent-consistency/lcm-lora-sdv1-5`): a repo id, a local
                 folder or a weights file; it is loaded into the UNet and fused. Needs `peft`.
             allow_pickle: also read a pickled `*.bin` LoRA; SYNTHFACE_ALLOW_PICKLE=1 opts in as
-                well. Without it only `.safetensors` LoRA weights are read.
+                well. Without it only `.safetensors` LoRA weights are read. A pickled LoRA is loaded as
+                named, or as its converted copy beside it (a .safetensors whose metadata
+                `source_sha256` is the pickled file's sha256), never as another safetensors there.
             **load_kwargs: passed to `load_lora_weights` (e.g. `weight_name`).
 
         Raises:
             ModelNotFoundError: the LoRA is pickled without an opt-in, or cannot be found or read.
+            InvalidInputError: a folder holds a pickled LoRA beside an unrelated safetensors.
         """
         from diffusers import LCMScheduler
 
@@ -389,7 +392,10 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
         from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
 
         path = Path(str(lora)).expanduser()
+        if path.is_dir() and "weight_name" not in load_kwargs:
+            path = _lora_file_in(path) or path
         if path.is_file():  # a weights file: its folder plus its name, so the suffix check below sees it
+            path = _converted_copy(path) or path  # never another safetensors than the file's own conversion
             lora, load_kwargs = str(path.parent), {**load_kwargs, "weight_name": path.name}
         allowed = pickle_allowed(allow_pickle)
         if not allowed:
@@ -454,6 +460,60 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
         if compile:
             self.unet.compile(fullgraph=True)
         return self
+
+
+#: Metadata key of a LoRA .safetensors converted from a pickled file: that file's sha256. Only such a
+#: copy is ever loaded in place of the pickled file it records (`_converted_copy`).
+LORA_SOURCE_KEY = "source_sha256"
+
+
+def _lora_file_in(folder: Path) -> Path | None:
+    """The file to load from a LoRA folder holding pickled weights: the pickled file when it is the only
+    weights file, its converted copy when one is beside it; None when the folder holds safetensors only
+    (or nothing), for diffusers to choose as usual. A pickled file beside an unrelated safetensors is
+    ambiguous: an InvalidInputError naming both, never a silent swap."""
+    from synthface.weights import PICKLE_SUFFIXES
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    if not pickled or len(pickled) > 1 and not safe:
+        return None  # safetensors only, or diffusers' own choice among several pickled files
+    converted = [c for c in map(_converted_copy, pickled) if c is not None]
+    if converted or not safe:
+        return converted[0] if converted else pickled[0]
+    raise InvalidInputError(
+        f"The LoRA folder {folder} holds pickled weights ({', '.join(p.name for p in pickled)}) and "
+        f"{', '.join(p.name for p in safe)} beside them, which does not record being converted from them "
+        f"(metadata {LORA_SOURCE_KEY}), so synthface does not guess which one is meant. Pass the file to load: "
+        f"{folder / pickled[0].name} (pickled: with --allow-pickle) or {folder / safe[0].name}."
+    )
+
+
+def _converted_copy(path: Path) -> Path | None:
+    """The .safetensors beside the pickled file `path` whose metadata records `path`'s sha256 (its
+    converted copy, loaded without unpickling), else None (also for a `path` that is not pickled)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from synthface.weights import PICKLE_SUFFIXES
+
+    if path.suffix not in PICKLE_SUFFIXES:
+        return None
+    candidates = sorted(path.parent.glob("*.safetensors"))
+    if not candidates:
+        return None
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    for candidate in candidates:
+        try:
+            with safe_open(str(candidate), "pt") as handle:
+                if (handle.metadata() or {}).get(LORA_SOURCE_KEY) == digest:
+                    return candidate
+        except Exception:  # a damaged or foreign file is not a converted copy
+            continue
+    return None
 
 
 def _check_int(name: str, value, low: int, high: int | None, *, why: str = "") -> None:
