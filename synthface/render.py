@@ -227,9 +227,17 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return dtype
 
 
+MAX_SEED = 2**64 - 1  # the largest seed a torch generator takes
+
+
 def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image, seeded with its seed: the image's starting noise is drawn on the
-    CPU whatever the device, so a seed gives the same image on every machine and in every batch."""
+    CPU whatever the device, so a seed gives the same image on every machine and in every batch.
+    A seed that is not an integer from 0 to MAX_SEED is an InvalidInputError."""
+    bad = [s for s in seeds if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))
+           or not 0 <= s <= MAX_SEED]
+    if bad:
+        raise InvalidInputError(f"Render seeds must be integers from 0 to 2**64 - 1, one per image; got {bad[0]!r}.")
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
@@ -367,8 +375,12 @@ class Renderer:
         if poses is not None:
             self.require_poses("This render call")
             kwargs["poses"] = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
+        try:
+            embeds = torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"Render conditions must be a (B, D) array of numbers, one row per image ({exc}).") from None
         out = self.pipeline(
-            id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
+            id_embeds=embeds,
             generator=image_generators(seeds),
             output_type="pt",
             **kwargs,

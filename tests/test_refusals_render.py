@@ -343,3 +343,14 @@ def test_a_pickled_lora_is_never_swapped_for_an_unrelated_safetensors_beside_it(
     (tmp_path / "lora" / "converted.safetensors").write_bytes(safetensors_bytes(tensors, {"source_sha256": digest}))
     assert np.allclose(rendered(pickled), want, atol=1e-6)
     assert np.allclose(rendered(tmp_path / "lora"), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("seeds, needle", [([-1, 2], "got -1"), ([2**64, 2], "got 18446744073709551616"),
+                                           ([1.5, 2], "got 1.5"), (["a", 2], "got 'a'"), ([True, 2], "got True")])
+def test_a_renderer_refuses_seeds_a_generator_cannot_take(seeds, needle):
+    renderer = render.Renderer(pipeline=_Pipeline(lambda n: torch.rand(n, 3, 8, 8)), family=_Family(), name="stub")
+    with pytest.raises(InvalidInputError, match=f"integers from 0 to 2\\*\\*64 - 1, one per image; {needle}"):
+        renderer(np.eye(2, 4, dtype=np.float32), seeds)
+    with pytest.raises(InvalidInputError, match="conditions must be a \\(B, D\\) array of numbers"):
+        renderer("abc", [1])
+    assert len(renderer(np.eye(2, 4, dtype=np.float32), [0, 2**64 - 1])) == 2
