@@ -6,7 +6,9 @@ renders in fp32, with a warning), applies the speed settings once (`Optimization
 `torch.Generator` per image (so an image depends only on its seed and condition vector, never on
 what shares its batch), and converts to uint8 the one way its family declares
 (`GeneratorFamily.to_uint8`: Arc2Face rounds, Vec2Face truncates as its published scripts do).
-Given the same inputs, every caller gets byte-identical images.
+Given the same inputs, every caller gets byte-identical images. What any renderer returns, a
+`Renderer` or a plain callable given to `engine.run(renderer=f)`, is checked at the boundary by
+`check_images` (count, numpy (H, W, 3) RGB, uint8; floats in [0, 1] converted as the families convert).
 
 Generators plug in through a registry of families keyed by model name (`register_generator`):
 Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny"; Vec2Face to every name starting
