@@ -388,16 +388,21 @@ class Renderer:
             **kwargs,
         )
         images = getattr(out, "images", None)
-        if not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[:2] == (len(seeds), 3)
-                and images.is_floating_point()):
-            found = (f"a {images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor)
-                     else f"images of type {type(images).__name__}")
-            raise InvalidInputError(
-                f"The {self.family.name!r} generator's pipeline ({type(self.pipeline).__qualname__}) returned {found} "
-                f"for {len(seeds)} seed(s); with output_type='pt' a family's pipeline must return .images as a "
-                f"({len(seeds)}, 3, H, W) float tensor in [0, 1] (see GeneratorFamily)."
-            )
-        return check_images(self.family.to_uint8(images), len(seeds), self)
+        tensor = isinstance(images, torch.Tensor)
+        found = f"a {images.dtype} tensor of shape {tuple(images.shape)}" if tensor else f"images of type {type(images).__name__}"
+        problem = InvalidInputError(
+            f"The {self.family.name!r} generator's pipeline ({type(self.pipeline).__qualname__}) returned {found} "
+            f"for {len(seeds)} seed(s); with output_type='pt' a family's pipeline must return .images as a "
+            f"({len(seeds)}, 3, H, W) float tensor in [0, 1] (see GeneratorFamily), unless its family's to_uint8 "
+            "converts what it returns."
+        )
+        if tensor and not (images.ndim == 4 and images.shape[:2] == (len(seeds), 3) and images.is_floating_point()):
+            raise problem
+        try:
+            converted = self.family.to_uint8(images)
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            raise problem from None
+        return check_images(converted, len(seeds), self)
 
 
 def build_renderer(
