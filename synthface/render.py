@@ -389,7 +389,8 @@ class Renderer:
         )
         images = getattr(out, "images", None)
         tensor = isinstance(images, torch.Tensor)
-        found = f"a {images.dtype} tensor of shape {tuple(images.shape)}" if tensor else f"images of type {type(images).__name__}"
+        found = (f"a {images.dtype} tensor of shape {tuple(images.shape)}" if tensor
+                 else f"images of type {type(images).__name__}")
         problem = InvalidInputError(
             f"The {self.family.name!r} generator's pipeline ({type(self.pipeline).__qualname__}) returned {found} "
             f"for {len(seeds)} seed(s); with output_type='pt' a family's pipeline must return .images as a "
