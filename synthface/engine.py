@@ -65,6 +65,7 @@ from synthface.identity import (
 )
 from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe, parse_recipe
+from synthface.render import check_images
 from synthface.stages import Stage, StageTimes, run_stages
 
 log = logging.getLogger("synthface.engine")
@@ -1065,9 +1066,11 @@ class ShardWorker:
         ).astype(np.float32)
         seeds = [t.seed for t in batch]
         if self.recipe.variation.pose is None:
-            return batch, conditions, centres, self.renderer(conditions, seeds)
+            images = self.renderer(conditions, seeds)
+            return batch, conditions, centres, check_images(images, len(seeds), self.renderer)
         poses = np.array([t.pose for t in batch], dtype=np.float32)
-        return batch, conditions, centres, self.renderer(conditions, seeds, poses=poses)
+        images = self.renderer(conditions, seeds, poses=poses)
+        return batch, conditions, centres, check_images(images, len(seeds), self.renderer)
 
     def _analyse(self, batch, conditions, centres, images) -> list[Candidate]:
         from synthface.faces.align import norm_crop

@@ -173,7 +173,15 @@ class IdentityBank:
 
     def save(self, path: str | Path) -> Path:
         """Write `ids` (N, D) float32, the recorded `nearest_cos` and the prior as safetensors,
-        atomically, straight from the arrays (no serialised copy of the bank in memory)."""
+        atomically, straight from the arrays (no serialised copy of the bank in memory). Vectors that
+        are not finite unit rows (norm within UNIT_ATOL of 1) are an InvalidInputError; nothing is written."""
+        problem = _bank_problem(np.asarray(self.vectors))
+        if problem:
+            raise InvalidInputError(
+                f"Cannot save the identity bank: its vectors (tensor 'ids') {problem}, and a bank holds finite unit "
+                "vectors. " + ("Remove or replace those rows" if "NaN" in problem else "Normalise them first (vectors"
+                " / numpy.linalg.norm(vectors, axis=1, keepdims=True))") + "; nothing was written."
+            )
         path = check_output_path(path)
         meta = {
             "format": "synthface.identity_bank",
@@ -231,7 +239,16 @@ def load_bank(path: str | Path) -> IdentityBank:
             "An identity bank is written by `synthface ids sample`; to import raw vectors, save "
             "them as an (N, D) .npy file."
         )
-    vectors = _check_vectors(f"{path}: ids", _tensor_array(tensors["ids"]))
+    raw = _tensor_array(tensors["ids"])
+    vectors = raw if raw.dtype.kind == "f" else _check_vectors(f"{path}: ids", raw)  # names complex, bool, ...
+    problem = _bank_problem(vectors)
+    if problem:
+        raise FileFormatError(
+            f"{path}: the identity vectors (tensor 'ids') {problem}, and a saved bank holds unit vectors, so the "
+            "file is damaged or was edited. Sample the bank again with `synthface ids sample`, or import raw "
+            "vectors as an (N, D) .npy array (normalised on import)."
+        )
+    vectors = vectors.astype(np.float32, copy=False)
     dim = vectors.shape[1]
     prior_name = meta.get("prior") or "isotropic"
     if prior_name not in PRIORS:
@@ -263,7 +280,7 @@ def load_bank(path: str | Path) -> IdentityBank:
             )
         nearest = nearest.astype(np.float32)
     return IdentityBank(
-        vectors=vectors if np.allclose(_row_norms(vectors), 1.0, atol=1e-4) else _normalise_rows(vectors),
+        vectors=vectors,
         prior=prior,
         max_cos=_meta_number(path, meta, "max_cos", float),
         seed=_meta_number(path, meta, "seed", int),
@@ -1227,24 +1244,47 @@ def perturb(
     """
     v = _normalise_rows(_check_vectors("vectors", vectors)).astype(np.float64)
     n, d = v.shape
+    seeds = _perturb_seeds(seed, n)
     if isinstance(cos, Mapping):
-        base = seed if isinstance(seed, int) else int(seed[0]) if len(seed) else 0
-        targets = mixture_cosines(cos, n, seed=base)
+        targets = mixture_cosines(cos, n, seed=seeds if isinstance(seeds, int) else seeds[0])
     else:
-        targets = np.broadcast_to(np.asarray(cos, dtype=np.float64), (n,)).copy()
+        given = np.asarray(cos)
+        if given.dtype.kind not in "iuf" or given.ndim > 1 or (given.ndim == 1 and len(given) != n):
+            what = (f"{len(given)} target cosine(s)" if given.ndim == 1 else
+                    f"an array of shape {given.shape}" if given.ndim else f"{cos!r} ({type(cos).__name__})")
+            raise InvalidInputError(
+                f"perturb got {what} for {n} vectors; pass one number, one per vector (a 1-D sequence of {n}), "
+                "or a {cosine: share} mixture."
+            )
+        targets = np.broadcast_to(given.astype(np.float64), (n,)).copy()
     if not np.all(np.isfinite(targets)) or np.any(targets < -1) or np.any(targets > 1):
         raise InvalidInputError(f"target cosines must lie in [-1, 1]; got values from {targets.min()} to {targets.max()}.")
-    if isinstance(seed, int):
-        noise = _rng(seed, _STREAM_PERTURB).standard_normal((n, d))
+    if isinstance(seeds, int):
+        noise = _rng(seeds, _STREAM_PERTURB).standard_normal((n, d))
     else:
-        if len(seed) != n:
-            raise InvalidInputError(f"got {len(seed)} seeds for {n} vectors; pass one seed, or one per vector.")
-        noise = np.stack([_rng(s, _STREAM_PERTURB).standard_normal(d) for s in seed]) if n else np.zeros((0, d))
+        noise = np.stack([_rng(s, _STREAM_PERTURB).standard_normal(d) for s in seeds]) if n else np.zeros((0, d))
     noise -= np.sum(noise * v, axis=1, keepdims=True) * v
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     out = targets[:, None] * v + np.sqrt(1.0 - targets[:, None] ** 2) * noise
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out.astype(np.float32)
+
+
+def _perturb_seeds(seed, n: int) -> int | list[int]:
+    """`perturb`'s seed: one non-negative integer, or a 1-D sequence of exactly `n` of them (one per
+    vector); anything else (negative, fractional, boolean, text, another count) is an InvalidInputError."""
+    def whole(s) -> bool:
+        return isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 0
+
+    if whole(seed):
+        return int(seed)
+    many = list(seed) if isinstance(seed, (list, tuple)) or (isinstance(seed, np.ndarray) and seed.ndim == 1) else [seed]
+    bad = [s for s in many if not whole(s)]
+    if bad:
+        raise InvalidInputError(f"perturb's seeds must be non-negative integers (one, or one per vector), got {bad[0]!r}.")
+    if len(many) != n:
+        raise InvalidInputError(f"perturb got {len(many)} seeds for {n} vectors; pass one seed, or one per vector.")
+    return [int(s) for s in many]
 
 
 def mixture_cosines(mixture: Mapping[float, float], count: int, seed: int = 0) -> np.ndarray:
@@ -1348,6 +1388,22 @@ def _check_vectors(name: str, array, dim: int | None = None) -> np.ndarray:
         _refuse_rows(name, _row_norms(x32) == 0, "whose values all underflow to zero in float32",
                      "scale the vectors up (for example to unit norm)")
     return x32
+
+
+UNIT_ATOL = 1e-4  # how far from 1 a saved bank's row norms may be (float32 rounding is ~1e-7)
+
+
+def _bank_problem(x: np.ndarray) -> str | None:
+    """None when `x` is a non-empty (N, D) float array of finite unit rows (norms within UNIT_ATOL of 1),
+    else what is wrong, in words; one pass over the rows."""
+    if x.ndim != 2 or 0 in x.shape or x.dtype.kind != "f":
+        return f"is not a non-empty (N, D) float array (shape {x.shape}, dtype {x.dtype})"
+    norms = _row_norms(x)
+    for bad, what in ((~np.isfinite(norms), "with NaN or inf"), (np.abs(norms - 1.0) > UNIT_ATOL, "of norm other than 1")):
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            return f"has {int(bad.sum())} row(s) {what} (first: row {first}, norm {norms[first]:.6g})"
+    return None
 
 
 def _refuse_rows(name: str, bad: np.ndarray, what: str, fix: str) -> None:

@@ -6,7 +6,9 @@ renders in fp32, with a warning), applies the speed settings once (`Optimization
 `torch.Generator` per image (so an image depends only on its seed and condition vector, never on
 what shares its batch), and converts to uint8 the one way its family declares
 (`GeneratorFamily.to_uint8`: Arc2Face rounds, Vec2Face truncates as its published scripts do).
-Given the same inputs, every caller gets byte-identical images.
+Given the same inputs, every caller gets byte-identical images. What any renderer returns, a
+`Renderer` or a plain callable given to `engine.run(renderer=f)`, is checked at the boundary by
+`check_images` (count, numpy (H, W, 3) RGB, uint8; floats in [0, 1] converted as the families convert).
 
 Generators plug in through a registry of families keyed by model name (`register_generator`):
 Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny"; Vec2Face to every name starting
@@ -230,10 +232,90 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return dtype
 
 
+MAX_SEED = 2**64 - 1  # the largest seed a torch generator takes
+
+
 def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image, seeded with its seed: the image's starting noise is drawn on the
-    CPU whatever the device, so a seed gives the same image on every machine and in every batch."""
+    CPU whatever the device, so a seed gives the same image on every machine and in every batch.
+    A seed that is not an integer from 0 to MAX_SEED is an InvalidInputError."""
+    bad = [s for s in seeds if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))
+           or not 0 <= s <= MAX_SEED]
+    if bad:
+        raise InvalidInputError(f"Render seeds must be integers from 0 to 2**64 - 1, one per image; got {bad[0]!r}.")
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+def renderer_name(renderer) -> str:
+    """How messages name `renderer`: a `Renderer` by its family and model, a function or method by its
+    qualified name, another callable by its class (else its repr, shortened)."""
+    if isinstance(renderer, Renderer):
+        return f"the {renderer.family.name!r} renderer of {renderer.name!r}"
+    name = getattr(renderer, "__qualname__", None)
+    if isinstance(name, str):
+        module = getattr(renderer, "__module__", None)
+        return f"the renderer {module}.{name}" if module else f"the renderer {name}"
+    if type(renderer).__call__ is not object.__call__ and type(renderer).__repr__ is object.__repr__:
+        return f"the renderer {type(renderer).__module__}.{type(renderer).__qualname__}"
+    text = repr(renderer)
+    return f"the renderer {text if len(text) <= 120 else text[:117] + '...'}"
+
+
+def check_images(images, count: int, renderer) -> list[np.ndarray]:
+    """What `renderer` returned for `count` seeds, checked at the boundary: the engine's images.
+
+    Accepted: a list or tuple of `count` images (or one (count, H, W, 3) array), each an (H, W, 3)
+    numpy array (RGB, channels last) of uint8, returned as it is, or of floats in [0, 1] (any float
+    dtype), converted as the built-in families convert: x * 255 in float32, rounded half to even
+    (`to_uint8`). Anything else (another count, a torch tensor or PIL image, integers other than
+    uint8, floats outside [0, 1] or not finite, grey, RGBA or channels-first arrays) is an
+    InvalidInputError naming the renderer (`renderer_name`), the image and what it was.
+    """
+    who = renderer_name(renderer)
+    rule = (f"{who[0].upper()}{who[1:]} must return a list of {count} RGB images, one per seed in the seeds' "
+            "order, each an (H, W, 3) numpy array of uint8 (or of floats in [0, 1], converted to uint8)")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        kind = f"one array of shape {images.shape}" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
+        raise InvalidInputError(f"{rule}; it returned {kind}.")
+    if len(images) != count:
+        raise InvalidInputError(f"{rule}; it returned {len(images)} image(s) for {count} seed(s).")
+    return [_checked_image(image, i, rule) for i, image in enumerate(images)]
+
+
+def _checked_image(image, index: int, rule: str) -> np.ndarray:
+    def refuse(what: str) -> InvalidInputError:
+        return InvalidInputError(f"{rule}; image {index} is {what}.")
+
+    if not isinstance(image, np.ndarray):
+        hint = {"Tensor": " (convert with tensor.permute(1, 2, 0).cpu().numpy())",
+                "Image": " (convert with numpy.asarray(image.convert('RGB')))"}.get(type(image).__name__, "")
+        raise refuse(f"a {type(image).__module__}.{type(image).__name__}, not a numpy array{hint}")
+    shape = image.shape
+    if image.ndim != 3 or shape[2] != 3 or 0 in shape:
+        if image.ndim == 3 and shape[0] == 3 and shape[2] != 3:
+            hint = "channels first; transpose it to (H, W, 3)"
+        elif image.ndim == 3 and shape[2] == 4:
+            hint = "4 channels (RGBA?); keep the colour channels, image[..., :3]"
+        elif image.ndim == 2:
+            hint = "grey (one channel); stack it to three, numpy.repeat(image[..., None], 3, axis=2)"
+        else:
+            hint = "not an (H, W, 3) image"
+        raise refuse(f"an array of shape {shape}: {hint}")
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise refuse(f"of dtype {image.dtype}; convert it with numpy.clip(image, 0, 255).astype(numpy.uint8) if its "
+                     "values are 0-255")
+    pixels = image.astype(np.float32)
+    if not np.isfinite(pixels).all():
+        raise refuse("a float array with NaN or inf values")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0.0 or high > 1.0:
+        scale = "; values up to 255 look like 0-255 pixels: cast them with .astype(numpy.uint8)" if high > 1.0 else ""
+        raise refuse(f"a float array with values from {low:g} to {high:g}, outside [0, 1]{scale}")
+    return np.rint(pixels * np.float32(255)).astype(np.uint8)
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -298,13 +380,33 @@ class Renderer:
         if poses is not None:
             self.require_poses("This render call")
             kwargs["poses"] = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
+        try:
+            embeds = torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"Render conditions must be a (B, D) array of numbers, one row per image ({exc}).") from None
         out = self.pipeline(
-            id_embeds=torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32)),
+            id_embeds=embeds,
             generator=image_generators(seeds),
             output_type="pt",
             **kwargs,
         )
-        return self.family.to_uint8(out.images)
+        images = getattr(out, "images", None)
+        tensor = isinstance(images, torch.Tensor)
+        found = (f"a {images.dtype} tensor of shape {tuple(images.shape)}" if tensor
+                 else f"images of type {type(images).__name__}")
+        problem = InvalidInputError(
+            f"The {self.family.name!r} generator's pipeline ({type(self.pipeline).__qualname__}) returned {found} "
+            f"for {len(seeds)} seed(s); with output_type='pt' a family's pipeline must return .images as a "
+            f"({len(seeds)}, 3, H, W) float tensor in [0, 1] (see GeneratorFamily), unless its family's to_uint8 "
+            "converts what it returns."
+        )
+        if tensor and not (images.ndim == 4 and images.shape[:2] == (len(seeds), 3) and images.is_floating_point()):
+            raise problem
+        try:
+            converted = self.family.to_uint8(images)
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            raise problem from None
+        return check_images(converted, len(seeds), self)
 
 
 def build_renderer(

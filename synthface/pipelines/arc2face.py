@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from synthface.errors import DeviceMemoryError, InvalidInputError, ModelNotFoundError
 from synthface.pipelines import id_encoder
+from synthface.pipelines.checks import CheckedPipelineMixin
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Largest output side accepted, in pixels (4x Arc2Face's native 512; as a recipe's `resolution`).
@@ -58,7 +59,7 @@ class Arc2FacePipelineOutput(BaseOutput):
     id_embeds: torch.Tensor
 
 
-class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Identity-conditioned face generation with Arc2Face (Papantoniou et al., ECCV 2024).
 
     Args:
@@ -162,6 +163,8 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        callback: Callable | None = None,
+        callback_steps: int = 1,
     ) -> Arc2FacePipelineOutput | tuple:
         """Render `num_images_per_prompt` images of each identity.
 
@@ -186,18 +189,27 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             callback_on_step_end: called after every step as `fn(pipe, step, timestep, kwargs)`
                 with the tensors named in `callback_on_step_end_tensor_inputs`; may return a dict
                 replacing some of them (e.g. `latents`).
-            callback_on_step_end_tensor_inputs: names from `_callback_tensor_inputs` (default
-                `["latents"]`).
+            callback_on_step_end_tensor_inputs: a list of names from `_callback_tensor_inputs`
+                (default `["latents"]`).
+            callback, callback_steps: diffusers' older form, `callback(step, timestep, latents)`
+                every `callback_steps` steps (a positive integer).
 
         Raises:
             InvalidInputError: any argument `check_inputs` refuses: bad or non-finite ID vectors,
-                sizes, steps, guidance, eta, latents, generator count or output type.
+                sizes, steps, guidance, eta, latents, generator count or output type; a callback that
+                is not callable, or returns something other than None or a dict of tensors of the
+                shapes it was given.
             DeviceMemoryError: the GPU ran out of memory; the message suggests a batch size.
         """
         # 1. Check inputs: anything non-finite or out of range is refused before any work is done.
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        _check_callbacks(callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps)
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        if callback is not None:
+            callback_on_step_end = _legacy_callback(callback, callback_steps, callback_on_step_end,
+                                                    getattr(self.scheduler, "order", 1))
+            tensor_inputs = list(dict.fromkeys([*tensor_inputs, "latents"]))
         unit, height, width = self.check_inputs(
             id_embeds, num_images_per_prompt, num_inference_steps, guidance_scale, height, width, generator,
             latents, eta, output_type, tensor_inputs,
@@ -252,8 +264,9 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds}
                     returned = callback_on_step_end(self, i, t, {name: local[name] for name in tensor_inputs})
-                    latents = (returned or {}).get("latents", latents)
-                    prompt_embeds = (returned or {}).get("prompt_embeds", prompt_embeds)
+                    returned = _checked_callback_result(callback_on_step_end, returned, local)
+                    latents = returned.get("latents", latents)
+                    prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
                 progress.update()
 
         # 2e. Decode.
@@ -358,11 +371,14 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             lora: LCM-LoRA for SD 1.5 (`latent-consistency/lcm-lora-sdv1-5`): a repo id, a local
                 folder or a weights file; it is loaded into the UNet and fused. Needs `peft`.
             allow_pickle: also read a pickled `*.bin` LoRA; SYNTHFACE_ALLOW_PICKLE=1 opts in as
-                well. Without it only `.safetensors` LoRA weights are read.
+                well. Without it only `.safetensors` LoRA weights are read. A pickled LoRA is loaded as
+                named, or as its converted copy beside it (a .safetensors whose metadata
+                `source_sha256` is the pickled file's sha256), never as another safetensors there.
             **load_kwargs: passed to `load_lora_weights` (e.g. `weight_name`).
 
         Raises:
             ModelNotFoundError: the LoRA is pickled without an opt-in, or cannot be found or read.
+            InvalidInputError: a folder holds a pickled LoRA beside an unrelated safetensors.
         """
         from diffusers import LCMScheduler
 
@@ -376,7 +392,10 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
 
         path = Path(str(lora)).expanduser()
+        if path.is_dir() and "weight_name" not in load_kwargs:
+            path = _lora_file_in(path) or path
         if path.is_file():  # a weights file: its folder plus its name, so the suffix check below sees it
+            path = _converted_copy(path) or path  # never another safetensors than the file's own conversion
             lora, load_kwargs = str(path.parent), {**load_kwargs, "weight_name": path.name}
         allowed = pickle_allowed(allow_pickle)
         if not allowed:
@@ -443,6 +462,60 @@ class Arc2FacePipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return self
 
 
+#: Metadata key of a LoRA .safetensors converted from a pickled file: that file's sha256. Only such a
+#: copy is ever loaded in place of the pickled file it records (`_converted_copy`).
+LORA_SOURCE_KEY = "source_sha256"
+
+
+def _lora_file_in(folder: Path) -> Path | None:
+    """The file to load from a LoRA folder holding pickled weights: the pickled file when it is the only
+    weights file, its converted copy when one is beside it; None when the folder holds safetensors only
+    (or nothing), for diffusers to choose as usual. A pickled file beside an unrelated safetensors is
+    ambiguous: an InvalidInputError naming both, never a silent swap."""
+    from synthface.weights import PICKLE_SUFFIXES
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    if not pickled or len(pickled) > 1 and not safe:
+        return None  # safetensors only, or diffusers' own choice among several pickled files
+    converted = [c for c in map(_converted_copy, pickled) if c is not None]
+    if converted or not safe:
+        return converted[0] if converted else pickled[0]
+    raise InvalidInputError(
+        f"The LoRA folder {folder} holds pickled weights ({', '.join(p.name for p in pickled)}) and "
+        f"{', '.join(p.name for p in safe)} beside them, which does not record being converted from them "
+        f"(metadata {LORA_SOURCE_KEY}), so synthface does not guess which one is meant. Pass the file to load: "
+        f"{folder / pickled[0].name} (pickled: with --allow-pickle) or {folder / safe[0].name}."
+    )
+
+
+def _converted_copy(path: Path) -> Path | None:
+    """The .safetensors beside the pickled file `path` whose metadata records `path`'s sha256 (its
+    converted copy, loaded without unpickling), else None (also for a `path` that is not pickled)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from synthface.weights import PICKLE_SUFFIXES
+
+    if path.suffix not in PICKLE_SUFFIXES:
+        return None
+    candidates = sorted(path.parent.glob("*.safetensors"))
+    if not candidates:
+        return None
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    for candidate in candidates:
+        try:
+            with safe_open(str(candidate), "pt") as handle:
+                if (handle.metadata() or {}).get(LORA_SOURCE_KEY) == digest:
+                    return candidate
+        except Exception:  # a damaged or foreign file is not a converted copy
+            continue
+    return None
+
+
 def _check_int(name: str, value, low: int, high: int | None, *, why: str = "") -> None:
     """`value` is an int (not a bool) in [low, high]; else an InvalidInputError naming the bound."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -460,6 +533,60 @@ def _check_real(name: str, value, low: float, high: float, *, why: str = "") -> 
     raise InvalidInputError(
         f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
     )
+
+
+def _check_callbacks(on_step_end, tensor_inputs, callback, callback_steps) -> None:
+    """Refuse a callback that is not callable, tensor inputs given as one string, and a callback_steps
+    that is not a positive integer, before any step runs."""
+    for name, value in (("callback_on_step_end", on_step_end), ("callback", callback)):
+        if value is not None and not callable(value):
+            raise InvalidInputError(
+                f"{name} must be a function called after each denoising step (or None), got {value!r:.60} "
+                f"({type(value).__name__}). Pass the function itself, e.g. {name}=my_function."
+            )
+    if isinstance(tensor_inputs, str):
+        raise InvalidInputError(
+            f"callback_on_step_end_tensor_inputs must be a list of tensor names, got the string {tensor_inputs!r}; "
+            f"pass [{tensor_inputs!r}]."
+        )
+    _check_int("callback_steps", callback_steps, 1, None, why="the callback runs every that many steps")
+
+
+def _legacy_callback(callback, every: int, on_step_end, order: int):
+    """diffusers' older `callback(step, timestep, latents)` every `every` steps, as a step-end callback
+    (run after `on_step_end`, if any, on the latents it returned)."""
+
+    def run(pipe, i, t, tensors):
+        returned = on_step_end(pipe, i, t, tensors) if on_step_end is not None else None
+        returned = _checked_callback_result(on_step_end, returned, tensors) if on_step_end is not None else {}
+        if i % every == 0:
+            callback(i // order, t, returned.get("latents", tensors["latents"]))
+        return returned
+
+    return run
+
+
+def _checked_callback_result(fn, returned, given: dict) -> dict:
+    """A step-end callback's result: None (nothing replaced) or a dict replacing some of the tensors it
+    may see by tensors of the same shape; anything else an InvalidInputError naming the callback."""
+    who = getattr(fn, "__qualname__", type(fn).__name__)
+    if returned is None:
+        return {}
+    if not isinstance(returned, dict):
+        raise InvalidInputError(
+            f"callback_on_step_end {who} returned {returned!r:.60} ({type(returned).__name__}); it must return None or a dict "
+            "of the tensors it replaces, e.g. {'latents': latents}."
+        )
+    for name, value in returned.items():
+        if name not in given:
+            continue  # names the pipeline does not track are ignored, as diffusers does
+        if not isinstance(value, torch.Tensor) or value.shape != given[name].shape:
+            found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"{value!r:.60} ({type(value).__name__})"
+            raise InvalidInputError(
+                f"callback_on_step_end {who} returned {name!r} as {found}; a replacement must be a tensor of "
+                f"the shape it was given, {tuple(given[name].shape)}."
+            )
+    return returned
 
 
 def _first_line(exc: Exception) -> str:

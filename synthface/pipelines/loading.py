@@ -15,6 +15,7 @@ import torch
 
 from synthface.errors import ModelNotFoundError
 from synthface.pipelines.arc2face import Arc2FacePipeline, default_scheduler
+from synthface.pipelines.checks import check_device, check_dtype
 from synthface.weights import load_pickled, pickle_allowed, pickle_refusal, pickled_only
 
 ARC2FACE_REPO = "FoivosPar/Arc2Face"
@@ -58,6 +59,7 @@ def load_arc2face(
         ModelNotFoundError: the weights are not available locally (or not in a safe format); the
             message says what to download and from where.
     """
+    dtype, device = check_dtype(dtype), check_device(device)  # refused before anything is read
     allow_pickle = pickle_allowed(allow_pickle)
     opts = dict(dtype=dtype, allow_download=allow_download, cache_dir=cache_dir, allow_pickle=allow_pickle)
     name = str(model)
@@ -227,6 +229,7 @@ def load_vec2face(
     from synthface import weights
     from synthface.pipelines.vec2face import Vec2FacePipeline
 
+    dtype, device = check_dtype(dtype), check_device(device)  # refused before anything is read
     name = str(model)
     if name in VEC2FACE_TINY:
         from synthface.pipelines.testing import tiny_vec2face_pipeline

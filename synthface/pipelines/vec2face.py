@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 
 from synthface.errors import DeviceMemoryError, InvalidInputError
 from synthface.pipelines.arc2face import _check_int, _check_real
+from synthface.pipelines.checks import CheckedPipelineMixin
 from synthface.pipelines.id_encoder import check_id_embeds
 from synthface.pipelines.vec2face_landmarks import IMAGE_SIZE, landmarks_to_tensor, render_pose_landmarks
 from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel, masks_from_noise, token_count
@@ -84,7 +85,7 @@ class Vec2FacePipelineOutput(BaseOutput):
     mask_rates: torch.Tensor
 
 
-class Vec2FacePipeline(DiffusionPipeline):
+class Vec2FacePipeline(CheckedPipelineMixin, DiffusionPipeline):
     """Identity-conditioned face generation with Vec2Face (Wu et al., ICLR 2025) and Vec2Face+.
 
     Args:
