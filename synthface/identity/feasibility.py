@@ -15,7 +15,6 @@ from synthface.identity.prior import Prior
 from synthface.identity.verify import verify_vectors
 from synthface.seeds import PROBE_STREAM, stream_rng
 
-
 FEASIBLE_CAP = 0.999  # thresholds must stay below 1; advice never names 1.0
 
 

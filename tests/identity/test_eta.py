@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from synthface.identity.eta import ETA_MIN_BATCHES, ETA_RECENT, Eta
