@@ -12,6 +12,8 @@ reported cosine is still the float32 one. Which screen runs changes speed, never
   About 1.25x bfloat16 again on large GEMMs on CPUs with VNNI; used by the sampler on CPU when a
   one-off probe shows it pays. Verification keeps bfloat16: its tighter bound means fewer rechecks.
 - `Float32Screen`: no screening (bound 0), so callers run one code path whatever the device.
+- `Screened` (operands in a screen's form with their rounding errors) and `TileWork` (reused gram,
+  tile-maxima and block buffers) are the pieces every blocked, screened all-pairs pass shares.
 
 Whether bfloat16 or int8 GEMMs pay is a property of the machine, so a CPU's timed probe runs once
 per machine and torch version and its answer is cached in the user's cache folder
@@ -49,6 +51,7 @@ _NORM_SLACK = 1e-5
 # vectors rarely clip; a clipped coordinate only enlarges that vector's own error term.
 _INT8_HEADROOM = 1.25
 _INT8_CHUNK = 4096  # rows rounded to int8 at a time (float32/float64 temporaries of this many rows)
+LOWER_ROWS = 1024  # rows rounded to int8 at a time through TileWork's float32 scratch buffer
 
 
 def screen_delta(dim: int) -> float:
@@ -64,7 +67,7 @@ def screen_delta(dim: int) -> float:
       as much again (3e-5 each for D = 512);
     - the result is rounded to bfloat16: at most u times its magnitude (<= 1 + the above), 0.0039.
     That sums to 0.0118 for D = 512; the 25 % on top covers norms that are 1 only to float32
-    precision and thresholds rounded to float32. tests/test_identity.py checks it against
+    precision and thresholds rounded to float32. tests/identity/test_screening.py checks it against
     vectors built to round badly. Callers only ever use it as "screened value more than delta
     above/below x means float32 value above/below x", so a larger delta costs rechecks, never
     correctness.
@@ -178,6 +181,58 @@ class Int8Screen:
 
 
 Screen = Bf16Screen | Int8Screen | Float32Screen
+
+
+@dataclass
+class Screened:
+    """Vectors in a screen's low-precision form, with each vector's rounding error (int8)."""
+
+    screen: Screen
+    low: torch.Tensor
+    err: torch.Tensor | None
+
+    @classmethod
+    def of(cls, screen: Screen, x: torch.Tensor) -> Screened:
+        return cls(screen, *screen.prepare(x))
+
+    def take(self, index: torch.Tensor) -> Screened:
+        return Screened(self.screen, self.low[index], None if self.err is None else self.err[index])
+
+
+class TileWork:
+    """Work space reused by every block: a gram buffer for `rows` x `cols`, its maxima over tiles of
+    `tile` columns, and a buffer for one block of `cols` vectors in the screen's low-precision form."""
+
+    def __init__(self, screen: Screen, rows: int, cols: int, dim: int, device: torch.device, *, tile: int):
+        self.screen = screen
+        self.tile = tile
+        self.gram_buf = torch.empty(rows * cols, dtype=screen.out_dtype, device=device)
+        self.tile_buf = torch.empty(rows * -(-cols // self.tile), dtype=screen.out_dtype, device=device)
+        lowered = not isinstance(screen, Float32Screen)
+        self.block_buf = torch.empty(cols * dim, dtype=screen.dtype, device=device) if lowered else None
+        self.scratch = torch.empty((LOWER_ROWS, dim), device=device) if isinstance(screen, Int8Screen) else None
+
+    def lower(self, x: torch.Tensor) -> torch.Tensor:
+        """The block `x` (at most `cols` rows) in the screen's low-precision form, in the reused block
+        buffer (valid until the next call): the values `screen.prepare(x)` gives; float32 is `x` itself."""
+        if self.block_buf is None:
+            return x
+        return self.screen.lower(x, self.block_buf[: x.numel()].view(x.shape), self.scratch)
+
+    def gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = self.gram_buf[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0])
+        return self.screen.gram(a, b, out=out)
+
+    def tile_max(self, g: torch.Tensor) -> torch.Tensor:
+        """Screened cosine maxima of `g` over tiles of `tile` columns (the last one possibly short)."""
+        rows, cols = g.shape
+        full, tiles = cols // self.tile, -(-cols // self.tile)
+        out = self.tile_buf[: rows * tiles].view(rows, tiles)
+        if full:
+            torch.amax(g[:, : full * self.tile].unflatten(1, (full, self.tile)), dim=2, out=out[:, :full])
+        if tiles > full:
+            torch.amax(g[:, full * self.tile :], dim=1, keepdim=True, out=out[:, full:])
+        return self.screen.cosines(out)
 
 
 def bf16_dtype(device: torch.device) -> torch.dtype | None:

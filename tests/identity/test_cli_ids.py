@@ -99,13 +99,14 @@ def test_sample_with_verify_runs_the_independent_check(tmp_path):
 
 
 def test_checkpoint_of_other_arguments_is_refused(tmp_path, capsys):
-    from synthface.identity import _Bank, _write_checkpoint, sample_identities
+    from synthface.identity.sample import _write_checkpoint, sample_identities
+    from synthface.identity.separation import BankState
 
     out = tmp_path / "ids.safetensors"
     # A checkpoint left by `--seed 1`, then the command run with --seed 2 next to it.
     checkpoint = out.with_name(out.name + ".checkpoint")
     rng = np.random.default_rng(0)
-    state = _Bank.allocate(10, 8, __import__("torch").device("cpu"))
+    state = BankState.allocate(10, 8, __import__("torch").device("cpu"))
     state.restore(sample_identities(3, max_cos=0.9, dim=8).vectors, np.zeros(3, np.float32))
     args = dict(n=10, max_cos=repr(0.9), dim=8, seed=1)
     _write_checkpoint(checkpoint, args, state, 4096, rng)
