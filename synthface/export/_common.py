@@ -19,9 +19,10 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from synthface.errors import InvalidInputError, OutputPathError
 from synthface.io import fsync_dir, fsync_tree

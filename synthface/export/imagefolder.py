@@ -11,8 +11,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, staged_dir
 
@@ -77,6 +75,8 @@ class ImageFolderSource(ExportReader):
     fmt = "imagefolder"
 
     def __init__(self, folder: Path):
+        import numpy as np
+
         folder = Path(folder)
         items = read(folder)
         self.paths = [str(p) for _, p in items]

@@ -16,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, staged_dir
 
@@ -164,6 +162,7 @@ class ParquetSource(ExportReader):
     CACHED_GROUPS = 8
 
     def __init__(self, folder: Path):
+        import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Self
 
-import numpy as np
-
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, Spool, staged_dir
 
@@ -53,6 +51,8 @@ class IRHeader:
 
 def pack(header: IRHeader, image: bytes = b"") -> bytes:
     """Header + image bytes as one record payload (array labels set flag to their length)."""
+    import numpy as np
+
     if isinstance(header.label, tuple):
         labels = np.asarray(header.label, dtype="<f4")
         return _HEADER.pack(len(labels), 0.0, header.id, header.id2) + labels.tobytes() + bytes(image)
@@ -61,6 +61,8 @@ def pack(header: IRHeader, image: bytes = b"") -> bytes:
 
 def unpack(payload: bytes) -> tuple[IRHeader, bytes]:
     """Inverse of `pack`: (header, image bytes)."""
+    import numpy as np
+
     if len(payload) < _HEADER.size:
         raise FileFormatError(f"A RecordIO payload of {len(payload)} bytes is shorter than its {_HEADER.size}-byte header; the file is corrupt.")
     flag, label, id_, id2 = _HEADER.unpack_from(payload)
@@ -230,6 +232,8 @@ def read_next_payload(handle: BinaryIO) -> bytes | None:
 def read_header_at(handle: BinaryIO, offset: int) -> IRHeader:
     """The image-record header of the record at `offset` (its first label only when flag > 0), read
     without the image: a few dozen bytes, so every record's label can be checked before training."""
+    import numpy as np
+
     handle.seek(offset)
     head = handle.read(_FRAME.size)
     if len(head) < _FRAME.size:
@@ -293,6 +297,8 @@ def write(
     "flat" shuffles with `seed` unless `shuffle=False` (then input order); "header" groups images by
     label (stable). Reordering goes through a disk spool, so memory stays small for any N.
     """
+    import numpy as np
+
     if layout not in ("flat", "header"):
         raise InvalidInputError(f"layout must be 'flat' or 'header', got {layout!r}.")
     checker = SampleChecker(num_classes)
@@ -353,6 +359,8 @@ class RecordIOSource(ExportReader):
     fmt = "recordio"
 
     def __init__(self, folder: Path):
+        import numpy as np
+
         folder = Path(folder)
         with RecordIOReader(folder) as reader:
             keys, prop, handle = reader.keys, reader.property, reader._file
@@ -405,6 +413,8 @@ class RecordIOSource(ExportReader):
 
 def _header_layout_keys(header: IRHeader, offsets: dict[int, int], folder: Path) -> list[int]:
     """Keys 1 .. label[0] - 1 of a header-layout RecordIO, checked against its index before any list is made."""
+    import numpy as np
+
     end = header.label[0]
     if not np.isfinite(end) or end != int(end) or not 2 <= end <= len(offsets):
         raise FileFormatError(

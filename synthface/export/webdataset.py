@@ -15,8 +15,6 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, Spool, dump_meta, staged_dir
 
@@ -41,6 +39,8 @@ def write(
     overwrite: bool = False,
 ) -> ExportSummary:
     """Shards of at most `samples_per_shard` samples; `.json` holds the metadata plus label and key."""
+    import numpy as np
+
     if samples_per_shard < 1:
         raise InvalidInputError(f"samples_per_shard must be at least 1, got {samples_per_shard}.")
     checker = SampleChecker(num_classes)
@@ -114,6 +114,8 @@ class WebDatasetSource(ExportReader):
     fmt = "webdataset"
 
     def __init__(self, folder: Path):
+        import numpy as np
+
         self.shards = sorted(Path(folder).glob(SHARD_GLOB))
         where, sizes, labels, self.names = [], [], [], []
         for s, shard in enumerate(self.shards):
