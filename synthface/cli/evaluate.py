@@ -1,4 +1,4 @@
-"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.verification);
+"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.benchmarks.bin);
 `synthface eval make-bin PHOTOS --out FILE`: a `.bin` for it from your own photos (synthface.fr.make_bin)."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def eval_command(
     """Verification accuracy (10-fold, insightface protocol) on each set and their average."""
     import contextlib
 
-    from synthface.fr.verification import evaluate, find_bins, load_recognizer, write_results
+    from synthface.fr.benchmarks.bin import evaluate, find_bins, load_recognizer, write_results
     from synthface.io import atomic_path
 
     paths = find_bins(bins, sets)

@@ -106,7 +106,7 @@ def decode_rgb(data: bytes, size: int, what: str = "A training image") -> np.nda
 
     from PIL import Image
 
-    from synthface.fr.verification import decode_image
+    from synthface.fr.benchmarks.bin import decode_image
 
     try:
         with warnings.catch_warnings():

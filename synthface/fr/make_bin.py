@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import ImageError, InvalidInputError
-from synthface.fr.verification import NUM_FOLDS, write_bin
+from synthface.fr.benchmarks.bin import NUM_FOLDS, write_bin
 
 #: File names taken as photos (case folded); anything else in an identity folder is ignored.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")

@@ -298,7 +298,7 @@ def train(
     after every optimiser step.
     """
     from synthface.devices import resolve_device
-    from synthface.fr.verification import evaluate, find_bins, read_bin, torch_recognizer, write_results
+    from synthface.fr.benchmarks.bin import evaluate, find_bins, read_bin, torch_recognizer, write_results
     from synthface.io import check_output_folder
 
     config = config or PRESETS["hsface10k"]

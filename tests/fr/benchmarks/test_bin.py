@@ -14,7 +14,7 @@ from PIL import Image
 
 from synthface.errors import FileFormatError, ModelNotFoundError
 from synthface.fr.backbones import iresnet
-from synthface.fr.verification import (
+from synthface.fr.benchmarks.bin import (
     THRESHOLDS,
     BinPack,
     Recognizer,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError
 from synthface.fr.backbones import iresnet
-from synthface.fr.verification import BIN_MAX_PIXELS, read_bin, write_bin
+from synthface.fr.benchmarks.bin import BIN_MAX_PIXELS, read_bin, write_bin
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 from tests.faces_fixtures import astronaut, dlib_analyzer, t1_faces, t1_image
 
@@ -233,7 +233,7 @@ def _fail(code: int):
 )
 def test_eval_output_errors_are_one_message_and_leave_nothing(tmp_path, capsys, bins, model_pt, monkeypatch, out,
                                                               inject, needles, before_work):
-    import synthface.fr.verification as verification
+    import synthface.fr.benchmarks.bin as verification
     import synthface.io as sio
 
     (tmp_path / "file.txt").write_text("the user's file")

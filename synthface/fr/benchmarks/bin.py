@@ -144,14 +144,14 @@ def _pair_labels(issame, path: Path) -> np.ndarray:
     else:
         raise FileFormatError(
             f"{path}: the pair labels are a {type(issame).__name__}, not a list of booleans; it is not an insightface "
-            ".bin pack. Rebuild it with `synthface eval make-bin` or synthface.fr.verification.write_bin."
+            ".bin pack. Rebuild it with `synthface eval make-bin` or synthface.fr.benchmarks.bin.write_bin."
         )
     bad = next((i for i, v in enumerate(values) if not isinstance(v, (bool, np.bool_))), None)
     if bad is not None:
         raise FileFormatError(
             f"{path}: pair label {bad} is {values[bad]!r} ({type(values[bad]).__name__}), not a boolean; an insightface "
             ".bin pack labels each pair True (same person) or False. Rebuild it with `synthface eval make-bin` or "
-            "synthface.fr.verification.write_bin, which write booleans."
+            "synthface.fr.benchmarks.bin.write_bin, which write booleans."
         )
     return np.array(values, dtype=bool).reshape(-1)
 

@@ -1,0 +1,1 @@
+"""Evaluation protocols for trained recognisers, one module per protocol."""
