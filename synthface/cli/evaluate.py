@@ -1,4 +1,4 @@
-"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.benchmarks.bin);
+"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.benchmarks, protocol "bin");
 `synthface eval make-bin PHOTOS --out FILE`: a `.bin` for it from your own photos (synthface.fr.make_bin)."""
 
 from __future__ import annotations
@@ -52,29 +52,40 @@ def eval_command(
     """Verification accuracy (10-fold, insightface protocol) on each set and their average."""
     import contextlib
 
-    from synthface.fr.benchmarks.bin import evaluate, find_bins, load_recognizer, write_results
+    from synthface.fr.benchmarks import get_benchmark, load_recognizer, write_results
     from synthface.io import atomic_path
 
-    paths = find_bins(bins, sets)
+    bench = get_benchmark("bin")
+    paths = bench.find(bins, sets)
     # The output's temporary file is made before the work, so a bad --out (a name too long, a file on the
     # way, a read-only or full disk) is refused at once; it becomes OUT only when every set is done.
     with atomic_path(out) if out is not None else contextlib.nullcontext() as staged:
-        results = evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
-        console.print(results_table(results, f"verification: {model}"))
+        results = bench.evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
+        console.print(results_table(results, f"verification: {model}", bench.name))
         if staged is not None:
             write_results(results, staged)
     if out is not None:
         console.print(f"written {out}")
 
 
-def results_table(results: dict, title: str) -> Table:
-    """Per-set accuracy +- std (percent), TAR at FAR 1e-3, pairs, and the average."""
+def results_table(results: dict, title: str, protocol: str = "bin") -> Table:
+    """One row per set with the protocol's columns (.bin: accuracy +- std in percent, TAR at FAR 1e-3,
+    pairs), and the average of its headline number."""
+    from synthface.fr.benchmarks import get_benchmark
+
+    bench = get_benchmark(protocol)
     table = Table(title=title)
-    for name, justify in (("set", "left"), ("accuracy %", "right"), ("std", "right"), ("TAR@FAR1e-3 %", "right"), ("pairs", "right")):
-        table.add_column(name, justify=justify)
+    table.add_column("set", justify="left")
+    for heading, _, _ in bench.columns:
+        table.add_column(heading, justify="right")
+
+    def cell(value, scale) -> str:
+        return str(value) if scale is None else f"{scale * value:.2f}"
+
     for name, r in results["sets"].items():
-        table.add_row(name, f"{100 * r['accuracy']:.2f}", f"{100 * r['std']:.2f}", f"{100 * r['tar_at_far']:.2f}", str(r["pairs"]))
-    table.add_row("average", f"{100 * results['average']:.2f}", "", "", "", style="bold")
+        table.add_row(name, *(cell(r[key], scale) for _, key, scale in bench.columns))
+    average = [cell(results["average"], scale) if key == bench.headline else "" for _, key, scale in bench.columns]
+    table.add_row("average", *average, style="bold")
     return table
 
 

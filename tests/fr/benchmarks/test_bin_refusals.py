@@ -233,13 +233,13 @@ def _fail(code: int):
 )
 def test_eval_output_errors_are_one_message_and_leave_nothing(tmp_path, capsys, bins, model_pt, monkeypatch, out,
                                                               inject, needles, before_work):
-    import synthface.fr.benchmarks.bin as verification
+    import synthface.fr.benchmarks as benchmarks
     import synthface.io as sio
 
     (tmp_path / "file.txt").write_text("the user's file")
     loaded = []
-    real_load = verification.load_recognizer
-    monkeypatch.setattr(verification, "load_recognizer", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    real_load = benchmarks.load_recognizer
+    monkeypatch.setattr(benchmarks, "load_recognizer", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
     if inject is not None:
         module, name = inject[0].split(".")
         monkeypatch.setattr(getattr(sio, module), name, _fail(inject[1]))
