@@ -102,10 +102,10 @@ def make_bin_command(
     """Detect and align (112 x 112, ArcFace template) the largest face of each photo, draw genuine pairs within
     a folder and impostor pairs across folders (seeded), and write them in the insightface .bin layout."""
     from synthface.errors import InvalidInputError
-    from synthface.fr.make_bin import FORMATS, make_bin
+    from synthface.fr.make_bin import IMAGE_FORMATS, make_bin
 
-    if image_format not in FORMATS:
-        raise InvalidInputError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}.")
+    if image_format not in IMAGE_FORMATS:
+        raise InvalidInputError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}.")
     # the analyser loads only once the folder and OUT are known to be usable
     made = make_bin(photos, out, analyzer=backend, pairs=pairs, seed=seed, fmt=image_format, overwrite=overwrite)
     for photo, why in made.skipped:
