@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from synthface.export import WRITERS, Sample
+from synthface.export import FORMATS, Sample
 
 
 def face_like_crops(num: int, size: int = 112, seed: int = 0) -> list[np.ndarray]:
@@ -68,7 +68,7 @@ def main() -> None:
                {"identity": i // args.per_identity, "image": i % args.per_identity, "seed": i, "filter_cos": 0.5})
         for i, jpeg in enumerate(jpegs)
     ]
-    runs = [(name, name, {}) for name in WRITERS] + [("recordio (input order)", "recordio", {"shuffle": False})]
+    runs = [(name, name, {}) for name in FORMATS] + [("recordio (input order)", "recordio", {"shuffle": False})]
     scratch = Path(tempfile.mkdtemp(prefix="bench-export-", dir=args.out))
     results = {"images": args.num, "encode_images_per_s": round(encode_rate)}
     try:
@@ -77,7 +77,7 @@ def main() -> None:
             for r in range(args.repeats):
                 target = scratch / f"{fmt}-{r}"
                 start = time.perf_counter()
-                WRITERS[fmt](samples, target, **options)
+                FORMATS[fmt].write(samples, target, **options)
                 best = min(best, time.perf_counter() - start)
                 shutil.rmtree(target)
             rate = args.num / best

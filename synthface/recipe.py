@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from synthface.errors import FileFormatError, InvalidInputError
+from synthface.export import format_names
 from synthface.overrides import all_from_overrides, apply_override, explain
 
 # Numbers and switches are strict: TOML has real booleans, so `count = true` is a mistake to report,
@@ -215,7 +216,7 @@ class FilteringConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[Literal["imagefolder", "recordio", "webdataset", "parquet"]] = Field(
+    formats: list[Literal[format_names()]] = Field(
         default_factory=lambda: ["imagefolder", "recordio"]
     )
     crop_size: Int = Field(112, ge=32, le=1024)

@@ -1,4 +1,4 @@
-"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.verification);
+"""`synthface eval MODEL --bins DIR`: insightface verification accuracy (library: synthface.fr.benchmarks, protocol "bin");
 `synthface eval make-bin PHOTOS --out FILE`: a `.bin` for it from your own photos (synthface.fr.make_bin)."""
 
 from __future__ import annotations
@@ -52,29 +52,40 @@ def eval_command(
     """Verification accuracy (10-fold, insightface protocol) on each set and their average."""
     import contextlib
 
-    from synthface.fr.verification import evaluate, find_bins, load_recognizer, write_results
+    from synthface.fr.benchmarks import get_benchmark, load_recognizer, write_results
     from synthface.io import atomic_path
 
-    paths = find_bins(bins, sets)
+    bench = get_benchmark("bin")
+    paths = bench.find(bins, sets)
     # The output's temporary file is made before the work, so a bad --out (a name too long, a file on the
     # way, a read-only or full disk) is refused at once; it becomes OUT only when every set is done.
     with atomic_path(out) if out is not None else contextlib.nullcontext() as staged:
-        results = evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
-        console.print(results_table(results, f"verification: {model}"))
+        results = bench.evaluate(load_recognizer(model, device=device, batch_size=batch_size), paths, flip=flip)
+        console.print(results_table(results, f"verification: {model}", bench.name))
         if staged is not None:
             write_results(results, staged)
     if out is not None:
         console.print(f"written {out}")
 
 
-def results_table(results: dict, title: str) -> Table:
-    """Per-set accuracy +- std (percent), TAR at FAR 1e-3, pairs, and the average."""
+def results_table(results: dict, title: str, protocol: str = "bin") -> Table:
+    """One row per set with the protocol's columns (.bin: accuracy +- std in percent, TAR at FAR 1e-3,
+    pairs), and the average of its headline number."""
+    from synthface.fr.benchmarks import get_benchmark
+
+    bench = get_benchmark(protocol)
     table = Table(title=title)
-    for name, justify in (("set", "left"), ("accuracy %", "right"), ("std", "right"), ("TAR@FAR1e-3 %", "right"), ("pairs", "right")):
-        table.add_column(name, justify=justify)
+    table.add_column("set", justify="left")
+    for heading, _, _ in bench.columns:
+        table.add_column(heading, justify="right")
+
+    def cell(value, scale) -> str:
+        return str(value) if scale is None else f"{scale * value:.2f}"
+
     for name, r in results["sets"].items():
-        table.add_row(name, f"{100 * r['accuracy']:.2f}", f"{100 * r['std']:.2f}", f"{100 * r['tar_at_far']:.2f}", str(r["pairs"]))
-    table.add_row("average", f"{100 * results['average']:.2f}", "", "", "", style="bold")
+        table.add_row(name, *(cell(r[key], scale) for _, key, scale in bench.columns))
+    average = [cell(results["average"], scale) if key == bench.headline else "" for _, key, scale in bench.columns]
+    table.add_row("average", *average, style="bold")
     return table
 
 
@@ -91,10 +102,10 @@ def make_bin_command(
     """Detect and align (112 x 112, ArcFace template) the largest face of each photo, draw genuine pairs within
     a folder and impostor pairs across folders (seeded), and write them in the insightface .bin layout."""
     from synthface.errors import InvalidInputError
-    from synthface.fr.make_bin import FORMATS, make_bin
+    from synthface.fr.make_bin import IMAGE_FORMATS, make_bin
 
-    if image_format not in FORMATS:
-        raise InvalidInputError(f"--format must be one of {', '.join(FORMATS)}, got {image_format!r}.")
+    if image_format not in IMAGE_FORMATS:
+        raise InvalidInputError(f"--format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}.")
     # the analyser loads only once the folder and OUT are known to be usable
     made = make_bin(photos, out, analyzer=backend, pairs=pairs, seed=seed, fmt=image_format, overwrite=overwrite)
     for photo, why in made.skipped:

@@ -1,4 +1,4 @@
-"""`synthface run RECIPE` and `synthface export DIR`: the dataset engine from the command line."""
+"""`synthface run RECIPE`: the dataset engine from the command line."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ LICENCE_NOTE = (
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
-    app.command("export")(export_command)
 
 
 def run_command(
@@ -89,44 +88,6 @@ def _stage_rows(stages: dict) -> list[tuple[str, str]]:
         return []
     return [("images/s (shards)", f"{stages['images_per_s']:.2f}"),
             ("stages", Text.from_markup(stage_shares_text(stages["busy_share"], stages["bottleneck"])))]
-
-
-def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    format_: Annotated[list[str], typer.Option("--format", "-f", help="imagefolder, recordio, webdataset or parquet (repeatable).")],
-) -> None:
-    """Build more export formats from a finished run (the run folder is locked while it works)."""
-    from synthface import engine
-    from synthface.errors import FileFormatError, InvalidInputError
-    from synthface.export import WRITERS, read_manifest
-
-    layout = engine.RunLayout(run_dir)
-    if not layout.run_file.is_file():
-        raise InvalidInputError(
-            f"{run_dir} is not a synthface run folder (no {layout.RUN_FILE}). Give the --out folder of a finished "
-            "`synthface run`."
-        )
-    if not layout.is_done(layout.FINALIZE):
-        raise InvalidInputError(
-            f"{run_dir} is not a finished run ({layout.FINAL_DONE} is missing or damaged). Finish it with "
-            f"`synthface run {layout.recipe_file} --out {run_dir}`."
-        )
-    unknown = sorted(set(format_) - set(WRITERS))
-    if unknown:
-        raise InvalidInputError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(sorted(WRITERS))}.")
-    command = "synthface export " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    with engine.lock_run(layout, engine.Ranks(), command):
-        spec = engine.load_run_recipe(layout)
-        try:
-            table = read_manifest(layout.manifest)
-        except FileFormatError as exc:
-            raise FileFormatError(
-                f"{exc} Delete {layout.final_done} and run `synthface run {layout.recipe_file} --out {run_dir}` "
-                "again: it rebuilds the manifest from the shards."
-            ) from None
-        rows = [r for r in table.to_pylist() if r["kept"]]
-        engine.export_run(spec, layout, rows, formats=format_)
-    console.print(f"wrote {', '.join(format_)} for {len(rows)} images under {layout.root / layout.EXPORT}")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from synthface.export import format_names
+
 console = Console()
 
 
@@ -16,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
-    data: Annotated[Path, typer.Argument(help="An export folder (recordio, imagefolder, webdataset, parquet) or a run folder with export/.")],
+    data: Annotated[Path, typer.Argument(help=f"An export folder ({', '.join(format_names())}) or a run folder with export/.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for model.pt, config.json, checkpoint.pt, metrics.jsonl.")],
     preset: Annotated[str, typer.Option(help="hsface10k (Vec2Face's IR-SE50 recipe), arcface-torch (IResNet-50, poly) or tiny (CPU smoke runs).")] = "hsface10k",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, the value in TOML (--set lr=0.05, --set milestones=[8,12], --set se=true); repeatable. The README lists the settings and their ranges.")] = None,

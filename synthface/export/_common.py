@@ -1,9 +1,11 @@
-"""What every writer shares: the Sample record, the summary, input checks, atomic output folders
-and a disk spool for writers that must reorder samples without holding them in memory.
+"""What every format shares: the Sample record, the summary, what a format declares (ExportFormat),
+the random-access reader contract (ExportReader), input checks, atomic output folders and a disk
+spool for writers that must reorder samples without holding them in memory.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import json
@@ -14,10 +16,13 @@ import secrets
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Protocol, Self
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from synthface.errors import InvalidInputError, OutputPathError
 from synthface.io import fsync_dir, fsync_tree
@@ -47,6 +52,68 @@ class ExportSummary:
     num_samples: int
     num_classes: int
     files: tuple[str, ...]
+
+
+class Writer(Protocol):
+    def __call__(self, samples: Iterable[Sample], out_dir: str | Path, *, num_classes: int | None = None,
+                 overwrite: bool = False, **options) -> ExportSummary: ...
+
+
+class ExportReader(abc.ABC):
+    """An export opened for random access: encoded image + label by index, every label known up front.
+
+    `open(folder)` of each format checks what it can before anything is sized from the files (headers,
+    sizes, labels) and raises FileFormatError naming the damage. File handles are opened lazily, once
+    per process (`_handle`), and never pickled, so DataLoader workers never share one.
+    """
+
+    fmt: str
+    labels: np.ndarray  # int64, one per sample, known without decoding images
+    num_classes: int
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of samples."""
+
+    @abc.abstractmethod
+    def read(self, i: int) -> tuple[bytes, int]:
+        """Sample `i`: its encoded image and its label."""
+
+    @abc.abstractmethod
+    def where(self, i: int) -> str:
+        """Where sample `i` lives, for a message ("Record 7 (byte 1234) of .../train.rec")."""
+
+    def __getstate__(self) -> dict:  # handles never travel to workers
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def _handle(self, path: Path):
+        pid = os.getpid()
+        if getattr(self, "_pid", None) != pid:
+            self._handles, self._pid = {}, pid
+        if path not in self._handles:
+            self._handles[path] = open(path, "rb")  # noqa: SIM115 - lives as long as the process's reader
+        return self._handles[path]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """What one export format declares; `synthface.export.FORMATS` holds one per format.
+
+    `files`: the names it writes (patterns), `signature`: the files that identify it, in words (for
+    messages), `detect(folder)`: whether a folder holds this format, `open(folder)`: an ExportReader.
+    `detect_last`: its detect matches on the folder's shape alone (not on file names of its own), so
+    the formats with named files are asked first.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    signature: str
+    write: Writer
+    detect: Callable[[Path], bool]
+    open: Callable[[Path], ExportReader]
+    detect_last: bool = False
 
 
 class SampleChecker:

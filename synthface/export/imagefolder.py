@@ -2,6 +2,7 @@
 
 Class folders are zero-padded to one width so that sorting their names, which is how ImageFolder
 assigns class indices, gives back the labels; labels must therefore cover 0..C-1 without gaps.
+`open(folder)` reads the images back by index (what training reads).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportSummary, Sample, SampleChecker, staged_dir
+from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, staged_dir
 
 
 def class_dir_name(label: int, num_classes: int) -> str:
@@ -66,3 +67,46 @@ def read(folder: str | Path) -> list[tuple[int, Path]]:
                 raise FileFormatError(f"{path} is not named '<n>.jpg'; this is not a synthface ImageFolder export.")
             out.append((int(class_dir.name), int(path.stem), path))
     return [(label, path) for label, _, path in sorted(out)]
+
+
+class ImageFolderSource(ExportReader):
+    """The images of an ImageFolder export by index, in `read`'s order; an empty class folder is refused."""
+
+    fmt = "imagefolder"
+
+    def __init__(self, folder: Path):
+        import numpy as np
+
+        folder = Path(folder)
+        items = read(folder)
+        self.paths = [str(p) for _, p in items]
+        self.labels = np.array([label for label, _ in items], dtype=np.int64)
+        empty = sorted(p.name for p in folder.iterdir() if p.is_dir() and not any(p.glob("*.jpg")))
+        if empty:
+            raise FileFormatError(
+                f"Class folder {folder / empty[0]} holds no images ({len(empty)} empty in all). Every class needs "
+                "images: remove the empty folders and renumber the rest contiguously, or export the run again."
+            )
+        self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def where(self, i: int) -> str:
+        return f"Image {self.paths[i]}"
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        with open(self.paths[i], "rb") as handle:
+            return handle.read(), int(self.labels[i])
+
+
+def detect(folder: Path) -> bool:
+    """Numbered class folders only (hidden ones aside): a shape, not file names, so asked last."""
+    subdirs = [p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return bool(subdirs) and all(p.name.isdigit() for p in subdirs)
+
+
+FORMAT = ExportFormat(
+    name="imagefolder", files=("<label>/<n>.jpg",), signature="numbered class folders of .jpg",
+    write=write, detect=detect, open=ImageFolderSource, detect_last=True,
+)

@@ -4,17 +4,24 @@ Columns: `image` as the Hugging Face Image layout (struct {bytes, path}), `label
 one column per metadata field (types from the first samples; a field named like a
 reserved column, such as the image index `image`, becomes `meta_image`). The schema carries the `huggingface`
 metadata naming `image` an Image feature, so `datasets` decodes it to PIL images without a script.
+`open(folder)` reads images back by index, row group by row group on demand through a small
+per-process cache (the slowest format for shuffled access: prefer RecordIO for long training runs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportSummary, Sample, SampleChecker, staged_dir
+from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, staged_dir
+
+DATA_DIR = "data"
+FILE_PATTERN = "train-{index:05d}-of-{count:05d}.parquet"
+FILE_GLOB = f"{DATA_DIR}/train-*.parquet"
 
 FEATURES = {
     "image": {"_type": "Image"},
@@ -80,7 +87,7 @@ def write(
     checker = SampleChecker(num_classes)
     out_dir = Path(out_dir)
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "data").mkdir()
+        (tmp / DATA_DIR).mkdir()
         parts: list[Path] = []
         writer = None
         schema = None
@@ -92,7 +99,7 @@ def write(
                 if writer is None or in_file + len(rows) > samples_per_file:
                     if writer is not None:
                         writer.close()
-                    parts.append(tmp / "data" / f"part-{len(parts):05d}.parquet")
+                    parts.append(tmp / DATA_DIR / f"part-{len(parts):05d}.parquet")
                     writer, in_file = pq.ParquetWriter(parts[-1], schema), 0
                 try:
                     table = pa.Table.from_pylist(rows, schema=schema)
@@ -104,14 +111,14 @@ def write(
                 writer.write_table(table, row_group_size=row_group_size)
                 in_file += len(rows)
             if writer is None:  # no samples: still one valid, empty file
-                parts.append(tmp / "data" / "part-00000.parquet")
+                parts.append(tmp / DATA_DIR / "part-00000.parquet")
                 pq.write_table(pa.Table.from_pylist([], schema=_schema([])), parts[-1])
         finally:
             if writer is not None:
                 writer.close()
         names = []
         for i, part in enumerate(parts):
-            names.append(f"data/train-{i:05d}-of-{len(parts):05d}.parquet")
+            names.append(f"{DATA_DIR}/" + FILE_PATTERN.format(index=i, count=len(parts)))
             os.replace(part, tmp / names[-1])
     return ExportSummary("parquet", out_dir, checker.count, checker.classes, tuple(names))
 
@@ -132,9 +139,9 @@ def read(folder: str | Path) -> Iterator[Sample]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted(Path(folder).glob("data/train-*.parquet"))
+    files = sorted(Path(folder).glob(FILE_GLOB))
     if not files:
-        raise FileFormatError(f"{folder} holds no data/train-*.parquet files; it is not a synthface Parquet export.")
+        raise FileFormatError(f"{folder} holds no {FILE_GLOB} files; it is not a synthface Parquet export.")
     for path in files:
         try:
             pf = pq.ParquetFile(path)
@@ -145,3 +152,72 @@ def read(folder: str | Path) -> Iterator[Sample]:
                 image = row.pop("image")
                 label, key = row.pop("label"), row.pop("key")
                 yield Sample(label, key, image["bytes"], {meta_field(k): v for k, v in row.items()})
+
+
+class ParquetSource(ExportReader):
+    """The images of a Parquet export by index: labels read column by column (integers required), images
+    row group by row group on demand, the last CACHED_GROUPS groups kept per process."""
+
+    fmt = "parquet"
+    CACHED_GROUPS = 8
+
+    def __init__(self, folder: Path):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.files = sorted(Path(folder).glob(FILE_GLOB))
+        where, labels = [], []
+        for f, path in enumerate(self.files):
+            try:
+                meta = pq.ParquetFile(path)
+                for g in range(meta.num_row_groups):
+                    group = meta.read_row_group(g, columns=["label"]).column("label").to_numpy()
+                    if not np.issubdtype(group.dtype, np.integer):
+                        raise FileFormatError(f"{path} row group {g} has {group.dtype} labels, not integers; a synthface "
+                                              "Parquet export stores class numbers. Export the run again.")
+                    labels.append(group)
+                    where.append(np.stack([np.full(len(group), f), np.full(len(group), g), np.arange(len(group))], 1))
+            except (pa.ArrowInvalid, OSError, KeyError) as exc:
+                raise FileFormatError(f"{path} is not a readable synthface Parquet file ({exc}); it is truncated or corrupt.") from None
+        self.where_ = np.concatenate(where).astype(np.int64) if where else np.zeros((0, 3), np.int64)
+        self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self._groups: OrderedDict = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_groups"] = OrderedDict()
+        return state
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def where(self, i: int) -> str:
+        f, g, row = (int(x) for x in self.where_[i])
+        return f"Row {row} of row group {g} of {self.files[f]}"
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        import pyarrow.parquet as pq
+
+        f, g, row = (int(x) for x in self.where_[i])
+        images = self._groups.get((f, g))
+        if images is None:
+            table = pq.ParquetFile(self._handle(self.files[f])).read_row_group(g, columns=["image"])
+            images = table.column("image").combine_chunks().field("bytes")
+            self._groups[(f, g)] = images
+            if len(self._groups) > self.CACHED_GROUPS:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end((f, g))
+        return images[row].as_py(), int(self.labels[i])
+
+
+def detect(folder: Path) -> bool:
+    return any(Path(folder).glob(FILE_GLOB))
+
+
+FORMAT = ExportFormat(
+    name="parquet", files=(f"{DATA_DIR}/{FILE_PATTERN}",), signature=FILE_GLOB,
+    write=write, detect=detect, open=ParquetSource,
+)

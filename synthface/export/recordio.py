@@ -10,6 +10,9 @@ each key to its record's byte offset, one `key<TAB>offset` line per record.
 Layouts: "flat" (default): keys 0..N-1, scalar labels, records in a seeded shuffled order (what
 arcface_torch and its DALI reader want). "header": record 0 has flag 2 and label [N+1, N+1+C],
 images are keys 1..N grouped by class, keys N+1..N+C hold each class's [first, end) image keys.
+
+`open(folder)` gives the images and labels back by random access (what training reads), read by key
+the way arcface_torch does, every record's label checked from its header before training starts.
 """
 
 from __future__ import annotations
@@ -22,10 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Self
 
-import numpy as np
-
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportSummary, Sample, SampleChecker, Spool, staged_dir
+from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, Spool, staged_dir
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -50,6 +51,8 @@ class IRHeader:
 
 def pack(header: IRHeader, image: bytes = b"") -> bytes:
     """Header + image bytes as one record payload (array labels set flag to their length)."""
+    import numpy as np
+
     if isinstance(header.label, tuple):
         labels = np.asarray(header.label, dtype="<f4")
         return _HEADER.pack(len(labels), 0.0, header.id, header.id2) + labels.tobytes() + bytes(image)
@@ -58,6 +61,8 @@ def pack(header: IRHeader, image: bytes = b"") -> bytes:
 
 def unpack(payload: bytes) -> tuple[IRHeader, bytes]:
     """Inverse of `pack`: (header, image bytes)."""
+    import numpy as np
+
     if len(payload) < _HEADER.size:
         raise FileFormatError(f"A RecordIO payload of {len(payload)} bytes is shorter than its {_HEADER.size}-byte header; the file is corrupt.")
     flag, label, id_, id2 = _HEADER.unpack_from(payload)
@@ -227,6 +232,8 @@ def read_next_payload(handle: BinaryIO) -> bytes | None:
 def read_header_at(handle: BinaryIO, offset: int) -> IRHeader:
     """The image-record header of the record at `offset` (its first label only when flag > 0), read
     without the image: a few dozen bytes, so every record's label can be checked before training."""
+    import numpy as np
+
     handle.seek(offset)
     head = handle.read(_FRAME.size)
     if len(head) < _FRAME.size:
@@ -290,6 +297,8 @@ def write(
     "flat" shuffles with `seed` unless `shuffle=False` (then input order); "header" groups images by
     label (stable). Reordering goes through a disk spool, so memory stays small for any N.
     """
+    import numpy as np
+
     if layout not in ("flat", "header"):
         raise InvalidInputError(f"layout must be 'flat' or 'header', got {layout!r}.")
     checker = SampleChecker(num_classes)
@@ -338,3 +347,94 @@ def write(
         (tmp / KEYS).write_text("record\tlabel\tkey\n" + "".join(keys_lines))
         rec.flush()
     return ExportSummary("recordio", out_dir, n, classes, (REC, IDX, PROPERTY, KEYS))
+
+
+# --------------------------------------------------------------------------- random access (training)
+
+
+class RecordIOSource(ExportReader):
+    """Images and labels of a RecordIO export by index (flat or header layout), labels read from each
+    record's header (a few dozen bytes each) and checked against `property` before any image is read."""
+
+    fmt = "recordio"
+
+    def __init__(self, folder: Path):
+        import numpy as np
+
+        folder = Path(folder)
+        with RecordIOReader(folder) as reader:
+            keys, prop, handle = reader.keys, reader.property, reader._file
+            self.path = reader.rec_path
+            if keys:
+                header = read_header_at(handle, reader.offsets[keys[0]])
+                if header.flag > 0:  # header layout: images are keys 1 .. label[0] - 1
+                    keys = _header_layout_keys(header, reader.offsets, folder)
+            labels = [read_header_at(handle, reader.offsets[k]) for k in keys]
+            self.keys = np.array(keys, dtype=np.int64)
+            self.offsets = np.array([reader.offsets[k] for k in keys], dtype=np.int64)
+        if prop is None:
+            raise FileFormatError(f"{folder} has no 'property' file ('<classes>,<height>,<width>'); the export is incomplete.")
+        if len(prop) != 3 or min(prop) < 1:
+            raise FileFormatError(f"{folder / PROPERTY} reads {','.join(map(str, prop))}, not '<classes>,<height>,<width>' "
+                                  "with three positive numbers; the export is damaged. Export the run again.")
+        if prop[0] > len(keys):
+            raise FileFormatError(
+                f"{folder / PROPERTY} claims {prop[0]:,} classes, but {self.path} holds only {len(keys):,} images; every "
+                "class needs at least one. The property file is damaged or belongs to another export: write "
+                "'<classes>,<height>,<width>' with the true class count, or export the run again."
+            )
+        self.num_classes = prop[0]
+        values = np.array([h.label if h.flag == 0 else h.label[0] for h in labels], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values >= self.num_classes))
+        if len(bad):
+            i = int(bad[0])
+            raise FileFormatError(
+                f"{self.where(i)} has label {values[i]:g}, not a class number in 0..{self.num_classes - 1} (the property "
+                f"file's {self.num_classes} classes; {len(bad)} such records in all). The export is damaged or its "
+                "property file belongs to another one: export the run again."
+            )
+        self.labels = values.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def where(self, i: int) -> str:
+        return f"Record {int(self.keys[i])} (byte {int(self.offsets[i])}) of {self.path}"
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        handle = self._handle(self.path)
+        handle.seek(int(self.offsets[i]))
+        payload = read_next_payload(handle)
+        if payload is None:
+            raise FileFormatError(f"{self.path} ends where its index expects record {i}; the file is truncated.")
+        header, image = unpack(payload)
+        return image, int(header.label if header.flag == 0 else header.label[0])
+
+
+def _header_layout_keys(header: IRHeader, offsets: dict[int, int], folder: Path) -> list[int]:
+    """Keys 1 .. label[0] - 1 of a header-layout RecordIO, checked against its index before any list is made."""
+    import numpy as np
+
+    end = header.label[0]
+    if not np.isfinite(end) or end != int(end) or not 2 <= end <= len(offsets):
+        raise FileFormatError(
+            f"The header record (key 0) of {folder / REC} says the images are keys 1..{end:g} - 1, but "
+            f"{folder / IDX} lists {len(offsets):,} records; the header is damaged. Export the run again."
+        )
+    missing = next((k for k in range(1, int(end)) if k not in offsets), None)
+    if missing is not None:
+        raise FileFormatError(
+            f"{folder / IDX} has no line for image key {missing}, which the header record (key 0) announces; "
+            "the files do not belong together. Export the run again."
+        )
+    return list(range(1, int(end)))
+
+
+def detect(folder: Path) -> bool:
+    return (Path(folder) / REC).is_file() and (Path(folder) / IDX).is_file()
+
+
+FORMAT = ExportFormat(
+    name="recordio", files=(REC, IDX, PROPERTY, KEYS), signature=f"{REC} + {IDX}",
+    write=write, detect=detect, open=RecordIOSource,
+)

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import ImageError, InvalidInputError
-from synthface.fr.verification import NUM_FOLDS, write_bin
+from synthface.fr.benchmarks.bin import NUM_FOLDS, write_bin
 
 #: File names taken as photos (case folded); anything else in an identity folder is ignored.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-FORMATS = ("jpg", "png")
+#: How the crops in a pack may be encoded (not to be confused with export formats).
+IMAGE_FORMATS = ("jpg", "png")
 CROP_SIZE = 112
 #: Most impostor candidates drawn per requested pair before the search gives up (small folders).
 _DRAWS_PER_PAIR = 20
@@ -145,8 +146,8 @@ def make_bin(folder: str | Path, out: str | Path, *, analyzer="dlib", pairs: int
     from synthface.faces import get_analyzer, require_registered
     from synthface.io import atomic_path, check_output_path
 
-    if fmt not in FORMATS:
-        raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt not in IMAGE_FORMATS:
+        raise InvalidInputError(f"format must be one of {', '.join(IMAGE_FORMATS)}, got {fmt!r}.")
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise InvalidInputError(f"pairs (genuine pairs wanted; as many impostor pairs are added) must be a positive integer, got {pairs!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -16,6 +16,7 @@ from annotated_types import Ge, Le
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from synthface.errors import InvalidInputError
+from synthface.export import format_names
 from synthface.fr.backbones import DEPTHS, WIDTHS, BackboneConfig
 from synthface.overrides import all_from_overrides, apply_override, explain
 
@@ -67,7 +68,7 @@ class TrainConfig(BaseModel):
     augment: Literal["hsface", "flip", "none"] = Field(
         "hsface", description="'hsface': HSFace's crop, low resolution, colour jitter, flip and erasing; 'flip' only; "
         "'none'")
-    format: Literal["auto", "recordio", "imagefolder", "webdataset", "parquet"] = Field(
+    format: Literal[("auto", *format_names())] = Field(
         "auto", description="which export of the data folder to read")
     num_workers: Int = Field(8, ge=0, le=256, description="DataLoader worker processes (0: read in the training process)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(

@@ -298,7 +298,7 @@ def train(
     after every optimiser step.
     """
     from synthface.devices import resolve_device
-    from synthface.fr.verification import evaluate, find_bins, read_bin, torch_recognizer, write_results
+    from synthface.fr.benchmarks import get_benchmark, headline_scores, torch_recognizer, write_results
     from synthface.io import check_output_folder
 
     config = config or PRESETS["hsface10k"]
@@ -324,7 +324,8 @@ def train(
             f"The export has {len(source)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
             "Lower batch_size with --set batch_size=N."
         )
-    packs = [read_bin(p) for p in find_bins(eval_bins)] if eval_bins is not None and rank == 0 else []
+    bench = get_benchmark("bin")  # --eval-bins: insightface's .bin verification sets
+    packs = [bench.load(p) for p in bench.find(eval_bins)] if eval_bins is not None and rank == 0 else []
     data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source),
                  "num_classes": source.num_classes, "fingerprint": fingerprint(source)}
     state, kept, made = None, [], None
@@ -442,10 +443,10 @@ def train(
             if step % steps_per_epoch == 0 or step == end_step:
                 checkpoint(step)
             if (step % steps_per_epoch == 0 or step == end_step) and packs:
-                results = evaluate(torch_recognizer(backbone, device=dev), packs)
+                results = bench.evaluate(torch_recognizer(backbone, device=dev), packs)
                 model.train()
                 write_metric({"step": step, "epoch": round(step / steps_per_epoch, 4), "average": results["average"],
-                              "verification": {k: v["accuracy"] for k, v in results["sets"].items()}})
+                              "verification": headline_scores(bench, results)})
                 write_results(results, out_dir / RESULTS)
                 images, clock = 0, time.perf_counter()  # images/s counts training only
             if world > 1:

@@ -14,24 +14,22 @@ from PIL import Image
 
 from synthface.errors import FileFormatError, ModelNotFoundError
 from synthface.fr.backbones import iresnet
-from synthface.fr.verification import (
+from synthface.fr.benchmarks.bin import (
     THRESHOLDS,
     BinPack,
-    Recognizer,
     decode_image,
     embed_pack,
     evaluate,
     find_bins,
-    load_recognizer,
     pair_distances,
     read_bin,
     tar_at_far,
     ten_fold_accuracy,
     threshold_at_far,
-    torch_recognizer,
     write_bin,
-    write_results,
 )
+from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, torch_recognizer
+from synthface.fr.benchmarks.registry import write_results
 
 
 def brute_force_accuracy(dist, issame):

@@ -1,5 +1,5 @@
-"""ImageFolder, WebDataset and Parquet exports, the manifest, the dataset card, the registry, and
-the atomic-output guarantee every writer shares."""
+"""ImageFolder, WebDataset and Parquet exports, the FORMATS registry (detect, open), and the
+atomic-output guarantee every writer shares."""
 
 from __future__ import annotations
 
@@ -10,21 +10,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from synthface.errors import FileFormatError, InvalidInputError, OutputPathError
-from synthface.export import (
-    WRITERS,
-    Sample,
-    concat_manifests,
-    export_formats,
-    imagefolder,
-    parquet,
-    read_manifest,
-    render_card,
-    webdataset,
-    write_card,
-    write_manifest,
-)
-from tests.test_export_recordio import make_samples
+from synthface.errors import InvalidInputError, OutputPathError
+from synthface.export import FORMATS, Sample, detect_format, export_formats, imagefolder, parquet, webdataset
+from tests.helpers.export_samples import make_samples
 
 
 def same_samples(got: list[Sample], want: list[Sample]) -> None:
@@ -135,8 +123,8 @@ def test_parquet_refuses_metadata_that_changes_type(tmp_path):
 
 def test_export_formats_writes_every_format_with_matching_counts(tmp_path):
     samples = make_samples(3, 2)
-    summaries = export_formats(lambda: iter(samples), tmp_path / "export", list(WRITERS), num_classes=3)
-    assert {f: (s.num_samples, s.num_classes) for f, s in summaries.items()} == {f: (6, 3) for f in WRITERS}
+    summaries = export_formats(lambda: iter(samples), tmp_path / "export", list(FORMATS), num_classes=3)
+    assert {f: (s.num_samples, s.num_classes) for f, s in summaries.items()} == {f: (6, 3) for f in FORMATS}
     assert len(imagefolder.read(tmp_path / "export" / "imagefolder")) == 6
     assert len(list(webdataset.read(tmp_path / "export" / "webdataset"))) == 6
     assert len(list(parquet.read(tmp_path / "export" / "parquet"))) == 6
@@ -145,7 +133,28 @@ def test_export_formats_writes_every_format_with_matching_counts(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-@pytest.mark.parametrize("fmt", sorted(WRITERS))
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_each_format_detects_its_folder_and_opens_it_in_write_order(tmp_path, fmt):
+    samples = make_samples(3, 2)
+    FORMATS[fmt].write(samples, tmp_path / fmt, **({"shuffle": False} if fmt == "recordio" else {}))
+    assert detect_format(tmp_path / fmt) == fmt
+    assert [other for other in FORMATS if other != fmt and FORMATS[other].detect(tmp_path / fmt)] == []
+    source = FORMATS[fmt].open(tmp_path / fmt)
+    assert source.fmt == fmt and len(source) == 6 and source.num_classes == 3
+    assert [source.read(i) for i in range(len(source))] == [(s.jpeg, s.label) for s in samples]
+    assert source.labels.tolist() == [s.label for s in samples]
+
+
+def test_the_registry_refuses_a_second_format_of_one_name_and_unknown_names():
+    from synthface.export import get_format, register_format
+
+    with pytest.raises(InvalidInputError, match="registered already"):
+        register_format(FORMATS["parquet"])
+    with pytest.raises(InvalidInputError, match="Unknown export format 'lmdb'; choose from recordio, imagefolder"):
+        get_format("lmdb")
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_a_failing_export_leaves_nothing_under_the_final_name(tmp_path, fmt):
     samples = make_samples(2, 3)
 
@@ -154,105 +163,20 @@ def test_a_failing_export_leaves_nothing_under_the_final_name(tmp_path, fmt):
         raise KeyboardInterrupt  # stands in for a kill in the middle of the export
 
     with pytest.raises(KeyboardInterrupt):
-        WRITERS[fmt](dying(), tmp_path / fmt)
+        FORMATS[fmt].write(dying(), tmp_path / fmt)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt", sorted(WRITERS))
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_existing_output_is_kept_unless_overwrite_and_stale_staging_is_cleared(tmp_path, fmt):
     samples = make_samples(2, 2)
     out = tmp_path / fmt
     stale = tmp_path / f".{fmt}.partial-4194305-dead"  # a SIGKILLed export's leftover (pid above any kernel's pid_max: never alive)
     (stale / "sub").mkdir(parents=True)
-    WRITERS[fmt](samples, out)
+    FORMATS[fmt].write(samples, out)
     assert not stale.exists()
     with pytest.raises(OutputPathError, match="already holds files"):
-        WRITERS[fmt](samples[:1], out)
-    summary = WRITERS[fmt](samples[:1], out, overwrite=True)
+        FORMATS[fmt].write(samples[:1], out)
+    summary = FORMATS[fmt].write(samples[:1], out, overwrite=True)
     assert summary.num_samples == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [fmt]
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def manifest_rows(n: int, **extra) -> list[dict]:
-    return [
-        {"identity": i // 2, "image": i % 2, "seed": 7 * i, "condition_cos": 0.9, "filter_cos": None if i == 0 else 0.6,
-         "kept": i % 3 != 2, "drop_reason": "" if i % 3 != 2 else "low_similarity",
-         "path": f"shards/0/images/{i}.jpg" if i % 3 != 2 else "", **extra}
-        for i in range(n)
-    ]
-
-
-def test_manifest_types_nan_and_extra_columns(tmp_path):
-    write_manifest(tmp_path / "manifest.parquet", manifest_rows(6, shard=0))
-    table = read_manifest(tmp_path / "manifest.parquet")
-    types = {f.name: str(f.type) for f in table.schema}
-    assert types == {"identity": "int64", "image": "int64", "seed": "int64", "condition_cos": "float",
-                     "filter_cos": "float", "kept": "bool", "drop_reason": "string", "path": "string", "shard": "int64"}
-    assert math.isnan(table["filter_cos"][0].as_py()) and table["kept"].to_pylist() == [True, True, False] * 2
-
-
-def test_manifests_concatenate_across_shards(tmp_path):
-    write_manifest(tmp_path / "a.parquet", manifest_rows(3, shard=0))
-    write_manifest(tmp_path / "b.parquet", manifest_rows(2, shard=1, det_score=0.99))
-    table = concat_manifests([tmp_path / "a.parquet", tmp_path / "b.parquet"])
-    assert table.num_rows == 5 and table["shard"].to_pylist() == [0, 0, 0, 1, 1]
-    assert table["det_score"].to_pylist() == [None, None, None, 0.99, 0.99]
-    assert concat_manifests([]).num_rows == 0
-
-
-def test_bad_manifests_are_refused(tmp_path):
-    rows = manifest_rows(3)
-    rows[0]["drop_reason"] = "oops"
-    with pytest.raises(InvalidInputError, match="drop_reason"):
-        write_manifest(tmp_path / "m.parquet", rows)
-    with pytest.raises(InvalidInputError, match="seed"):
-        write_manifest(tmp_path / "m.parquet", [{k: v for k, v in r.items() if k != "seed"} for r in manifest_rows(2)])
-    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(FileFormatError):
-        read_manifest(tmp_path / "bad.parquet")
-    assert not (tmp_path / "m.parquet").exists()
-
-
-# --------------------------------------------------------------------------- dataset card
-
-
-def test_card_names_models_licences_counts_and_command(tmp_path):
-    yaml = pytest.importorskip("yaml")
-    from synthface.weights import licence
-
-    arc = licence("arc2face")
-    facts = {
-        "name": "hsface-like",
-        "models": [{"name": "arc2face", "role": "generator", "licence": arc.text, "restricted": arc.restricted},
-                   {"name": "insightface (pack=antelopev2)", "role": "filter / face analysis",
-                    "licence": "insightface models: non-commercial research only", "restricted": True}],
-        "stats": {"images_kept": 12_000, "identities_kept": 240, "drop_reasons": {"low_similarity": 5}},
-        "command": "synthface run pipelines/quickstart.toml", "recipe_toml": 'name = "hsface-like"\n',
-    }
-    write_card(tmp_path / "README.md", facts)
-    text = (tmp_path / "README.md").read_text()
-    _, front, body = text.split("---\n", 2)
-    meta = yaml.safe_load(front)
-    assert meta["license"] == "other" and meta["size_categories"] == ["10K<n<100K"]
-    assert meta["license_name"] == "non-commercial-research"
-    assert f"| arc2face | generator | {arc.text} |" in body
-    assert "| insightface (pack=antelopev2) | filter / face analysis | insightface models: non-commercial" in body
-    assert "commercial use is excluded" in body
-    assert "- images kept: 12000" in body and "- drop reasons: low_similarity: 5" in body
-    assert "synthface run pipelines/quickstart.toml" in body and 'name = "hsface-like"' in body
-
-
-def test_card_without_restricted_models_says_so_and_unknown_licences_restrict():
-    from synthface.weights import licence
-
-    free = [{"name": n, "role": r, "licence": licence(n).text, "restricted": licence(n).restricted}
-            for n, r in (("tiny", "generator"), ("dlib", "filter / face analysis"))]
-    text = render_card({"models": free, "stats": {"images_kept": 5}})
-    assert "non-commercial-research" not in text and "n<1K" in text and "commercial use is excluded" not in text
-    unknown = render_card({"models": [*free, {"name": "my-own-model", "role": "generator"}]})
-    assert "non-commercial-research" in unknown and "| my-own-model | generator | unknown" in unknown
-
-

@@ -18,7 +18,7 @@ from PIL import Image
 
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError
 from synthface.fr.backbones import iresnet
-from synthface.fr.verification import BIN_MAX_PIXELS, read_bin, write_bin
+from synthface.fr.benchmarks.bin import BIN_MAX_PIXELS, read_bin, write_bin
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 from tests.faces_fixtures import astronaut, dlib_analyzer, t1_faces, t1_image
 
@@ -233,13 +233,13 @@ def _fail(code: int):
 )
 def test_eval_output_errors_are_one_message_and_leave_nothing(tmp_path, capsys, bins, model_pt, monkeypatch, out,
                                                               inject, needles, before_work):
-    import synthface.fr.verification as verification
+    import synthface.fr.benchmarks as benchmarks
     import synthface.io as sio
 
     (tmp_path / "file.txt").write_text("the user's file")
     loaded = []
-    real_load = verification.load_recognizer
-    monkeypatch.setattr(verification, "load_recognizer", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    real_load = benchmarks.load_recognizer
+    monkeypatch.setattr(benchmarks, "load_recognizer", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
     if inject is not None:
         module, name = inject[0].split(".")
         monkeypatch.setattr(getattr(sio, module), name, _fail(inject[1]))

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from synthface.export import Sample, write_format
 from synthface.fr.backbones import iresnet
-from synthface.fr.verification import write_bin
+from synthface.fr.benchmarks.bin import write_bin
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 
 COLOURS = [(230, 60, 60), (60, 230, 60), (60, 60, 230), (230, 230, 60)]

@@ -1,0 +1,28 @@
+"""Evaluation protocols for trained recognisers: one module per protocol, registered here by name.
+
+    from synthface.fr.benchmarks import get_benchmark
+    bench = get_benchmark("bin")                       # insightface's .bin sets, 10-fold
+    results = bench.evaluate(load_recognizer(model), bench.find(folder))
+
+A new protocol is a new module declaring a `Benchmark` (see registry.py) and one register call below.
+"""
+
+from __future__ import annotations
+
+from synthface.fr.benchmarks import bin
+from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, torch_recognizer
+from synthface.fr.benchmarks.registry import (
+    BENCHMARKS,
+    Benchmark,
+    get_benchmark,
+    headline_scores,
+    register_benchmark,
+    write_results,
+)
+
+register_benchmark(bin.BENCHMARK)
+
+__all__ = [
+    "BENCHMARKS", "Benchmark", "Recognizer", "get_benchmark", "headline_scores", "load_recognizer",
+    "register_benchmark", "torch_recognizer", "write_results",
+]

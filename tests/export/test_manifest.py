@@ -1,0 +1,50 @@
+"""The manifest: one row per candidate, typed columns, concatenation across shards, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from synthface.errors import FileFormatError, InvalidInputError
+from synthface.export import concat_manifests, read_manifest, write_manifest
+
+
+def manifest_rows(n: int, **extra) -> list[dict]:
+    return [
+        {"identity": i // 2, "image": i % 2, "seed": 7 * i, "condition_cos": 0.9, "filter_cos": None if i == 0 else 0.6,
+         "kept": i % 3 != 2, "drop_reason": "" if i % 3 != 2 else "low_similarity",
+         "path": f"shards/0/images/{i}.jpg" if i % 3 != 2 else "", **extra}
+        for i in range(n)
+    ]
+
+
+def test_manifest_types_nan_and_extra_columns(tmp_path):
+    write_manifest(tmp_path / "manifest.parquet", manifest_rows(6, shard=0))
+    table = read_manifest(tmp_path / "manifest.parquet")
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types == {"identity": "int64", "image": "int64", "seed": "int64", "condition_cos": "float",
+                     "filter_cos": "float", "kept": "bool", "drop_reason": "string", "path": "string", "shard": "int64"}
+    assert math.isnan(table["filter_cos"][0].as_py()) and table["kept"].to_pylist() == [True, True, False] * 2
+
+
+def test_manifests_concatenate_across_shards(tmp_path):
+    write_manifest(tmp_path / "a.parquet", manifest_rows(3, shard=0))
+    write_manifest(tmp_path / "b.parquet", manifest_rows(2, shard=1, det_score=0.99))
+    table = concat_manifests([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+    assert table.num_rows == 5 and table["shard"].to_pylist() == [0, 0, 0, 1, 1]
+    assert table["det_score"].to_pylist() == [None, None, None, 0.99, 0.99]
+    assert concat_manifests([]).num_rows == 0
+
+
+def test_bad_manifests_are_refused(tmp_path):
+    rows = manifest_rows(3)
+    rows[0]["drop_reason"] = "oops"
+    with pytest.raises(InvalidInputError, match="drop_reason"):
+        write_manifest(tmp_path / "m.parquet", rows)
+    with pytest.raises(InvalidInputError, match="seed"):
+        write_manifest(tmp_path / "m.parquet", [{k: v for k, v in r.items() if k != "seed"} for r in manifest_rows(2)])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(FileFormatError):
+        read_manifest(tmp_path / "bad.parquet")
+    assert not (tmp_path / "m.parquet").exists()
