@@ -3,7 +3,8 @@
 Commands parse arguments and call the library. `cli()` is the one place that turns outcomes into
 exit codes: a `SynthfaceError` prints its paragraph and exits with the error's code, a usage
 mistake (unknown option, bad value, missing argument) prints click's usage message and exits 2,
-Ctrl-C prints "aborted" and exits 130. No user mistake ends in a Python traceback.
+Ctrl-C prints "aborted" (with the next step the command names, e.g. "aborted; rerun to resume") and exits 130. No
+user mistake ends in a Python traceback.
 """
 
 from __future__ import annotations
@@ -86,10 +87,33 @@ def _sigint_recorded() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _replace_unencodable_output() -> None:
+    """A console that cannot show all of Unicode (PYTHONIOENCODING=ascii, a Latin-1 terminal) shows '?'
+    for what it cannot encode, e.g. an emoji in a recipe's name, instead of failing with a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "\U0001f600\u2014".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="replace")
+        except (AttributeError, TypeError):
+            continue
+
+
+def _aborted_text(exc: BaseException) -> str:
+    """"aborted", with what the interrupted command says about its next step (click turns a
+    KeyboardInterrupt into an Abort whose cause it is): `synthface run` says "rerun to resume"."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        if isinstance(cause, KeyboardInterrupt) and str(cause):
+            return f"aborted; {cause}"
+    return "aborted"
+
+
 def cli(args: Sequence[str] | None = None) -> int:
     """Run the command line `args` (default: sys.argv[1:]) and return its exit code; never raises
     for a user mistake. Tests call this in-process; `main` is the console entry point."""
     usage_errors = _usage_error_types()
+    _replace_unencodable_output()
     try:
         with _sigint_recorded() as interrupted:
             rc = app(args=list(args) if args is not None else None, prog_name="synthface", standalone_mode=False)
@@ -98,8 +122,8 @@ def cli(args: Sequence[str] | None = None) -> int:
     except SynthfaceError as exc:
         print_error(str(exc))
         return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        err_console.print(_aborted_text(exc), highlight=False)
         return EXIT_INTERRUPTED
     except usage_errors as exc:
         show = getattr(exc, "show", None)
