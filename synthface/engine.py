@@ -50,6 +50,7 @@ from synthface.errors import (
     FileFormatError,
     InvalidInputError,
     OutputPathError,
+    RunInterruptedError,
     RunLockedError,
     SynthfaceError,
 )
@@ -1529,11 +1530,11 @@ def run(
 @contextlib.contextmanager
 def _resumable_interrupt() -> Iterator[None]:
     """A Ctrl-C (KeyboardInterrupt) during a run leaves it resumable (finished units are kept, open ones
-    removed): it leaves as KeyboardInterrupt("rerun to resume"), which the CLI prints after "aborted; "."""
+    removed) and leaves as RunInterruptedError "aborted; rerun to resume" (exit code 130)."""
     try:
         yield
     except KeyboardInterrupt:
-        raise KeyboardInterrupt("rerun to resume") from None
+        raise RunInterruptedError("aborted; rerun to resume") from None
 
 
 def make_analyzer(recipe: Recipe):

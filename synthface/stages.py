@@ -37,33 +37,50 @@ _END = object()  # sent down the queues after the last item
 _WAKE = object()  # a failing worker puts it on the results queue, waking a calling thread that waits there
 
 
-#: What a second Ctrl-C prints before it ends the process at once (see `sigint_deferred`).
+#: What the first Ctrl-C prints, and what a second prints before it ends the process at once (see `sigint_deferred`).
+STOPPING = b"\nstopping after the current step (Ctrl-C again stops at once; a rerun resumes either way)\n"
 ABORT_NOW = b"\naborted; rerun to resume\n"
 
 
+class DeferredSigint:
+    """A Ctrl-C held back until a safe point: `requested` is set when it came, `deliver()` hands it to
+    the SIGINT handler that was in place before (which raises KeyboardInterrupt, and under the CLI also
+    records it), or raises KeyboardInterrupt itself where that handler does not."""
+
+    def __init__(self, previous=None):
+        self.requested = threading.Event()
+        self.previous = previous
+
+    def deliver(self) -> None:
+        if callable(self.previous):
+            self.previous(signal.SIGINT, None)
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def sigint_deferred() -> Iterator[threading.Event]:
-    """Yield an event that Ctrl-C (SIGINT) sets instead of raising KeyboardInterrupt wherever the
-    calling thread happens to be (inside torch, numpy or onnxruntime, with worker threads inside
-    theirs), so the caller can stop at its next safe point and join its threads. A second Ctrl-C ends
-    the process at once with exit code 130 (`os._exit`, so no interpreter shutdown runs while threads
-    are inside native code); a run killed at any moment resumes. Only on the main thread and where
-    Ctrl-C raises KeyboardInterrupt now; elsewhere the event is never set and nothing changes."""
-    stop = threading.Event()
+def sigint_deferred() -> Iterator[DeferredSigint]:
+    """Yield a `DeferredSigint` that Ctrl-C (SIGINT) sets instead of raising KeyboardInterrupt wherever
+    the calling thread happens to be (inside torch, numpy or onnxruntime, with worker threads inside
+    theirs), so the caller can stop at its next safe point, join its threads, then `deliver()` it. A
+    second Ctrl-C ends the process at once with exit code 130 (`os._exit`, so no interpreter shutdown
+    runs while threads are inside native code); a run killed at any moment resumes. Only on the main
+    thread and where Ctrl-C raises KeyboardInterrupt now; elsewhere it is never set and nothing changes."""
     previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     if previous in (None, signal.SIG_IGN, signal.SIG_DFL):
-        yield stop
+        yield DeferredSigint()
         return
+    deferred = DeferredSigint(previous)
 
     def on_sigint(signum, frame):
-        if stop.is_set():
+        if deferred.requested.is_set():
             os.write(2, ABORT_NOW)
             os._exit(130)
-        stop.set()
+        deferred.requested.set()
+        os.write(2, STOPPING)
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield stop
+        yield deferred
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -208,8 +225,8 @@ def run_stages(
     try:
         try:
             while not failure:
-                if stop.is_set():  # Ctrl-C: a safe point, between two items
-                    raise KeyboardInterrupt
+                if stop.requested.is_set():  # Ctrl-C: a safe point, between two items
+                    stop.deliver()
                 if in_flight >= limit:
                     deliver(block=True)
                     continue
@@ -248,6 +265,6 @@ def run_stages(
         interrupt.close()
     if failure:
         raise failure[0][0]
-    if stop.is_set():  # Ctrl-C after the last item was rendered: everything is through, and the caller stops
-        raise KeyboardInterrupt
+    if stop.requested.is_set():  # Ctrl-C after the last item was rendered: everything is through; stop now
+        stop.deliver()
     return times

@@ -3,8 +3,8 @@
 Commands parse arguments and call the library. `cli()` is the one place that turns outcomes into
 exit codes: a `SynthfaceError` prints its paragraph and exits with the error's code, a usage
 mistake (unknown option, bad value, missing argument) prints click's usage message and exits 2,
-Ctrl-C prints "aborted" (with the next step the command names, e.g. "aborted; rerun to resume") and exits 130. No
-user mistake ends in a Python traceback.
+Ctrl-C prints "aborted" (`synthface run`: "aborted; rerun to resume", a RunInterruptedError) and exits 130.
+No user mistake ends in a Python traceback.
 """
 
 from __future__ import annotations
@@ -100,15 +100,6 @@ def _replace_unencodable_output() -> None:
             continue
 
 
-def _aborted_text(exc: BaseException) -> str:
-    """"aborted", with what the interrupted command says about its next step (click turns a
-    KeyboardInterrupt into an Abort whose cause it is): `synthface run` says "rerun to resume"."""
-    for cause in (exc, exc.__cause__, exc.__context__):
-        if isinstance(cause, KeyboardInterrupt) and str(cause):
-            return f"aborted; {cause}"
-    return "aborted"
-
-
 def cli(args: Sequence[str] | None = None) -> int:
     """Run the command line `args` (default: sys.argv[1:]) and return its exit code; never raises
     for a user mistake. Tests call this in-process; `main` is the console entry point."""
@@ -120,10 +111,13 @@ def cli(args: Sequence[str] | None = None) -> int:
         if interrupted[0]:
             raise KeyboardInterrupt
     except SynthfaceError as exc:
-        print_error(str(exc))
+        if exc.exit_code == EXIT_INTERRUPTED:  # Ctrl-C, with what to do next ("aborted; rerun to resume")
+            err_console.print(Text(str(exc)), highlight=False, soft_wrap=True)
+        else:
+            print_error(str(exc))
         return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt) as exc:
-        err_console.print(_aborted_text(exc), highlight=False)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
         return EXIT_INTERRUPTED
     except usage_errors as exc:
         show = getattr(exc, "show", None)
