@@ -220,3 +220,26 @@ def test_ctrl_c_inside_a_native_call_exits_130_and_the_rerun_resumes(small_run, 
     assert result.returncode == 0, result.output
     assert tree_digest(out) == tree_digest(small_run)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_the_progress_bar_never_passes_100_percent_and_its_rate_is_over_wall_time():
+    """#22 class 12: resampling rounds render more than the first round's total; a first batch after a
+    long warm-up is no rate of 10 images/s."""
+    from synthface.cli.run import _ImagesPerSecond, _RichProgress, _WallTimeRemaining
+    from synthface.stages import StageTimes
+
+    now = [0.0]
+    bar = _RichProgress(get_time=lambda: now[0])
+    bar.start(16, StageTimes())
+    try:
+        now[0] = 100.0
+        bar.advance(10)
+        now[0] = 101.0
+        bar.advance(10)  # 20 of 16: a resampling round
+        task = bar._bar.tasks[0]
+        assert task.completed == task.total == 20 and task.percentage == 100.0
+        assert str(_ImagesPerSecond().render(task)) == "0.20 img/s"  # 20 images over 101 s, not 10/s
+        bar._bar.update(bar._task, total=40)
+        assert str(_WallTimeRemaining().render(task)) == "00:01:41"  # 20 more at 20/101 s
+    finally:
+        bar.stop()

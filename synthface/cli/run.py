@@ -219,13 +219,15 @@ class _StageShares(ProgressColumn):
 class _RichProgress:
     """Adapter from the engine's start/advance/stop calls to a rich progress bar."""
 
-    def __init__(self):
+    def __init__(self, get_time=None):
         self._bar = None
+        self._get_time = get_time  # the bar's clock (default: rich's monotonic one)
 
     def start(self, total: int, times) -> None:
         self._bar = Progress(
             TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
             TimeElapsedColumn(), _WallTimeRemaining(), _StageShares(times), console=console, transient=True,
+            get_time=self._get_time,
         )
         self._bar.start()
         self._task = self._bar.add_task("images", total=total)
