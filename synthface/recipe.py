@@ -28,10 +28,12 @@ from pydantic import (
 from synthface.errors import FileFormatError, InvalidInputError
 
 # Numbers and switches are strict: TOML has real booleans, so `count = true` is a mistake to report,
-# not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`), never
-# nan or inf (TOML has both; no recipe number means them).
+# not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`). A bounded
+# Float refuses nan and inf by its bounds (naming them); one without an upper bound is a Finite (TOML has
+# nan and inf, and no recipe number means them).
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), AllowInfNan(False)]
+Float = Annotated[float, Strict()]
+Finite = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
@@ -175,7 +177,7 @@ class PoseConfig(_Section):
 class VariationConfig(_Section):
     images_per_identity: Int = Field(50, ge=1, le=10_000)
     overgenerate: Float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
-    perturbation: dict[float, Float] = Field(
+    perturbation: dict[float, Finite] = Field(
         default_factory=lambda: {1.0: 1.0},
         description="target cosine of each condition vector to its identity -> share of images",
     )
@@ -216,7 +218,7 @@ class FilteringConfig(_Section):
         "their identity's robust centre",
     )
     min_cos: Float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
-    min_det_score: Float = Field(0.0, ge=0.0)
+    min_det_score: Finite = Field(0.0, ge=0.0)
     near_duplicate_cos: Float = Field(0.98, gt=0.0, le=1.0)
     collision_cos: Float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
     collision_policy: Literal["drop", "flag", "resample"] = Field(

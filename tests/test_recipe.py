@@ -140,7 +140,8 @@ def test_non_ascii_text_is_written_as_valid_toml_and_ascii_text_as_before():
     ({"variation": {"perturbation": {"1.0": 1.0, "0.9": float("inf")}}}, "must be a finite number"),
     ({"variation": {"perturbation": {"nan": 1.0}}}, "target cosine nan must lie in (0, 1]"),
     ({"filtering": {"min_det_score": float("inf")}}, "filtering.min_det_score must be a finite number"),
-    ({"variation": {"pose": {"yaw": [float("-inf"), 0.0]}}}, "finite number"),
+    ({"variation": {"pose": {"yaw": [float("-inf"), 0.0]}}}, "variation.pose.yaw must be [least, largest]"),
+    ({"generation": {"guidance": float("inf")}}, "generation.guidance must be less than or equal to 30"),
     ({"identities": {"exclude_max_cos": 0.1}}, "identities.exclude_max_cos applies only with identities.exclude"),
 ])
 def test_non_finite_numbers_and_settings_without_their_section_are_refused(data, fragment):

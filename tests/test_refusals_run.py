@@ -205,7 +205,7 @@ CASES = [
           ("nan-share", 'variation.perturbation={ "1.0" = nan }', ("variation.perturbation.1.0", "finite number")),
           ("inf-share", 'variation.perturbation={ "1.0" = 1.0, "0.9" = inf }', ("finite number",)),
           ("inf-min-det-score", "filtering.min_det_score=inf", ("filtering.min_det_score", "finite number")),
-          ("nan-guidance", "generation.guidance=nan", ("generation.guidance", "finite number")),
+          ("nan-guidance", "generation.guidance=nan", ("generation.guidance must be less than or equal to 30 (given: nan)",)),
           ("exclude-max-cos-alone", "identities.exclude_max_cos=0.2",
            ("exclude_max_cos applies only with identities.exclude",)),
       ]],
