@@ -1644,6 +1644,9 @@ def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
             "then run the same command again; finished shards are kept."
         ) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # A line the full disk cannot take is lost quietly (not logging's "--- Logging error ---" traceback on
+    # stderr): the run's next write fails with the one paragraph that says what to do.
+    handler.handleError = lambda record: None
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
         old.close()
