@@ -36,7 +36,6 @@ import shutil
 import socket
 import sys
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,6 +50,7 @@ from synthface.errors import (
     FileFormatError,
     InvalidInputError,
     OutputPathError,
+    RunInterruptedError,
     RunLockedError,
     SynthfaceError,
 )
@@ -63,8 +63,8 @@ from synthface.identity import (
     perturb,
     sample_identities,
 )
-from synthface.io import atomic_write_bytes, fsync_tree, safetensors_bytes
-from synthface.recipe import Recipe, parse_recipe
+from synthface.io import atomic_write_bytes, check_output_folder, fsync_tree, output_errors, safetensors_bytes
+from synthface.recipe import Recipe, loads_recipe_toml, parse_recipe
 from synthface.render import check_images
 from synthface.stages import Stage, StageTimes, run_stages
 
@@ -80,6 +80,11 @@ WAIT_REPORT_SECONDS = 60.0
 # --------------------------------------------------------------------------- ranks and seeds
 
 
+#: The most ranks a job may have: far beyond any cluster, low enough that a stray WORLD_SIZE = 10**9 is
+#: refused at once instead of leaving rank 0 waiting for ranks that never come.
+MAX_WORLD_SIZE = 65_536
+
+
 @dataclass(frozen=True)
 class Ranks:
     """This process's place in a job: 0 <= rank < world_size (checked on construction)."""
@@ -89,6 +94,13 @@ class Ranks:
     local_rank: int = 0
 
     def __post_init__(self):
+        if self.world_size > MAX_WORLD_SIZE:
+            raise InvalidInputError(
+                f"world size {self.world_size} is impossible: synthface runs at most {MAX_WORLD_SIZE} ranks, and a "
+                "rank 0 would wait for ranks that never start. A stale WORLD_SIZE (or SLURM_NTASKS) in the "
+                "environment? Unset it for a single process, launch with torchrun, accelerate or srun, or pass "
+                "--shard-index i --num-shards n with 0 <= i < n."
+            )
         if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
             raise InvalidInputError(
                 f"rank {self.rank} of world size {self.world_size} (local rank {self.local_rank}) is impossible: "
@@ -122,8 +134,10 @@ def _env_int(name: str, default: int | None = None) -> int:
     if raw is None and default is not None:
         return default
     try:
+        if not raw.strip().lstrip("+-").isascii() or not raw.strip().lstrip("+-").isdigit():
+            raise ValueError(raw)
         return int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         raise InvalidInputError(
             f"The environment variable {name}={raw!r} is not an integer. It tells synthface which rank of a "
             f"distributed job this process is; unset it for a single process (unset {name}), or launch with "
@@ -230,7 +244,10 @@ def make_plan(recipe: Recipe, out_dir: Path) -> Plan:
     layout = RunLayout(out_dir)
     rates = [r for r in (layout.record(shard_unit(s)) for s in range(num_shards(recipe))) if r is not None]
     per_candidate = None
-    if rates:
+    speeds = layout.session_speeds()
+    if speeds:  # images per second over each rank's wall time (its shards overlap one another)
+        per_candidate = sum(1 / v for v in speeds) / len(speeds)
+    elif rates:  # a run from before the stage records: each shard's own seconds
         per_candidate = sum(r["seconds"] for r in rates) / max(sum(r["candidates"] for r in rates), 1)
     kept = recipe.identities.count * recipe.variation.images_per_identity
     crop_bytes = 4_500 * (recipe.export.crop_size / 112) ** 2  # a 112x112 face JPEG at q95 is ~4.5 KB
@@ -283,6 +300,12 @@ class RunLayout:
     # Per-rank logs and locks of a distributed job, and the hidden temporaries of atomic writes.
     _RANK_FILE: ClassVar[re.Pattern] = re.compile(r"^run\.rank\d+\.(log|lock)$")
     _TEMPORARY: ClassVar[re.Pattern] = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+    # In SHARDS: unit folders and done markers, their temporary folders, the ranks' stage records.
+    _UNIT_ENTRY: ClassVar[re.Pattern] = re.compile(
+        r"^(shard-\d{6}|resample-\d{2})(\.done)?$|^\.(shard-\d{6}|resample-\d{2})\.tmp-\d+$|^stages\.rank\d+\.json$")
+    # In EXPORT: a format's folder and the hidden folders its writer stages it in (`staging_prefix`).
+    _EXPORT_ENTRY: ClassVar[re.Pattern] = re.compile(
+        r"^(imagefolder|recordio|webdataset|parquet)$|^\.(imagefolder|recordio|webdataset|parquet)\.partial-\d+-.+$")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -297,6 +320,16 @@ class RunLayout:
         if temporary:
             name = temporary["name"]
         return name in cls.names() or bool(cls._RANK_FILE.match(name))
+
+    @classmethod
+    def owns_inside(cls, folder: str, name: str) -> bool:
+        """True for a name a run writes inside its folder `folder` (SHARDS or EXPORT), atomic temporaries
+        included; a user's files put there are not the run's."""
+        temporary = cls._TEMPORARY.match(name)
+        if temporary:
+            name = temporary["name"]
+        pattern = {cls.SHARDS: cls._UNIT_ENTRY, cls.EXPORT: cls._EXPORT_ENTRY}.get(folder)
+        return bool(pattern and pattern.match(name))
 
     @classmethod
     def is_lock(cls, name: str) -> bool:
@@ -355,6 +388,23 @@ class RunLayout:
         """Where rank `rank` records how its latest session's shards ran (`stage_report`: images/s, each
         stage's busy seconds and share, the bottleneck); `record_stages` gathers these into run.json."""
         return self.shards / self.STAGE_RECORD.format(rank=rank)
+
+    def session_speeds(self) -> list[float]:
+        """Images per second over the wall time of each rank's latest session (its stage record), for
+        the ranks that recorded one."""
+        speeds = []
+        try:
+            paths = sorted(self.shards.glob(self.STAGE_RECORD.format(rank="*")))
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                speed = json.loads(path.read_text()).get("images_per_s")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(speed, (int, float)) and speed > 0 and np.isfinite(speed):
+                speeds.append(float(speed))
+        return speeds
 
     def write_stage_record(self, rank: int, report: dict | None) -> None:
         """Write rank `rank`'s stage record (atomically), or remove it (None: a session is starting,
@@ -500,8 +550,28 @@ def prepare_output(recipe: Recipe, out_dir: Path, *, overwrite: bool = False, co
         )
     if not layout.recipe_file.exists():
         atomic_write_bytes(layout.recipe_file, info.get("recipe", recipe.to_toml()).encode())
+    elif _recipe_from_file(layout.recipe_file) is None:  # damaged: rewritten from the recipe of run.json
+        log.warning("%s was damaged (not a valid recipe); rewritten from %s", layout.recipe_file, layout.run_file)
+        atomic_write_bytes(layout.recipe_file, info.get("recipe", recipe.to_toml()).encode())
+    else:
+        _check_recipe_copy(layout, info["fingerprint"], f"synthface run RECIPE --out {layout.root}")
     layout.shards.mkdir(exist_ok=True)
     return layout
+
+
+def _check_recipe_copy(layout: RunLayout, fingerprint: str, rerun: str) -> Recipe:
+    """The recipe in `recipe.toml`, which must be the one run.json records (`fingerprint`): a copy edited
+    after the run started is a FileFormatError naming it, never used (`rerun`: the command to run again)."""
+    saved = _recipe_from_file(layout.recipe_file)
+    if saved is not None and saved.fingerprint() != fingerprint:
+        raise FileFormatError(
+            f"{layout.recipe_file} does not match the run in {layout.root}: its recipe has fingerprint "
+            f"{saved.fingerprint()}, and {layout.run_file} records {fingerprint}, the recipe the data were made with. "
+            "It was edited after the run started, so synthface does not use it. Delete it and run "
+            f"`{rerun}` again (it is rewritten from {layout.RUN_FILE}); to make the edited recipe's dataset, copy it "
+            "elsewhere and run it into a new --out folder."
+        )
+    return saved
 
 
 def read_run_info(layout: RunLayout, *, heal_with: Recipe | None = None) -> dict | None:
@@ -534,38 +604,66 @@ def read_run_info(layout: RunLayout, *, heal_with: Recipe | None = None) -> dict
 
 def _recipe_from_file(path: Path) -> Recipe | None:
     try:
-        return parse_recipe(tomllib.loads(path.read_text(encoding="utf-8")), source=str(path))
+        return parse_recipe(loads_recipe_toml(path.read_text(encoding="utf-8")), source=str(path))
     except (OSError, ValueError, SynthfaceError):
         return None
 
 
 def load_run_recipe(layout: RunLayout) -> Recipe:
-    """The recipe of the run in `layout`: `recipe.toml`, rewritten from `run.json` when missing."""
-    recipe = _recipe_from_file(layout.recipe_file)
+    """The recipe of the run in `layout`: `recipe.toml`, rewritten from `run.json` when missing or
+    damaged. Either copy must have the fingerprint run.json records (else FileFormatError naming it)."""
+    try:
+        info = read_run_info(layout)
+    except FileFormatError:
+        if _recipe_from_file(layout.recipe_file) is None:
+            raise
+        info = None  # a damaged run.json: recipe.toml is all there is (`synthface run` rebuilds run.json)
+    rerun = f"synthface export {layout.root} --format FORMAT"
+    recipe = _check_recipe_copy(layout, info["fingerprint"], rerun) if info else _recipe_from_file(layout.recipe_file)
     if recipe is not None:
         return recipe
-    info = read_run_info(layout)
     if info is None or "recipe" not in info:
         raise FileFormatError(
             f"{layout.recipe_file} is missing or damaged and {layout.run_file} holds no copy of the recipe. Put the "
             f"recipe the run was made with back at {layout.recipe_file} (its fingerprint must be "
             f"{info['fingerprint'] if info else 'the one in run.json'})."
         )
-    recipe = parse_recipe(tomllib.loads(info["recipe"]), source=str(layout.run_file))
+    try:
+        recipe = parse_recipe(loads_recipe_toml(info["recipe"]), source=str(layout.run_file))
+    except (ValueError, SynthfaceError):
+        recipe = None
+    if recipe is None or recipe.fingerprint() != info["fingerprint"]:
+        raise FileFormatError(
+            f"{layout.run_file} is damaged: its copy of the recipe is not the recipe of fingerprint {info['fingerprint']} "
+            f"it records, and {layout.recipe_file} is missing or damaged. Put the recipe the run was made with back at "
+            f"{layout.recipe_file}, or start again in a new --out folder."
+        )
+    log.warning("%s was missing or damaged; rewritten from %s", layout.recipe_file, layout.run_file)
     atomic_write_bytes(layout.recipe_file, info["recipe"].encode())
     return recipe
 
 
 def clear_run(layout: RunLayout) -> None:
-    """Delete what a run writes (the names `RunLayout.owns`) and nothing else; locks stay, as they
-    may be held."""
-    for path in layout.root.iterdir():
-        if not layout.owns(path.name) or layout.is_lock(path.name):
-            continue
+    """Delete what a run writes (the names `RunLayout.owns`, and inside SHARDS and EXPORT those
+    `RunLayout.owns_inside`) and nothing else: a user's files in those folders stay, and so do the
+    folders holding them. Locks stay, as they may be held."""
+    def remove(path: Path) -> None:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    for path in layout.root.iterdir():
+        if not layout.owns(path.name) or layout.is_lock(path.name):
+            continue
+        if path.name in (layout.SHARDS, layout.EXPORT) and path.is_dir() and not path.is_symlink():
+            for inner in path.iterdir():
+                if layout.owns_inside(path.name, inner.name):
+                    remove(inner)
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when nothing of the user's is left in it
+            continue
+        remove(path)
 
 
 # --------------------------------------------------------------------------- locking
@@ -674,19 +772,53 @@ def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_s
     again, same seed, same vectors; AttrOP's saved centres reused), since shards are always rendered from it."""
     path = layout.identities
     if path.exists():
-        bank = load_bank(path)
+        bank = _check_bank(recipe, path, load_bank(path))
         if REPLACED_KEY not in bank.metadata:
             return bank
         log.warning("%s holds the vectors after collision resampling; sampling the original bank again", path)
-        return attrop_centres(recipe, layout, _sample_bank(recipe), renderer)
+        rendered = attrop_centres(recipe, layout, _sample_bank(recipe), renderer)
+        kept = np.ones(len(bank), dtype=bool)
+        kept[[int(i) for i in json.loads(bank.metadata[REPLACED_KEY])]] = False
+        if not np.allclose(rendered.vectors[kept], bank.vectors[kept], atol=1e-5):
+            raise _foreign_bank(path, "its vectors are not those this recipe samples")
+        return rendered
     if ranks.rank != 0:
         _wait_until(lambda: [path] if not path.exists() else [], wait_seconds, lambda missing, waited: (
             f"rank {ranks.rank} of {ranks.world_size} is waiting for rank 0 to write {path} ({waited:.0f} s so far); "
             "is rank 0 running?"))
-        return load_bank(path)
+        return _check_bank(recipe, path, load_bank(path))
     bank = attrop_centres(recipe, layout, _sample_bank(recipe), renderer)
     bank.save(path)
     return bank
+
+
+def _check_bank(recipe: Recipe, path: Path, bank: IdentityBank) -> IdentityBank:
+    """`bank` (read from the run's `path`) if what it records fits the recipe: its count, dimension,
+    prior, seed, max cosine, exclusion and AttrOP; else a FileFormatError naming the file. (A bank of
+    another run would silently give the dataset other identities.) Fields an older file lacks pass."""
+    cfg = recipe.identities
+    expected = {"count": cfg.count, "prior": cfg.prior, "seed": cfg.seed, "max_cos": cfg.max_cos,
+                "excluded": bool(cfg.exclude), "attrop": cfg.attrop is not None}
+    found = {"count": len(bank), "prior": bank.prior.name, "seed": bank.seed, "max_cos": bank.max_cos,
+             "excluded": bank.num_excluded > 0, "attrop": ATTROP_KEY in bank.metadata}
+    if not cfg.reference:
+        expected["dim"], found["dim"] = cfg.dim, bank.dim
+    if cfg.exclude:
+        expected["exclude_max_cos"] = cfg.max_cos if cfg.exclude_max_cos is None else cfg.exclude_max_cos
+        found["exclude_max_cos"] = bank.exclude_max_cos
+    wrong = [f"{key} {found[key]} (the recipe: {expected[key]})" for key in expected
+             if found[key] is not None and found[key] != expected[key]]
+    if wrong:
+        raise _foreign_bank(path, "it records " + ", ".join(wrong))
+    return bank
+
+
+def _foreign_bank(path: Path, why: str) -> FileFormatError:
+    return FileFormatError(
+        f"{path} was not made by this run's recipe: {why}. Rendering from it would give the dataset other "
+        f"identities than the recipe's. Delete it (or put this run's own file back) and run the same command "
+        "again: the bank is sampled again from the recipe, with the same vectors as before."
+    )
 
 
 #: Mixed into an identity's seed parts for the generator of its AttrOP masks.
@@ -716,17 +848,45 @@ def attrop_centres(recipe: Recipe, layout: RunLayout, bank: IdentityBank, render
     if not path.exists():
         vectors, records = _run_attrop(recipe, bank, renderer)
         atomic_write_bytes(path, safetensors_bytes({"vectors": vectors}, {"status": json.dumps(records)}))
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    vectors = load_file(str(path))["vectors"]
-    with safe_open(str(path), "numpy") as handle:
-        records = json.loads(handle.metadata()["status"])
+    vectors, records = _read_attrop(path, bank)
     counts = Counter(r["status"] for r in records)
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)
     meta = {**bank.metadata, ATTROP_KEY: json.dumps({s: counts[s] for s in ATTROP_STATUSES})}
     return replace(bank, vectors=vectors, nearest_cos=sims.max(axis=1).astype(np.float32), metadata=meta)
+
+
+def _read_attrop(path: Path, bank: IdentityBank) -> tuple[np.ndarray, list[dict]]:
+    """attrop.safetensors' centres and per-identity records, checked against the sampled `bank` they
+    were optimised from: one finite unit vector and one record per identity, and every centre AttrOP
+    did not keep (not converged, too close) exactly the sampled one. Else a FileFormatError naming the
+    file: damaged (unreadable) or foreign (another run's), never used."""
+    from safetensors import SafetensorError, safe_open
+
+    fix = (f"Delete it and run the same command again: AttrOP runs again on the sampled centres (and {path.name} "
+           "is written anew).")
+    try:
+        with safe_open(str(path), "numpy") as handle:
+            vectors = handle.get_tensor("vectors")
+            records = json.loads((handle.metadata() or {})["status"])
+        if not (isinstance(records, list) and all(isinstance(r, dict) and r.get("status") in ATTROP_STATUSES
+                                                   for r in records)):
+            raise ValueError("its status records are not AttrOP's")
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise FileFormatError(f"{path} is damaged ({exc or type(exc).__name__}); it holds a run's AttrOP centres. {fix}") from None
+    kept_sampled = np.array([r["status"] != "converged" for r in records], dtype=bool)
+    why = None
+    if vectors.shape != bank.vectors.shape or len(records) != len(bank):
+        why = (f"it holds {vectors.shape[0] if vectors.ndim else 0} centres of {vectors.shape[1:] or 'no'} dimensions "
+               f"and {len(records)} records, and this run has {len(bank)} identities of {bank.dim}")
+    elif vectors.dtype != np.float32 or not np.isfinite(vectors).all() or not np.allclose(
+            np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4):
+        why = "its centres are not finite unit float32 vectors"
+    elif not np.allclose(vectors[kept_sampled], bank.vectors[kept_sampled], atol=1e-5):
+        why = "the centres it did not optimise are not this recipe's sampled ones"
+    if why:
+        raise FileFormatError(f"{path} was not made for this run: {why}. {fix}")
+    return vectors, records
 
 
 def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -> tuple[np.ndarray, list[dict]]:
@@ -1298,7 +1458,7 @@ def run(
     keeps no image raises EmptyDatasetError after writing the manifest that says why.
     """
     ranks = ranks or Ranks()
-    layout = RunLayout(Path(out_dir))
+    layout = RunLayout(check_output_folder(out_dir, what="run folder"))
     check_destination(layout)
     if renderer is None:
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
@@ -1306,7 +1466,8 @@ def run(
             renderer = build_renderer(recipe, ranks)  # so is a generator without pose control (loaded to find out)
     if recipe.variation.pose is not None:
         renderer.require_poses(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
-    with lock_run(layout, ranks, command):
+    with _resumable_interrupt(), output_errors(layout.root, action="write into the run folder"), \
+            lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
         _attach_log_file(layout, ranks)
         bank = ensure_identities(recipe, layout, ranks, wait_seconds=min(wait_seconds, 3600), renderer=renderer)
@@ -1367,6 +1528,16 @@ def run(
             layout.write_stage_record(ranks.rank, stages())
         layout.record_stages(ranks.world_size)
         return RunSummary(layout.root, todo, skipped, True, stats, stages())
+
+
+@contextlib.contextmanager
+def _resumable_interrupt() -> Iterator[None]:
+    """A Ctrl-C (KeyboardInterrupt) during a run leaves it resumable (finished units are kept, open ones
+    removed) and leaves as RunInterruptedError "aborted; rerun to resume" (exit code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunInterruptedError("aborted; rerun to resume") from None
 
 
 def make_analyzer(recipe: Recipe):
@@ -1476,6 +1647,9 @@ def _attach_log_file(layout: RunLayout, ranks: Ranks) -> None:
             "then run the same command again; finished shards are kept."
         ) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # A line the full disk cannot take is lost quietly (not logging's "--- Logging error ---" traceback on
+    # stderr): the run's next write fails with the one paragraph that says what to do.
+    handler.handleError = lambda record: None
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
         old.close()

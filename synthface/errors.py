@@ -64,6 +64,12 @@ class RunLockedError(SynthfaceError):
     exit_code = 8
 
 
+class RunInterruptedError(SynthfaceError):
+    """Ctrl-C stopped a resumable run; the message says "aborted; rerun to resume" (printed without "error:")."""
+
+    exit_code = 130
+
+
 class EmptyDatasetError(SynthfaceError):
     """A run kept no image at all; the message gives the drop reasons and where the manifest is."""
 

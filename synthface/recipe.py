@@ -8,21 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export import format_names
 from synthface.overrides import all_from_overrides, apply_override, explain
 
 # Numbers and switches are strict: TOML has real booleans, so `count = true` is a mistake to report,
-# not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`).
+# not a 1 to take (pydantic's lax mode would). Floats still accept integers (`guidance = 3`). A bounded
+# Float refuses nan and inf by its bounds (naming them); one without an upper bound is a Finite (TOML has
+# nan and inf, and no recipe number means them).
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
+Finite = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
@@ -114,6 +127,11 @@ class IdentitiesConfig(_Section):
     def _gaussian_needs_reference(self):
         if self.prior == "gaussian" and not self.reference:
             raise ValueError("the gaussian prior needs identities.reference (a .npy or .safetensors of real embeddings)")
+        if self.exclude_max_cos is not None and not self.exclude:
+            raise ValueError(
+                "identities.exclude_max_cos applies only with identities.exclude (the embeddings of real people to stay "
+                "away from): set exclude to such a file, or remove exclude_max_cos"
+            )
         return self
 
 
@@ -161,7 +179,7 @@ class PoseConfig(_Section):
 class VariationConfig(_Section):
     images_per_identity: Int = Field(50, ge=1, le=10_000)
     overgenerate: Float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
-    perturbation: dict[float, Float] = Field(
+    perturbation: dict[float, Finite] = Field(
         default_factory=lambda: {1.0: 1.0},
         description="target cosine of each condition vector to its identity -> share of images",
     )
@@ -202,7 +220,7 @@ class FilteringConfig(_Section):
         "their identity's robust centre",
     )
     min_cos: Float | None = Field(None, ge=-1.0, le=1.0, description="least cosine to the identity; default: the analyser's same-person threshold")
-    min_det_score: Float = Field(0.0, ge=0.0)
+    min_det_score: Finite = Field(0.0, ge=0.0)
     near_duplicate_cos: Float = Field(0.98, gt=0.0, le=1.0)
     collision_cos: Float = Field(0.6, gt=0.0, le=1.0, description="identity centres closer than this collide")
     collision_policy: Literal["drop", "flag", "resample"] = Field(
@@ -413,9 +431,32 @@ def _toml_value(value) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: text beyond ASCII as itself (TOML is UTF-8; JSON's \\ud83d\\ude00 surrogate escapes
+    are not TOML), DEL escaped as TOML requires; ASCII text is written exactly as before."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def loads_recipe_toml(text: str) -> dict:
+    """Parse a recipe's TOML, also as synthface wrote it before non-ASCII text was written as itself:
+    JSON surrogate pairs (e.g. \\ud83d\\ude00 for an emoji), which TOML rejects, are read as the
+    character they encode. Raises tomllib.TOMLDecodeError for anything else that is not TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        healed = _SURROGATE_PAIR.sub(lambda m: chr(0x10000 + ((int(m[1], 16) - 0xD800) << 10) + int(m[2], 16) - 0xDC00),
+                                     text)
+        if healed == text:
+            raise
+        return tomllib.loads(healed)

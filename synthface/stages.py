@@ -11,7 +11,10 @@ The first exception, in any stage, in `sink` or in `items`, stops the run: nothi
 rendered, the items behind the failure are dropped, and the items ahead of it (already past the
 failing stage) still go through the later stages and reach `sink`, so work finished before the
 failure is kept. An exception in `sink` drops everything in flight. Then every thread is joined and
-the first exception is raised on the calling thread unchanged. Threads pay off because torch,
+the first exception is raised on the calling thread unchanged. Ctrl-C (SIGINT) on the main thread
+only asks the run to stop (`sigint_deferred`): the calling thread stops at its next item, as if the
+sink had failed with KeyboardInterrupt, every thread is joined, and KeyboardInterrupt is raised; a
+second Ctrl-C ends the process at once (exit code 130). Threads pay off because torch,
 onnxruntime, dlib, cv2 and file I/O release the GIL while they work.
 
 `StageTimes` records how long each stage was busy, so a progress line can name the bottleneck.
@@ -20,15 +23,66 @@ onnxruntime, dlib, cv2 and file I/O release the GIL while they work.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 _END = object()  # sent down the queues after the last item
 _WAKE = object()  # a failing worker puts it on the results queue, waking a calling thread that waits there
+
+
+#: What the first Ctrl-C prints, and what a second prints before it ends the process at once (see `sigint_deferred`).
+STOPPING = b"\nstopping after the current step (Ctrl-C again stops at once; a rerun resumes either way)\n"
+ABORT_NOW = b"\naborted; rerun to resume\n"
+
+
+class DeferredSigint:
+    """A Ctrl-C held back until a safe point: `requested` is set when it came, `deliver()` hands it to
+    the SIGINT handler that was in place before (which raises KeyboardInterrupt, and under the CLI also
+    records it), or raises KeyboardInterrupt itself where that handler does not."""
+
+    def __init__(self, previous=None):
+        self.requested = threading.Event()
+        self.previous = previous
+
+    def deliver(self) -> None:
+        if callable(self.previous):
+            self.previous(signal.SIGINT, None)
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[DeferredSigint]:
+    """Yield a `DeferredSigint` that Ctrl-C (SIGINT) sets instead of raising KeyboardInterrupt wherever
+    the calling thread happens to be (inside torch, numpy or onnxruntime, with worker threads inside
+    theirs), so the caller can stop at its next safe point, join its threads, then `deliver()` it. A
+    second Ctrl-C ends the process at once with exit code 130 (`os._exit`, so no interpreter shutdown
+    runs while threads are inside native code); a run killed at any moment resumes. Only on the main
+    thread and where Ctrl-C raises KeyboardInterrupt now; elsewhere it is never set and nothing changes."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous in (None, signal.SIG_IGN, signal.SIG_DFL):
+        yield DeferredSigint()
+        return
+    deferred = DeferredSigint(previous)
+
+    def on_sigint(signum, frame):
+        if deferred.requested.is_set():
+            os.write(2, ABORT_NOW)
+            os._exit(130)
+        deferred.requested.set()
+        os.write(2, STOPPING)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield deferred
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
@@ -53,6 +107,11 @@ class StageTimes:
         self.busy[name] = self.busy.get(name, 0.0) + seconds
         self.items[name] = self.items.get(name, 0) + 1
 
+    def reach(self, wall: float) -> None:
+        """Bring `wall` up to `wall` seconds (never back): called before a stage's busy seconds are
+        added, so a live reader never sees a stage busier than the wall time."""
+        self.wall = max(self.wall, wall)
+
     def copy(self) -> StageTimes:
         return StageTimes(dict(self.busy), dict(self.items), self.wall)
 
@@ -62,8 +121,10 @@ class StageTimes:
                           {k: v - earlier.items.get(k, 0) for k, v in self.items.items()}, self.wall - earlier.wall)
 
     def shares(self) -> dict[str, float]:
-        """Busy seconds over wall seconds per stage: 1.0 is a stage that never waited."""
-        return {name: busy / self.wall if self.wall > 0 else 0.0 for name, busy in self.busy.items()}
+        """Busy seconds over wall seconds per stage: 1.0 is a stage that never waited. At most 1.0: a
+        stage's busy seconds lie within the wall time (`since` can take in the end of a call that began
+        before the earlier copy; its share is then capped)."""
+        return {name: min(busy / self.wall, 1.0) if self.wall > 0 else 0.0 for name, busy in self.busy.items()}
 
     @property
     def bottleneck(self) -> str | None:
@@ -122,9 +183,13 @@ def run_stages(
             except BaseException as exc:  # re-raised on the calling thread
                 fail(exc, index)
                 continue
-            times.add(stage.name, clock() - began)
+            ended = clock()
+            times.reach(wall_before + ended - start)
+            times.add(stage.name, ended - began)
             outbox.put(item)
 
+    interrupt = contextlib.ExitStack()  # Ctrl-C sets `stop` while the threads run; closed once they are joined
+    stop = interrupt.enter_context(sigint_deferred())
     threads = [threading.Thread(target=worker, args=(i,), name=f"synthface-stage-{s.name}", daemon=True)
                for i, s in enumerate(stages) if i > 0]
     for thread in threads:
@@ -139,9 +204,11 @@ def run_stages(
         if failure and failure[0][1] == sink_index:
             return  # the sink itself failed: nothing more reaches it
         began = clock()
-        times.wall = wall_before + began - start
+        times.reach(wall_before + began - start)
         more = sink(result)
-        times.add("sink", clock() - began)
+        ended = clock()
+        times.reach(wall_before + ended - start)
+        times.add("sink", ended - began)
         if more is not None:
             follow_ups.extend(more)
 
@@ -158,6 +225,8 @@ def run_stages(
     try:
         try:
             while not failure:
+                if stop.requested.is_set():  # Ctrl-C: a safe point, between two items
+                    stop.deliver()
                 if in_flight >= limit:
                     deliver(block=True)
                     continue
@@ -173,7 +242,9 @@ def run_stages(
                 except BaseException as exc:  # a failing render or `items`: what is in flight still finishes
                     fail(exc, 0)
                     break
-                times.add(head.name, clock() - began)
+                ended = clock()
+                times.reach(wall_before + ended - start)
+                times.add(head.name, ended - began)
                 in_flight += 1
                 first_queue.put(result)
                 while deliver(block=False):
@@ -191,6 +262,9 @@ def run_stages(
         for thread in threads:
             thread.join()
         times.wall = wall_before + clock() - start
+        interrupt.close()
     if failure:
         raise failure[0][0]
+    if stop.requested.is_set():  # Ctrl-C after the last item was rendered: everything is through; stop now
+        stop.deliver()
     return times

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,3 +134,112 @@ def test_export_refuses_a_run_whose_finalize_record_is_missing_or_damaged(smoke_
     (out / "finalize.done").unlink()
     assert_clean_refusal(run_cli_inprocess(capsys, "export", out, "--format", "parquet"), 2, "is not a finished run")
     assert not (out / "export" / "parquet").exists()
+
+
+# --------------------------------------------------------------------------- Ctrl-C (#22 class 11)
+
+SMALL = ["identities.count=2", "variation.images_per_identity=2", "generation.steps=1", "compute.shard_size=1",
+         "generation.batch_size=2"]
+
+# The child runs the real `synthface run` (cli()); one call inside the run blocks in a native call (open()
+# and read() of a FIFO, in C) after saying "ready" on stderr, so the test's SIGINT lands inside it, and
+# returns once the test writes to the FIFO. Where: "render" (the main thread, in the renderer) or "write"
+# (the write stage's thread, encoding a JPEG, while the main thread renders or waits).
+_CHILD = """
+import os, sys
+from synthface import engine
+from synthface.cli import cli
+
+where, fifo, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+calls = [0]
+
+def blocking(fn):
+    def call(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            sys.stderr.write("ready\\n"); sys.stderr.flush()
+            fd = os.open(fifo, os.O_RDONLY)
+            os.read(fd, 1); os.close(fd)
+        return fn(*a, **k)
+    return call
+
+if where == "render":
+    build = engine.build_renderer
+    engine.build_renderer = lambda recipe, ranks: blocking(build(recipe, ranks))
+else:
+    engine.encode_jpeg = blocking(engine.encode_jpeg)
+sys.exit(cli(args))
+"""
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    from synthface import engine
+    from synthface.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("small") / "run"
+    engine.run(load_recipe(SMOKE, SMALL), out)
+    return out
+
+
+@pytest.mark.parametrize(("where", "presses"), [("render", 1), ("write", 1), ("render", 2)])
+def test_ctrl_c_inside_a_native_call_exits_130_and_the_rerun_resumes(small_run, tmp_path, capsys, where, presses):
+    out, fifo = tmp_path / "run", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = ["run", str(SMOKE), "--out", str(out), *[a for s in SMALL for a in ("--set", s)]]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, where, str(fifo), *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(180, child.kill)  # a hung child fails the test instead of hanging it
+    watchdog.start()
+    lines = []
+    for line in child.stderr:  # blocks until the child says it is inside the call: no sleeps
+        lines.append(line)
+        if line.strip() == "ready":
+            break
+    child.send_signal(signal.SIGINT)
+    for line in child.stderr:  # the first Ctrl-C is taken (two at once could arrive as one)
+        lines.append(line)
+        if "stopping after the current step" in line:
+            break
+    if presses == 2:
+        child.send_signal(signal.SIGINT)
+    else:  # the interrupted call returns; the run stops at its next safe point
+        with open(fifo, "wb") as release:
+            release.write(b"x")
+    rest = child.stderr.read()
+    code = child.wait(timeout=120)
+    watchdog.cancel()
+    text = "".join(lines) + rest
+    assert code == 130, text
+    assert "aborted; rerun to resume" in text and "Traceback" not in text and "terminate" not in text, text
+    assert not (out / "finalize.done").exists()
+    if presses == 1:  # stopped cleanly: no temporary folder is left (a second Ctrl-C may leave one, removed on rerun)
+        assert not [p for p in out.rglob("*") if ".tmp" in p.name], sorted(out.rglob("*"))
+    result = run_cli_inprocess(capsys, *args)
+    assert result.returncode == 0, result.output
+    assert tree_digest(out) == tree_digest(small_run)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_the_progress_bar_never_passes_100_percent_and_its_rate_is_over_wall_time():
+    """#22 class 12: resampling rounds render more than the first round's total; a first batch after a
+    long warm-up is no rate of 10 images/s."""
+    from synthface.cli.run import _ImagesPerSecond, _RichProgress, _WallTimeRemaining
+    from synthface.stages import StageTimes
+
+    now = [0.0]
+    bar = _RichProgress(get_time=lambda: now[0])
+    bar.start(16, StageTimes())
+    try:
+        now[0] = 100.0
+        bar.advance(10)
+        now[0] = 101.0
+        bar.advance(10)  # 20 of 16: a resampling round
+        task = bar._bar.tasks[0]
+        assert task.completed == task.total == 20 and task.percentage == 100.0
+        assert str(_ImagesPerSecond().render(task)) == "0.20 img/s"  # 20 images over 101 s, not 10/s
+        bar._bar.update(bar._task, total=40)
+        assert str(_WallTimeRemaining().render(task)) == "00:01:41"  # 20 more at 20/101 s
+    finally:
+        bar.stop()

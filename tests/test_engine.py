@@ -225,3 +225,43 @@ def test_run_json_gathers_the_stage_records_of_this_jobs_ranks(tmp_path):
     assert info.pop("stages") == {"rank0": reports[0], "rank1": reports[1]} and info == identity
     layout.write_stage_record(1, None)
     assert not layout.stage_record(1).exists()
+
+
+def test_a_log_line_the_full_disk_refuses_is_no_traceback_on_stderr(tmp_path, capfd):
+    import errno
+    import logging
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    layout = engine.RunLayout(tmp_path)
+    engine._attach_log_file(layout, engine.Ranks())
+    (handler,) = [h for h in engine.log.handlers if isinstance(h, logging.FileHandler)]
+    handler.stream, real = FullDisk(), handler.stream
+    try:
+        engine.log.warning("a line for a full disk")
+    finally:
+        handler.stream = real
+        engine.log.removeHandler(handler)
+        handler.close()
+    assert "Logging error" not in capfd.readouterr().err
+
+
+def test_the_plan_s_time_left_comes_from_the_wall_time_rate(tmp_path):
+    """#22 class 12: shards overlap, so their own seconds add up to more than the run took; the plan
+    takes each rank's images per second over its session's wall time."""
+    recipe = small_recipe()
+    out = tmp_path / "run"
+    engine.run(recipe, out, renderer=noise_renderer())
+    layout = engine.RunLayout(out)
+    speed = json.loads(layout.stage_record(0).read_text())["images_per_s"]
+    plan = engine.make_plan(recipe, out)
+    assert plan.seconds_per_candidate == pytest.approx(1 / speed)
+    layout.stage_record(0).unlink()  # a run from before the stage records: the shards' own seconds
+    records = [layout.record(s) for s in range(4)]
+    assert engine.make_plan(recipe, out).seconds_per_candidate == pytest.approx(
+        sum(r["seconds"] for r in records) / sum(r["candidates"] for r in records))

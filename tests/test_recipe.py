@@ -115,3 +115,36 @@ def test_fields_added_later_keep_old_fingerprints():
 def test_candidates_per_identity_rounds_up():
     assert Recipe(variation={"images_per_identity": 50, "overgenerate": 1.3}).variation.candidates_per_identity == 65
     assert Recipe(variation={"images_per_identity": 3, "overgenerate": 1.5}).variation.candidates_per_identity == 5
+
+
+def test_non_ascii_text_is_written_as_valid_toml_and_ascii_text_as_before():
+    from synthface.recipe import _toml_string, loads_recipe_toml
+
+    recipe = parse_recipe({"name": "smoke 😀 ünï", "description": "Plumbing — 😀\ttab \"quoted\" \\ back\x7fdel",
+                           "filtering": {"analyzer_options": {"😀 key": "value ü"}}})
+    again = parse_recipe(tomllib.loads(recipe.to_toml()))  # strict TOML: no \\ud83d surrogate escapes
+    assert again == recipe and again.fingerprint() == recipe.fingerprint()
+    assert "😀" in recipe.to_toml() and "\\ud83d" not in recipe.to_toml()
+    import json
+
+    for text in ["smoke", "a \"b\" \\ c", "tab\tnew\nline", "\x00\x1f", "x = { y }"]:
+        assert _toml_string(text) == json.dumps(text)  # ASCII: the bytes synthface always wrote
+    # A recipe.toml written before this (JSON's surrogate pairs) is still read.
+    assert loads_recipe_toml('name = "smoke \\ud83d\\ude00"')["name"] == "smoke 😀"
+    with pytest.raises(tomllib.TOMLDecodeError):
+        loads_recipe_toml('name = "lone \\ud83d"')
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"variation": {"perturbation": {"1.0": float("nan")}}}, "variation.perturbation.1.0 must be a finite number"),
+    ({"variation": {"perturbation": {"1.0": 1.0, "0.9": float("inf")}}}, "must be a finite number"),
+    ({"variation": {"perturbation": {"nan": 1.0}}}, "target cosine nan must lie in (0, 1]"),
+    ({"filtering": {"min_det_score": float("inf")}}, "filtering.min_det_score must be a finite number"),
+    ({"variation": {"pose": {"yaw": [float("-inf"), 0.0]}}}, "variation.pose.yaw must be [least, largest]"),
+    ({"generation": {"guidance": float("inf")}}, "generation.guidance must be less than or equal to 30"),
+    ({"identities": {"exclude_max_cos": 0.1}}, "identities.exclude_max_cos applies only with identities.exclude"),
+])
+def test_non_finite_numbers_and_settings_without_their_section_are_refused(data, fragment):
+    with pytest.raises(InvalidInputError, match="not a valid recipe") as info:
+        parse_recipe(data, source="r.toml")
+    assert fragment in str(info.value)

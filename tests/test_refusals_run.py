@@ -118,6 +118,29 @@ def no_log_space(world: Path, finished: Path, stack) -> list:
     return run_args(world / "new")
 
 
+def edited_recipe_toml(world: Path, finished: Path, stack) -> Path:
+    out = copy_of(finished, world)
+    (out / "recipe.toml").write_text((out / "recipe.toml").read_text().replace("seed = 0", "seed = 5", 1))
+    return out
+
+
+def foreign_identities(world: Path, finished: Path, stack) -> list:
+    out = copy_of(finished, world)
+    other = world / "other"
+    engine.run(load_recipe(SMOKE, [*SMALL, "identities.seed=9"]), other)
+    shutil.copyfile(other / "identities.safetensors", out / "identities.safetensors")
+    shutil.rmtree(other)
+    return run_args(out)
+
+
+def read_only(world: Path, finished: Path, stack) -> list:
+    """A folder on a read-only disk: os.access says so (as it does for root on a read-only mount)."""
+    real = os.access
+    patch = stack.enter_context(pytest.MonkeyPatch.context())
+    patch.setattr(os, "access", lambda path, mode, **kw: False if str(path).startswith(str(world)) else real(path, mode, **kw))
+    return run_args(world / "new")
+
+
 CASES = [
     # 2: --overwrite never touches a folder that is not a run, and a refusal creates nothing.
     Case("2-overwrite-user-folder", lambda w, f, s: run_args(user_folder(w), "--overwrite"), 2,
@@ -176,6 +199,41 @@ CASES = [
          ("generation.batch_size = 8", "--set generation.batch_size=8"), creates_nothing=False),
     # 19: no space for the run log at start-up.
     Case("19-no-space-for-log", no_log_space, 2, ("run.log", "No space left on device"), creates_nothing=False),
+    # #22 class 5: numbers that are not finite, settings that apply only with another, absurd world sizes.
+    *[Case(f"22-5-{name}", lambda w, f, s, extra=extra: run_args(w / "new", "--set", extra), 2, needles)
+      for name, extra, needles in [
+          ("nan-share", 'variation.perturbation={ "1.0" = nan }', ("variation.perturbation.1.0", "finite number")),
+          ("inf-share", 'variation.perturbation={ "1.0" = 1.0, "0.9" = inf }', ("finite number",)),
+          ("inf-min-det-score", "filtering.min_det_score=inf", ("filtering.min_det_score", "finite number")),
+          ("nan-guidance", "generation.guidance=nan", ("generation.guidance must be less than or equal to 30 (given: nan)",)),
+          ("exclude-max-cos-alone", "identities.exclude_max_cos=0.2",
+           ("exclude_max_cos applies only with identities.exclude",)),
+      ]],
+    *[Case(f"22-5-world-{name}", lambda w, f, s: run_args(w / "new"), 2, needles, env=env)
+      for name, env, needles in [
+          ("huge", {"RANK": "0", "WORLD_SIZE": str(10**9)}, ("world size 1000000000 is impossible", "WORLD_SIZE")),
+          ("negative", {"RANK": "0", "WORLD_SIZE": "-4"}, ("world size -4", "impossible")),
+          ("fraction", {"RANK": "0", "WORLD_SIZE": "2.5"}, ("WORLD_SIZE='2.5' is not an integer",)),
+          ("underscores", {"RANK": "0", "WORLD_SIZE": "1_000"}, ("WORLD_SIZE='1_000' is not an integer",)),
+          ("rank-equal", {"RANK": "3", "WORLD_SIZE": "3"}, ("rank 3 of world size 3", "impossible")),
+          ("slurm-huge", {"SLURM_PROCID": "0", "SLURM_NTASKS": str(10**9)}, ("world size 1000000000",)),
+      ]],
+    Case("22-5-num-shards-huge", lambda w, f, s: run_args(w / "new", "--shard-index", "0", "--num-shards", str(10**9)),
+         2, ("world size 1000000000 is impossible",)),
+    # #22 class 5: a run's own files edited or swapped after it started are named, never used.
+    Case("22-5-recipe-toml-edited", lambda w, f, s: run_args(edited_recipe_toml(w, f, s)), 2,
+         ("recipe.toml does not match the run", "fingerprint", "delete it"), creates_nothing=False),
+    Case("22-5-recipe-toml-edited-export", lambda w, f, s: ["export", edited_recipe_toml(w, f, s), "--format", "parquet"],
+         2, ("recipe.toml does not match the run", "synthface export"), creates_nothing=False),
+    Case("22-5-foreign-identities", foreign_identities, 2,
+         ("identities.safetensors was not made by this run's recipe", "seed 9 (the recipe: 0)", "delete it"),
+         creates_nothing=False),
+    # #22 class 4: output folders the file system refuses, before anything is created.
+    Case("22-4-name-too-long", lambda w, f, s: run_args(w / ("n" * 300)), 2, ("too long",)),
+    Case("22-4-under-a-file", lambda w, f, s: run_args(w / "keep.txt" / "run"), 2,
+         ("not a directory", "a part of the path is a file"),),
+    Case("22-4-read-only", read_only, 2, ("read-only",)),
+    Case("22-4-dry-run-name-too-long", lambda w, f, s: run_args(w / ("n" * 300), "--dry-run"), 2, ("too long",)),
 ]
 
 
@@ -199,6 +257,102 @@ def test_bad_input_is_refused_cleanly(case, tmp_path, finished, capsys, monkeypa
         assert sorted(str(p.relative_to(world)) for p in world.rglob("*")) == names_before
 
 
+# --------------------------------------------------------------------------- #22: text, disks, a run's own files
+
+
+def test_non_ascii_name_and_description_run_resume_and_export(tmp_path, capsys):
+    import tomllib
+
+    out = tmp_path / "run"
+    text = ["--set", 'name="smoke 😀 ünï"', "--set", 'description="Plumbing — 😀, tab\there"']
+    result = run_cli_inprocess(capsys, *run_args(out, *text))
+    assert result.returncode == 0 and "smoke 😀 ünï" in result.stdout, result.output
+    saved = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))  # strict TOML, no surrogate escapes
+    assert (saved["name"], saved["description"]) == ("smoke 😀 ünï", "Plumbing — 😀, tab\there")
+    assert tomllib.loads(json.loads((out / "run.json").read_text())["recipe"])["name"] == "smoke 😀 ünï"
+    assert "smoke 😀 ünï" in (out / "README.md").read_text(encoding="utf-8")
+    assert run_cli_inprocess(capsys, *run_args(out, *text)).returncode == 0  # resumes (nothing to do)
+    # A run made before the fix wrote JSON's surrogate escapes, which TOML rejects: still read.
+    (out / "recipe.toml").write_text(
+        (out / "recipe.toml").read_text(encoding="utf-8").replace("😀", "\\ud83d\\ude00"), encoding="utf-8")
+    shutil.rmtree(out / "export" / "parquet")
+    result = run_cli_inprocess(capsys, "export", out, "--format", "parquet")
+    assert result.returncode == 0, result.output
+    assert (out / "export" / "parquet").is_dir()
+
+
+def test_an_emoji_on_a_console_that_cannot_show_it_is_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "synthface", *map(str, run_args(tmp_path / "x", "--dry-run",
+                           "--set", 'name="smoke 😀"'))], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "plan: smoke ?" in proc.stdout
+
+
+def test_a_full_disk_mid_run_is_one_message_and_the_rerun_resumes(tmp_path, finished, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real, writes = Path.write_bytes, []
+
+    def full_after_three(path, data):
+        if engine.RunLayout.STAGED in Path(path).parts:
+            writes.append(path)
+            if len(writes) > 3:  # the 4th candidate: shard 1's second image
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_after_three)
+    result = run_cli_inprocess(capsys, *run_args(out))
+    assert_clean_refusal(result, 2, "No space left on device", "shard-000001", "run the same command again")
+    assert (out / "shards" / "shard-000000.done").is_file() and not (out / "shards" / "shard-000001").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or "partial" in p.name]
+    monkeypatch.setattr(Path, "write_bytes", real)
+    result = run_cli_inprocess(capsys, *run_args(out))
+    assert result.returncode == 0, result.output
+    assert tree_digest(out) == tree_digest(finished)
+
+
+def test_a_full_disk_while_exporting_is_one_message_and_the_rerun_finishes(tmp_path, finished, capsys, monkeypatch):
+    from synthface.export import _common
+
+    out = tmp_path / "run"
+    real = _common.fsync_tree
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(_common, "fsync_tree", full)
+    assert_clean_refusal(run_cli_inprocess(capsys, *run_args(out)), 2, "No space left on device")
+    assert not (out / "finalize.done").exists() and not [p for p in out.rglob("*") if "partial" in p.name]
+    monkeypatch.setattr(_common, "fsync_tree", real)
+    assert run_cli_inprocess(capsys, *run_args(out)).returncode == 0
+    assert tree_digest(out) == tree_digest(finished)
+
+
+ATTROP = ["generation.model='vec2face-tiny'", "identities.attrop={ estimators = 'tiny', max_steps = 2 }"]
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    (lambda bank: b"\x00" * 40, ("attrop.safetensors is damaged", "delete it")),
+    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors}), ("is damaged", "status")),
+    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors[:3]}, {"status": json.dumps(
+        [{"status": "converged"}] * 3)}), ("was not made for this run", "3 centres", "8 identities")),
+    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors[::-1].copy()}, {"status": json.dumps(
+        [{"status": "not_converged"}] * 8)}), ("was not made for this run", "not this recipe's sampled ones")),
+])
+def test_a_damaged_or_foreign_attrop_file_is_named_never_used(tmp_path, content, needles):
+    from synthface.errors import FileFormatError
+
+    recipe = load_recipe(SMOKE, ATTROP)
+    layout = engine.RunLayout(tmp_path)
+    bank = engine._sample_bank(recipe)
+    layout.attrop.write_bytes(content(bank))
+    with pytest.raises(FileFormatError) as info:
+        engine.ensure_identities(recipe, layout, engine.Ranks())  # no renderer: AttrOP must not run either
+    text = " ".join(str(info.value).lower().split())
+    assert all(n.lower() in text for n in needles), text
+    assert not layout.identities.exists()
+
+
 # --------------------------------------------------------------------------- overwrite, empty runs, waiting
 
 
@@ -208,11 +362,23 @@ def test_overwrite_replaces_only_the_run_s_own_files(tmp_path):
     (out / "my-notes.txt").write_text("kept")
     (out / "plots").mkdir()
     (out / "plots" / "a.png").write_bytes(b"png")
+    # A user's files inside the run's own folders (#22): the run deletes only the names it writes there.
+    (out / "shards" / "notes.txt").write_text("mine")
+    (out / "shards" / "shard-1").mkdir()  # not a name the run writes (shard-000001 is)
+    (out / "export" / "my-format").mkdir()
+    (out / "export" / "my-format" / "x.bin").write_bytes(b"x")
+    (out / "export" / "parquet.bak").write_bytes(b"old export")
+    user_files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and
+                  p.relative_to(out).parts[0] in ("my-notes.txt", "plots") or p.name in ("notes.txt", "x.bin", "parquet.bak")}
     engine.run(small_recipe(seed=4), out, renderer=noise_renderer(), overwrite=True)
     assert (out / "my-notes.txt").read_text() == "kept" and (out / "plots" / "a.png").read_bytes() == b"png"
+    assert {p: p.read_bytes() for p in user_files} == user_files and (out / "shards" / "shard-1").is_dir()
     assert json.loads((out / "run.json").read_text())["fingerprint"] == small_recipe(seed=4).fingerprint()
     for name in os.listdir(out):
         assert engine.RunLayout.owns(name) or name in ("my-notes.txt", "plots")
+    reference = tmp_path / "reference"
+    engine.run(small_recipe(seed=4), reference, renderer=noise_renderer())
+    assert tree_digest(out) == {**tree_digest(reference), **{str(p.relative_to(out)): b for p, b in user_files.items()}}
 
 
 def test_a_run_that_keeps_nothing_fails_and_keeps_the_manifest(tmp_path, capsys):

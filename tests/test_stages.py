@@ -183,3 +183,67 @@ def test_bad_arguments_are_refused():
         run_stages([1], [], print)
     with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
         run_stages([1], [Stage("render", int)], print, max_in_flight=0)
+
+
+class _Watched(StageTimes):
+    """StageTimes that says when a stage's busy seconds were added (for a reader inside a run)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.added = threading.Event()
+
+    def add(self, name, seconds):
+        super().add(name, seconds)
+        if name == "analyse":
+            self.added.set()
+
+
+def test_a_live_share_never_exceeds_100_percent():
+    """Read while the run goes on (as the progress bar does), between two sink calls: the wall time
+    already covers the busy seconds of a stage that has just finished (once 10 s busy over 1 s)."""
+    now = [0.0]
+    times, seen = _Watched(wall=1.0), []  # a run after an earlier one (1 s of wall time)
+
+    def analyse(x):
+        now[0] += 10.0  # ten seconds of work on the fake clock
+        return x
+
+    def render(x):
+        if x == 1:  # item 0 is analysed meanwhile, and no sink call has brought the wall up to date
+            assert times.added.wait(SAFETY_S)
+            seen.append(times.shares())
+        return x
+
+    run_stages(range(2), [Stage("render", render), Stage("analyse", analyse)], lambda x: None,
+               times=times, clock=lambda: now[0])
+    assert 0 < seen[0]["analyse"] <= 1.0, seen
+    assert all(share <= 1.0 for share in times.shares().values())
+
+
+def test_a_share_since_an_earlier_copy_is_at_most_100_percent():
+    """A unit's report (`since` a copy taken when it opened) can take in the end of a call that began
+    before: its share is capped at 1.0, never 250 %."""
+    earlier = StageTimes({"finish": 0.0}, {"finish": 0}, wall=8.0)
+    later = StageTimes({"finish": 5.0}, {"finish": 1}, wall=10.0)
+    assert later.since(earlier).shares() == {"finish": 1.0}
+
+
+def test_ctrl_c_while_the_threads_run_stops_at_the_next_item_and_joins_them():
+    """SIGINT during a stage only asks to stop; the run stops at the next item, joins its threads and
+    raises KeyboardInterrupt from the handler that was in place (here Python's own)."""
+    import os
+    import signal
+
+    rendered, completed = [], []
+
+    def render(x):
+        rendered.append(x)
+        if x == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # lands while this "native" call runs: held back
+        completed.append(x)  # never cut short in the middle
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(range(100), [Stage("render", render), Stage("analyse", lambda x: x)], lambda x: None)
+    assert rendered == completed == [0, 1] and stage_threads() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -3,7 +3,8 @@
 Commands parse arguments and call the library. `cli()` is the one place that turns outcomes into
 exit codes: a `SynthfaceError` prints its paragraph and exits with the error's code, a usage
 mistake (unknown option, bad value, missing argument) prints click's usage message and exits 2,
-Ctrl-C prints "aborted" and exits 130. No user mistake ends in a Python traceback.
+Ctrl-C prints "aborted" (`synthface run`: "aborted; rerun to resume", a RunInterruptedError) and exits 130.
+No user mistake ends in a Python traceback.
 """
 
 from __future__ import annotations
@@ -86,17 +87,34 @@ def _sigint_recorded() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _replace_unencodable_output() -> None:
+    """A console that cannot show all of Unicode (PYTHONIOENCODING=ascii, a Latin-1 terminal) shows '?'
+    for what it cannot encode, e.g. an emoji in a recipe's name, instead of failing with a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "\U0001f600\u2014".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="replace")
+        except (AttributeError, TypeError):
+            continue
+
+
 def cli(args: Sequence[str] | None = None) -> int:
     """Run the command line `args` (default: sys.argv[1:]) and return its exit code; never raises
     for a user mistake. Tests call this in-process; `main` is the console entry point."""
     usage_errors = _usage_error_types()
+    _replace_unencodable_output()
     try:
         with _sigint_recorded() as interrupted:
             rc = app(args=list(args) if args is not None else None, prog_name="synthface", standalone_mode=False)
         if interrupted[0]:
             raise KeyboardInterrupt
     except SynthfaceError as exc:
-        print_error(str(exc))
+        if exc.exit_code == EXIT_INTERRUPTED:  # Ctrl-C, with what to do next ("aborted; rerun to resume")
+            err_console.print(Text(str(exc)), highlight=False, soft_wrap=True)
+        else:
+            print_error(str(exc))
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")

@@ -20,7 +20,6 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -50,8 +49,10 @@ def run_command(
     from synthface import engine
     from synthface.recipe import load_recipe
 
+    from synthface.io import check_output_folder
+
     spec = load_recipe(recipe, set_ or [])
-    out_dir = out or Path("out") / spec.name
+    out_dir = check_output_folder(out or Path("out") / spec.name, what="run folder")
     ranks = engine.ranks_from_environment(shard_index, num_shards)
     plan = engine.make_plan(spec, out_dir)
     _print_plan(spec, plan, out_dir, ranks)
@@ -135,9 +136,27 @@ def _shards_text(shards: int, identities: int, shard_size: int, done: int) -> st
     return f"{count(shards, 'shard')} ({count(shard_size, 'identity')} each{tail}), {done} done"
 
 
+def wall_rate(completed: float, elapsed: float | None) -> float | None:
+    """Images per second over the wall time since the bar started (None before any image): not
+    rich's speed, which is taken over the last few updates and jumps with each batch."""
+    return completed / elapsed if completed and elapsed else None
+
+
 class _ImagesPerSecond(ProgressColumn):
     def render(self, task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:.2f} img/s")
+        rate = wall_rate(task.completed, task.elapsed)
+        return Text("" if rate is None else f"{rate:.2f} img/s")
+
+
+class _WallTimeRemaining(ProgressColumn):
+    """The time left at the wall-time rate so far."""
+
+    def render(self, task) -> Text:
+        rate = wall_rate(task.completed, task.elapsed)
+        if rate is None or task.total is None:
+            return Text("-:--:--")
+        left = max(task.total - task.completed, 0) / rate
+        return Text(time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days")
 
 
 def stage_shares_text(shares: dict[str, float], bottleneck: str | None) -> str:
@@ -161,19 +180,23 @@ class _StageShares(ProgressColumn):
 class _RichProgress:
     """Adapter from the engine's start/advance/stop calls to a rich progress bar."""
 
-    def __init__(self):
+    def __init__(self, get_time=None):
         self._bar = None
+        self._get_time = get_time  # the bar's clock (default: rich's monotonic one)
 
     def start(self, total: int, times) -> None:
         self._bar = Progress(
             TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-            TimeElapsedColumn(), TimeRemainingColumn(), _StageShares(times), console=console, transient=True,
+            TimeElapsedColumn(), _WallTimeRemaining(), _StageShares(times), console=console, transient=True,
+            get_time=self._get_time,
         )
         self._bar.start()
         self._task = self._bar.add_task("images", total=total)
 
     def advance(self, images: int) -> None:
-        self._bar.update(self._task, advance=images)
+        task = self._bar.tasks[0]
+        done = task.completed + images  # resampling rounds render more than the first round's total:
+        self._bar.update(self._task, completed=done, total=max(task.total, done))  # never past 100 %
 
     def stop(self) -> None:
         if self._bar:
