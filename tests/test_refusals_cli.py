@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -251,17 +250,35 @@ def test_embed_mean_of_different_people_warns(tmp_path, capsys, monkeypatch):
     assert one_person.returncode == 0 and "warning" not in one_person.output
 
 
+# The child says "ready" once cli() has installed its SIGINT handler (the moment the test's Ctrl-C must come
+# after), so the test waits for a signal from the child instead of a fixed time that a loaded machine outlasts.
+_READY_WHEN_HANDLED = """
+import signal, sys
+from synthface.cli import main
+
+real_signal = signal.signal
+
+def spy(signum, handler):
+    previous = real_signal(signum, handler)
+    if signum == signal.SIGINT and callable(handler) and handler is not signal.default_int_handler:
+        print("ready", flush=True)
+    return previous
+
+signal.signal = spy
+sys.argv[0] = "synthface"
+main()
+"""
+
+
 def test_ctrl_c_prints_aborted_and_exits_130(tmp_path):
     """Defect 19: typer turns Ctrl-C into a silent exit 130; the command line says "aborted"."""
-    code = "import sys; from synthface.cli import main; print('ready', flush=True); sys.argv[0] = 'synthface'; main()"
     args = ["ids", "sample", "--num", "5000000", "--max-cos", "0.5", "--dim", "32", "--out", str(tmp_path / "x.st")]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "NO_COLOR": "1"})
+    proc = subprocess.Popen([sys.executable, "-c", _READY_WHEN_HANDLED, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
     try:
-        assert proc.stdout.readline() == "ready\n"
-        time.sleep(0.5)  # into the command (cli() has installed its handler), not between imports
+        assert proc.stdout.readline() == "ready\n"  # blocks until the handler is in place: no sleep
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, (out, err)
