@@ -10,6 +10,8 @@ from PIL import Image
 
 from synthface import demo as demo_lib
 from synthface import demo_page, weights
+from synthface.generators import conditioning
+from synthface.generators.vec2face import conditioning as vec2face_conditioning
 from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.faces import norm_crop
 from synthface.fr.backbones import iresnet
@@ -48,7 +50,7 @@ def test_vec2face_conditioner_equals_the_aligned_crop_through_the_backbone(recog
     path, model = recogniser
     image = astronaut()
     (face,) = dlib_analyzer().analyze([image])[0][:1]
-    got = demo_lib.Vec2FaceConditioner(path, allow_pickle=True)([image], [face])
+    got = vec2face_conditioning.Vec2FaceConditioner(path, allow_pickle=True)([image], [face])
     crop = norm_crop(image, face.kps, 112)  # ArcFace-aligned, RGB uint8
     x = (torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
     with torch.no_grad():
@@ -62,7 +64,7 @@ def test_a_real_vec2face_uses_its_own_recogniser_when_installed(installed, recog
     with pytest.raises(ModelNotFoundError, match="--allow-pickle"):  # installed, but a pickle: ask for the opt-in
         demo_lib.make_conditioner("auto", "vec2face", analyzer)
     own = demo_lib.make_conditioner("auto", "vec2face", analyzer, allow_pickle=True)
-    assert isinstance(own, demo_lib.Vec2FaceConditioner) and own.note == "" and own.name == "vec2face-arcface"
+    assert isinstance(own, vec2face_conditioning.Vec2FaceConditioner) and own.note == "" and own.name == "vec2face-arcface"
     # the session's identity from a photo is that recogniser's unit vector; the page shows no warning
     session = demo_lib.DemoSession("vec2face", analyzer, allow_pickle=True)
     photo = tmp_path / "a.png"
@@ -83,10 +85,10 @@ def test_without_its_recogniser_vec2face_falls_back_to_arcface_onnx_and_says_so(
     installed["arc2face-arcface"] = tmp_path / "arcface.onnx"
     installed["arc2face-arcface"].write_bytes(random_recogniser_bytes())
     fallback = demo_lib.make_conditioner("auto", "vec2face", analyzer)
-    assert isinstance(fallback, demo_lib.ArcFaceConditioner) and fallback.note == demo_lib.VEC2FACE_NOTE
+    assert isinstance(fallback, conditioning.ArcFaceConditioner) and fallback.note == vec2face_conditioning.VEC2FACE_NOTE
     assert "not installed" in fallback.note and "synthface models download vec2face-arcface" in fallback.note
     session = demo_lib.DemoSession("vec2face", analyzer)
-    assert demo_page._standin_note(session, "vec2face") == demo_lib.VEC2FACE_NOTE  # shown at the top of the page
+    assert demo_page._standin_note(session, "vec2face") == vec2face_conditioning.VEC2FACE_NOTE  # shown at the top of the page
     assert demo_lib.make_conditioner("auto", "arc2face", analyzer).note == ""
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthface import render
+from synthface import generators as render
+from synthface.generators import registry
 from synthface.errors import InvalidInputError
 from synthface.render import GeneratorFamily, Optimizations, RenderSettings, build_renderer, family_for
 
@@ -43,7 +44,7 @@ def test_renderer_from_name_matches_the_engines_renderer_byte_for_byte(tiny):
 
 
 def test_renderer_from_a_pipeline_equals_the_one_from_its_name(tiny):
-    from synthface.pipelines.testing import tiny_arc2face_pipeline
+    from synthface.generators.testing import tiny_arc2face_pipeline
 
     from_pipe = build_renderer(tiny_arc2face_pipeline(), settings=SETTINGS, optimizations=Optimizations())
     cond, seeds = conditions(2, seed=1), [5, 6]
@@ -124,42 +125,43 @@ class StubFamily(GeneratorFamily):
 
 def test_registry_routes_names_prefixes_and_pipelines(monkeypatch):
     # Stubs in place of the real Vec2Face family (tests/test_vec2face_render.py tests that one).
-    monkeypatch.setattr(render, "_FAMILIES", {k: v for k, v in render._FAMILIES.items() if not k.startswith("vec2face")})
+    registry.families()  # the built-in families registered first
+    monkeypatch.setattr(registry, "_FAMILIES", {k: v for k, v in registry._FAMILIES.items() if not k.startswith("vec2face")})
     vec, plus = StubFamily("vec2face"), StubFamily("vec2face-plus")
-    render.register_generator("vec2face*", vec)
-    render.register_generator("Vec2Face-Plus*", plus)
-    render.register_generator("vec2face-special", plus)
+    registry.register_generator("vec2face*", vec)
+    registry.register_generator("Vec2Face-Plus*", plus)
+    registry.register_generator("vec2face-special", plus)
     assert family_for("vec2face-tiny") is vec and family_for("VEC2FACE") is vec
     assert family_for("vec2face-plus-tiny") is plus  # the longest prefix wins
     assert family_for("vec2face-special") is plus  # an exact name beats a prefix
     for other in ("arc2face", "tiny", "FoivosPar/Arc2Face", "/data/models/my-arc2face", "someone/some-model"):
-        assert family_for(other) is render.DEFAULT_FAMILY
-    render.register_generator("vec2face*", vec)  # the same again is fine
+        assert family_for(other) is registry.default_family()
+    registry.register_generator("vec2face*", vec)  # the same again is fine
     with pytest.raises(InvalidInputError, match="'tiny' already belongs to the 'arc2face' generator family"):
-        render.register_generator("tiny", vec)
+        registry.register_generator("tiny", vec)
     with pytest.raises(InvalidInputError, match="name prefix ending in"):
-        render.register_generator("*", vec)
+        registry.register_generator("*", vec)
 
     class Pipe:
         family = "vec2face-plus"
 
-    assert render.family_of_pipeline(Pipe()) is plus
+    assert registry.family_of_pipeline(Pipe()) is plus
     with pytest.raises(InvalidInputError, match="No generator family renders a list; the registered families are "
                                                 "arc2face, vec2face, vec2face-plus"):
-        render.family_of_pipeline([])
+        registry.family_of_pipeline([])
 
 
 def test_options_a_family_does_not_take_are_refused():
     with pytest.raises(InvalidInputError, match="'arc2face' generator family does not take the option.*pose"):
         build_renderer("tiny", device="cpu", pose=True)
-    from synthface.pipelines.testing import tiny_arc2face_pipeline
+    from synthface.generators.testing import tiny_arc2face_pipeline
 
     with pytest.raises(InvalidInputError, match="lcm_lora apply to a model name"):
         build_renderer(tiny_arc2face_pipeline(), lcm_lora="lcm")
 
 
 def test_optimizations_reach_the_pipeline():
-    from synthface.pipelines.testing import tiny_arc2face_pipeline
+    from synthface.generators.testing import tiny_arc2face_pipeline
 
     pipe = tiny_arc2face_pipeline()
     build_renderer(pipe, optimizations=Optimizations(channels_last=True, vae_slicing=True))

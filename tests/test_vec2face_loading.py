@@ -14,8 +14,8 @@ import torch
 
 from synthface.errors import FileFormatError, ModelNotFoundError
 from synthface.pipelines import load_vec2face
-from synthface.pipelines.testing import save_tiny_published_layout
-from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel
+from synthface.generators.testing import save_tiny_published_layout
+from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
 
 SHAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "vec2face_state_dict.json"
 

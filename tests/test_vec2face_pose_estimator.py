@@ -13,8 +13,8 @@ from synthface import weights
 from synthface.errors import FileFormatError, ModelNotFoundError
 from synthface.fr.backbones import iresnet
 from synthface.pipelines import load_vec2face
-from synthface.pipelines.vec2face_attrop import AttrOPConfig, AttrOPEstimators, attrop
-from synthface.pipelines.vec2face_pose import (
+from synthface.generators.vec2face.attrop import AttrOPConfig, AttrOPEstimators, attrop
+from synthface.generators.vec2face.pose import (
     SixDRepNet,
     euler_from_rotation,
     load_sixdrepnet,

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthface import render
+from synthface import generators as render
+from synthface.generators import registry
 from synthface.errors import InvalidInputError
-from synthface.render import Optimizations, RenderSettings, Vec2FaceFamily, build_renderer, family_for
+from synthface.generators import Optimizations, RenderSettings, build_renderer, family_for
+from synthface.generators.vec2face.family import Vec2FaceFamily
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,7 +33,7 @@ def test_vec2face_names_go_to_its_family():
     for name in ("vec2face", "vec2face-plus", "Vec2Face-Plus-Pose", "vec2face-tiny", "vec2face-plus-tiny"):
         assert isinstance(family_for(name), Vec2FaceFamily), name
     for name in ("arc2face", "tiny", "FoivosPar/Arc2Face"):
-        assert family_for(name) is render.DEFAULT_FAMILY
+        assert family_for(name) is registry.default_family()
 
 
 def test_local_vec2face_paths_are_claimed_before_the_default(tmp_path):
@@ -50,7 +52,7 @@ def test_local_vec2face_paths_are_claimed_before_the_default(tmp_path):
     for path in (tmp_path / "hf", tmp_path / "plus", converted, tmp_path / "main_model.pth"):
         assert isinstance(family_for(path), Vec2FaceFamily), path
     for path in (arc2face, empty, tmp_path / "missing.pth"):
-        assert family_for(path) is render.DEFAULT_FAMILY, path
+        assert family_for(path) is registry.default_family(), path
 
 
 def test_a_converted_folder_renders_what_the_name_renders(tiny, tmp_path):
@@ -104,7 +106,7 @@ def test_published_names_carry_the_registry_licence():
 
 
 def test_the_family_lists_the_names_its_loader_takes():
-    from synthface.pipelines.loading import VEC2FACE_MODELS, VEC2FACE_TINY
+    from synthface.generators.vec2face.loading import VEC2FACE_MODELS, VEC2FACE_TINY
 
     assert set(Vec2FaceFamily.models) == {*VEC2FACE_MODELS, *VEC2FACE_TINY}
     assert set(Vec2FaceFamily.models) <= set(render.generator_names())

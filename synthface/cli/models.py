@@ -33,6 +33,24 @@ def list_models() -> None:
             local = f"missing: {spec.fetch_command}"
         table.add_row(spec.name, spec.url or spec.source, spec.size, spec.license, local)
     console.print(table)
+    console.print(generators_table())
+
+
+def generators_table() -> Table:
+    """Every generator model a registered family (built in or a plug-in) loads by name, with what
+    its family declares: options, native size, recogniser, licence."""
+    from synthface.generators import families
+
+    table = Table(title="generators (generation.model)")
+    for col in ("model", "family", "options", "size", "recogniser", "licence"):
+        table.add_column(col, overflow="fold")
+    for family in families():
+        for model in family.models:
+            random = " (random weights)" if family.is_random(model) else ""
+            table.add_row(model + random, family.name, ", ".join(sorted(family.options)) or "-",
+                          str(family.native_size or "model's own"), ", ".join(family.conditioning(model)) or "-",
+                          family.licence(model).text)
+    return table
 
 
 @app.command()
@@ -111,7 +129,7 @@ def convert(
     from synthface.errors import OutputPathError
     from synthface.export._common import staged_dir
     from synthface.io import check_output_folder, output_errors
-    from synthface.pipelines import load_vec2face
+    from synthface.generators.vec2face.loading import load_vec2face
 
     target = check_output_folder(Path(out).expanduser(), what="converted model folder")
     if target.exists() and any(target.iterdir()):

@@ -1,4 +1,4 @@
-"""The demo's Gradio page over `synthface.demo.DemoSession`: the Blocks layout, its two endpoints
+"""The demo's Gradio page over `synthface.demo.session.DemoSession`: the Blocks layout, its two endpoints
 (/generate, /random_identity), and a launch with safe defaults (localhost, upload limit, errors shown
 as messages, the session's files removed on exit). `synthface demo` and apps/demo.py launch it.
 """
@@ -10,17 +10,17 @@ import socket
 import threading
 import weakref
 
-from synthface.demo import (
-    CONDITIONER_SHORT,
+from synthface.demo.conditioning import CONDITIONER_SHORT, STANDIN_SHORT
+from synthface.demo.photos import MAX_UPLOAD_MB
+from synthface.demo.session import (
     KEEP_OUTPUTS_S,
     MAX_IMAGES,
-    MAX_UPLOAD_MB,
-    STANDIN_SHORT,
     DemoSession,
     Settings,
     default_model,
     installed_models,
     lcm_available,
+    lcm_hint,
     new_seed,
     sampler_settings,
     weights_notice,
@@ -139,7 +139,7 @@ def build_demo(
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     rand = gr.Button("Random identity", elem_id="random-identity")
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
-                sampler = sampler_settings(model)  # Vec2Face's one pass has no steps, guidance or LCM: hidden
+                sampler = sampler_settings(model)  # what the family declares; the others are hidden
                 with gr.Accordion("Settings", open=False):
                     steps = gr.Slider(1, 100, value=25, step=1, label="Steps", visible="steps" in sampler)
                     guidance = gr.Slider(0.1, 10.0, value=3.0, step=0.1, label="Guidance", visible="guidance" in sampler)
@@ -206,10 +206,12 @@ def _paths(files) -> list[str]:
 
 
 def _lcm_props(model: str) -> dict:
-    """The LCM checkbox of `model`: shown for a denoising family only, usable where `lcm_available`."""
+    """The LCM checkbox of `model`: shown for a family declaring "lcm", usable where `lcm_available`."""
+    from synthface.generators import family_for
+
     usable = lcm_available(model)
-    return {"visible": "steps" in sampler_settings(model), "interactive": usable,
-            "info": None if usable else "needs a real Arc2Face model, `pip install peft` and `synthface models download lcm-lora-sdv15`"}
+    return {"visible": "lcm" in family_for(model).options, "interactive": usable,
+            "info": None if usable else lcm_hint(model)}
 
 
 def _lcm_defaults(on: bool):

@@ -1,19 +1,15 @@
-"""The identity-customisation demo: photos of one person (or a random identity) in, new images of
-that identity out, each captioned with its measured cosine to the identity and a keep/drop verdict.
+"""The identity-customisation demo's session: photos of one person (or a random identity) in, new
+images of that identity out, each captioned with its measured cosine to the identity and a keep/drop
+verdict.
 
-This module is the plain logic (`DemoSession`: identity from photos, rendering through
-`synthface.render`, judging, the zip); `synthface.demo_page` is the thin Gradio page over it.
-Any generator `synthface.render` knows can be chosen (Arc2Face, Vec2Face, their random-weight
-test models).
+`DemoSession` holds the analyser, the conditioners and one renderer (`synthface.generators`);
+`synthface.demo.photos` makes the identity, `synthface.demo.conditioning` the conditioner (the
+family's declared recogniser, or a stand-in), `synthface.demo.page` is the thin Gradio page over it.
+Any generator a registered family declares can be chosen, and what the page offers for it (steps,
+guidance, LCM) is what its family declares (`GeneratorFamily.options`).
 
-Two embedding spaces meet here. The generator is conditioned on an ArcFace vector from the
-recogniser it was trained on (the conditioning recogniser: Arc2Face's own `arcface.onnx`; for
-Vec2Face its own Glint360K IResNet-100, `vec2face-arcface`); images are judged by the analyser
-(dlib offline, or insightface). A real Vec2Face model falls back to `arcface.onnx`, with a note on
-the page, only when `vec2face-arcface` is not installed. When `arcface.onnx` is not installed, a
-random-weight test model is conditioned on a *stand-in* (the analyser's descriptor through a fixed
-random orthogonal projection to 512-d): it exercises the plumbing only and carries no identity. A
-real model refuses the stand-in.
+Two embedding spaces meet here: the generator is conditioned on the recogniser it was trained on,
+and images are judged by the analyser (dlib offline, or insightface).
 """
 
 from __future__ import annotations
@@ -34,269 +30,22 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError, NoFaceError
+from synthface.demo.conditioning import make_conditioner
+from synthface.demo.photos import Identity, identity_from_photos, random_identity
+from synthface.errors import InvalidInputError, ModelNotFoundError
 
-#: Largest upload accepted (enforced by the server on upload and again before reading).
-MAX_UPLOAD_MB = 15
-#: Largest photo accepted, in pixels (checked from the header, before decoding).
-MAX_PHOTO_PIXELS = 40_000_000
-#: Photos are downscaled to this longest side before face detection (speed; faces stay large).
-ANALYSIS_SIDE = 1600
-MAX_PHOTOS = 10
+#: Most images one request renders.
 MAX_IMAGES = 8
-CONDITIONING_DIM = 512
-#: Seed of the stand-in projection; fixed so a photo always maps to the same stand-in vector.
-STANDIN_SEED = 7_2024
 #: Generated images and zips older than this are removed from the demo's temporary folder (which
 #: is removed whole when the demo stops).
 KEEP_OUTPUTS_S = 3600
-STANDIN_NOTE = (
-    "Stand-in identity vector (plumbing only): Arc2Face's ArcFace recogniser (arcface.onnx) is not "
-    "installed, so the photo's {analyzer} descriptor is mapped to 512-d by a fixed random orthogonal "
-    "projection. A random-weight test model accepts any 512-d vector; to draw the same person with a real "
-    "{family} model, run `synthface models download {recogniser}`."
-)
-
-STANDIN_SHORT = "Stand-in identity vector (plumbing only; see the note at the top of the page)."
-VEC2FACE_NOTE = (
-    "Vec2Face was trained on features of its own Glint360K ArcFace-R100 (vec2face-arcface), which is not "
-    "installed; this demo conditions it on Arc2Face's arcface.onnx instead, an insightface recogniser of the "
-    "same kind whose weights are not verified to be the same, so the likeness may be weaker than Vec2Face's "
-    "own. To condition on Vec2Face's recogniser, run `synthface models download vec2face-arcface`."
-)
-CONDITIONER_SHORT = "Conditioning recogniser: see the note at the top of the page."
 
 
 def is_random_model(model: str) -> bool:
-    """Whether `model` is a built-in random-weight test model (plumbing only; draws no faces)."""
-    from synthface.weights import BUILT_IN_LICENCES
+    """Whether `model` is a random-weight test model (plumbing only; draws no faces), as its family declares."""
+    from synthface.generators import family_for
 
-    return model in BUILT_IN_LICENCES
-
-# ------------------------------------------------------------------------------------ conditioning
-
-
-class ArcFaceConditioner:
-    """Conditioning vectors from Arc2Face's ArcFace recogniser, on crops aligned from `face.kps`."""
-
-    name = "arcface"
-
-    def __init__(self, recognizer, note: str = "") -> None:
-        self.recognizer, self.note = recognizer, note
-
-    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
-        from synthface.faces import norm_crop
-
-        size = self.recognizer.input_size
-        return self.recognizer(np.stack([norm_crop(im, f.kps, size) for im, f in zip(images, faces)]))
-
-
-class Vec2FaceConditioner:
-    """Conditioning vectors from Vec2Face's own recogniser: the Glint360K IResNet-100 of the
-    `vec2face-arcface` registry entry (a bare state dict in arcface_torch's names; any IResNet the
-    keys describe loads, see `synthface.fr.backbones.backbone_from_state_dict`).
-
-    Each face is aligned to 112 x 112 from its 5 landmarks (`norm_crop`, as for ArcFaceConditioner),
-    fed as RGB in [-1, 1], and its raw output (the feature Vec2Face was trained on) is returned as a
-    unit vector: the direction is the identity; the pipeline rescales it to its identity norm. Runs
-    on the CPU (a few photos per request), in fp32.
-    """
-
-    name = "vec2face-arcface"
-    note = ""
-
-    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool | None = None) -> None:
-        from synthface.fr.backbones import backbone_from_state_dict
-        from synthface.weights import read_pickled_state_dict
-
-        self.path = Path(path)
-        state = read_pickled_state_dict(self.path, model="vec2face-arcface", allow_pickle=allow_pickle,
-                                        what="Vec2Face conditioning recogniser (vec2face-arcface)")
-        self.model = backbone_from_state_dict(state, source=str(self.path)).float().requires_grad_(False)
-
-    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
-        import torch
-
-        from synthface.faces import l2_normalize, norm_crop
-
-        crops = np.stack([norm_crop(im, f.kps, 112) for im, f in zip(images, faces)])
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.inference_mode():
-            return l2_normalize(self.model(x).numpy())
-
-
-class StandInConditioner:
-    """Plumbing-only conditioning: analyser descriptor -> fixed orthogonal projection -> unit 512-d."""
-
-    name = "stand-in"
-
-    def __init__(self, in_dim: int, analyzer_name: str, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED,
-                 *, model: str = "tiny") -> None:
-        self.projection = standin_projection(in_dim, dim, seed)
-        family, recogniser = ("Vec2Face", "vec2face-arcface") if _vec2face_family(model) else ("Arc2Face", "arc2face-arcface")
-        self.note = STANDIN_NOTE.format(analyzer=analyzer_name, family=family, recogniser=recogniser)
-
-    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
-        from synthface.faces import l2_normalize
-
-        return l2_normalize(np.stack([f.embedding for f in faces]) @ self.projection.T)
-
-
-def standin_projection(in_dim: int, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED) -> np.ndarray:
-    """(dim, in_dim) matrix with orthonormal columns (so it preserves cosines), fixed by `seed`."""
-    if in_dim > dim:
-        raise InvalidInputError(f"cannot project {in_dim}-d descriptors into {dim}-d orthogonally.")
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, in_dim)))
-    return (q * np.sign(np.diag(r))).astype(np.float32)  # sign fix: unique for a given seed
-
-
-def make_conditioner(kind: str, model: str, analyzer, *, allow_pickle: bool | None = None):
-    """"arcface" (the generator's conditioning recogniser, found locally), "stand-in", or "auto":
-    arcface when installed, else the stand-in for a random-weight test model; a real model without
-    its recogniser is an error.
-
-    For a real Vec2Face model, the recogniser is Vec2Face's own (`Vec2FaceConditioner` over
-    `vec2face-arcface`, a pickle: needs `allow_pickle` or SYNTHFACE_ALLOW_PICKLE=1); only when that
-    is not installed, Arc2Face's arcface.onnx, carrying `VEC2FACE_NOTE` (shown on the page). Random
-    test models and Arc2Face use arcface.onnx.
-    """
-    if kind not in ("auto", "arcface", "stand-in"):
-        raise InvalidInputError(f"conditioner must be 'auto', 'arcface' or 'stand-in', got {kind!r}.")
-    if kind == "stand-in":
-        return StandInConditioner(analyzer.embedding_dim, analyzer.name, model=model)
-    from synthface import weights
-
-    vec2face = _vec2face_family(model) and not is_random_model(model)
-    if vec2face:
-        try:
-            own = weights.find("vec2face-arcface")
-        except ModelNotFoundError:
-            own = None  # not installed: arcface.onnx, with the note
-        if own is not None:
-            return Vec2FaceConditioner(own, allow_pickle=allow_pickle)
-    try:
-        path = weights.find("arc2face-arcface")
-    except ModelNotFoundError as exc:
-        if kind == "auto" and is_random_model(model):
-            return StandInConditioner(analyzer.embedding_dim, analyzer.name, model=model)
-        needs = ("Vec2Face's own recogniser (vec2face-arcface) or, failing that, Arc2Face's (arc2face-arcface); "
-                 "neither is installed. Run `synthface models download vec2face-arcface`.") if vec2face else \
-            "Arc2Face's own recogniser, which is not installed."
-        raise ModelNotFoundError(f"The {model} model is conditioned on ArcFace vectors from {needs} {exc}") from None
-    note = VEC2FACE_NOTE if vec2face else ""
-    rec = getattr(analyzer, "recognizer", None)
-    if rec is not None and Path(getattr(rec, "path", "")) == Path(path):
-        return ArcFaceConditioner(rec, note)  # the analyser already runs that recogniser: share it
-    from synthface.faces.onnx_backend import ArcFaceRecognizer
-
-    return ArcFaceConditioner(ArcFaceRecognizer(path), note)
-
-
-def _vec2face_family(model: str) -> bool:
-    """Whether `model` is rendered by Vec2Face's family, whose ID vectors come from its own recogniser."""
-    from synthface.render import Vec2FaceFamily, family_for
-
-    return isinstance(family_for(model), Vec2FaceFamily)
-
-
-# ----------------------------------------------------------------------------------------- identity
-
-
-@dataclass
-class Identity:
-    """What the generator is conditioned on and what its images are measured against.
-
-    vector: unit (512,) conditioning vector. reference: unit vector in the analyser's space, or
-    None (random identity in another space: images are measured against their own centre).
-    crops: the aligned 112 x 112 faces used. notes: messages for the user (several faces, ...).
-    """
-
-    vector: np.ndarray
-    reference: np.ndarray | None
-    crops: list[np.ndarray] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    source: dict = field(default_factory=dict)
-
-
-def read_photo(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """An uploaded photo as RGB uint8, downscaled to ANALYSIS_SIDE for analysis.
-
-    Bounds: at most MAX_UPLOAD_MB on disk and MAX_PHOTO_PIXELS pixels, at most MAX_ASPECT_RATIO:1
-    (checked from the header before decoding; ImageError otherwise), so the analyser then works
-    on at most ANALYSIS_SIDE x ANALYSIS_SIDE pixels.
-    """
-    name = name or Path(path).name
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        raise ImageError(f"Cannot read {name}: the upload is missing. Upload it again.") from None
-    if size > MAX_UPLOAD_MB * 1024 * 1024:
-        raise ImageError(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB. Use a smaller photo.")
-    try:
-        image = _load(path)
-    except ImageError as exc:
-        raise ImageError(str(exc).replace(str(path), name)) from None
-    return _downscale(image, ANALYSIS_SIDE)
-
-
-def _load(path) -> np.ndarray:
-    from synthface.faces import load_image
-
-    return load_image(path, max_pixels=MAX_PHOTO_PIXELS)
-
-
-def _downscale(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if max(h, w) <= side:
-        return image
-    from PIL import Image
-
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
-
-
-def identity_from_photos(paths: Sequence[str | os.PathLike], analyzer, conditioner) -> Identity:
-    """Average the largest face of each photo into one identity (both spaces), with the crops used."""
-    from synthface.faces import l2_normalize, norm_crop
-
-    if not paths:
-        raise InvalidInputError("Upload at least one photo of the person, or use Random identity.")
-    if len(paths) > MAX_PHOTOS:
-        raise InvalidInputError(f"{len(paths)} photos uploaded; use at most {MAX_PHOTOS} of one person.")
-    names = [Path(p).name for p in paths]
-    images = [read_photo(p, n) for p, n in zip(paths, names)]
-    found = analyzer.analyze(images, all_faces=True)
-    notes, faces = [], []
-    for name, image_faces in zip(names, found):
-        if not image_faces:
-            raise NoFaceError(
-                f"No face found in {name}. Use a photo where the face is clearly visible, frontal and not too "
-                "small; if the face fills the frame, use a wider crop that shows the whole head and some background."
-            )
-        if len(image_faces) > 1:
-            notes.append(f"{name} shows {len(image_faces)} faces; the largest one was used.")
-        faces.append(image_faces[0])
-    vectors = conditioner(images, faces)
-    reference = l2_normalize(np.mean(l2_normalize(np.stack([f.embedding for f in faces])), axis=0))
-    return Identity(
-        vector=l2_normalize(vectors.mean(axis=0)),
-        reference=reference,
-        crops=[norm_crop(im, f.kps, 112) for im, f in zip(images, faces)],
-        notes=notes,
-        source={"kind": "photos", "photos": names},
-    )
-
-
-def random_identity(seed: int, analyzer, conditioner) -> Identity:
-    """An identity drawn from the isotropic prior with `seed`; judged against the ID vector only when
-    the analyser embeds into the conditioning space (same recogniser), else against the batch centre."""
-    from synthface.identity import isotropic_prior
-
-    # One draw needs no separation check: sample_identities would draw a whole candidate batch.
-    vector = isotropic_prior(CONDITIONING_DIM).draw(np.random.default_rng(int(seed)), 1)[0]
-    same_space = isinstance(conditioner, ArcFaceConditioner) and conditioner.recognizer is getattr(analyzer, "recognizer", None)
-    return Identity(vector=vector, reference=vector if same_space else None, source={"kind": "random", "seed": int(seed)})
+    return family_for(model).is_random(model)
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -379,14 +128,14 @@ def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) 
 class DemoSession:
     """Everything the page needs, loaded lazily and kept: analyser, conditioner, one renderer.
 
-    model: any name or local path `synthface.render.build_renderer` takes ("arc2face", "vec2face",
+    model: any name or local path `synthface.generators.build_renderer` takes ("arc2face", "vec2face",
     "tiny" / "vec2face-tiny" for tests, ...); the last model used stays loaded, in fp16 on CUDA and
     fp32 elsewhere. analyzer: a backend name for `get_analyzer` or an analyser instance.
     analyzer_options: keyword arguments for a named analyser, as a recipe's
     `filtering.analyzer_options` (e.g. {"runtime": "torch", "device": "cuda"} for insightface on the
     device); they override the demo's defaults, and an option the analyser does not take is an
     InvalidInputError naming the ones it does (when the analyser is built: `analyzer`).
-    allow_pickle: read pickled weights (Vec2Face's `.pth` files: the generator and its recogniser);
+    allow_pickle: read pickled weights (`.pth` generator or recogniser files);
     SYNTHFACE_ALLOW_PICKLE=1 opts in as well.
 
     Privacy: everything the session writes (zips holding identity vectors of uploaded faces, and,
@@ -408,7 +157,7 @@ class DemoSession:
         self.analyzer_name = analyzer if isinstance(analyzer, str) else analyzer.name
         self._analyzer = None if isinstance(analyzer, str) else analyzer
         self._conditioners: dict[str, object] = {}
-        self._renderer = None  # synthface.render.Renderer of the last model used
+        self._renderer = None  # synthface.generators.Renderer of the last model used
         self._lcm: dict | None = None  # LCM state of the loaded pipeline; dropped with it
         self._lock = threading.Lock()
         self.root = Path(tempfile.mkdtemp(prefix="synthface-demo-"))  # mode 0700: this user only
@@ -434,7 +183,7 @@ class DemoSession:
         return self._analyzer
 
     def conditioner(self, model: str):
-        from synthface.render import family_for
+        from synthface.generators import family_for
 
         key = f"{family_for(model).name}{' (random weights)' if is_random_model(model) else ''}"
         if key not in self._conditioners:
@@ -443,12 +192,12 @@ class DemoSession:
         return self._conditioners[key]
 
     def renderer(self, model: str):
-        """The `synthface.render.Renderer` of `model`, loaded on first use and kept until another
+        """The `synthface.generators.Renderer` of `model`, loaded on first use and kept until another
         model is asked for (the previous one, and its LCM state, are released first)."""
         with self._lock:
             if self._renderer is None or self._renderer.name != model:
                 from synthface.devices import resolve_device
-                from synthface.render import build_renderer
+                from synthface.generators import build_renderer
 
                 self._renderer, self._lcm = None, None
                 target = resolve_device(self.device)
@@ -468,7 +217,7 @@ class DemoSession:
         """Render `settings.num_images` images of `identity`, then judge each one. Steps and
         guidance reach the renderer per request (families without them ignore them)."""
         from synthface.identity import perturb
-        from synthface.render import RenderSettings
+        from synthface.generators import RenderSettings
 
         settings.check()
         seeds = settings.image_seeds()
@@ -494,12 +243,13 @@ class DemoSession:
         if on and state is None:
             if not lcm_available(model):
                 raise ModelNotFoundError(
-                    "LCM needs a real Stable Diffusion 1.5 based model, the peft package (`pip install peft`) and the "
-                    "LCM-LoRA weights (`synthface models download lcm-lora-sdv15`)."
+                    "LCM needs a real model of a family with LCM-LoRA sampling, the peft package (`pip install peft`) "
+                    f"and the LCM-LoRA weights{_lcm_fetch(model)}."
                 )
             from synthface import weights
+            from synthface.generators import family_for
 
-            lora = weights.find("lcm-lora-sdv15")
+            lora = weights.find(family_for(model).lcm_lora)
             default = pipe.scheduler
             pipe.use_lcm(str(lora.parent), weight_name=lora.name)
             state = self._lcm = {"default": default, "lcm": pipe.scheduler}
@@ -548,9 +298,9 @@ class DemoSession:
 
     def licence_note(self, model: str) -> str:
         """What the generator's and the analyser's licences say (synthface.weights and the analyser's own)."""
-        from synthface.weights import licence
+        from synthface.generators import model_licence
 
-        gen = licence(model)
+        gen = model_licence(model)
         note = f"Generator {model}: {gen.text}. Analyser {self.analyzer.name}: {self.analyzer.license}."
         if gen.restricted or self.analyzer.license_restricted:
             note += " Commercial use of these images is excluded."
@@ -581,12 +331,13 @@ def check_analyzer_options(options: dict) -> dict:
 
 
 def _insightface_kwargs() -> dict:
-    """insightface analyser settings: Arc2Face's arcface.onnx as recogniser when installed (then the
-    judge and the conditioning share one space), else the antelopev2 pack's own."""
+    """insightface analyser settings: the default family's recogniser as the analyser's when installed
+    (then the judge and the conditioning share one space), else the antelopev2 pack's own."""
     from synthface import weights
+    from synthface.generators import default_family
 
     try:
-        return {"recognizer": weights.find("arc2face-arcface")}
+        return {"recognizer": weights.find(default_family().recognisers[0])}
     except ModelNotFoundError:
         return {}
 
@@ -597,18 +348,11 @@ ANALYZER_WEIGHTS = {"dlib": "dlib", "insightface": "antelopev2"}
 
 def generator_weights(model: str) -> list[tuple[str, ...]]:
     """The registry entries (`synthface.weights`) that `model` needs to draw a person, as groups of
-    alternatives (one found locally per group is enough): its own weights, SD 1.5's parts for
-    Arc2Face, and the recogniser its ID vectors come from (a real Vec2Face: its own, else
-    Arc2Face's). Random-weight test models need none; a local path needs only the recogniser."""
-    if is_random_model(model):
-        return []
-    from synthface.weights import REGISTRY
+    alternatives (one found locally per group is enough), as its family declares them
+    (`GeneratorFamily.required_weights`). Random-weight test models need none."""
+    from synthface.generators import family_for
 
-    groups = [(model,)] if model in REGISTRY else []
-    if model == "arc2face":
-        groups.append(("sd15",))
-    groups.append(("vec2face-arcface", "arc2face-arcface") if _vec2face_family(model) else ("arc2face-arcface",))
-    return groups
+    return family_for(model).required_weights(model)
 
 
 def missing_weights(model: str) -> list[str]:
@@ -629,9 +373,9 @@ def _found(name: str) -> bool:
 
 def installed_models(current: str | None = None) -> list[str]:
     """Model choices for the page: `current` first (the launched one), then every generator
-    `synthface.render.generator_names` lists whose weights are found locally (`missing_weights`),
+    `synthface.generators.generator_names` lists whose weights are found locally (`missing_weights`),
     then the random-weight test models, which need none."""
-    from synthface.render import generator_names
+    from synthface.generators import generator_names
 
     names = generator_names()
     real = [n for n in names if not is_random_model(n) and not missing_weights(n)]
@@ -640,15 +384,18 @@ def installed_models(current: str | None = None) -> list[str]:
 
 def default_model() -> str:
     """The model `synthface demo` starts on without --model: the first real generator whose weights
-    are all found locally (Arc2Face first), else the random-weight "tiny" model."""
-    return next((n for n in installed_models() if not is_random_model(n)), "tiny")
+    are all found locally (the default family's first), else the default family's random-weight model."""
+    from synthface.generators import default_family
+
+    fallback = default_family().random_models[0]
+    return next((n for n in installed_models() if not is_random_model(n)), fallback)
 
 
 def weights_notice(model: str, analyzer: str = "dlib", analyzer_options: dict | None = None) -> list[str]:
     """What the demo says at start about weights: one line per generator (and the analyser, unless
     `analyzer_options` point it at files of their own) whose weights are not found locally, each with
     the commands that fetch them; [] when nothing is missing."""
-    from synthface.render import generator_names
+    from synthface.generators import generator_names
     from synthface.weights import spec
 
     lines = []
@@ -679,30 +426,43 @@ def require_model_weights(model: str) -> None:
 
 
 def lcm_available(model: str) -> bool:
-    """LCM-LoRA can be switched on: a real Arc2Face model, peft installed, the LoRA weights found locally."""
+    """LCM-LoRA can be switched on: a real model of a family declaring "lcm", peft installed, the
+    family's LoRA weights (`GeneratorFamily.lcm_lora`) found locally."""
     import importlib.util
 
-    from synthface.render import Arc2FaceFamily, family_for
+    from synthface.generators import family_for
 
-    if is_random_model(model) or not isinstance(family_for(model), Arc2FaceFamily):  # LCM-LoRA is for SD 1.5
+    family = family_for(model)
+    if family.is_random(model) or "lcm" not in family.options or not family.lcm_lora:
         return False
     if importlib.util.find_spec("peft") is None:
         return False
-    from synthface import weights
+    return _found(family.lcm_lora)
 
-    try:
-        weights.find("lcm-lora-sdv15")
-        return True
-    except ModelNotFoundError:
-        return False
+
+def _lcm_fetch(model: str) -> str:
+    from synthface.generators import family_for
+
+    lora = family_for(model).lcm_lora
+    return f" (`synthface models download {lora}`)" if lora else ""
+
+
+def lcm_hint(model: str) -> str:
+    """What LCM needs for `model`, for the page's LCM control."""
+    from synthface.generators import family_for
+
+    family = family_for(model)
+    return (f"needs a real {family.display_name} model, `pip install peft` and "
+            f"`synthface models download {family.lcm_lora}`")
 
 
 def sampler_settings(model: str) -> tuple[str, ...]:
     """The sampler controls ("steps", "guidance") that mean something to `model`'s family, as it
-    declares them (`GeneratorFamily.sampler_settings`): none for Vec2Face's one-pass models."""
-    from synthface.render import family_for
+    declares them (`GeneratorFamily.options`): none for a one-pass family."""
+    from synthface.generators import family_for
 
-    return tuple(family_for(model).sampler_settings)
+    options = family_for(model).options
+    return tuple(name for name in ("steps", "guidance") if name in options)
 
 
 def new_seed() -> int:

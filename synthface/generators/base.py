@@ -1,28 +1,24 @@
-"""Model name or pipeline -> a `Renderer`: condition vectors and one seed per image in, uint8 images out.
+"""The one `Renderer` contract and what a `GeneratorFamily` declares.
 
-The one path from "a generator" to "images" for the engine, the demo, `synthface generate` and the
-benchmarks. It resolves the device (`synthface.devices.resolve_device`) and the dtype (fp16 on a CPU
-renders in fp32, with a warning), applies the speed settings once (`Optimizations`), seeds one CPU
-`torch.Generator` per image (so an image depends only on its seed and condition vector, never on
-what shares its batch), and converts to uint8 the one way its family declares
-(`GeneratorFamily.to_uint8`: Arc2Face rounds, Vec2Face truncates as its published scripts do).
-Given the same inputs, every caller gets byte-identical images. What any renderer returns, a
-`Renderer` or a plain callable given to `engine.run(renderer=f)`, is checked at the boundary by
-`check_images` (count, numpy (H, W, 3) RGB, uint8; floats in [0, 1] converted as the families convert).
+A `Renderer` is a loaded generator as a callable: condition vectors and one seed per image in, uint8
+images out (`synthface.generators.build_renderer` makes one). It seeds one CPU `torch.Generator` per
+image (so an image depends only on its seed and condition vector, never on what shares its batch)
+and converts to uint8 the one way its family declares (`GeneratorFamily.to_uint8`). A plain callable
+`f(conditions, seeds) -> list of (H, W, 3) uint8 arrays` (`RenderFunction`) is the same contract
+without a family: `engine.run(renderer=f)` takes either (`RendererLike`), and what any renderer
+returns is checked at the boundary by `check_images` (count, numpy (H, W, 3) RGB, uint8; floats in
+[0, 1] converted as the families convert).
 
-Generators plug in through a registry of families keyed by model name (`register_generator`):
-Arc2Face answers to "arc2face", "FoivosPar/Arc2Face" and "tiny"; Vec2Face to every name starting
-with "vec2face". A local path goes to the family that `claims` it (a Vec2Face checkpoint or folder),
-else to the default family, Arc2Face (a local folder, a repo id in an Arc2Face layout). A new family
-subclasses `GeneratorFamily`, whose pipeline takes `id_embeds`, `generator` and `output_type="pt"`
-(floats in [0, 1], (B, 3, H, W)), and registers its names.
+A family is a `GeneratorFamily` subclass in a folder of its own (`synthface/generators/<family>/`)
+or in another package (an entry point in the group "synthface.generators", see `registry`); its
+pipeline takes `id_embeds`, `generator` and `output_type="pt"` (floats in [0, 1], (B, 3, H, W)).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +27,7 @@ import torch
 
 from synthface.errors import InvalidInputError
 
-log = logging.getLogger("synthface.render")
+log = logging.getLogger("synthface.render")  # the name users filter on; kept
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,7 +49,7 @@ class RenderSettings:
 class Optimizations:
     """Speed and memory settings applied to a pipeline once, when its renderer is built.
 
-    attention: None (the family's default: PyTorch SDPA for Arc2Face), "sdpa", or "xformers" (needs
+    attention: None (the family's default, its `optimize` says which), "sdpa", or "xformers" (needs
     an xformers build matching the installed torch; nothing installs one). channels_last: UNet and
     VAE in channels-last memory format (faster convolutions on CUDA tensor cores). compile:
     `torch.compile` the denoiser (slow first batch). vae_slicing: decode one image at a time.
@@ -65,22 +61,54 @@ class Optimizations:
     vae_slicing: bool = False
 
 
+#: Every option a family may declare (`GeneratorFamily.options`): the sampler fields of
+#: `RenderSettings` it reads ("steps", "guidance"), LCM-LoRA sampling ("lcm"), target head poses
+#: ("pose", for pipelines that load a pose model) and AttrOP on the identity centres ("attrop").
+OPTIONS = frozenset({"steps", "guidance", "lcm", "pose", "attrop"})
+
+
 class GeneratorFamily:
-    """One kind of identity-conditioned generator: how to load it, optimise it and call it.
+    """One kind of identity-conditioned generator: what it declares, how to load, optimise and call it.
+
+    The declarations (class attributes) are what the engine, the demo, the CLI and `synthface.weights`
+    read, so nothing outside a family's own folder asks for its type or name: `name`, `title`,
+    `models` (and which of them are `random_models`), the local paths it `claims`, `options` (a
+    subset of `OPTIONS`), `native_size`, `recognisers` (its conditioning recogniser, registry names),
+    `lcm_lora`, its required weights (`required_weights`) and licences (`licence`), its uint8
+    conversion (`to_uint8`).
 
     A family's pipeline must accept `pipe(id_embeds=(B, D) float32 tensor, generator=[B CPU
     torch.Generator], output_type="pt", **call_kwargs(...))` and return an output whose `.images`
-    is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone. A family
-    defines load, accepts, optimize, call_kwargs and native_resolution (the base raises for each it
-    lacks; test doubles define only what they use); claims and to_uint8 have defaults.
+    is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone (unless its own
+    `to_uint8` converts what it returns). A family defines load, accepts, optimize, call_kwargs and
+    native_resolution (the base raises for each it lacks; test doubles define only what they use);
+    the rest have defaults.
     """
 
     name: str = ""
+    #: How people write the family's name in a sentence ("Disc generator"); default: `name`.
+    title: str = ""
     #: Models it loads by name alone (downloadable or built in): what `generator_names` lists.
     models: tuple[str, ...] = ()
-    #: The `RenderSettings` sampler fields its pipeline reads ("steps", "guidance"): a denoising
-    #: family reads both; a one-pass family reads none, so a UI hides those controls for it.
-    sampler_settings: tuple[str, ...] = ("steps", "guidance")
+    #: Of `models`, those with random weights (plumbing tests: they draw no faces and need no files).
+    random_models: tuple[str, ...] = ()
+    #: Names routed to it besides `models` (case-insensitive; a trailing "*" makes a prefix).
+    aliases: tuple[str, ...] = ()
+    #: Whether it renders any name or local path no other family takes (one family does: the default).
+    catch_all: bool = False
+    #: The options (of `OPTIONS`) that apply to it; a UI hides the others, a recipe asking for one
+    #: it lacks is refused.
+    options: frozenset[str] = frozenset({"steps", "guidance"})
+    #: Its only image side, or None when the side depends on the loaded model (`native_resolution`).
+    native_size: int | None = None
+    #: The weights-registry names of the recogniser its ID vectors come from, first choice first.
+    recognisers: tuple[str, ...] = ()
+    #: Those a random-weight model is conditioned on (None: `recognisers`).
+    test_recognisers: tuple[str, ...] | None = None
+    #: Of `models`, those loaded with pose control (only with "pose" in `options`).
+    pose_models: tuple[str, ...] = ()
+    #: The weights-registry name of its LCM-LoRA (only with "lcm" in `options`).
+    lcm_lora: str | None = None
 
     def load(self, model: str, *, device: torch.device, dtype: torch.dtype, allow_download: bool,
              allow_pickle: bool | None, **options):
@@ -100,8 +128,10 @@ class GeneratorFamily:
         raise NotImplementedError(f"{type(self).__name__} must define call_kwargs() (GeneratorFamily's interface)")
 
     def native_resolution(self, pipeline) -> int:
-        """The image side the pipeline renders when no resolution is asked for."""
-        raise NotImplementedError(f"{type(self).__name__} must define native_resolution() (GeneratorFamily's interface)")
+        """The image side the pipeline renders when no resolution is asked for. Default: `native_size`."""
+        if self.native_size is None:
+            raise NotImplementedError(f"{type(self).__name__} must define native_resolution() or native_size")
+        return self.native_size
 
     def takes_poses(self, pipeline) -> bool:
         """Whether `pipeline` takes `poses=` ((B, 2) float32 target yaw, pitch in degrees, one row per
@@ -113,108 +143,58 @@ class GeneratorFamily:
         registration order, before a path falls to the default family. Default: no."""
         return False
 
+    def is_random(self, model: str) -> bool:
+        """Whether `model` is one of its random-weight test models."""
+        return model in self.random_models
+
+    def conditioning(self, model: str) -> tuple[str, ...]:
+        """The recognisers (registry names) `model`'s ID vectors come from, first choice first."""
+        if self.is_random(model) and self.test_recognisers is not None:
+            return self.test_recognisers
+        return self.recognisers
+
+    def required_weights(self, model: str) -> list[tuple[str, ...]]:
+        """The registry entries (`synthface.weights`) `model` needs to draw a person, as groups of
+        alternatives (one found locally per group is enough): its own, then its recogniser's.
+        Random-weight models need none; a local path needs only the recogniser."""
+        if self.is_random(model):
+            return []
+        from synthface.weights import REGISTRY
+
+        own = [(model,)] if model in REGISTRY else []
+        return own + ([self.conditioning(model)] if self.conditioning(model) else [])
+
+    def conditioner(self, model: str, analyzer, *, allow_pickle: bool | None = None):
+        """`model`'s conditioner (photos and faces -> unit ID vectors) over the first of its
+        recognisers found locally (`synthface.generators.conditioning.conditioner_for`)."""
+        from synthface.generators.conditioning import conditioner_for
+
+        return conditioner_for(self, model, analyzer, allow_pickle=allow_pickle)
+
+    def recogniser_conditioner(self, name: str, path, analyzer, *, allow_pickle: bool | None, note: str = ""):
+        """The conditioner over recogniser `name` found at `path`. Default: an ONNX ArcFace recogniser."""
+        from synthface.generators.conditioning import onnx_conditioner
+
+        return onnx_conditioner(path, analyzer, note)
+
+    def conditioning_note(self, model: str, recogniser: str) -> str:
+        """What the user should know when `model` is conditioned on `recogniser` (a fallback, say)."""
+        return ""
+
+    def licence(self, model: str):
+        """The licence (`synthface.weights.Licence`) of what `model` makes: the one licence table's."""
+        from synthface.weights import licence
+
+        return licence(model)
+
     def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
         """The pipeline's (B, 3, H, W) floats in [0, 1] -> B (H, W, 3) uint8 images, the family's one
         conversion. Default: `to_uint8` (rounded half to even)."""
         return to_uint8(images)
 
-
-class Arc2FaceFamily(GeneratorFamily):
-    """Arc2Face (`synthface.pipelines.Arc2FacePipeline`): SD 1.5 conditioned on ArcFace ID vectors."""
-
-    name = "arc2face"
-    models = ("arc2face", "tiny")
-
-    def load(self, model, *, device, dtype, allow_download, allow_pickle, base=None, lcm_lora=None):
-        """`load_arc2face`, then the LCM-LoRA when `lcm_lora` names one (folder, file or repo id)."""
-        from synthface.pipelines import load_arc2face
-
-        if model == "tiny":
-            # The tiny model's layers are far too small to gain from threads; on few cores the thread
-            # hand-off costs more than the work (measured on a busy 2-core machine: ~1 s per call with 2
-            # threads, ~0.04 s with 1).
-            torch.set_num_threads(1)
-        pipe = load_arc2face(model, dtype=dtype, device=device, allow_download=allow_download, base=base,
-                             allow_pickle=allow_pickle)
-        if lcm_lora:
-            pipe.use_lcm(lcm_lora, allow_pickle=allow_pickle)
-        return pipe
-
-    def accepts(self, pipeline) -> bool:
-        from synthface.pipelines import Arc2FacePipeline
-
-        return isinstance(pipeline, Arc2FacePipeline)
-
-    def optimize(self, pipeline, optimizations):
-        pipeline.optimize(attention=optimizations.attention or "sdpa", compile=optimizations.compile,
-                          vae_slicing=optimizations.vae_slicing)
-        layout = torch.channels_last if optimizations.channels_last else torch.contiguous_format
-        pipeline.unet.to(memory_format=layout)
-        pipeline.vae.to(memory_format=layout)
-
-    def call_kwargs(self, pipeline, settings):
-        return {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance,
-                "height": settings.resolution, "width": settings.resolution}
-
-    def native_resolution(self, pipeline) -> int:
-        return int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
-
-
-# Exact model names (lower case) and prefixes ("vec2face*") -> family; anything else -> DEFAULT_FAMILY.
-_FAMILIES: dict[str, GeneratorFamily] = {}
-DEFAULT_FAMILY: GeneratorFamily = Arc2FaceFamily()
-
-
-def register_generator(name_or_prefix: str, family: GeneratorFamily) -> None:
-    """Route model name `name_or_prefix` (case-insensitive), or every name starting with it when it
-    ends in "*", to `family`. A name already routed to another family is an InvalidInputError."""
-    key = name_or_prefix.strip().lower()
-    if not key or key == "*":
-        raise InvalidInputError(f"A generator needs a model name or a name prefix ending in '*', got {name_or_prefix!r}.")
-    taken = _FAMILIES.get(key)
-    if taken is not None and taken is not family:
-        raise InvalidInputError(
-            f"Model name {name_or_prefix!r} already belongs to the {taken.name!r} generator family; "
-            f"pick another name for {family.name!r}."
-        )
-    _FAMILIES[key] = family
-
-
-def family_for(model: str | os.PathLike) -> GeneratorFamily:
-    """The family that renders `model`: its exact name, else the longest matching prefix, else the
-    first family that `claims` it as an existing local path, else the default (Arc2Face, which also
-    reads local folders and repo ids in its layouts)."""
-    name = os.fspath(model).strip().lower()
-    if name in _FAMILIES:
-        return _FAMILIES[name]
-    prefixes = [k for k in _FAMILIES if k.endswith("*") and name.startswith(k[:-1])]
-    if prefixes:
-        return _FAMILIES[max(prefixes, key=len)]
-    path = os.path.expanduser(os.fspath(model))
-    if os.path.exists(path):
-        for family in dict.fromkeys(_FAMILIES.values()):
-            if family is not DEFAULT_FAMILY and family.claims(path):
-                return family
-    return DEFAULT_FAMILY
-
-
-def generator_names() -> list[str]:
-    """Every model name a registered family loads by name alone (`GeneratorFamily.models`), in
-    registration order: the choices the demo and the CLI offer besides local paths."""
-    families = dict.fromkeys([DEFAULT_FAMILY, *_FAMILIES.values()])
-    return list(dict.fromkeys(name for family in families for name in family.models))
-
-
-def family_of_pipeline(pipeline) -> GeneratorFamily:
-    """The registered family `pipeline` belongs to; InvalidInputError for an unknown pipeline type."""
-    families = list(dict.fromkeys([DEFAULT_FAMILY, *_FAMILIES.values()]))
-    for family in families:
-        if family.accepts(pipeline):
-            return family
-    raise InvalidInputError(
-        f"No generator family renders a {type(pipeline).__name__}; the registered families are "
-        f"{', '.join(f.name for f in families)}. Pass one of their pipelines or a model name."
-    )
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -354,23 +334,29 @@ class Renderer:
 
     @property
     def licence(self):
-        """The model's licence (`synthface.weights.Licence`) for the dataset card; unknown for a local path."""
-        from synthface.weights import licence
-
-        return licence(self.name)
+        """The model's licence (`synthface.weights.Licence`) for the dataset card, as its family declares
+        it (`GeneratorFamily.licence`); unknown for a local path."""
+        return self.family.licence(self.name)
 
     @property
     def takes_poses(self) -> bool:
-        """Whether this generator has pose control (`poses=` in `__call__`)."""
-        return self.family.takes_poses(self.pipeline)
+        """Whether this generator has pose control (`poses=` in `__call__`): a family declaring "pose"
+        whose loaded pipeline has it."""
+        return "pose" in self.family.options and self.family.takes_poses(self.pipeline)
 
     def require_poses(self, who: str) -> None:
         """InvalidInputError, starting with `who` (who asks for poses), unless the generator has pose control."""
         if not self.takes_poses:
+            from synthface.generators.registry import families
+
+            models = [(m, f.is_random(m)) for f in families() if "pose" in f.options for m in f.pose_models]
+            real = ", ".join(repr(m) for m, random in models if not random)
+            tests = ", ".join(repr(m) for m, random in models if random)
+            suggestion = f" ({real}{f'; {tests} for plumbing tests' if tests else ''})" if models else ""
             raise InvalidInputError(
                 f"{who} renders with a {self.family.name!r} generator that has no pose control, so it cannot "
-                "follow target poses. Use a generator with a pose model ('vec2face-plus-pose'; "
-                "'vec2face-plus-tiny' for plumbing tests), or remove the poses (variation.pose)."
+                f"follow target poses. Use a generator with a pose model{suggestion}, or remove the poses "
+                "(variation.pose)."
             )
 
     def __call__(self, conditions: np.ndarray, seeds: Sequence[int], poses: np.ndarray | None = None) -> list[np.ndarray]:
@@ -409,150 +395,7 @@ class Renderer:
         return check_images(converted, len(seeds), self)
 
 
-def build_renderer(
-    model: str | os.PathLike | Any,
-    *,
-    settings: RenderSettings | None = None,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    optimizations: Optimizations | None = None,
-    allow_download: bool = False,
-    allow_pickle: bool | None = None,
-    name: str | None = None,
-    **load_options,
-) -> Renderer:
-    """A `Renderer` for a model name (loaded through its family) or a pipeline object (used in place).
-
-    For a name: device None means "auto" (`resolve_device`), dtype None means fp32, optimizations
-    None means `Optimizations()`; `load_options` go to the family's `load` (Arc2Face: base,
-    lcm_lora). For a pipeline: device and dtype None keep the pipeline's own (else it is moved),
-    optimizations None leaves it as it is. `name` is what the licence is looked up under (default:
-    the model as given; for a pipeline, its family's name).
-    The same model, settings, device, dtype and optimizations give byte-identical images either way.
-
-    Raises InvalidInputError for an unknown device, dtype or pipeline type, or options the family's
-    loader does not take; ModelNotFoundError (from the family) when the weights are not available.
-    """
-    from synthface.devices import resolve_device
-
-    settings = settings or RenderSettings()
-    if isinstance(model, (str, os.PathLike)):
-        family = family_for(model)
-        target = resolve_device(device)
-        try:
-            pipeline = family.load(os.fspath(model), device=target, dtype=resolve_dtype(dtype or "fp32", target),
-                                   allow_download=allow_download, allow_pickle=allow_pickle, **load_options)
-        except TypeError as exc:
-            if not load_options:
-                raise
-            raise InvalidInputError(
-                f"The {family.name!r} generator family does not take the option(s) {', '.join(sorted(load_options))} "
-                f"({exc}). Remove them, or use a model of a family that takes them."
-            ) from None
-        name, optimizations = name or os.fspath(model), optimizations or Optimizations()
-    else:
-        if load_options:
-            raise InvalidInputError(
-                f"Loading options {', '.join(sorted(load_options))} apply to a model name, not to a pipeline object."
-            )
-        family = family_of_pipeline(model)
-        pipeline = model
-        if device is not None:
-            pipeline.to(resolve_device(device))
-        if dtype is not None:
-            pipeline.to(dtype=resolve_dtype(dtype, pipeline.device))
-        name = name or family.name
-    pipeline.set_progress_bar_config(disable=True)
-    family.call_kwargs(pipeline, settings)  # settings the model cannot honour are refused before any work
-    if optimizations is not None:
-        family.optimize(pipeline, optimizations)
-    return Renderer(pipeline=pipeline, family=family, name=name, settings=settings)
-
-
-class Vec2FaceFamily(GeneratorFamily):
-    """Vec2Face and Vec2Face+ (`synthface.pipelines.Vec2FacePipeline`): one forward pass from an ID
-    vector to a 112 x 112 face.
-
-    Names: "vec2face", "vec2face-plus", "vec2face-plus-pose" (the published files), "vec2face-tiny",
-    "vec2face-plus-tiny" (random weights, plumbing only), and any local path it `claims`.
-    There is no denoising, so `RenderSettings.steps` and `guidance` do not apply and are ignored;
-    `resolution` must be None or 112 (the model's only size). Each image draws its mask rate and
-    token noise from its own generator (`rng="per_image"`, the generation scripts' mask preset).
-    uint8 images are truncated, ((x + 1) / 2 * 255) clipped then cut to an integer, as the published
-    scripts write them (HSFace was made so), not rounded as Arc2Face's are.
-    Attention: "exact" (the published arithmetic, the default) or "sdpa"; no VAE, so no
-    vae_slicing; channels_last applies to the CNN decoder.
-    """
-
-    name = "vec2face"
-    models = ("vec2face", "vec2face-plus", "vec2face-plus-pose", "vec2face-tiny", "vec2face-plus-tiny")
-    sampler_settings = ()  # one forward pass: no steps, no guidance
-    resolution = 112
-
-    def load(self, model, *, device, dtype, allow_download, allow_pickle, pose=False, merge_lora=False):
-        """`load_vec2face`; `pose` reads Vec2Face+'s pose checkpoint from its Hugging Face folder,
-        `merge_lora` folds the LoRA adapters into the attention weights."""
-        from synthface.pipelines import load_vec2face
-        from synthface.pipelines.loading import VEC2FACE_TINY
-
-        if model in VEC2FACE_TINY:
-            torch.set_num_threads(1)  # as Arc2Face's tiny model: layers too small to gain from threads
-        return load_vec2face(model, device=device, dtype=dtype, allow_download=allow_download,
-                             allow_pickle=allow_pickle, pose=pose, merge_lora=merge_lora)
-
-    def accepts(self, pipeline) -> bool:
-        from synthface.pipelines import Vec2FacePipeline
-
-        return isinstance(pipeline, Vec2FacePipeline)
-
-    def claims(self, path: str) -> bool:
-        """A .pth file, a folder in the published Hugging Face layout, or a converted folder whose
-        model_index.json names Vec2FacePipeline."""
-        import json
-        from pathlib import Path
-
-        from synthface.pipelines.loading import VEC2FACE_LAYOUT
-
-        folder = Path(path)
-        if folder.is_file():
-            return folder.suffix == ".pth"
-        if any((folder / file).is_file() for file in VEC2FACE_LAYOUT.values()):
-            return True
-        try:
-            return json.loads((folder / "model_index.json").read_text()).get("_class_name") == "Vec2FacePipeline"
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    def optimize(self, pipeline, optimizations):
-        if optimizations.vae_slicing:
-            raise InvalidInputError("Vec2Face has no VAE, so vae_slicing does not apply; leave it off.")
-        pipeline.optimize(attention=optimizations.attention or "exact", compile=optimizations.compile)
-        layout = torch.channels_last if optimizations.channels_last else torch.contiguous_format
-        pipeline.vec2face.im_decoder.to(memory_format=layout)
-
-    def call_kwargs(self, pipeline, settings):
-        if settings.resolution not in (None, self.resolution):
-            raise InvalidInputError(
-                f"Vec2Face renders {self.resolution} x {self.resolution} images only, got resolution "
-                f"{settings.resolution}; leave the resolution unset (or {self.resolution})."
-            )
-        return {"rng": "per_image"}
-
-    def native_resolution(self, pipeline) -> int:
-        return self.resolution
-
-    def takes_poses(self, pipeline) -> bool:
-        """Vec2Face+ loaded with its pose model ("vec2face-plus-pose", "vec2face-plus-tiny"); with poses
-        the pipeline uses the published pose-control mask preset (`MASK_RATIOS["pose"]`)."""
-        return pipeline.pose_model is not None
-
-    def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
-        """Truncation, as the published scripts write: the same bytes as
-        `synthface.pipelines.vec2face.to_uint8` of the decoder output (output_type="pil")."""
-        pixels = images.float().mul(255).clamp(0, 255).to(torch.uint8)
-        return list(pixels.permute(0, 2, 3, 1).cpu().numpy())
-
-
-for _name in ("arc2face", "foivospar/arc2face", "tiny"):
-    register_generator(_name, DEFAULT_FAMILY)
-register_generator("vec2face*", Vec2FaceFamily())
+#: The plain form of the contract: `f(conditions (B, D) float32, seeds [B]) -> B (H, W, 3) images`.
+RenderFunction = Callable[[np.ndarray, Sequence[int]], Sequence[np.ndarray]]
+#: What the engine renders with: a loaded `Renderer` or a plain `RenderFunction`.
+RendererLike = Renderer | RenderFunction

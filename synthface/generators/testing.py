@@ -15,123 +15,13 @@ from pathlib import Path
 
 import torch
 
-# Words the tiny vocabulary spells as whole tokens; everything else falls back to letters.
-_WORDS = ("photo", "of", "a", "id", "person", "face", "man", "woman")
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-TEXT_HIDDEN = 512  # at least the ArcFace width, so a 512-d ID vector fits a token embedding
-TINY_SIZE = 32  # default image side in pixels
-
-
-def tiny_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """A CLIP-style byte-level BPE vocabulary: letters, whole-word tokens for the prompt, specials."""
-    tokens = list(_LETTERS) + [c + "</w>" for c in _LETTERS]
-    merges: list[str] = []
-    for word in _WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:  # merge left to right; every intermediate is a vocabulary entry
-            merged = parts[0] + parts[1]
-            merges.append(f"{parts[0]} {parts[1]}")
-            if merged not in tokens:
-                tokens.append(merged)
-            parts = [merged, *parts[2:]]
-    tokens += [BOS, EOS]
-    return {tok: i for i, tok in enumerate(tokens)}, list(dict.fromkeys(merges))
-
-
-def tiny_tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_vocab_and_merges()
-    pairs = [tuple(m.split(" ")) for m in merges]
-    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=77)
-
-
-def _text_encoder(vocab_size: int, bos: int, eos: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
-    return CLIPTextModel(config).eval()
-
-
-def _unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=TINY_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    ).eval()
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(4, 8),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=TINY_SIZE,
-    ).eval()
-
-
-# Stable Diffusion 1.5's noise schedule (its scheduler_config.json, minus the class name).
-SD15_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    steps_offset=1,
-    clip_sample=False,
-    set_alpha_to_one=False,
-    prediction_type="epsilon",
+from synthface.generators.arc2face.tiny import (  # noqa: F401  (re-exported for tests)
+    BOS, EOS, SD15_SCHEDULE, TEXT_HIDDEN, TINY_SIZE, tiny_arc2face_pipeline, tiny_components, tiny_tokenizer,
+    tiny_vocab_and_merges,
 )
-
-
-def tiny_components(seed: int = 0) -> dict:
-    """Random tiny vae, text_encoder, tokenizer, unet, scheduler, reproducible from `seed`."""
-    from synthface.pipelines.arc2face import default_scheduler
-
-    tokenizer = tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-        torch.manual_seed(seed)
-        text_encoder = _text_encoder(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-        unet = _unet()
-        vae = _vae()
-    scheduler = default_scheduler(SD15_SCHEDULE)
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-
-
-def tiny_arc2face_pipeline(seed: int = 0):
-    """A complete `Arc2FacePipeline` with tiny random weights: 512-d IDs in, 32x32 images out."""
-    from synthface.pipelines.arc2face import Arc2FacePipeline
-
-    pipe = Arc2FacePipeline(**tiny_components(seed))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from synthface.generators.vec2face.tiny import (  # noqa: F401  (re-exported for tests)
+    TINY_VEC2FACE, deterministic_state_dict, deterministic_tensor, tiny_vec2face_pipeline, vec2face_pipeline_from_rule,
+)
 
 
 def save_tiny_published_layout(
@@ -203,7 +93,7 @@ def full_size_arc2face_pipeline(*, device: str | torch.device = "cpu", dtype: to
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from synthface.pipelines.arc2face import Arc2FacePipeline, default_scheduler
+    from synthface.generators.arc2face.pipeline import Arc2FacePipeline, default_scheduler
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]), torch.device(device):
@@ -250,70 +140,14 @@ def measure_throughput(pipe, batch_sizes=(1, 4, 8, 16), *, steps: int = 25, guid
     return rows
 
 
-# ---------------------------------------------------------------------------------------- Vec2Face
-
-#: Keys whose deterministic test weights are 0.02 z (position tables), per VEC2FACE.md's rule.
-_POSITION_KEYS = ("decoder_pos_embed_learned", "token_emb.position_embeddings.weight")
-
-
-def deterministic_tensor(key: str, shape) -> torch.Tensor:
-    """VEC2FACE.md's deterministic weight for `key`: z ~ randn seeded by crc32(key); 1-D: 1 + 0.1z
-    for a "weight" else 0.1z; position tables 0.02z; `position_ids` arange; others z / sqrt(fan-in)."""
-    import zlib
-
-    shape = tuple(shape)
-    if key.endswith("position_ids"):
-        return torch.arange(math.prod(shape)).reshape(shape)
-    z = torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
-    if key in _POSITION_KEYS:
-        return 0.02 * z
-    if len(shape) == 1:
-        return 1 + 0.1 * z if key.endswith("weight") else 0.1 * z
-    return z / math.sqrt(math.prod(shape) / shape[0])
-
-
-def deterministic_state_dict(module_or_shapes) -> dict[str, torch.Tensor]:
-    """Every entry of a module's state dict (or of a {key: shape} mapping) by `deterministic_tensor`."""
-    if isinstance(module_or_shapes, torch.nn.Module):
-        module_or_shapes = {k: v.shape for k, v in module_or_shapes.state_dict().items()}
-    return {k: deterministic_tensor(k, shape) for k, shape in module_or_shapes.items()}
-
-
-#: The tiny Vec2Face: every published module and code path, 64-wide transformer, 32-channel decoder.
-TINY_VEC2FACE = dict(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
-                     decoder_channels=32, num_res_blocks=1, z_channels=32)
-
-
-def tiny_vec2face_pipeline(*, plus: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A `Vec2FacePipeline` at `TINY_VEC2FACE` size with `deterministic_tensor` weights (512-d IDs in,
-    112x112 out); `plus=True` adds rank-4 LoRA adapters (alpha 32) and a pose model, as Vec2Face+'s pose file."""
-    from synthface.pipelines.vec2face import Vec2FacePipeline
-    from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel
-
-    return vec2face_pipeline_from_rule(Vec2FaceModel(**TINY_VEC2FACE, lora_rank=4 if plus else 0),
-                                       PoseConditionModel(dim=TINY_VEC2FACE["embed_dim"]) if plus else None,
-                                       device=device, dtype=dtype, pipeline_class=Vec2FacePipeline)
-
-
 def full_size_vec2face_pipeline(*, plus: bool = False, device: str | torch.device = "cpu",
                                 dtype: torch.dtype = torch.float32):
     """The published architecture (174M parameters; with `plus`, Vec2Face+'s LoRA and pose model)
     with `deterministic_tensor` weights: the golden-value model of VEC2FACE.md. Output is not a face."""
-    from synthface.pipelines.vec2face import Vec2FacePipeline
-    from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel
+    from synthface.generators.vec2face.pipeline import Vec2FacePipeline
+    from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
 
     with torch.device("meta"):
         vec2face = Vec2FaceModel(lora_rank=8 if plus else 0)
         pose_model = PoseConditionModel() if plus else None
     return vec2face_pipeline_from_rule(vec2face, pose_model, device=device, dtype=dtype, pipeline_class=Vec2FacePipeline)
-
-
-def vec2face_pipeline_from_rule(vec2face, pose_model, *, device, dtype, pipeline_class):
-    """Fill the modules with `deterministic_state_dict` weights (strict) and wrap them in a pipeline."""
-    for module in (vec2face, pose_model):
-        if module is not None:
-            module.load_state_dict(deterministic_state_dict(module), strict=True, assign=True)
-            module.eval()
-    pipe = pipeline_class(vec2face=vec2face, pose_model=pose_model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)

@@ -9,7 +9,6 @@ encoder's own forward (attention backend, causal mask, offload hooks) is what ru
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,8 +20,6 @@ from synthface.errors import InvalidInputError
 
 ARC2FACE_PROMPT = "photo of a id person"
 ID_WORD = "id"
-# A vector whose norm differs from 1 by more than this is renormalised with a warning.
-NORM_TOLERANCE = 1e-3
 
 
 def id_token_id(tokenizer, word: str = ID_WORD) -> int:
@@ -46,57 +43,6 @@ def tokenize(tokenizer, prompt: str, count: int) -> torch.Tensor:
         return_tensors="pt",
     )
     return batch.input_ids
-
-
-def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
-    """Validate ID vectors and return them as (N, dim) float32 unit rows on the CPU.
-
-    A 1-D vector is one identity. Wrong shape, an empty batch, NaN/inf and zero vectors raise
-    `InvalidInputError`; any other vector is normalised (with a warning when it was not unit-norm),
-    exactly even when its norm would overflow or underflow float32, so every row returned has norm 1.
-    """
-    if isinstance(id_embeds, np.ndarray):
-        x = torch.from_numpy(np.asarray(id_embeds))
-    elif isinstance(id_embeds, torch.Tensor):
-        x = id_embeds.detach()
-    else:
-        raise InvalidInputError(
-            f"id_embeds must be a torch.Tensor or numpy array of shape (N, {dim}), got {type(id_embeds).__name__}."
-        )
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise InvalidInputError(f"id_embeds must hold real numbers, got dtype {x.dtype}.")
-    x = x.to("cpu", torch.float64)  # float64 until normalised: float32 overflows from norms of ~1.8e19
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise InvalidInputError(
-            f"id_embeds has shape {tuple(x.shape)}; expected (N, {dim}): one {dim}-d ArcFace vector per "
-            "identity (from Arc2Face's own arcface.onnx for the published model)."
-        )
-    if x.shape[0] == 0:
-        raise InvalidInputError("id_embeds is empty (0 identities); pass at least one ID vector.")
-    bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
-    if bad:
-        raise InvalidInputError(f"id_embeds rows {bad[:10]} contain NaN or inf; every value must be finite.")
-    # Scale each row by its largest magnitude first, so the norm neither overflows nor underflows.
-    peak = x.abs().amax(dim=1)
-    zero = (peak == 0).nonzero().flatten().tolist()
-    if zero:
-        raise InvalidInputError(
-            f"id_embeds rows {zero[:10]} are zero vectors, which name no identity; pass unit-norm ID vectors."
-        )
-    scaled = x / peak[:, None]
-    unit = scaled / scaled.norm(dim=1, keepdim=True)
-    norms = peak * scaled.norm(dim=1)  # may be inf for a finite float64 row: only reported, never divided by
-    off = ((norms - 1).abs() > NORM_TOLERANCE).nonzero().flatten().tolist()
-    if off:
-        warnings.warn(
-            f"{len(off)} of {x.shape[0]} ID vectors are not unit-norm (first: row {off[0]}, norm "
-            f"{float(norms[off[0]]):.4g}); normalising them, as Arc2Face expects.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return unit.to(torch.float32)
 
 
 def pad_to_hidden(vectors: torch.Tensor, hidden_size: int) -> torch.Tensor:

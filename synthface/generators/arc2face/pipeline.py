@@ -26,8 +26,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from synthface.errors import DeviceMemoryError, InvalidInputError, ModelNotFoundError
-from synthface.pipelines import id_encoder
-from synthface.pipelines.checks import CheckedPipelineMixin
+from synthface.generators.arc2face import id_encoder
+from synthface.generators._checks import CheckedPipelineMixin, check_id_embeds, check_int, check_real
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Largest output side accepted, in pixels (4x Arc2Face's native 512; as a recipe's `resolution`).
@@ -126,7 +126,7 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
             hint = "" if allowed else " Only safetensors load without an opt-in (allow_pickle=True or SYNTHFACE_ALLOW_PICKLE=1)."
             raise ModelNotFoundError(
                 f"Cannot load an {cls.__name__} from {source}: {_first_line(exc)}. Pass a folder written by "
-                f"save_pretrained, or use synthface.pipelines.load_arc2face for the published Arc2Face layout.{hint}"
+                f"save_pretrained, or use synthface.pipelines.load_arc2face (synthface.generators.arc2face.loading) for the published Arc2Face layout.{hint}"
             ) from None
 
     # ------------------------------------------------------------------ conditioning
@@ -137,7 +137,7 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
 
         Vectors are checked and L2-normalised first (with a warning when they were not unit-norm).
         """
-        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
+        unit = check_id_embeds(id_embeds, self.config.id_dim)
         return id_encoder.encode_ids(self.text_encoder, self.tokenizer, unit, device=self._execution_device)
 
     @torch.no_grad()
@@ -312,14 +312,14 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
         Raises:
             InvalidInputError: naming the argument, the value received and what is accepted.
         """
-        unit = id_encoder.check_id_embeds(id_embeds, self.config.id_dim)
+        unit = check_id_embeds(id_embeds, self.config.id_dim)
         n, k = unit.shape[0], num_images_per_prompt
-        _check_int("num_images_per_prompt", k, 1, None)
-        _check_int("num_inference_steps", num_inference_steps, 1, self.max_inference_steps(),
+        check_int("num_images_per_prompt", k, 1, None)
+        check_int("num_inference_steps", num_inference_steps, 1, self.max_inference_steps(),
                    why=f"the {type(self.scheduler).__name__} scheduler takes at most that many")
-        _check_real("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE,
+        check_real("guidance_scale", guidance_scale, 0.0, MAX_GUIDANCE_SCALE,
                     why="Arc2Face uses 3.0; 1.0 or less turns classifier-free guidance off")
-        _check_real("eta", eta, 0.0, 1.0, why="DDIM's eta mixes in fresh noise, 0 (deterministic) to 1")
+        check_real("eta", eta, 0.0, 1.0, why="DDIM's eta mixes in fresh noise, 0 (deterministic) to 1")
         factor = self.vae_scale_factor
         native = self.unet.config.sample_size * factor
         sizes = {}
@@ -327,7 +327,7 @@ class Arc2FacePipeline(CheckedPipelineMixin, DiffusionPipeline, StableDiffusionL
             if value is None:
                 sizes[name] = native
                 continue
-            _check_int(name, value, factor, MAX_IMAGE_SIDE, why=f"the model's own size is {native}; pass None for it")
+            check_int(name, value, factor, MAX_IMAGE_SIDE, why=f"the model's own size is {native}; pass None for it")
             if value % factor:
                 raise InvalidInputError(
                     f"{name} {value} is not a multiple of {factor} (the VAE factor); use {value - value % factor or factor}."
@@ -516,25 +516,6 @@ def _converted_copy(path: Path) -> Path | None:
     return None
 
 
-def _check_int(name: str, value, low: int, high: int | None, *, why: str = "") -> None:
-    """`value` is an int (not a bool) in [low, high]; else an InvalidInputError naming the bound."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if ok and value >= low and (high is None or value <= high):
-        return
-    bound = f"from {low} to {high}" if high is not None else f"{low} or more"
-    raise InvalidInputError(f"{name} must be an integer {bound}, got {value!r}{f' ({why})' if why else ''}.")
-
-
-def _check_real(name: str, value, low: float, high: float, *, why: str = "") -> None:
-    """`value` is a finite real number in [low, high]; NaN and inf are refused by name."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if ok and math.isfinite(value) and low <= value <= high:
-        return
-    raise InvalidInputError(
-        f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
-    )
-
-
 def _check_callbacks(on_step_end, tensor_inputs, callback, callback_steps) -> None:
     """Refuse a callback that is not callable, tensor inputs given as one string, and a callback_steps
     that is not a positive integer, before any step runs."""
@@ -549,7 +530,7 @@ def _check_callbacks(on_step_end, tensor_inputs, callback, callback_steps) -> No
             f"callback_on_step_end_tensor_inputs must be a list of tensor names, got the string {tensor_inputs!r}; "
             f"pass [{tensor_inputs!r}]."
         )
-    _check_int("callback_steps", callback_steps, 1, None, why="the callback runs every that many steps")
+    check_int("callback_steps", callback_steps, 1, None, why="the callback runs every that many steps")
 
 
 def _legacy_callback(callback, every: int, on_step_end, order: int):

@@ -13,7 +13,7 @@ quality_scale [+ |yaw_target - |yaw_i|| * pose_scale]. A sample passes when 1 - 
 max_identity_loss, quality_target - q_i <= max_quality_gap and (with a pose target) the yaw error
 is <= max_pose_error degrees. A retry restarts the unconverged samples from their start vector.
 The judges are Vec2Face's: iresnet100s for identity and quality, 6DRepNet for yaw
-(`synthface.pipelines.vec2face_pose`, fed BGR in [0, 1] at 112 x 112 as Vec2Face feeds it).
+(`synthface.generators.vec2face.pose`, fed BGR in [0, 1] at 112 x 112 as Vec2Face feeds it).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from synthface.errors import InvalidInputError
-from synthface.pipelines.arc2face import _check_int, _check_real
-from synthface.pipelines.id_encoder import check_id_embeds
+from synthface.generators._checks import check_id_embeds, check_int, check_real
 
 #: images (B, 3, 112, 112) RGB in [-1, 1] -> (B, D) features (identity, quality) or (B,) yaw degrees.
 Estimator = Callable[[torch.Tensor], torch.Tensor]
@@ -64,7 +63,7 @@ class AttrOPStatus:
 class AttrOPEstimators:
     """The judges: ArcFace-style identity features, MagFace-style quality (norm of the output),
     optional yaw in degrees. `from_state_dicts` builds iresnet100s via synthface.fr.backbones and
-    6DRepNet via synthface.pipelines.vec2face_pose; `from_registry` finds Vec2Face's own files."""
+    6DRepNet via synthface.generators.vec2face.pose; `from_registry` finds Vec2Face's own files."""
 
     identity: Estimator
     quality: Estimator
@@ -79,7 +78,7 @@ class AttrOPEstimators:
 
         Raises FileFormatError when a state dict is not the architecture it is given as (naming keys)."""
         from synthface.fr.backbones import backbone_from_state_dict
-        from synthface.pipelines.vec2face_pose import sixdrepnet_from_state_dict
+        from synthface.generators.vec2face.pose import sixdrepnet_from_state_dict
 
         models = []
         for name, state in (("identity", identity), ("quality", quality)):
@@ -106,7 +105,7 @@ class AttrOPEstimators:
         """
         from synthface import weights
         from synthface.errors import ModelNotFoundError
-        from synthface.pipelines.vec2face_pose import read_sixdrepnet_state
+        from synthface.generators.vec2face.pose import read_sixdrepnet_state
 
         if not weights.pickle_allowed(allow_pickle):  # refused up front, naming both files
             raise weights.pickle_refusal("Vec2Face AttrOP estimators", [Path(weights.spec(m).files[0]).name
@@ -228,12 +227,12 @@ def _losses(image, target, estimators, config, yaw_target):
 
 
 def _check_attrop_args(config, b, target, generator, yaw_target, estimators, final) -> None:
-    _check_real("lr", config.lr, 1e-6, 10.0)
-    _check_int("max_steps", config.max_steps, 1, 10_000, why="a hard cap on Adam steps per try")
-    _check_int("max_retries", config.max_retries, 0, 100, why="a hard cap on restarts")
+    check_real("lr", config.lr, 1e-6, 10.0)
+    check_int("max_steps", config.max_steps, 1, 10_000, why="a hard cap on Adam steps per try")
+    check_int("max_retries", config.max_retries, 0, 100, why="a hard cap on restarts")
     for name in ("quality_target", "max_identity_loss", "max_quality_gap", "max_pose_error", "identity_weight",
                  "quality_scale", "pose_scale"):
-        _check_real(name, getattr(config, name), 0.0, 1e4)
+        check_real(name, getattr(config, name), 0.0, 1e4)
     if target.shape[0] != b:
         raise InvalidInputError(f"class_embeds has {target.shape[0]} rows for {b} start vectors; pass one per sample.")
     if not isinstance(generator, list) or len(generator) != b or not all(isinstance(g, torch.Generator) for g in generator):

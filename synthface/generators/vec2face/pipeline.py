@@ -22,11 +22,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from synthface.errors import DeviceMemoryError, InvalidInputError
-from synthface.pipelines.arc2face import _check_int, _check_real
-from synthface.pipelines.checks import CheckedPipelineMixin
-from synthface.pipelines.id_encoder import check_id_embeds
-from synthface.pipelines.vec2face_landmarks import IMAGE_SIZE, landmarks_to_tensor, render_pose_landmarks
-from synthface.pipelines.vec2face_model import PoseConditionModel, Vec2FaceModel, masks_from_noise, token_count
+from synthface.generators._checks import CheckedPipelineMixin
+from synthface.generators._checks import check_id_embeds, check_int, check_real
+from synthface.generators.vec2face.landmarks import IMAGE_SIZE, landmarks_to_tensor, render_pose_landmarks
+from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel, masks_from_noise, token_count
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 RNG_MODES = ("per_image", "reference")
@@ -211,9 +210,9 @@ class Vec2FacePipeline(CheckedPipelineMixin, DiffusionPipeline):
             InvalidInputError: naming the argument, the value received and what is accepted.
         """
         unit = check_id_embeds(id_embeds, self.id_dim)
-        _check_int("num_images_per_prompt", num_images_per_prompt, 1, None)
+        check_int("num_images_per_prompt", num_images_per_prompt, 1, None)
         batch = unit.shape[0] * num_images_per_prompt
-        _check_real("identity_norm", identity_norm, *IDENTITY_NORM_RANGE,
+        check_real("identity_norm", identity_norm, *IDENTITY_NORM_RANGE,
                     why=f"the generator was trained on raw ArcFace features of norm ~{DEFAULT_IDENTITY_NORM:g}")
         if rng not in RNG_MODES:
             raise InvalidInputError(f"rng must be one of {RNG_MODES}, got {rng!r}.")
