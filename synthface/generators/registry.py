@@ -31,7 +31,8 @@ ENTRY_POINT_GROUP = "synthface.generators"
 
 # Exact model names (lower case) and prefixes ("name*") -> family, in registration order.
 _FAMILIES: dict[str, GeneratorFamily] = {}
-_loaded = False
+_builtins_loaded = False
+_plugins_loaded = False
 _plugin_error: InvalidInputError | None = None  # a broken plug-in, raised again at every look-up
 _loading = threading.RLock()
 
@@ -63,16 +64,19 @@ def register_family(family: GeneratorFamily | type[GeneratorFamily]) -> Generato
 
 
 def _load_families() -> None:
-    """Built-in families, then plug-ins, once per process (on the first look-up)."""
-    global _loaded, _plugin_error
+    """Built-in families, then plug-ins, once per process (on the first look-up). A plug-in that fails
+    to load is an InvalidInputError naming its distribution, raised at every look-up after."""
+    global _builtins_loaded, _plugins_loaded, _plugin_error
     with _loading:
-        if not _loaded:
-            _loaded = True
+        if not _builtins_loaded:
+            _builtins_loaded = True
             import synthface.generators as package
 
             for module in pkgutil.iter_modules(package.__path__):
                 if module.ispkg:
                     importlib.import_module(f"{package.__name__}.{module.name}.family")
+        if not _plugins_loaded:
+            _plugins_loaded, _plugin_error = True, None
             for entry in _entry_points():
                 try:
                     _load_plugin(entry)
