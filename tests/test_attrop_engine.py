@@ -17,7 +17,7 @@ from synthface import engine, weights
 from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.identity import load_bank
 from synthface.recipe import load_recipe
-from tests.test_vec2face_pose import SpyPipeline
+from tests.helpers.spies import SpyPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

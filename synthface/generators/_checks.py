@@ -1,5 +1,5 @@
 """Typed errors at the pipelines' own boundaries: `.to()`, `save_pretrained` and the loaders' dtype and
-device arguments, shared by Arc2Face and Vec2Face.
+device arguments, and the bounds of the numbers they take, shared by every family.
 
 diffusers answers a dtype given as a string, an unknown or missing device and a save folder that is a
 file with a TypeError, RuntimeError, AssertionError or NotADirectoryError from deep inside torch or
@@ -130,7 +130,7 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
     if x.ndim != 2 or x.shape[1] != dim:
         raise InvalidInputError(
             f"id_embeds has shape {tuple(x.shape)}; expected (N, {dim}): one {dim}-d ArcFace vector per "
-            "identity (from Arc2Face's own arcface.onnx for the published model)."
+            "identity (from the generator's own recogniser, for a published model)."
         )
     if x.shape[0] == 0:
         raise InvalidInputError("id_embeds is empty (0 identities); pass at least one ID vector.")
@@ -151,7 +151,7 @@ def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
     if off:
         warnings.warn(
             f"{len(off)} of {x.shape[0]} ID vectors are not unit-norm (first: row {off[0]}, norm "
-            f"{float(norms[off[0]]):.4g}); normalising them, as Arc2Face expects.",
+            f"{float(norms[off[0]]):.4g}); normalising them, as the generators expect.",
             UserWarning,
             stacklevel=3,
         )

@@ -187,6 +187,17 @@ class GeneratorFamily:
 
         return licence(model)
 
+    def converted(self, model: str, *, allow_pickle: bool, **options):
+        """(pipeline, one-line summary): `model`'s published files loaded for `save_pretrained` into the
+        family's safe folder format (`synthface models convert`). Default: nothing to convert."""
+        raise InvalidInputError(
+            f"The {self.display_name} generator family has nothing to convert: its models load as they are."
+        )
+
+    def attrop_tools(self):
+        """The AttrOP module (`AttrOPConfig`, `AttrOPEstimators`, `attrop`) of a family declaring "attrop"."""
+        raise InvalidInputError(f"The {self.display_name} generator family has no AttrOP (identities.attrop).")
+
     def to_uint8(self, images: torch.Tensor) -> list[np.ndarray]:
         """The pipeline's (B, 3, H, W) floats in [0, 1] -> B (H, W, 3) uint8 images, the family's one
         conversion. Default: `to_uint8` (rounded half to even)."""

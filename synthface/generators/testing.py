@@ -10,7 +10,6 @@ repos ship them (`arc2face/` UNet, `encoder/` CLIPTextModel, and an SD 1.5 style
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch

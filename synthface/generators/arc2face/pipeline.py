@@ -10,7 +10,6 @@ Components are stock diffusers/transformers classes, so `save_pretrained`/`from_
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -98,6 +98,16 @@ class Vec2FaceFamily(GeneratorFamily):
 
         return VEC2FACE_NOTE if recogniser != self.conditioning(model)[0] else ""
 
+    def converted(self, model, *, allow_pickle, pose=False):
+        """A published `.pth` (or its folder, or a model name) loaded for `save_pretrained` as a
+        safetensors folder; weights that share memory are refused (safetensors cannot store them)."""
+        from synthface.generators.vec2face.loading import load_vec2face, refuse_shared_storage
+
+        pipe = load_vec2face(model, allow_pickle=allow_pickle, pose=pose)
+        refuse_shared_storage(pipe, model)
+        parts = "generator + pose model" if pipe.pose_model is not None else "generator"
+        return pipe, f"{parts}, {pipe.vec2face.num_parameters():,} generator parameters"
+
     def attrop_tools(self):
         """AttrOP for this family's pipelines: the module with `AttrOPConfig`, `AttrOPEstimators`, `attrop`."""
         from synthface.generators.vec2face import attrop

@@ -187,3 +187,29 @@ def _load_converted_vec2face(folder: Path):
             raise FileFormatError(f"{weights_file} is damaged or truncated ({exc}); convert it again.") from None
         parts[name] = _strict_load(cls, config, state, str(weights_file))
     return parts["vec2face"], parts["pose_model"]
+
+
+def refuse_shared_storage(pipe, model: str) -> None:
+    """A FileFormatError naming the weights that share memory (one tensor stored under several names, or
+    views of one buffer): safetensors stores each tensor once, by name, and cannot write them."""
+    from synthface.errors import FileFormatError
+
+    for part in ("vec2face", "pose_model"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        owners: dict[int, list[str]] = {}
+        for name, tensor in module.state_dict().items():
+            storage = tensor.untyped_storage()
+            if storage.nbytes():
+                owners.setdefault(storage.data_ptr(), []).append(name)
+        shared = [names for names in owners.values() if len(names) > 1]
+        if shared:
+            groups = "; ".join(" = ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+                               for names in shared[:3])
+            raise FileFormatError(
+                f"{model}: {len(shared)} group(s) of {part} weights share memory ({groups}{' ...' if len(shared) > 3 else ''}): "
+                "one tensor is stored under several names, which safetensors cannot write and no published Vec2Face "
+                "file holds. Save a copy whose entries are separate tensors (torch.save({k: v.clone() for k, v in "
+                "state.items()}, path)) and convert that, or convert the published file."
+            )

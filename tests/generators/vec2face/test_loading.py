@@ -17,7 +17,7 @@ from synthface.pipelines import load_vec2face
 from synthface.generators.testing import save_tiny_published_layout
 from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
 
-SHAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "vec2face_state_dict.json"
+SHAPES = Path(__file__).resolve().parents[4] / "shared" / "data" / "vec2face_state_dict.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,26 +16,13 @@ from PIL import Image
 from synthface import engine
 from synthface.errors import InvalidInputError
 from synthface.recipe import load_recipe
+from tests.helpers.spies import SpyPipeline
 from tests.test_engine import tree_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 POSE = ["generation.model='vec2face-plus-tiny'", "variation.pose={ yaw = [-50.0, 40.0], pitch = [-10.0, 15.0] }",
         "export.formats=['imagefolder']", "export.keep_full_images=true"]
-
-
-class SpyPipeline:
-    """The real pipeline, recording the keyword arguments of every call."""
-
-    def __init__(self, pipe):
-        self.pipe, self.calls = pipe, []
-
-    def __call__(self, **kwargs):
-        self.calls.append(kwargs)
-        return self.pipe(**kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
 
 
 def full_image(out, row):

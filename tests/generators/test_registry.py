@@ -16,7 +16,7 @@ from synthface.render import GeneratorFamily, Optimizations, RenderSettings, bui
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = RenderSettings(steps=2, guidance=3.0)
 
 

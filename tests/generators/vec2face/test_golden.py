@@ -19,7 +19,7 @@ from synthface.pipelines import MaskRatio, load_vec2face
 from synthface.generators.testing import deterministic_tensor, full_size_vec2face_pipeline
 from synthface.generators.vec2face.model import UNUSED_KEYS, masks_from_noise, token_count
 
-SHAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "vec2face_state_dict.json"
+SHAPES = Path(__file__).resolve().parents[4] / "shared" / "data" / "vec2face_state_dict.json"
 
 # variant: (mean, std, abs-sum, min, max, img[0,:,56,56], img[2,:,0,111], per-image means), from VEC2FACE.md
 GOLDEN = {

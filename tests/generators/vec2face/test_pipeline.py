@@ -277,7 +277,7 @@ def test_benchmark_script_measures_both_paths(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vec2face.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_vec2face.py"
     spec = importlib.util.spec_from_file_location("bench_vec2face", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
