@@ -182,10 +182,11 @@ class GeneratorFamily:
         return ""
 
     def licence(self, model: str):
-        """The licence (`synthface.weights.Licence`) of what `model` makes: the one licence table's."""
-        from synthface.weights import licence
+        """The licence (`synthface.weights.Licence`) of what `model` makes, from the one licence table:
+        `RANDOM_WEIGHTS` for its random models, else the registry entry's (unknown for a local path)."""
+        from synthface.weights import RANDOM_WEIGHTS, licence
 
-        return licence(model)
+        return RANDOM_WEIGHTS if self.is_random(model) else licence(model)
 
     def converted(self, model: str, *, allow_pickle: bool, **options):
         """(pipeline, one-line summary): `model`'s published files loaded for `save_pretrained` into the
