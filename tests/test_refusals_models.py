@@ -31,7 +31,8 @@ from synthface.faces.dlib_backend import DLIB_MAX_DETECT_PIXELS
 from synthface.faces.image import MAX_ASPECT_RATIO
 from synthface.pipelines import Arc2FacePipeline, load_arc2face
 from synthface.generators.arc2face.pipeline import MAX_GUIDANCE_SCALE, MAX_IMAGE_SIDE
-from synthface.generators.testing import save_tiny_published_layout, tiny_arc2face_pipeline
+from synthface.generators.arc2face.testing import save_tiny_published_layout
+from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 from tests.faces_fixtures import dlib_analyzer
 

@@ -1,6 +1,10 @@
-"""Moved: this module lives in `synthface.generators.testing` (this old name is that module itself)."""
+"""Moved: the tiny models live in `synthface.generators.<family>.tiny`, the helpers in `.testing`."""
 
-import importlib
-import sys
-
-sys.modules[__name__] = importlib.import_module("synthface.generators.testing")
+from synthface.generators.arc2face.testing import (  # noqa: F401
+    full_size_arc2face_pipeline,
+    measure_throughput,
+    save_tiny_published_layout,
+)
+from synthface.generators.arc2face.tiny import TINY_SIZE, tiny_arc2face_pipeline, tiny_components  # noqa: F401
+from synthface.generators.vec2face.testing import full_size_vec2face_pipeline  # noqa: F401
+from synthface.generators.vec2face.tiny import deterministic_tensor, tiny_vec2face_pipeline  # noqa: F401

@@ -132,7 +132,7 @@ def test_a_plug_in_familys_pipeline_output_is_checked_naming_the_family(images, 
 
 @pytest.fixture(scope="module")
 def pipe():
-    from synthface.generators.testing import tiny_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 
     return tiny_arc2face_pipeline(seed=0)
 
@@ -179,7 +179,7 @@ def test_the_legacy_callback_runs_every_callback_steps_steps(pipe):
 ])
 @pytest.mark.parametrize("family", ["arc2face", "vec2face"])
 def test_dtype_and_device_strings_are_typed_errors(pipe, family, call, needles):
-    from synthface.generators.testing import tiny_vec2face_pipeline
+    from synthface.generators.vec2face.tiny import tiny_vec2face_pipeline
 
     target = pipe if family == "arc2face" else tiny_vec2face_pipeline()
     with pytest.raises(InvalidInputError) as caught:
@@ -298,7 +298,7 @@ def test_a_pickled_lora_is_never_swapped_for_an_unrelated_safetensors_beside_it(
 
     from synthface.io import safetensors_bytes
     from synthface.pipelines import Arc2FacePipeline
-    from synthface.generators.testing import tiny_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
     from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 
     def lora(seed):

@@ -44,7 +44,7 @@ def test_renderer_from_name_matches_the_engines_renderer_byte_for_byte(tiny):
 
 
 def test_renderer_from_a_pipeline_equals_the_one_from_its_name(tiny):
-    from synthface.generators.testing import tiny_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 
     from_pipe = build_renderer(tiny_arc2face_pipeline(), settings=SETTINGS, optimizations=Optimizations())
     cond, seeds = conditions(2, seed=1), [5, 6]
@@ -154,14 +154,14 @@ def test_registry_routes_names_prefixes_and_pipelines(monkeypatch):
 def test_options_a_family_does_not_take_are_refused():
     with pytest.raises(InvalidInputError, match="'arc2face' generator family does not take the option.*pose"):
         build_renderer("tiny", device="cpu", pose=True)
-    from synthface.generators.testing import tiny_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 
     with pytest.raises(InvalidInputError, match="lcm_lora apply to a model name"):
         build_renderer(tiny_arc2face_pipeline(), lcm_lora="lcm")
 
 
 def test_optimizations_reach_the_pipeline():
-    from synthface.generators.testing import tiny_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 
     pipe = tiny_arc2face_pipeline()
     build_renderer(pipe, optimizations=Optimizations(channels_last=True, vae_slicing=True))
@@ -172,3 +172,11 @@ def test_optimizations_reach_the_pipeline():
     assert pipe.unet.conv_in.weight.is_contiguous()
     with pytest.raises(InvalidInputError, match="attention must be"):
         build_renderer(pipe, optimizations=Optimizations(attention="flash"))
+
+
+def test_tiny_models_are_what_the_families_declare():
+    from synthface.generators import families
+    from synthface.generators.testing import tiny_models
+
+    declared = [(f.name, m) for f in families() for m in f.random_models]
+    assert tiny_models() == declared and ("arc2face", "tiny") in declared and ("vec2face", "vec2face-tiny") in declared

@@ -1,6 +1,6 @@
 """Arc2Face's tiny random model: a complete `Arc2FacePipeline` (stock diffusers/transformers classes,
 random weights, 32 px output) that takes 512-d ID vectors like the real model, built with no network.
-The family loads it as "tiny" (smoke runs, tests); `synthface.generators.testing` writes it to disk in
+The family loads it as "tiny" (smoke runs, tests); `synthface.generators.arc2face.testing` writes it to disk in
 the published layouts for the loading tests.
 """
 

@@ -13,7 +13,7 @@ import torch
 from synthface.errors import DeviceMemoryError, InvalidInputError
 from synthface.pipelines import Arc2FacePipeline, Arc2FacePipelineOutput
 from synthface.generators.arc2face.id_encoder import ARC2FACE_PROMPT, id_token_id
-from synthface.generators.testing import TINY_SIZE, tiny_arc2face_pipeline
+from synthface.generators.arc2face.tiny import TINY_SIZE, tiny_arc2face_pipeline
 
 STEPS = 3  # enough for a multistep scheduler to use its history; keeps each call well under a second
 
@@ -273,7 +273,7 @@ def test_lcm_lora_loads_fuses_and_matches_the_unfused_adapter(tmp_path):
 
 
 def test_full_size_components_match_stable_diffusion_1_5():
-    from synthface.generators.testing import full_size_arc2face_pipeline
+    from synthface.generators.arc2face.testing import full_size_arc2face_pipeline
 
     big = full_size_arc2face_pipeline(device="meta")
 
@@ -294,7 +294,7 @@ def test_compiled_unet_renders_the_same(pipe):
 
 
 def test_measure_throughput_reports_rows_per_batch_size(pipe):
-    from synthface.generators.testing import measure_throughput
+    from synthface.generators.arc2face.testing import measure_throughput
 
     rows = measure_throughput(pipe, (1, 2), steps=1, repeats=1)
     assert [r["batch"] for r in rows] == [1, 2]
