@@ -180,3 +180,21 @@ def test_tiny_models_are_what_the_families_declare():
 
     declared = [(f.name, m) for f in families() for m in f.random_models]
     assert tiny_models() == declared and ("arc2face", "tiny") in declared and ("vec2face", "vec2face-tiny") in declared
+
+
+def test_the_old_import_paths_are_the_new_modules():
+    import synthface
+    import synthface.demo_page
+    import synthface.pipelines
+    import synthface.pipelines.vec2face_attrop
+    import synthface.pipelines.vec2face_pose
+    import synthface.render
+    from synthface.demo import page
+    from synthface.generators import build_renderer
+    from synthface.generators.vec2face import attrop, pose
+    from synthface.generators.vec2face.loading import load_vec2face
+
+    assert synthface.demo_page is page and synthface.pipelines.vec2face_attrop is attrop
+    assert synthface.pipelines.vec2face_pose is pose and synthface.pipelines.load_vec2face is load_vec2face
+    assert synthface.render.build_renderer is build_renderer is synthface.build_renderer
+    assert synthface.load_vec2face is load_vec2face
