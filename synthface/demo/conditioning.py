@@ -28,12 +28,13 @@ CONDITIONER_SHORT = "Conditioning recogniser: see the note at the top of the pag
 
 
 class StandInConditioner:
-    """Plumbing-only conditioning: analyser descriptor -> fixed orthogonal projection -> unit 512-d."""
+    """Plumbing-only conditioning: analyser descriptor -> fixed orthogonal projection -> unit 512-d.
+    `model` (the generator it conditions) only words the note: which recogniser would draw the person."""
 
     name = "stand-in"
 
     def __init__(self, in_dim: int, analyzer_name: str, dim: int = CONDITIONING_DIM, seed: int = STANDIN_SEED,
-                 *, model: str = "tiny") -> None:
+                 *, model: str) -> None:
         self.projection = standin_projection(in_dim, dim, seed)
         from synthface.generators import family_for
 

@@ -77,8 +77,9 @@ def build_demo(
     """The Gradio page over a `DemoSession` (built from the other arguments unless `session` is
     given; see DemoSession for `analyzer_options` and `allow_pickle`); `.launch()` it, or use
     `launch_demo` for the safe defaults. `model` None: `default_model()` (the first installed real
-    generator, else "tiny"). The page says which weights are missing and how to get them, and
-    offers the models found locally plus the random-weight test models."""
+    generator, else the default family's random-weight model). The page says which weights are
+    missing and how to get them, and offers the models found locally plus the random-weight test
+    models."""
     require_gradio()
     import gradio as gr
 

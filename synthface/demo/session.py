@@ -128,8 +128,8 @@ def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) 
 class DemoSession:
     """Everything the page needs, loaded lazily and kept: analyser, conditioner, one renderer.
 
-    model: any name or local path `synthface.generators.build_renderer` takes ("arc2face", "vec2face",
-    "tiny" / "vec2face-tiny" for tests, ...); the last model used stays loaded, in fp16 on CUDA and
+    model: any name or local path `synthface.generators.build_renderer` takes (`generator_names`; the
+    random-weight ones for tests); the last model used stays loaded, in fp16 on CUDA and
     fp32 elsewhere. analyzer: a backend name for `get_analyzer` or an analyser instance.
     analyzer_options: keyword arguments for a named analyser, as a recipe's
     `filtering.analyzer_options` (e.g. {"runtime": "torch", "device": "cuda"} for insightface on the
