@@ -5,14 +5,14 @@
     SYNTHFACE_DEMO_MODEL=tiny python apps/demo.py   # random weights: a smoke test of the page
 
 Same page as `synthface demo`: it says which weights are missing and how to get them, and offers the
-models found locally. The logic lives in `synthface.demo`, the page in `synthface.demo_page`. Set
+models found locally. The logic lives in `synthface.demo` (session, photos, conditioning), the page in `synthface.demo.page`. Set
 SYNTHFACE_DEMO_HOST=0.0.0.0 to serve a network (or a hosted Space), SYNTHFACE_DEMO_ANALYZER=insightface
 for the ArcFace judge.
 """
 
 import os
 
-from synthface.demo_page import build_demo, launch_demo
+from synthface.demo.page import build_demo, launch_demo
 
 demo = build_demo(
     os.environ.get("SYNTHFACE_DEMO_MODEL") or None,

@@ -327,11 +327,11 @@ class Licence:
         return self.text
 
 
-#: Models that are built in rather than downloaded (random weights for tests), so not in REGISTRY.
-BUILT_IN_LICENCES = {
-    name: Licence("random weights for plumbing tests: no restriction, and no faces", False)
-    for name in ("tiny", "vec2face-tiny", "vec2face-plus-tiny")
-}
+#: The licence of a random-weight test model (`GeneratorFamily.random_models`): built in, not downloaded.
+RANDOM_WEIGHTS = Licence("random weights for plumbing tests: no restriction, and no faces", False)
+#: The built-in families' random-weight models, for `licence` by name alone (what the engine's dataset
+#: card asks today); `synthface.generators.model_licence` reads each family's own declaration.
+BUILT_IN_LICENCES = {name: RANDOM_WEIGHTS for name in ("tiny", "vec2face-tiny", "vec2face-plus-tiny")}
 UNKNOWN_LICENCE = Licence("unknown: check the model's own licence before using what it makes", True)
 
 

@@ -17,7 +17,7 @@ from synthface import engine, weights
 from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.identity import load_bank
 from synthface.recipe import load_recipe
-from tests.test_vec2face_pose import SpyPipeline
+from tests.helpers.spies import SpyPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,10 +61,10 @@ def test_attrop_runs_within_its_caps_keeps_the_guarantee_and_is_rendered(tmp_pat
 def test_a_converged_centre_too_close_to_another_is_reverted(monkeypatch, tmp_path):
     recipe = load_recipe("smoke", ATTROP)
     bank = engine._sample_bank(recipe)
-    import synthface.pipelines.vec2face_attrop as module
+    import synthface.generators.vec2face.attrop as module
 
     def lands_on_identity_0(pipe, start, target, estimators, gens, config, yaw_target=None):
-        from synthface.pipelines.vec2face_attrop import AttrOPResult, AttrOPStatus
+        from synthface.generators.vec2face.attrop import AttrOPResult, AttrOPStatus
 
         vectors = start.clone()
         vectors[1:] = start[0]  # every other centre moves onto identity 0: far above max_cos
@@ -114,7 +114,7 @@ def hubs(tmp_path_factory):
     import torch
 
     from synthface.fr.backbones import iresnet
-    from synthface.pipelines.vec2face_pose import SixDRepNet
+    from synthface.generators.vec2face.pose import SixDRepNet
 
     torch.manual_seed(0)
     small = iresnet("r18", widths=(16, 16, 32, 32)).eval().state_dict()
@@ -127,7 +127,7 @@ def hubs(tmp_path_factory):
 @pytest.fixture
 def registry_calls(monkeypatch):
     """Every AttrOPEstimators.from_registry call's keyword arguments (the call itself goes through)."""
-    from synthface.pipelines.vec2face_attrop import AttrOPEstimators
+    from synthface.generators.vec2face.attrop import AttrOPEstimators
 
     calls, real = [], AttrOPEstimators.from_registry.__func__
 
@@ -210,8 +210,8 @@ CONFIG_FIELDS = ("lr", "max_steps", "max_retries", "quality_target", "max_identi
 def captured_config(monkeypatch, overrides):
     """The AttrOPConfig and yaw targets the engine passes for `smoke` with `overrides` (attrop and its
     judges replaced: nothing is optimised or loaded)."""
-    import synthface.pipelines.vec2face_attrop as module
-    from synthface.pipelines.vec2face_attrop import AttrOPEstimators, AttrOPResult, AttrOPStatus
+    import synthface.generators.vec2face.attrop as module
+    from synthface.generators.vec2face.attrop import AttrOPEstimators, AttrOPResult, AttrOPStatus
 
     seen = []
 
@@ -227,7 +227,7 @@ def captured_config(monkeypatch, overrides):
 
 
 def test_the_loss_weights_and_checks_reach_attrop_config(monkeypatch):
-    from synthface.pipelines.vec2face_attrop import AttrOPConfig
+    from synthface.generators.vec2face.attrop import AttrOPConfig
     from synthface.recipe import AttrOPSettings
 
     # Unset, every field is AttrOPConfig's own default (Vec2Face's).

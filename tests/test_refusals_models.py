@@ -30,8 +30,9 @@ from synthface.faces import get_analyzer, load_image
 from synthface.faces.dlib_backend import DLIB_MAX_DETECT_PIXELS
 from synthface.faces.image import MAX_ASPECT_RATIO
 from synthface.pipelines import Arc2FacePipeline, load_arc2face
-from synthface.pipelines.arc2face import MAX_GUIDANCE_SCALE, MAX_IMAGE_SIDE
-from synthface.pipelines.testing import save_tiny_published_layout, tiny_arc2face_pipeline
+from synthface.generators.arc2face.pipeline import MAX_GUIDANCE_SCALE, MAX_IMAGE_SIDE
+from synthface.generators.arc2face.testing import save_tiny_published_layout
+from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 from tests.faces_fixtures import dlib_analyzer
 
@@ -468,7 +469,7 @@ def test_the_detector_and_recogniser_reader_refuses_empty_files_and_graphs(tmp_p
 
 @pytest.fixture(scope="module")
 def vec2face_shapes() -> dict:
-    from synthface.pipelines.vec2face_model import Vec2FaceModel
+    from synthface.generators.vec2face.model import Vec2FaceModel
 
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in Vec2FaceModel(lora_rank=8).state_dict().items()}

@@ -13,21 +13,21 @@ def register(root: typer.Typer) -> None:
 
 
 def demo(
-    model: Annotated[str | None, typer.Option(help="Generator: a model name synthface.render loads (an unknown name lists them; the random-weight ones are smoke tests), or a local folder or Vec2Face .pth. Default: the first one whose weights are installed (Arc2Face first), else the random-weight tiny model.")] = None,
+    model: Annotated[str | None, typer.Option(help="Generator: a model name a registered family loads (an unknown name lists them; the random-weight ones are smoke tests), or a local folder or file a family reads. Default: the first one whose weights are installed (the default family first), else its random-weight model.")] = None,
     analyzer: Annotated[str, typer.Option(help="Judge of the generated faces: a registered face analyser (dlib, offline; insightface). Its licence is shown on the page.")] = "dlib",
     host: Annotated[str, typer.Option(help="Address to bind; the default serves this machine only. Use 0.0.0.0 to serve your network.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the first free one from 7860).")] = None,
     share: Annotated[bool, typer.Option("--share", help="Also open a public gradio.live link (anyone with the link can use your GPU).")] = False,
     device: Annotated[str | None, typer.Option(help="torch device for the generator (default: cuda when available, else cpu).")] = None,
     analyzer_option: Annotated[list[str] | None, typer.Option("--analyzer-option", metavar="NAME=VALUE", help="An analyser keyword argument, as in a recipe's filtering.analyzer_options; repeat for several. Values are read as TOML (true, 3, 0.5, or text). E.g. insightface on the GPU: --analyzer-option runtime=torch --analyzer-option device=cuda.")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickled weights (Vec2Face's .pth files: the generator and its recogniser vec2face-arcface), read with torch's weights_only loader.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickled weights (.pth generator or recogniser files), read with torch's weights_only loader.")] = False,
 ) -> None:
     """Upload photos of a person (or draw a random identity) and get new images of that identity.
 
     Uploads and generated zips live in a private temporary folder, removed when the demo stops.
     """
-    from synthface.demo import DemoSession, default_model, require_model_weights, weights_notice
-    from synthface.demo_page import build_demo, check_port_free, launch_demo, require_gradio
+    from synthface.demo.session import DemoSession, default_model, require_model_weights, weights_notice
+    from synthface.demo.page import build_demo, check_port_free, launch_demo, require_gradio
     from synthface.faces import require_registered
 
     require_registered(analyzer)
@@ -61,7 +61,7 @@ def parse_analyzer_options(items: list[str]) -> dict:
     A malformed pair, a repeated name or a value of another type is an InvalidInputError."""
     import tomllib
 
-    from synthface.demo import check_analyzer_options
+    from synthface.demo.session import check_analyzer_options
     from synthface.errors import InvalidInputError
 
     options: dict = {}
@@ -82,12 +82,12 @@ def parse_analyzer_options(items: list[str]) -> dict:
 
 
 def require_generator(model: str) -> None:
-    """Refuse a model that is neither a name `synthface.render.generator_names` lists nor an existing
+    """Refuse a model that is neither a name `synthface.generators.generator_names` lists nor an existing
     local path, listing the names (InvalidInputError), before anything loads."""
     from pathlib import Path
 
     from synthface.errors import InvalidInputError
-    from synthface.render import generator_names
+    from synthface.generators import generator_names
 
     names = generator_names()
     if model.lower() not in names and not Path(model).expanduser().exists():

@@ -31,28 +31,28 @@ def generate_command(
     ids: Annotated[Path, typer.Option("--ids", help="Identity bank: .safetensors with tensor 'ids' (N, D), or an (N, D) .npy.")],
     images_per_id: Annotated[int, typer.Option("--images-per-id", "-k", min=1, help="Images per identity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; PNGs go to <identity>/<image>.png).")],
-    model: Annotated[str, typer.Option(help="'arc2face', 'vec2face', 'vec2face-plus' (HF cache), 'tiny' / 'vec2face-tiny' (random weights), a repo id, a local folder or a Vec2Face .pth.")] = "arc2face",
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora); Arc2Face only.")] = 25,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora); Arc2Face only.")] = 3.0,
+    model: Annotated[str, typer.Option(help="A model name `synthface models list` shows under generators (the random-weight ones are smoke tests), a repo id, or a local folder or file a family reads.")] = "arc2face",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps (2-4 with --lcm-lora); for families with the 'steps' option (`synthface models list`).")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1.0 with --lcm-lora); for families with the 'guidance' option.")] = 3.0,
     seed: Annotated[int, typer.Option(min=0, help="Base seed; image j of identity i always gets the same derived seed.")] = 0,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own: 512 for Arc2Face, 112 for Vec2Face, its only size).")] = None,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's own; a family with one native size takes only that).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per diffusion call; lower it if the GPU runs out of memory.")] = 8,
     dtype: Annotated[DType, typer.Option(help="Weights dtype (fp16/bf16 on GPU).")] = DType.fp32,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda, cuda:1 ...")] = "auto",
-    base: Annotated[str | None, typer.Option(help="SD 1.5 base (folder or repo id) for a published-layout Arc2Face model.")] = None,
-    lcm_lora: Annotated[str | None, typer.Option(help="LCM-LoRA for SD 1.5 (folder, file or repo id); use with --steps 4 --guidance 1. Arc2Face only.")] = None,
+    base: Annotated[str | None, typer.Option(help="A loading option: the base model (folder or repo id) of a family that takes `base`.")] = None,
+    lcm_lora: Annotated[str | None, typer.Option(help="LCM-LoRA (folder, file or repo id); use with --steps 4 --guidance 1. For families with the 'lcm' option.")] = None,
     vae_slicing: Annotated[bool, typer.Option(help="Decode one image at a time (less VAE memory).")] = False,
     compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the generator (slow first batch).")] = False,
     allow_download: Annotated[bool, typer.Option(help="Download missing weights from the Hugging Face Hub.")] = False,
-    allow_pickle: Annotated[bool, typer.Option(help="Also load pickled weights (the published Arc2Face encoder .bin, Vec2Face's .pth files; `synthface models convert` avoids it for Vec2Face).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Also load pickled weights (.bin / .pth files some published models ship; `synthface models convert` avoids it where a family converts).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that already holds files: an earlier generate's images (those its manifest.json lists) are replaced once the new ones are rendered; other files are kept.")] = False,
 ) -> None:
     """Render IMAGES_PER_ID images of each identity in IDS into OUT, with a manifest.json.
 
     OUT must be empty or new (--overwrite replaces an earlier generate's images). Images are rendered
     into a hidden folder inside OUT and moved into place when all are done, so a failure (a full disk,
-    Ctrl-C) leaves OUT as it was. The manifest records the model's licence: Arc2Face's and Vec2Face's
-    weights are for non-commercial research only.
+    Ctrl-C) leaves OUT as it was. The manifest records the model's licence, as its family declares it
+    (`synthface models list`).
     """
     import numpy as np
 
@@ -64,7 +64,7 @@ def generate_command(
     target = resolve_device(device)  # an unknown device is refused before any file is touched
     vectors = np.asarray(load_bank(ids).vectors, dtype=np.float32)
     _check_out(out, overwrite)
-    from synthface.render import DTYPES, Optimizations, RenderSettings, build_renderer  # diffusers: inputs are good
+    from synthface.generators import DTYPES, Optimizations, RenderSettings, build_renderer  # diffusers: inputs are good
 
     start = time.perf_counter()
     renderer = build_renderer(

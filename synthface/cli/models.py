@@ -33,6 +33,24 @@ def list_models() -> None:
             local = f"missing: {spec.fetch_command}"
         table.add_row(spec.name, spec.url or spec.source, spec.size, spec.license, local)
     console.print(table)
+    console.print(generators_table())
+
+
+def generators_table() -> Table:
+    """Every generator model a registered family (built in or a plug-in) loads by name, with what
+    its family declares: options, native size, recogniser, licence."""
+    from synthface.generators import families
+
+    table = Table(title="generators (generation.model)")
+    for col in ("model", "family", "options", "size", "recogniser", "licence"):
+        table.add_column(col, overflow="fold")
+    for family in families():
+        for model in family.models:
+            random = " (random weights)" if family.is_random(model) else ""
+            table.add_row(model + random, family.name, ", ".join(sorted(family.options)) or "-",
+                          str(family.native_size or "model's own"), ", ".join(family.conditioning(model)) or "-",
+                          family.licence(model).text)
+    return table
 
 
 @app.command()
@@ -99,52 +117,24 @@ def verify_command(
 
 @app.command()
 def convert(
-    model: Annotated[str, typer.Argument(help="vec2face, vec2face-plus, vec2face-plus-pose, a published .pth or its folder.")],
+    model: Annotated[str, typer.Argument(help="A model name, or a published file or folder, of a family that converts (`synthface models list`).")],
     out: Annotated[str, typer.Option("--out", help="Folder to write (model_index.json + safetensors per component).")],
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read the published pickled .pth (weights_only).")] = False,
-    pose: Annotated[bool, typer.Option("--pose", help="In a Vec2Face+ folder, convert pose_model.pth.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read the published pickled file (weights_only).")] = False,
+    pose: Annotated[bool, typer.Option("--pose", help="Convert the model's pose-control file too (a family declaring 'pose').")] = False,
 ) -> None:
-    """Convert a published Vec2Face / Vec2Face+ checkpoint to a safetensors folder that
-    `load_vec2face` (and recipes) read with no pickle opt-in. The weights are unchanged.
-    The folder is written under a hidden temporary name and renamed to OUT when complete, so a
-    failure (a full disk, say) leaves no half-written OUT."""
+    """Convert a published pickled checkpoint to a safetensors folder that its family's loader (and
+    recipes) read with no pickle opt-in, as the model's family does it (`GeneratorFamily.converted`).
+    The weights are unchanged. The folder is written under a hidden temporary name and renamed to
+    OUT when complete, so a failure (a full disk, say) leaves no half-written OUT."""
     from synthface.errors import OutputPathError
     from synthface.export._common import staged_dir
+    from synthface.generators import family_for
     from synthface.io import check_output_folder, output_errors
-    from synthface.pipelines import load_vec2face
 
     target = check_output_folder(Path(out).expanduser(), what="converted model folder")
     if target.exists() and any(target.iterdir()):
         raise OutputPathError(f"{target} exists and is not an empty folder; pass a new folder to --out.")
-    pipe = load_vec2face(model, allow_pickle=allow_pickle, pose=pose)
-    _refuse_shared_storage(pipe, model)
+    pipe, summary = family_for(model).converted(model, allow_pickle=allow_pickle, **({"pose": True} if pose else {}))
     with output_errors(target), staged_dir(target) as staged:
         pipe.save_pretrained(staged)
-    parts = "generator + pose model" if pipe.pose_model is not None else "generator"
-    console.print(f"converted ({parts}, {pipe.vec2face.num_parameters():,} generator parameters): {target}")
-
-
-def _refuse_shared_storage(pipe, model: str) -> None:
-    """A FileFormatError naming the weights that share memory (one tensor stored under several names, or
-    views of one buffer): safetensors stores each tensor once, by name, and cannot write them."""
-    from synthface.errors import FileFormatError
-
-    for part in ("vec2face", "pose_model"):
-        module = getattr(pipe, part, None)
-        if module is None:
-            continue
-        owners: dict[int, list[str]] = {}
-        for name, tensor in module.state_dict().items():
-            storage = tensor.untyped_storage()
-            if storage.nbytes():
-                owners.setdefault(storage.data_ptr(), []).append(name)
-        shared = [names for names in owners.values() if len(names) > 1]
-        if shared:
-            groups = "; ".join(" = ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
-                               for names in shared[:3])
-            raise FileFormatError(
-                f"{model}: {len(shared)} group(s) of {part} weights share memory ({groups}{' ...' if len(shared) > 3 else ''}): "
-                "one tensor is stored under several names, which safetensors cannot write and no published Vec2Face "
-                "file holds. Save a copy whose entries are separate tensors (torch.save({k: v.clone() for k, v in "
-                "state.items()}, path)) and convert that, or convert the published file."
-            )
+    console.print(f"converted ({summary}): {target}")

@@ -1,9 +1,10 @@
-"""Diffusers pipelines that render identities: Arc2Face, Vec2Face(+), and tiny random versions for tests."""
+"""Moved: the pipelines live in `synthface.generators.<family>`; these are their documented old names."""
 
-from synthface.pipelines.arc2face import Arc2FacePipeline, Arc2FacePipelineOutput
-from synthface.pipelines.loading import load_arc2face, load_vec2face
-from synthface.pipelines.vec2face import MASK_PRESETS, MaskRatio, Vec2FacePipeline, Vec2FacePipelineOutput
-from synthface.pipelines.vec2face_pose import SixDRepNet, load_sixdrepnet
+from synthface.generators.arc2face.loading import load_arc2face
+from synthface.generators.arc2face.pipeline import Arc2FacePipeline, Arc2FacePipelineOutput
+from synthface.generators.vec2face.loading import load_vec2face
+from synthface.generators.vec2face.pipeline import MASK_PRESETS, MaskRatio, Vec2FacePipeline, Vec2FacePipelineOutput
+from synthface.generators.vec2face.pose import SixDRepNet, load_sixdrepnet
 
 __all__ = [
     "Arc2FacePipeline",

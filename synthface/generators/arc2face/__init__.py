@@ -1,0 +1,1 @@
+"""Arc2Face: its pipeline, ID encoder, loading, tiny model and what the family declares (`family`)."""
