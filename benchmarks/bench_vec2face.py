@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from synthface.pipelines.testing import full_size_vec2face_pipeline, tiny_vec2face_pipeline
+from synthface.generators.vec2face.testing import full_size_vec2face_pipeline
+from synthface.generators.vec2face.tiny import tiny_vec2face_pipeline
 
 #: Multiply-accumulates x 2 per image of the published model (VEC2FACE.md: 49.2 GFLOP).
 FLOP_PER_IMAGE = 49.2e9

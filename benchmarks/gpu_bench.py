@@ -6,7 +6,7 @@ guidance 3. Two ways of rendering, timed in the same process:
 
 - reference: what Arc2Face's README does: one identity per call, 4 images, fp16, stock diffusers
   attention (SDPA), PIL output, no filtering.
-- engine: synthface's path: the pipeline as a `synthface.render` renderer (the engine's: one
+- engine: synthface's path: the pipeline as a `synthface.generators` renderer (the engine's: one
   seed per image, uint8 images back on the CPU), many identities per call (a batch-size sweep),
   bf16 and fp16, SDPA, channels_last, torch.compile where the time budget allows, and the filter's
   face analysis on the GPU for every image, through the shipped analyser
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from synthface.render import DTYPES, Optimizations, RenderSettings, build_renderer  # noqa: E402
+from synthface.generators import DTYPES, Optimizations, RenderSettings, build_renderer  # noqa: E402
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' datasheets. First
 # matching key wins, so the more specific names come first.
@@ -322,7 +322,8 @@ def bench(args, scratch: Path) -> dict:
                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run it on a GPU machine, "
                  "or pass --device cpu --tiny to exercise the logic on CPU.")
     budget = Budget(args.budget, reserve=5.0 if args.tiny else 15.0)
-    from synthface.pipelines.testing import full_size_arc2face_pipeline, tiny_arc2face_pipeline
+    from synthface.generators.arc2face.testing import full_size_arc2face_pipeline
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
 
     log = lambda msg: print(f"[{budget.elapsed():6.1f} s] {msg}", flush=True)  # noqa: E731
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -14,8 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 source benchmarks/gpu_common.sh
-# synthface.pipelines imports diffusers (the Arc2Face pipeline beside Vec2Face's): carry the wheels.
-gpu_setup gpu_vec2face 'import diffusers, scipy, safetensors, synthface.pipelines.vec2face'
+# synthface.generators imports diffusers (the Arc2Face pipeline beside Vec2Face's): carry the wheels.
+gpu_setup gpu_vec2face 'import diffusers, scipy, safetensors, synthface.generators.vec2face.pipeline'
 LIMIT=${VEC2FACE_SECONDS:-280}
 PYTHONUNBUFFERED=1 timeout --kill-after=10 "$LIMIT" "$PY" benchmarks/bench_vec2face.py --device cuda \
     --batch 64 256 1024 --precision bf16 fp16 --attention sdpa --compile --repeats 5 \
