@@ -27,6 +27,7 @@ import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export import FORMATS, ExportReader, detect_format
+from synthface.seeds import EPOCH_ORDER_STREAM
 
 AUGMENTATIONS = ("hsface", "flip", "none")
 Augment = Literal["hsface", "flip", "none"]
@@ -273,6 +274,6 @@ class EpochView:
 def epoch_order(n: int, seed: int, epoch: int, *, rank: int = 0, world: int = 1, batch_size: int = 1) -> np.ndarray:
     """This rank's sample indices for `epoch`: one seeded permutation, cut to whole global batches
     (the tail that does not fill one is dropped), every world-th batch slot to this rank."""
-    order = np.random.default_rng((seed, epoch, 0x5EED)).permutation(n)
+    order = np.random.default_rng((seed, epoch, EPOCH_ORDER_STREAM)).permutation(n)
     usable = n // (batch_size * world) * batch_size * world
     return order[:usable].reshape(-1, world, batch_size)[:, rank].reshape(-1)

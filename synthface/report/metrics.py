@@ -22,6 +22,7 @@ import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.filtering import _mm, curve_points, greedy_pack
+from synthface.seeds import GENUINE_PAIRS_STREAM, IMPOSTOR_ROWS_STREAM
 
 ACCEPT_ALL = -2.0
 CHUNK_ROWS = 1 << 16
@@ -71,7 +72,7 @@ def class_pass(
     if exact:
         wanted = np.arange(total_pairs, dtype=np.int64)
     else:
-        wanted = np.sort(np.random.default_rng([seed, 1]).integers(0, total_pairs, size=max_genuine_pairs))
+        wanted = np.sort(np.random.default_rng([seed, GENUINE_PAIRS_STREAM]).integers(0, total_pairs, size=max_genuine_pairs))
 
     centres = np.full((n, dim), np.nan, dtype=np.float32)
     cos_to_centre = np.empty(rows.size, dtype=np.float32)
@@ -141,7 +142,7 @@ def impostor_scores(
     rows = np.sort(np.asarray(rows))
     exact = rows.size <= images
     if not exact:
-        rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, size=images, replace=False))
+        rows = np.sort(np.random.default_rng([seed, IMPOSTOR_ROWS_STREAM]).choice(rows, size=images, replace=False))
     x = _read_unit(embeddings, rows)
     lab = np.asarray(identity)[rows]
     parts = []
