@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from synthface import engine
+from synthface.errors import RunInterruptedError
 from synthface.recipe import load_recipe
 from tests.cli_helpers import run_cli_inprocess
 from tests.engine_doubles import read_labels
@@ -62,7 +63,7 @@ def test_an_interrupted_vec2face_run_resumes_to_identical_files(smoke_run, tmp_p
         return renderer(conditions, seeds)
 
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterruptedError, match="rerun to resume"):  # a Ctrl-C leaves the run resumable
         engine.run(recipe, out, renderer=dies_on_the_third_batch)
     summary = engine.run(recipe, out, renderer=renderer)
     assert summary.shards_skipped and summary.shards_run  # something was done before the kill, the rest after

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from synthface import engine
-from synthface.errors import InvalidInputError
+from synthface.errors import InvalidInputError, RunInterruptedError
 from synthface.recipe import load_recipe
 from tests.helpers.spies import SpyPipeline
 from tests.test_engine import tree_digest
@@ -102,7 +102,7 @@ def test_an_interrupted_pose_run_resumes_to_identical_files(pose_run, tmp_path):
 
     dies_on_the_third_batch.require_poses = renderer.require_poses
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterruptedError, match="rerun to resume"):  # a Ctrl-C leaves the run resumable
         engine.run(recipe, out, renderer=dies_on_the_third_batch)
     summary = engine.run(recipe, out, renderer=renderer)
     assert summary.shards_skipped and summary.shards_run
