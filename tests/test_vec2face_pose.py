@@ -16,7 +16,7 @@ from PIL import Image
 from synthface import engine
 from synthface.errors import InvalidInputError
 from synthface.recipe import load_recipe
-from tests.test_engine import tree_digest
+from tests.helpers.engine import tree_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Identity verdicts at engine level, with a real recogniser on real photos (tests/engine_doubles):
+"""Identity verdicts at engine level, with a real recogniser on real photos (tests/helpers/engine.py):
 collisions resampled or dropped, too few images resampled or dropped, full images kept."""
 
 from __future__ import annotations
@@ -12,38 +12,18 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from synthface import engine
+from synthface.engine import identities
 from synthface.faces import get_analyzer
 from synthface.identity import load_bank
-from tests.engine_doubles import PhotoRenderer, noise_renderer
-from tests.test_engine import small_recipe, tree_digest
-
-COLLISION_COS = 0.95  # the six people of t1.jpg are at most 0.90 apart under dlib; one person's images ~0.98
-PLANTED = {0: 0, 1: 1, 2: 2, 3: 0}  # identity 3 is rendered as person 0, like identity 0: a collision
-
-
-def photo_recipe(**filtering):
-    return small_recipe(
-        identities={"count": 4, "dim": 512},
-        generation={"batch_size": 6},
-        variation={"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
-        filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0, "collision_cos": COLLISION_COS,
-                   **filtering},
-        export={"formats": ["imagefolder"]},
-        compute={"shard_size": 2},
-    )
-
-
-def run_photos(recipe, out, ranks=None, swaps=None, **renderer_options):
-    layout = engine.prepare_output(recipe, out)
-    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
-    renderer = PhotoRenderer(bank.vectors, recipe.seed, swaps or {}, people=PLANTED, spare=(5,), **renderer_options)
-    return engine.run(recipe, out, ranks=ranks, renderer=renderer, analyzer=get_analyzer("dlib"), wait_seconds=5)
-
-
-def data_files(root) -> dict[str, bytes]:
-    """`tree_digest` less the report, which records the folder's name and its own timings."""
-    return {k: v for k, v in tree_digest(root).items() if k not in ("report.json", "report.html") and "rank" not in k}
-
+from tests.helpers.engine import (
+    COLLISION_COS,
+    PhotoRenderer,
+    data_files,
+    noise_renderer,
+    photo_recipe,
+    run_photos,
+    small_recipe,
+)
 
 def kept_centres(out) -> dict[int, np.ndarray]:
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -76,7 +56,7 @@ def test_resample_replaces_a_collided_identity_deterministically_across_kills_an
     assert gram[~np.eye(4, dtype=bool)].max() <= COLLISION_COS
     # identities.safetensors holds the final vectors and says which were replaced, in which round.
     final = load_bank(out / "identities.safetensors")
-    sampled = engine._sample_bank(recipe)
+    sampled = identities._sample_bank(recipe)
     with safe_open(str(out / "identities.safetensors"), "np") as f:
         assert json.loads(f.metadata()[engine.REPLACED_KEY]) == {"3": 1}
     assert np.array_equal(final.vectors[:3], sampled.vectors[:3]) and not np.allclose(final.vectors[3], sampled.vectors[3])
