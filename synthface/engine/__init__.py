@@ -36,7 +36,6 @@ from synthface.engine.worker import (
     UnitWork,
     encode_jpeg,
     encode_png,
-    filter_config,
     stage_report,
 )
 from synthface.runfolder import (
@@ -56,7 +55,7 @@ __all__ = [
     "ATTROP_KEY", "ATTROP_STATUSES", "MAX_IN_FLIGHT", "REPLACED_KEY", "Candidate", "ImageTask", "Plan", "Ranks",
     "Resampled", "RunLayout", "RunSummary", "ShardWorker", "UnitResult", "UnitWork", "attrop_centres",
     "attrop_estimators", "build_renderer", "check_destination", "clear_run", "dataset_card_facts", "derive_seed",
-    "draw_pose", "encode_jpeg", "encode_png", "ensure_identities", "export_run", "filter_config", "finalize",
+    "draw_pose", "encode_jpeg", "encode_png", "ensure_identities", "export_run", "finalize",
     "load_run_recipe", "lock_run", "make_analyzer", "make_plan", "num_shards", "plan_identity", "prepare_output",
     "ranks_from_environment", "read_run_info", "resample_collisions", "resample_unit", "resolve_render_device", "run",
     "shard_identities", "shard_unit", "stage_report",

@@ -27,6 +27,8 @@ import numpy as np
 
 from synthface.engine.plan import ImageTask, plan_identity, shard_identities
 from synthface.errors import InvalidInputError, OutputPathError
+from synthface.export.manifest import manifest_row, write_manifest
+from synthface.filtering import FilterConfig, ImageVerdicts, filter_candidates, keep_first
 from synthface.identity.perturb import perturb
 from synthface.io import fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
@@ -191,7 +193,7 @@ class ShardWorker:
             if state.waiting:
                 return state, len(candidates), []
             verdict = self._judge(state.candidates, vectors)
-            kept_per = Counter(c.task.identity for c, k in zip(state.candidates, verdict["kept"]) if k)
+            kept_per = Counter(c.task.identity for c, k in zip(state.candidates, verdict.kept) if k)
             short = [i for i in state.job.identities if kept_per[i] < self.recipe.filtering.min_images]
             state.round += 1
             if short and state.round < state.rounds:
@@ -238,7 +240,7 @@ class ShardWorker:
         state.waiting = len(batches)
         return batches
 
-    def _finish(self, state: _OpenUnit, verdict: dict) -> UnitResult:
+    def _finish(self, state: _OpenUnit, verdict: ImageVerdicts) -> UnitResult:
         """Write the unit's files into place (`_write_unit`), then its done record with what ran."""
         unit, candidates = state.job.unit, state.candidates
         kept = self._write_unit(unit, state.tmp, candidates, verdict)
@@ -314,27 +316,21 @@ class ShardWorker:
             c.crop = c.full = None
         return candidates
 
-    def _judge(self, candidates: list[Candidate], vectors: np.ndarray) -> dict:
+    def _judge(self, candidates: list[Candidate], vectors: np.ndarray) -> ImageVerdicts:
         """The per-image verdicts (filtering's): the best images per identity, or with filtering off
         the first ones. Pose and quality are NaN where no recogniser looked."""
-        from synthface import filtering
-
         identity = np.array([c.task.identity for c in candidates], dtype=np.int64)
-        nan = np.full(len(candidates), np.nan, dtype=np.float32)
         if not self.recipe.filtering.enabled:
-            kept, reasons = filtering.keep_first(identity, self.recipe.variation.images_per_identity)
-            return {"kept": kept, "reasons": reasons, "filter_cos": nan, "quality": nan,
-                    "pose": np.full((len(candidates), 3), np.nan, dtype=np.float32)}
-        result = filtering.filter_candidates(
+            return keep_first(identity, self.recipe.variation.images_per_identity)
+        return filter_candidates(
             identity,
             _stack_embeddings(candidates, self.analyzer.embedding_dim),
             id_vectors=vectors if self._compare_with_id_vectors(vectors) else None,
             det_score=np.array([c.det_score for c in candidates], dtype=np.float32),
             kps=np.stack([c.kps if c.kps is not None else np.full((5, 2), np.nan, np.float32) for c in candidates]),
-            config=filter_config(self.recipe, self.analyzer.same_person_cos),
+            config=FilterConfig.from_recipe(self.recipe.filtering, same_person_cos=self.analyzer.same_person_cos,
+                                            keep_per_identity=self.recipe.variation.images_per_identity),
         )
-        return {"kept": result.kept, "reasons": result.reason, "filter_cos": result.filter_cos,
-                "quality": result.quality, "pose": result.pose}
 
     def _compare_with_id_vectors(self, vectors: np.ndarray) -> bool:
         """Compare images with the ID vector only when the analyser embeds into the conditioning space.
@@ -369,16 +365,14 @@ class ShardWorker:
             ) from None
         return tmp
 
-    def _write_unit(self, unit: str, tmp: Path, candidates: list[Candidate], verdict: dict) -> int:
+    def _write_unit(self, unit: str, tmp: Path, candidates: list[Candidate], verdict: ImageVerdicts) -> int:
         """Move the kept candidates' files to their final names, delete the dropped ones, write the
         manifest and embeddings, then rename the folder into place (atomic on POSIX); returns the
         number of kept images."""
-        from synthface.export import write_manifest
-
         rows = []
         prefix = len(f"{RunLayout.SHARDS}/{unit}/")
         for i, c in enumerate(candidates):
-            kept = bool(verdict["kept"][i])
+            kept = bool(verdict.kept[i])
             rel = ""
             if kept:
                 rel = self.layout.image_path(unit, c.task.identity, c.task.image)
@@ -389,50 +383,22 @@ class ShardWorker:
                         continue
                     (tmp / final[prefix:]).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(staged, tmp / final[prefix:])
-            yaw, pitch, roll = (float(v) for v in verdict["pose"][i])
-            rows.append({
-                "identity": c.task.identity,
-                "image": c.task.image,
-                "round": c.task.round,
-                "vector_round": c.task.vector_round,
-                "seed": c.task.seed,
-                "target_cos": c.task.target_cos,
-                "condition_cos": c.condition_cos,
-                "filter_cos": float(verdict["filter_cos"][i]),
-                "det_score": c.det_score,
-                "yaw": yaw,
-                "pitch": pitch,
-                "roll": roll,
-                "quality": float(verdict["quality"][i]),
-                "kept": kept,
-                "drop_reason": "" if kept else verdict["reasons"][i],
-                "path": rel,
-                "unit": unit,
-                **({} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}),
-            })
+            yaw, pitch, roll = (float(v) for v in verdict.pose[i])
+            pose = {} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}
+            rows.append(manifest_row(
+                identity=c.task.identity, image=c.task.image, round=c.task.round, vector_round=c.task.vector_round,
+                seed=c.task.seed, target_cos=c.task.target_cos, condition_cos=c.condition_cos,
+                filter_cos=float(verdict.filter_cos[i]), det_score=c.det_score, yaw=yaw, pitch=pitch, roll=roll,
+                quality=float(verdict.quality[i]), kept=kept, drop_reason="" if kept else verdict.reason[i], path=rel,
+                unit=unit, **pose,
+            ))
         shutil.rmtree(tmp / RunLayout.STAGED)  # the dropped candidates
         write_manifest(tmp / RunLayout.MANIFEST, rows)
         dim = self.analyzer.embedding_dim if self.analyzer is not None else 0
         (tmp / RunLayout.EMBEDDINGS).write_bytes(safetensors_bytes({"embeddings": _stack_embeddings(candidates, dim)}))
         fsync_tree(tmp)
         os.replace(tmp, self.layout.unit_dir(unit))
-        return int(np.count_nonzero(verdict["kept"]))
-
-
-def filter_config(recipe: Recipe, same_person_cos: float):
-    """The filtering module's per-image configuration for one unit: min_cos defaults to the
-    analyser's declared same-person cosine (identity verdicts are judged at finalize)."""
-    from synthface.filtering import FilterConfig
-
-    cfg = recipe.filtering
-    return FilterConfig(
-        min_cos=same_person_cos if cfg.min_cos is None else cfg.min_cos,
-        min_det_score=cfg.min_det_score,
-        duplicate_cos=cfg.near_duplicate_cos,
-        keep_per_identity=recipe.variation.images_per_identity,
-        rank_by="index",
-        collision_cos=None,
-    )
+        return int(np.count_nonzero(verdict.kept))
 
 
 def _stack_embeddings(candidates: list[Candidate], dim: int) -> np.ndarray:

@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import FileFormatError
+from synthface.export.manifest import MANIFEST_COLUMNS
 
+#: The manifest columns the report cannot do without (the others it reads where present).
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
-OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll", "quality",
-                    "vector_round")
+#: The declared manifest columns the report measures, besides the required ones.
+OPTIONAL_COLUMNS = tuple(c.name for c in MANIFEST_COLUMNS if c.name not in REQUIRED_COLUMNS
+                         and c.name not in ("round", "target_cos", "unit", "target_yaw", "target_pitch", "label"))
 
 
 @dataclass
