@@ -32,7 +32,7 @@ def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_s
     """The bank the shards render: rank 0 samples it once (it is seed-determined) and, with
     `identities.attrop`, optimises its centres once (`attrop_centres`, saved to attrop.safetensors
     before identities.safetensors; `renderer` is the Vec2Face generator it needs); other ranks wait
-    for its file, saying every WAIT_REPORT_SECONDS what they wait for. Once finalize has replaced
+    for its file, saying every distributed.WAIT_REPORT_SECONDS what they wait for. Once resampling has replaced
     colliding vectors the file holds the final vectors; the rendered bank is then rebuilt (sampled
     again, same seed, same vectors; AttrOP's saved centres reused), since shards are always rendered from it."""
     path = layout.identities

@@ -48,9 +48,10 @@ def run(
     wait_seconds: float = 7 * 24 * 3600,
     max_in_flight: int = MAX_IN_FLIGHT,
 ) -> RunSummary:
-    """Make (or resume) the dataset of `recipe` in `out_dir`; see the module docstring.
+    """Make (or resume) the dataset of `recipe` in `out_dir`; see `synthface.engine`'s docstring.
 
-    `renderer` and `analyzer` default to the recipe's model and face analyser. `progress` is an
+    `renderer` (a `synthface.render.Renderer`, or any callable `f(conditions, seeds) -> list of HxWx3 uint8
+    arrays`) and `analyzer` default to the recipe's model and face analyser. `progress` is an
     object with `start(total_images, stage_times)`, `advance(images)` and `stop()` (the CLI passes a
     rich bar; `stage_times` is the live `StageTimes` of the render/analyse/write stages).
     `max_in_flight` bounds the batches between rendering and writing (1: the serial engine; the
