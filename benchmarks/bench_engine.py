@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the stand-in's photos come from tests/engine_doubles.py
+sys.path.insert(0, str(REPO))  # the stand-in's photos come from tests/helpers/engine.py
 
 
 class TimedRenderer:
@@ -102,7 +102,7 @@ class StandInRenderer:
     an identity are the same. Records each call's batch size so the calls can be replayed alone."""
 
     def __init__(self, seconds: float):
-        from tests.engine_doubles import face_crops
+        from tests.helpers.engine import face_crops
 
         self.seconds, self.photos, self.batches = seconds, face_crops(), []
 

@@ -55,7 +55,7 @@ class AttrOPSettings(_Section):
     """AttrOP on the identity centres (Vec2Face generators only): Adam on each sampled vector until
     the images it renders pass the identity and quality checks (and, with `yaw_target`, the pose
     check), within hard caps (`synthface.pipelines.vec2face_attrop`); see
-    `synthface.engine.attrop_centres` for what is kept."""
+    `synthface.engine.identities.attrop_centres` for what is kept."""
 
     estimators: Literal["vec2face", "tiny"] = Field(
         "vec2face", description="'vec2face': the registry's vec2face-arcface and vec2face-magface iresnet100s "

@@ -52,13 +52,13 @@ def run_smoke(out: Path, model: str) -> Path:
 
 
 def _photo_recipe(policy: str):
-    from tests.test_engine_verdicts import photo_recipe
+    from tests.helpers.engine import photo_recipe
 
     return photo_recipe(collision_policy=policy)
 
 
 def run_photos(out: Path, policy: str) -> Path:
-    from tests.test_engine_verdicts import run_photos as run
+    from tests.helpers.engine import run_photos as run
 
     run(_photo_recipe(policy), out)
     return out

@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cli_helpers import assert_clean_refusal, run_cli, run_cli_inprocess
-from tests.engine_doubles import read_labels
-from tests.test_engine import tree_digest
+from tests.helpers.engine import read_labels, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "pipelines" / "smoke.toml"
@@ -148,8 +147,8 @@ SMALL = ["identities.count=2", "variation.images_per_identity=2", "generation.st
 # (the write stage's thread, encoding a JPEG, while the main thread renders or waits).
 _CHILD = """
 import os, sys
-from synthface import engine
 from synthface.cli import cli
+from synthface.engine import runner, worker
 
 where, fifo, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 calls = [0]
@@ -165,10 +164,10 @@ def blocking(fn):
     return call
 
 if where == "render":
-    build = engine.build_renderer
-    engine.build_renderer = lambda recipe, ranks: blocking(build(recipe, ranks))
+    build = runner.build_renderer
+    runner.build_renderer = lambda recipe, ranks: blocking(build(recipe, ranks))
 else:
-    engine.encode_jpeg = blocking(engine.encode_jpeg)
+    worker.encode_jpeg = blocking(worker.encode_jpeg)
 sys.exit(cli(args))
 """
 

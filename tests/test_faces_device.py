@@ -8,9 +8,8 @@ from PIL import Image
 
 from synthface import engine
 from synthface.faces import get_analyzer
-from tests.engine_doubles import face_crops
+from tests.helpers.engine import face_crops, small_recipe
 from tests.faces_fixtures import t1_image
-from tests.test_engine import small_recipe
 from tests.test_faces_onnx import random_recogniser_bytes
 
 

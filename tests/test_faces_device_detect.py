@@ -26,7 +26,7 @@ from synthface.faces.onnx_backend import InsightFaceAnalyzer, _session
 from synthface.faces.onnx_torch import onnx_to_torch
 from synthface.faces.scrfd import ScrfdDetector, greedy_nms, nms_groups
 from synthface.faces.testing import random_scrfd_bytes
-from tests.test_engine import small_recipe
+from tests.helpers.engine import small_recipe
 from tests.test_faces_device import photos
 from tests.test_faces_onnx import random_recogniser_bytes
 

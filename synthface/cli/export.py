@@ -27,11 +27,13 @@ def export_command(
     format_: Annotated[list[str], typer.Option("--format", "-f", help=f"{_FORMAT_CHOICES} (repeatable).")],
 ) -> None:
     """Build more export formats from a finished run (the run folder is locked while it works)."""
-    from synthface import engine
+    from synthface.distributed import Ranks
+    from synthface.engine import export_run
     from synthface.errors import FileFormatError, InvalidInputError
     from synthface.export import FORMATS, read_manifest
+    from synthface.runfolder import RunLayout, load_run_recipe, lock_run
 
-    layout = engine.RunLayout(run_dir)
+    layout = RunLayout(run_dir)
     if not layout.run_file.is_file():
         raise InvalidInputError(
             f"{run_dir} is not a synthface run folder (no {layout.RUN_FILE}). Give the --out folder of a finished "
@@ -46,8 +48,8 @@ def export_command(
     if unknown:
         raise InvalidInputError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(sorted(FORMATS))}.")
     command = "synthface export " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    with engine.lock_run(layout, engine.Ranks(), command):
-        spec = engine.load_run_recipe(layout)
+    with lock_run(layout, Ranks(), command):
+        spec = load_run_recipe(layout)
         try:
             table = read_manifest(layout.manifest)
         except FileFormatError as exc:
@@ -56,5 +58,5 @@ def export_command(
                 "again: it rebuilds the manifest from the shards."
             ) from None
         rows = [r for r in table.to_pylist() if r["kept"]]
-        engine.export_run(spec, layout, rows, formats=format_)
+        export_run(spec, layout, rows, formats=format_)
     console.print(f"wrote {', '.join(format_)} for {len(rows)} images under {layout.root / layout.EXPORT}")

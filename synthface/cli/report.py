@@ -84,7 +84,7 @@ def report(
 def _analyzer_for(run_dir: Path, name: str | None):
     """The analyser to embed a run without embeddings: `name`, else the recipe's (with its options),
     else dlib; None for a run that has embeddings (nothing is loaded then)."""
-    from synthface.engine import RunLayout, load_run_recipe
+    from synthface.runfolder import RunLayout, load_run_recipe
     from synthface.faces import get_analyzer
     from synthface.report.run import map_tensor
 

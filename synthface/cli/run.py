@@ -47,13 +47,14 @@ def run_command(
 ) -> None:
     """Turn a recipe into a finished training set; rerun the same command to resume."""
     from synthface import engine
+    from synthface.distributed import ranks_from_environment
     from synthface.recipe import load_recipe
 
     from synthface.io import check_output_folder
 
     spec = load_recipe(recipe, set_ or [])
     out_dir = check_output_folder(out or Path("out") / spec.name, what="run folder")
-    ranks = engine.ranks_from_environment(shard_index, num_shards)
+    ranks = ranks_from_environment(shard_index, num_shards)
     plan = engine.make_plan(spec, out_dir)
     _print_plan(spec, plan, out_dir, ranks)
     if dry_run:

@@ -1,29 +1,70 @@
 """`manifest.parquet`: one row per candidate image, kept or dropped, with the reason.
 
-Required columns and types are fixed (below); extra columns pass through with inferred types.
-`filter_cos` is NaN when no filter ran; `drop_reason` is empty exactly when the image was kept;
-`path` is where the kept image lies, relative to the run folder (empty for dropped images).
+Every column is declared once, here (`MANIFEST_COLUMNS`: name, type, meaning); the engine builds its
+rows against them (`manifest_row`) and the report reads them. The required ones are in every manifest,
+first and with their fixed types; the others follow in declared order where a run writes them, and
+undeclared extras pass through with inferred types. `filter_cos` is NaN when no filter ran;
+`drop_reason` is empty exactly when the image was kept; `path` is where the kept image lies,
+relative to the run folder (empty for dropped images).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.io import atomic_path
 
-COLUMNS = {
-    "identity": "int64",
-    "image": "int64",
-    "seed": "int64",
-    "condition_cos": "float32",
-    "filter_cos": "float32",
-    "kept": "bool",
-    "drop_reason": "string",
-    "path": "string",
-}
+@dataclass(frozen=True)
+class Column:
+    """One manifest column: its name, its pyarrow type, what it means, and whether every manifest has it."""
+
+    name: str
+    type: str
+    meaning: str
+    required: bool = False
+
+
+MANIFEST_COLUMNS = (
+    Column("identity", "int64", "the identity's index in the bank", True),
+    Column("image", "int64", "the image's index within its identity (names its file and seed)", True),
+    Column("seed", "int64", "the image's seed, derived from (recipe seed, identity, image)", True),
+    Column("condition_cos", "float32", "cosine of the condition vector rendered to the identity's vector", True),
+    Column("filter_cos", "float32", "cosine in the filter space to the ID vector or class centre (NaN: no filter)",
+           True),
+    Column("kept", "bool", "whether the image is in the dataset", True),
+    Column("drop_reason", "string", "empty when kept, else one of synthface.filtering.DROP_REASONS", True),
+    Column("path", "string", "the kept image's file, relative to the run folder (empty when dropped)", True),
+    Column("round", "int64", "the identity's rendering round over all its vectors"),
+    Column("vector_round", "int64", "which vector it was rendered from: 0 the sampled one, r collision round r's"),
+    Column("target_cos", "double", "the planned cosine of the condition vector to the identity's vector"),
+    Column("det_score", "double", "the face detector's score (NaN: no face or no analyser)"),
+    Column("yaw", "double", "head yaw in degrees from the five landmarks (NaN: no face)"),
+    Column("pitch", "double", "head pitch in degrees (NaN: no face)"),
+    Column("roll", "double", "head roll in degrees (NaN: no face)"),
+    Column("quality", "double", "image quality in [0, 1] (NaN: no face or no analyser)"),
+    Column("unit", "string", "the unit of work that rendered it (shard-NNNNNN or resample-NN)"),
+    Column("target_yaw", "double", "the planned yaw in degrees (only with variation.pose)"),
+    Column("target_pitch", "double", "the planned pitch in degrees (only with variation.pose)"),
+    Column("label", "int64", "the class label in the exports (-1: dropped); written by finalize"),
+)
+
+#: The columns every manifest has, with their fixed types.
+COLUMNS = {c.name: c.type for c in MANIFEST_COLUMNS if c.required}
+_TYPES = {c.name: c.type for c in MANIFEST_COLUMNS}
+
+
+def manifest_row(**values) -> dict:
+    """One manifest row from its values, in declared column order; a name that is not a declared
+    column, or a required column left out, is a ValueError (a bug in the writer, not in the data)."""
+    unknown = sorted(set(values) - set(_TYPES))
+    missing = [name for name in COLUMNS if name not in values]
+    if unknown or missing:
+        raise ValueError(f"manifest row: undeclared column(s) {unknown}, missing required column(s) {missing}")
+    return {c.name: values[c.name] for c in MANIFEST_COLUMNS if c.name in values}
 
 
 def schema_for(table):

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from synthface.distributed import ranks_from_environment
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, SynthfaceError
 from synthface.fr.backbones import DEPTHS, IResNet
 from synthface.fr.data import EpochView, TrainingSet, epoch_order, fingerprint, open_source
@@ -96,10 +97,6 @@ class _Model(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x), labels)
-
-
-def _dist() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 _open = open  # every file the loop writes goes through here (tests put a full disk behind it)
@@ -303,7 +300,9 @@ def train(
 
     config = config or PRESETS["hsface10k"]
     out_dir = Path(out_dir)
-    rank, world, local_rank = _dist()
+    # torch.distributed's env:// rendezvous reads RANK/WORLD_SIZE itself, so Slurm's variables alone do not count.
+    ranks = ranks_from_environment(slurm=False)
+    rank, world, local_rank = ranks.rank, ranks.world_size, ranks.local_rank
     if world > 1:
         import torch.distributed as dist
 

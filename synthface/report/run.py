@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from synthface.errors import FileFormatError
+from synthface.export.manifest import MANIFEST_COLUMNS
 
+#: The manifest columns the report cannot do without (the others it reads where present).
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
-OPTIONAL_COLUMNS = ("seed", "condition_cos", "filter_cos", "path", "det_score", "yaw", "pitch", "roll", "quality",
-                    "vector_round")
+#: The declared manifest columns the report measures, besides the required ones.
+OPTIONAL_COLUMNS = tuple(c.name for c in MANIFEST_COLUMNS if c.name not in REQUIRED_COLUMNS
+                         and c.name not in ("round", "target_cos", "unit", "target_yaw", "target_pitch", "label"))
 
 
 @dataclass
@@ -46,12 +49,12 @@ class Run:
 
 
 def load_run(root: str | Path, analyzer=None) -> Run:
-    """Open a finished run folder (names from engine.RunLayout). A run made with filtering off has no
+    """Open a finished run folder (names from runfolder.RunLayout). A run made with filtering off has no
     face embeddings; its kept images are then embedded with `analyzer` (required then: a
     FileFormatError says so otherwise) and `Run.embedded_by` names it. When the analyser finds no
     face in any kept image (random weights), `Run.no_faces` says so and the face measures are
     skipped. A missing or damaged identities file is a FileFormatError."""
-    from synthface.engine import RunLayout
+    from synthface.runfolder import RunLayout
 
     layout = RunLayout(Path(root))
     root = layout.root
@@ -106,7 +109,7 @@ def embedding_width(root: str | Path, analyzer=None) -> tuple[int, str]:
     """(width, what gives it) of the embeddings the report will measure in run folder `root`: the
     stored ones' (the run's filter analyser), or for a run without them `analyzer`'s descriptor.
     Only file headers are read, so a reference of another width is refused before any work."""
-    from synthface.engine import RunLayout
+    from synthface.runfolder import RunLayout
 
     layout = RunLayout(Path(root))
     if not layout.root.is_dir():

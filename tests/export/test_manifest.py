@@ -48,3 +48,19 @@ def test_bad_manifests_are_refused(tmp_path):
     with pytest.raises(FileFormatError):
         read_manifest(tmp_path / "bad.parquet")
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_every_column_is_declared_once_and_rows_are_built_against_the_declaration():
+    from synthface.export.manifest import COLUMNS, MANIFEST_COLUMNS, manifest_row
+
+    names = [c.name for c in MANIFEST_COLUMNS]
+    assert len(names) == len(set(names)) and all(c.meaning for c in MANIFEST_COLUMNS)
+    assert list(COLUMNS) == [c.name for c in MANIFEST_COLUMNS if c.required]
+    required = {"identity": 1, "image": 2, "seed": 3, "condition_cos": 1.0, "filter_cos": 0.5, "kept": True,
+                "drop_reason": "", "path": "p.jpg"}
+    row = manifest_row(quality=0.5, **required)
+    assert list(row) == [n for n in names if n in row]  # declared order, whatever the call's
+    with pytest.raises(ValueError, match="undeclared"):
+        manifest_row(colour="red", **required)
+    with pytest.raises(ValueError, match="missing required"):
+        manifest_row(identity=1)

@@ -12,8 +12,7 @@ import torch
 
 from synthface import engine, render
 from synthface.errors import InvalidInputError
-from tests.engine_doubles import noise_renderer
-from tests.test_engine import small_recipe, tree_digest
+from tests.helpers.engine import noise_renderer, small_recipe, tree_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 

@@ -15,8 +15,7 @@ from synthface import engine
 from synthface.errors import RunInterruptedError
 from synthface.recipe import load_recipe
 from tests.cli_helpers import run_cli_inprocess
-from tests.engine_doubles import read_labels
-from tests.test_engine import tree_digest
+from tests.helpers.engine import read_labels, tree_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,8 +16,8 @@ from PIL import Image
 from synthface import engine
 from synthface.errors import InvalidInputError, RunInterruptedError
 from synthface.recipe import load_recipe
+from tests.helpers.engine import tree_digest
 from tests.helpers.spies import SpyPipeline
-from tests.test_engine import tree_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

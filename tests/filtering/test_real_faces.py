@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("dlib")
 
 from synthface.faces import DLIB_SAME_PERSON_COS
-from synthface.filtering import FilterConfig, filter_candidates
+from synthface.filtering import FilterConfig, filter_candidates, judge_identities
 from tests.faces_fixtures import dlib_analyzer, t1_faces, t1_image
 
 AUGMENT = (
@@ -50,12 +50,14 @@ def test_a_person_planted_under_another_identity_is_dropped(compare_to):
     labels[planted] = 0
     # same-space case: the "ID vector" is the embedding of the un-augmented photo
     ids = emb[[int(np.flatnonzero(labels == p)[0]) for p in range(6)]] if compare_to == "id_vector" else None
-    cfg = FilterConfig(min_cos=DLIB_SAME_PERSON_COS, duplicate_cos=None, collision_cos=DLIB_SAME_PERSON_COS)
+    cfg = FilterConfig(min_cos=DLIB_SAME_PERSON_COS, duplicate_cos=None)
     res = filter_candidates(labels, emb, id_vectors=ids, config=cfg)
     assert res.compared_to == compare_to
     assert res.reason[planted] == "low_similarity"
     assert np.flatnonzero(~res.kept).tolist() == [planted]
-    assert res.collisions == []  # six different people: no two realised centres collide
+    people = judge_identities(labels, emb, res.kept, res.reason, collision_cos=DLIB_SAME_PERSON_COS,
+                              collision_policy="drop")
+    assert people.collisions == []  # six different people: no two realised centres collide
 
 
 def test_exact_copies_of_a_photo_are_near_duplicates_and_a_twin_identity_collides():
@@ -64,10 +66,11 @@ def test_exact_copies_of_a_photo_are_near_duplicates_and_a_twin_identity_collide
     twin = np.flatnonzero(labels == 2)
     labels = np.concatenate([labels, np.full(twin.size, 6)])
     emb = np.concatenate([emb, emb[twin]])
-    cfg = FilterConfig(min_cos=DLIB_SAME_PERSON_COS, duplicate_cos=0.995, collision_cos=DLIB_SAME_PERSON_COS, collision_policy="drop")
-    res = filter_candidates(labels, emb, config=cfg)
-    assert [(a, b) for a, b, _ in res.collisions] == [(2, 6)]
-    assert not res.kept[labels == 6].any() and "collision" in set(res.reason[labels == 6])
-    assert res.dropped_identities.tolist() == [6] and res.kept[labels == 2].any()
+    res = filter_candidates(labels, emb, config=FilterConfig(min_cos=DLIB_SAME_PERSON_COS, duplicate_cos=0.995))
     # the un-augmented and blurred photos embed almost identically: the later one is a near-duplicate
     assert res.counts()["near_duplicate"] >= 1
+    people = judge_identities(labels, emb, res.kept, res.reason, collision_cos=DLIB_SAME_PERSON_COS,
+                              collision_policy="drop")
+    assert [(a, b) for a, b, _ in people.collisions] == [(2, 6)]
+    assert not people.kept[labels == 6].any() and "collision" in set(people.reason[labels == 6])
+    assert people.collided.tolist() == [6] and people.kept[labels == 2].any()

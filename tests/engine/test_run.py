@@ -4,71 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from synthface import engine
+from synthface.engine import runner, worker
 from synthface.errors import InvalidInputError, OutputPathError
-from synthface.recipe import parse_recipe
-from tests.engine_doubles import PhotoRenderer, noise_renderer
-
-
-def small_recipe(**sections) -> "engine.Recipe":
-    data = {
-        "name": "t",
-        "seed": 3,
-        "identities": {"count": 7, "max_cos": 0.3, "dim": 64},
-        "generation": {"model": "test-double", "batch_size": 5},
-        "variation": {"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 0.5, "0.9": 0.5}},
-        "filtering": {"enabled": False},
-        "export": {"formats": ["imagefolder", "recordio"]},
-        "compute": {"shard_size": 2},
-    }
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
-    return parse_recipe(data)
-
-
-def tree_digest(root: Path) -> dict[str, bytes]:
-    """Every file under root with its bytes, except logs, timing-bearing markers and stage records,
-    and the files that record the command line (and so the output folder's name)."""
-    skip = {"run.log", "run.json", "finalize.done", "README.md"}
-    timings = f"{engine.RunLayout.SHARDS}/{engine.RunLayout.STAGE_RECORD.format(rank='*')}"
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name not in skip and not p.name.endswith(".done") and not p.relative_to(root).match(timings)
-    }
-
-
-def test_seeds_depend_only_on_recipe_seed_identity_and_image():
-    recipe = small_recipe()
-    a = engine.plan_identity(recipe, 5)
-    assert [t.image for t in a] == [0, 1, 2]
-    assert a[1].seed == engine.derive_seed(3, 5, 1)
-    assert len({t.seed for i in range(7) for t in engine.plan_identity(recipe, i)}) == 21
-    other = small_recipe(compute={"shard_size": 5})
-    assert engine.plan_identity(other, 5) == a
-    assert sorted(t.target_cos for t in a) in ([0.9, 1.0, 1.0], [0.9, 0.9, 1.0])
-
-
-def test_ranks_from_launchers(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
-        monkeypatch.delenv(var, raising=False)
-    assert engine.ranks_from_environment() == engine.Ranks(0, 1, 0)
-    monkeypatch.setenv("SLURM_PROCID", "3")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    monkeypatch.setenv("SLURM_LOCALID", "1")
-    assert engine.ranks_from_environment() == engine.Ranks(3, 8, 1)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert engine.ranks_from_environment() == engine.Ranks(1, 2, 1)
-    assert engine.ranks_from_environment(2, 4) == engine.Ranks(2, 4, 0)
-    with pytest.raises(InvalidInputError, match="0 <= shard-index < num-shards"):
-        engine.ranks_from_environment(4, 4)
+from tests.helpers.engine import PhotoRenderer, noise_renderer, small_recipe, tree_digest
 
 
 def test_run_writes_every_candidate_and_the_exports(tmp_path):
@@ -176,7 +119,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     engine.run(recipe, tmp_path / "reference", renderer=noise_renderer())
     calls = {"n": 0}
-    real = engine.encode_jpeg
+    real = worker.encode_jpeg
 
     def fill_disk_after_seven(image, quality=95):
         calls["n"] += 1
@@ -184,13 +127,13 @@ def test_full_disk_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(image, quality)
 
-    monkeypatch.setattr(engine, "encode_jpeg", fill_disk_after_seven)
+    monkeypatch.setattr(worker, "encode_jpeg", fill_disk_after_seven)
     with pytest.raises(OutputPathError, match="No space left on device.*run the same command again"):
         engine.run(recipe, out, renderer=noise_renderer())
     layout = engine.RunLayout(out)
     assert [s for s in range(4) if layout.done_marker(s).exists()] == [0]
     assert not layout.shard_dir(1).exists() and not list(layout.shards.glob(".*tmp*"))
-    monkeypatch.setattr(engine, "encode_jpeg", real)
+    monkeypatch.setattr(worker, "encode_jpeg", real)
     engine.run(recipe, out, renderer=noise_renderer())
     assert tree_digest(out) == tree_digest(tmp_path / "reference")
 
@@ -239,29 +182,13 @@ def test_a_log_line_the_full_disk_refuses_is_no_traceback_on_stderr(tmp_path, ca
             pass
 
     layout = engine.RunLayout(tmp_path)
-    engine._attach_log_file(layout, engine.Ranks())
-    (handler,) = [h for h in engine.log.handlers if isinstance(h, logging.FileHandler)]
+    runner._attach_log_file(layout, engine.Ranks())
+    (handler,) = [h for h in logging.getLogger("synthface.engine").handlers if isinstance(h, logging.FileHandler)]
     handler.stream, real = FullDisk(), handler.stream
     try:
-        engine.log.warning("a line for a full disk")
+        logging.getLogger("synthface.engine").warning("a line for a full disk")
     finally:
         handler.stream = real
-        engine.log.removeHandler(handler)
+        logging.getLogger("synthface.engine").removeHandler(handler)
         handler.close()
     assert "Logging error" not in capfd.readouterr().err
-
-
-def test_the_plan_s_time_left_comes_from_the_wall_time_rate(tmp_path):
-    """#22 class 12: shards overlap, so their own seconds add up to more than the run took; the plan
-    takes each rank's images per second over its session's wall time."""
-    recipe = small_recipe()
-    out = tmp_path / "run"
-    engine.run(recipe, out, renderer=noise_renderer())
-    layout = engine.RunLayout(out)
-    speed = json.loads(layout.stage_record(0).read_text())["images_per_s"]
-    plan = engine.make_plan(recipe, out)
-    assert plan.seconds_per_candidate == pytest.approx(1 / speed)
-    layout.stage_record(0).unlink()  # a run from before the stage records: the shards' own seconds
-    records = [layout.record(s) for s in range(4)]
-    assert engine.make_plan(recipe, out).seconds_per_candidate == pytest.approx(
-        sum(r["seconds"] for r in records) / sum(r["candidates"] for r in records))

@@ -1,4 +1,5 @@
-"""Test-double renderers for the engine: deterministic noise, and real photos with augmentations.
+"""Shared helpers of the engine tests: small recipes, folder digests, test-double renderers
+(deterministic noise, and real photos with augmentations), and runs on real photos.
 
 The photo renderer stands in for a diffusion model whose outputs a real recogniser can judge: it
 renders identity i as person i mod 6 of insightface's t1.jpg, augmented per seed (flip, light,
@@ -7,9 +8,13 @@ scale), except for planted (identity, image) pairs, which get another person's f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from synthface.engine import derive_seed
+from synthface.recipe import Recipe, parse_recipe
+from synthface.runfolder import RunLayout
+from synthface.seeds import derive_seed
 
 
 def noise_renderer(size: int = 48):
@@ -92,3 +97,64 @@ def read_labels(fmt: str, folder) -> list[int]:
         with recordio.RecordIOReader(folder) as reader:
             return [label for label, _ in reader.samples()]
     return [s.label for s in {"webdataset": webdataset, "parquet": parquet}[fmt].read(folder)]
+
+
+def small_recipe(**sections) -> Recipe:
+    data = {
+        "name": "t",
+        "seed": 3,
+        "identities": {"count": 7, "max_cos": 0.3, "dim": 64},
+        "generation": {"model": "test-double", "batch_size": 5},
+        "variation": {"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 0.5, "0.9": 0.5}},
+        "filtering": {"enabled": False},
+        "export": {"formats": ["imagefolder", "recordio"]},
+        "compute": {"shard_size": 2},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
+    return parse_recipe(data)
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes, except logs, timing-bearing markers and stage records,
+    and the files that record the command line (and so the output folder's name)."""
+    skip = {"run.log", "run.json", "finalize.done", "README.md"}
+    timings = f"{RunLayout.SHARDS}/{RunLayout.STAGE_RECORD.format(rank='*')}"
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip and not p.name.endswith(".done") and not p.relative_to(root).match(timings)
+    }
+
+
+COLLISION_COS = 0.95  # the six people of t1.jpg are at most 0.90 apart under dlib; one person's images ~0.98
+PLANTED = {0: 0, 1: 1, 2: 2, 3: 0}  # identity 3 is rendered as person 0, like identity 0: a collision
+
+
+def photo_recipe(**filtering):
+    return small_recipe(
+        identities={"count": 4, "dim": 512},
+        generation={"batch_size": 6},
+        variation={"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
+        filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0, "collision_cos": COLLISION_COS,
+                   **filtering},
+        export={"formats": ["imagefolder"]},
+        compute={"shard_size": 2},
+    )
+
+
+def run_photos(recipe, out, ranks=None, swaps=None, **renderer_options):
+    """Run `recipe` into `out` on PhotoRenderer's real photos (PLANTED people, `swaps`) through dlib."""
+    from synthface.distributed import Ranks
+    from synthface.engine import ensure_identities, prepare_output, run
+    from synthface.faces import get_analyzer
+
+    layout = prepare_output(recipe, out)
+    bank = ensure_identities(recipe, layout, Ranks())
+    renderer = PhotoRenderer(bank.vectors, recipe.seed, swaps or {}, people=PLANTED, spare=(5,), **renderer_options)
+    return run(recipe, out, ranks=ranks, renderer=renderer, analyzer=get_analyzer("dlib"), wait_seconds=5)
+
+
+def data_files(root) -> dict[str, bytes]:
+    """`tree_digest` less the report, which records the folder's name and its own timings."""
+    return {k: v for k, v in tree_digest(root).items() if k not in ("report.json", "report.html") and "rank" not in k}

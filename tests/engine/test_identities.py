@@ -14,6 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from synthface import engine, weights
+from synthface.engine import identities
 from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.identity import load_bank
 from synthface.recipe import load_recipe
@@ -39,7 +40,7 @@ def test_attrop_runs_within_its_caps_keeps_the_guarantee_and_is_rendered(tmp_pat
     records = statuses(out)
     assert len(records) == 8 and all(r["status"] in engine.ATTROP_STATUSES for r in records)
     assert all(1 <= r["steps"] <= 2 * 2 and r["retries"] <= 1 for r in records)  # max_steps * (max_retries + 1)
-    sampled = engine._sample_bank(recipe).vectors
+    sampled = identities._sample_bank(recipe).vectors
     bank = load_bank(out / "identities.safetensors")
     counts = json.loads(bank.metadata[engine.ATTROP_KEY])
     assert sum(counts.values()) == 8 and counts == {s: sum(r["status"] == s for r in records)
@@ -53,14 +54,14 @@ def test_attrop_runs_within_its_caps_keeps_the_guarantee_and_is_rendered(tmp_pat
     assert np.isclose(first @ bank.vectors[0], 1.0, atol=1e-5).any()
     # Killed after AttrOP saved its centres, before the bank was written: the rerun reuses them.
     (out / "identities.safetensors").unlink()
-    monkeypatch.setattr(engine, "_run_attrop", lambda *a: pytest.fail("AttrOP ran again"))
+    monkeypatch.setattr(identities, "_run_attrop", lambda *a: pytest.fail("AttrOP ran again"))
     again = engine.ensure_identities(recipe, engine.RunLayout(out), engine.Ranks(), renderer=renderer)
     assert np.array_equal(again.vectors, bank.vectors)
 
 
 def test_a_converged_centre_too_close_to_another_is_reverted(monkeypatch, tmp_path):
     recipe = load_recipe("smoke", ATTROP)
-    bank = engine._sample_bank(recipe)
+    bank = identities._sample_bank(recipe)
     import synthface.generators.vec2face.attrop as module
 
     def lands_on_identity_0(pipe, start, target, estimators, gens, config, yaw_target=None):
@@ -72,7 +73,7 @@ def test_a_converged_centre_too_close_to_another_is_reverted(monkeypatch, tmp_pa
 
     monkeypatch.setattr(module, "attrop", lands_on_identity_0)
     renderer = engine.build_renderer(recipe, engine.Ranks())
-    vectors, records = engine._run_attrop(recipe, bank, renderer)
+    vectors, records = identities._run_attrop(recipe, bank, renderer)
     assert [r["status"] for r in records] == ["too_close"] * 8  # in order: each one is checked against the rest
     assert np.array_equal(vectors, bank.vectors)
 
@@ -143,7 +144,7 @@ def registry_calls(monkeypatch):
 def centres(recipe, tmp_path):
     tmp_path.mkdir()
     renderer = engine.build_renderer(recipe, engine.Ranks())
-    engine.attrop_centres(recipe, engine.RunLayout(tmp_path), engine._sample_bank(recipe), renderer)
+    engine.attrop_centres(recipe, engine.RunLayout(tmp_path), identities._sample_bank(recipe), renderer)
     return statuses(tmp_path)
 
 
@@ -220,9 +221,9 @@ def captured_config(monkeypatch, overrides):
         return AttrOPResult(None, start.clone() * 22, [AttrOPStatus(False, 1, 0, 1.0, 0.0, None)] * len(start))
 
     monkeypatch.setattr(module, "attrop", capture)
-    monkeypatch.setattr(engine, "attrop_estimators", lambda *a, **k: AttrOPEstimators(None, None, None))
+    monkeypatch.setattr(identities, "attrop_estimators", lambda *a, **k: AttrOPEstimators(None, None, None))
     recipe = load_recipe("smoke", ["generation.model='vec2face-tiny'", "identities.count=2", *overrides])
-    engine._run_attrop(recipe, engine._sample_bank(recipe), engine.build_renderer(recipe, engine.Ranks()))
+    identities._run_attrop(recipe, identities._sample_bank(recipe), engine.build_renderer(recipe, engine.Ranks()))
     return seen
 
 
@@ -298,7 +299,7 @@ def test_the_vec2face_plus_example_is_a_valid_setting():
     """vec2face-plus-pose.toml's commented AttrOP line loads, and means Vec2Face+'s published loss."""
     import tomllib
 
-    text = (Path(__file__).parents[1] / "pipelines" / "vec2face-plus-pose.toml").read_text()
+    text = (Path(__file__).parents[2] / "pipelines" / "vec2face-plus-pose.toml").read_text()
     (line,) = [ln[2:] for ln in text.splitlines() if ln.startswith("# attrop = {")]
     example = tomllib.loads(line)["attrop"]
     recipe = load_recipe("vec2face-plus-pose", [f"identities.{line.replace(' = ', '=', 1)}"])

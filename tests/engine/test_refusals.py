@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from synthface import engine
+from synthface import distributed, engine, runfolder
+from synthface.engine import identities
 from synthface.errors import OutputPathError
+from synthface.io import safetensors_bytes
 from synthface.recipe import load_recipe
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
-from tests.engine_doubles import noise_renderer
-from tests.test_engine import small_recipe, tree_digest
+from tests.helpers.engine import noise_renderer, small_recipe, tree_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "pipelines" / "smoke.toml"
 # The smoke recipe cut to 2 identities x 2 images in 2 shards, one denoising step: about a second.
 SMALL = ["identities.count=2", "variation.images_per_identity=2", "generation.steps=1", "compute.shard_size=1"]
@@ -333,10 +334,10 @@ ATTROP = ["generation.model='vec2face-tiny'", "identities.attrop={ estimators = 
 
 @pytest.mark.parametrize(("content", "needles"), [
     (lambda bank: b"\x00" * 40, ("attrop.safetensors is damaged", "delete it")),
-    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors}), ("is damaged", "status")),
-    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors[:3]}, {"status": json.dumps(
+    (lambda bank: safetensors_bytes({"vectors": bank.vectors}), ("is damaged", "status")),
+    (lambda bank: safetensors_bytes({"vectors": bank.vectors[:3]}, {"status": json.dumps(
         [{"status": "converged"}] * 3)}), ("was not made for this run", "3 centres", "8 identities")),
-    (lambda bank: engine.safetensors_bytes({"vectors": bank.vectors[::-1].copy()}, {"status": json.dumps(
+    (lambda bank: safetensors_bytes({"vectors": bank.vectors[::-1].copy()}, {"status": json.dumps(
         [{"status": "not_converged"}] * 8)}), ("was not made for this run", "not this recipe's sampled ones")),
 ])
 def test_a_damaged_or_foreign_attrop_file_is_named_never_used(tmp_path, content, needles):
@@ -344,7 +345,7 @@ def test_a_damaged_or_foreign_attrop_file_is_named_never_used(tmp_path, content,
 
     recipe = load_recipe(SMOKE, ATTROP)
     layout = engine.RunLayout(tmp_path)
-    bank = engine._sample_bank(recipe)
+    bank = identities._sample_bank(recipe)
     layout.attrop.write_bytes(content(bank))
     with pytest.raises(FileFormatError) as info:
         engine.ensure_identities(recipe, layout, engine.Ranks())  # no renderer: AttrOP must not run either
@@ -400,14 +401,14 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def test_a_rank_without_rank_0_says_what_it_waits_for(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(engine, "WAIT_REPORT_SECONDS", 0.2)
+    monkeypatch.setattr(distributed, "WAIT_REPORT_SECONDS", 0.2)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="synthface.engine"), \
             pytest.raises(OutputPathError, match="rank 1 of 2 is waiting for rank 0 to write .*identities"):
         engine.run(small_recipe(), out, ranks=engine.Ranks(1, 2), renderer=noise_renderer(), wait_seconds=0.5)
     assert any("is rank 0 running?" in r.getMessage() for r in caplog.records)
     # Rank 0 waiting for rank 1's shards names the first missing one and its rank.
-    monkeypatch.setattr(engine, "WAIT_REPORT_SECONDS", 0.1)
+    monkeypatch.setattr(distributed, "WAIT_REPORT_SECONDS", 0.1)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="synthface.engine"), \
             pytest.raises(OutputPathError, match="shard-000001.done, rank 1 of 2"):
@@ -454,7 +455,7 @@ def test_a_kill_at_each_identity_write_is_repaired_by_a_rerun(tmp_path, monkeypa
     reference = tmp_path / "reference"
     engine.run(recipe, reference, renderer=noise_renderer(), command="synthface run r.toml")
     out = tmp_path / "run"
-    real = engine.atomic_write_bytes
+    real = runfolder.atomic_write_bytes
 
     def dies_mid_write(path, data):
         path = Path(path)
@@ -463,12 +464,12 @@ def test_a_kill_at_each_identity_write_is_repaired_by_a_rerun(tmp_path, monkeypa
             raise Killed
         return real(path, data)
 
-    monkeypatch.setattr(engine, "atomic_write_bytes", dies_mid_write)
+    monkeypatch.setattr(runfolder, "atomic_write_bytes", dies_mid_write)
     with pytest.raises(Killed):
         engine.run(recipe, out, renderer=noise_renderer(), command="synthface run r.toml")
     # Complete or absent: no run.json means no identity, and a run.json always carries the recipe.
     assert not (out / "run.json").exists() or "recipe" in json.loads((out / "run.json").read_text())
-    monkeypatch.setattr(engine, "atomic_write_bytes", real)
+    monkeypatch.setattr(runfolder, "atomic_write_bytes", real)
     engine.run(recipe, out, renderer=noise_renderer(), command="synthface run r.toml")
     assert (out / "recipe.toml").read_bytes() == (reference / "recipe.toml").read_bytes()
     assert run_identity(out) == run_identity(reference)
@@ -478,12 +479,12 @@ def test_a_kill_at_each_identity_write_is_repaired_by_a_rerun(tmp_path, monkeypa
 def test_a_real_kill_after_run_json_and_an_old_run_without_recipe_toml_are_repaired(tmp_path, finished, capsys):
     out = tmp_path / "run"
     script = (
-        "import os, sys; from synthface import engine; from synthface.recipe import load_recipe\n"
-        "real = engine.atomic_write_bytes\n"
+        "import os, sys; from synthface import engine, runfolder; from synthface.recipe import load_recipe\n"
+        "real = runfolder.atomic_write_bytes\n"
         "def write(path, data):\n"
         "    if str(path).endswith('recipe.toml'): os._exit(137)\n"
         "    return real(path, data)\n"
-        "engine.atomic_write_bytes = write\n"
+        "runfolder.atomic_write_bytes = write\n"
         f"engine.run(load_recipe({str(SMOKE)!r}, {SMALL!r}), {str(out)!r})\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -15,11 +15,9 @@ from synthface import engine
 from synthface.faces import get_analyzer
 from synthface.recipe import load_recipe
 from synthface.stages import StageTimes
-from tests.engine_doubles import PhotoRenderer
-from tests.test_engine import small_recipe
-from tests.test_engine_verdicts import COLLISION_COS, data_files, photo_recipe
+from tests.helpers.engine import COLLISION_COS, PhotoRenderer, data_files, photo_recipe, small_recipe
 
-SMOKE = Path(__file__).resolve().parents[1] / "pipelines" / "smoke.toml"
+SMOKE = Path(__file__).resolve().parents[2] / "pipelines" / "smoke.toml"
 
 
 def test_overlapped_and_serial_engines_write_the_same_smoke_dataset(tmp_path):

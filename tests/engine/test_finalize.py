@@ -1,5 +1,6 @@
-"""Identity verdicts at engine level, with a real recogniser on real photos (tests/engine_doubles):
-collisions resampled or dropped, too few images resampled or dropped, full images kept."""
+"""Finalize and identity verdicts at engine level, with a real recogniser on real photos
+(tests/helpers/engine.py): collisions dropped, too few images resampled or dropped, full images kept,
+the report and the card."""
 
 from __future__ import annotations
 
@@ -8,92 +9,16 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from safetensors import safe_open
-from safetensors.numpy import load_file
 
 from synthface import engine
 from synthface.faces import get_analyzer
-from synthface.identity import load_bank
-from tests.engine_doubles import PhotoRenderer, noise_renderer
-from tests.test_engine import small_recipe, tree_digest
-
-COLLISION_COS = 0.95  # the six people of t1.jpg are at most 0.90 apart under dlib; one person's images ~0.98
-PLANTED = {0: 0, 1: 1, 2: 2, 3: 0}  # identity 3 is rendered as person 0, like identity 0: a collision
-
-
-def photo_recipe(**filtering):
-    return small_recipe(
-        identities={"count": 4, "dim": 512},
-        generation={"batch_size": 6},
-        variation={"images_per_identity": 3, "overgenerate": 1.0, "perturbation": {"1.0": 1.0}},
-        filtering={"enabled": True, "analyzer": "dlib", "near_duplicate_cos": 1.0, "collision_cos": COLLISION_COS,
-                   **filtering},
-        export={"formats": ["imagefolder"]},
-        compute={"shard_size": 2},
-    )
-
-
-def run_photos(recipe, out, ranks=None, swaps=None, **renderer_options):
-    layout = engine.prepare_output(recipe, out)
-    bank = engine.ensure_identities(recipe, layout, engine.Ranks())
-    renderer = PhotoRenderer(bank.vectors, recipe.seed, swaps or {}, people=PLANTED, spare=(5,), **renderer_options)
-    return engine.run(recipe, out, ranks=ranks, renderer=renderer, analyzer=get_analyzer("dlib"), wait_seconds=5)
-
-
-def data_files(root) -> dict[str, bytes]:
-    """`tree_digest` less the report, which records the folder's name and its own timings."""
-    return {k: v for k, v in tree_digest(root).items() if k not in ("report.json", "report.html") and "rank" not in k}
-
-
-def kept_centres(out) -> dict[int, np.ndarray]:
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    emb = load_file(str(out / "embeddings.safetensors"))["embeddings"]
-    out_ = {}
-    for ident in sorted({r["identity"] for r in rows if r["kept"]}):
-        e = emb[[i for i, r in enumerate(rows) if r["kept"] and r["identity"] == ident]]
-        c = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0)
-        out_[ident] = c / np.linalg.norm(c)
-    return out_
-
-
-def test_resample_replaces_a_collided_identity_deterministically_across_kills_and_ranks(tmp_path):
-    recipe = photo_recipe(collision_policy="resample")
-    summary = run_photos(recipe, tmp_path / "one")
-    out = tmp_path / "one"
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    # Identity 3 collided with 0: its first images are dropped as replaced, new ones come from vector round 1.
-    old = [r for r in rows if r["identity"] == 3 and r["vector_round"] == 0]
-    new = [r for r in rows if r["identity"] == 3 and r["vector_round"] == 1]
-    assert len(old) == 3 and all(r["drop_reason"] == "replaced" for r in old)
-    assert sum(r["kept"] for r in new) == 3 and all(r["path"].startswith("shards/resample-01/images/") for r in new)
-    assert {r["image"] for r in new}.isdisjoint({r["image"] for r in old})
-    assert all(r["vector_round"] == 0 for r in rows if r["identity"] != 3)
-    assert summary.stats["identities_kept"] == 4 and summary.stats["identities_replaced"] == 1
-    assert summary.stats["collisions"] == 0
-    centres = kept_centres(out)
-    assert len(centres) == 4
-    gram = np.stack(list(centres.values())) @ np.stack(list(centres.values())).T
-    assert gram[~np.eye(4, dtype=bool)].max() <= COLLISION_COS
-    # identities.safetensors holds the final vectors and says which were replaced, in which round.
-    final = load_bank(out / "identities.safetensors")
-    sampled = engine._sample_bank(recipe)
-    with safe_open(str(out / "identities.safetensors"), "np") as f:
-        assert json.loads(f.metadata()[engine.REPLACED_KEY]) == {"3": 1}
-    assert np.array_equal(final.vectors[:3], sampled.vectors[:3]) and not np.allclose(final.vectors[3], sampled.vectors[3])
-    cos = final.vectors @ final.vectors.T
-    assert cos[~np.eye(4, dtype=bool)].max() <= recipe.identities.max_cos
-
-    # Killed while rendering the replacement (the 3rd model call), then resumed: the same files.
-    with pytest.raises(RuntimeError, match="killed"):
-        run_photos(recipe, tmp_path / "killed", fails_after=2)
-    assert not (tmp_path / "killed" / "finalize.done").exists()
-    run_photos(recipe, tmp_path / "killed")
-    assert data_files(tmp_path / "killed") == data_files(out)
-
-    # Two ranks (rank 1 first, then rank 0, which waits for nothing and finalizes): the same files.
-    run_photos(recipe, tmp_path / "two", ranks=engine.Ranks(1, 2))
-    assert run_photos(recipe, tmp_path / "two", ranks=engine.Ranks(0, 2)).finalized
-    assert data_files(tmp_path / "two") == data_files(out)
+from tests.helpers.engine import (
+    PhotoRenderer,
+    noise_renderer,
+    photo_recipe,
+    run_photos,
+    small_recipe,
+)
 
 
 def test_drop_policy_drops_the_later_identity_of_a_collision(tmp_path):
