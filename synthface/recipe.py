@@ -54,7 +54,7 @@ _ATTROP_ADDED_LATER = ("yaw_target", "max_pose_error", "identity_weight", "quali
 class AttrOPSettings(_Section):
     """AttrOP on the identity centres (Vec2Face generators only): Adam on each sampled vector until
     the images it renders pass the identity and quality checks (and, with `yaw_target`, the pose
-    check), within hard caps (`synthface.pipelines.vec2face_attrop`); see
+    check), within hard caps (`synthface.generators.vec2face.attrop`); see
     `synthface.engine.identities.attrop_centres` for what is kept."""
 
     estimators: Literal["vec2face", "tiny"] = Field(
@@ -137,7 +137,7 @@ class IdentitiesConfig(_Section):
 
 class GenerationConfig(_Section):
     model: str = Field(
-        "arc2face", description="a generator name synthface.render routes ('arc2face', 'vec2face', 'vec2face-plus', "
+        "arc2face", description="a generator name synthface.generators routes ('arc2face', 'vec2face', 'vec2face-plus', "
         "'vec2face-plus-pose'; 'tiny' and 'vec2face-tiny': random weights, plumbing only) or a local path; "
         "each family's docstring there says which settings apply",
     )

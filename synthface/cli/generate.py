@@ -127,7 +127,7 @@ def _render_into(out: Path, renderer, vectors, images_per_id: int, seed: int, ba
     import shutil
     import tempfile
 
-    from synthface.engine import derive_seed
+    from synthface.seeds import derive_seed
     from synthface.io import fsync_tree, output_errors
 
     created = out  # the first folder on the way that this command creates, removed again on failure

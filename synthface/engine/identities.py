@@ -17,7 +17,7 @@ from synthface.identity.bank import IdentityBank, load_bank, load_vectors
 from synthface.identity.sample import sample_identities
 from synthface.io import atomic_write_bytes, safetensors_bytes
 from synthface.recipe import Recipe
-from synthface.render import Renderer
+from synthface.generators import RendererLike, families
 from synthface.runfolder import RunLayout
 from synthface.seeds import ATTROP_STREAM, derive_seed
 
@@ -28,7 +28,7 @@ REPLACED_KEY = "replaced_in_round"
 
 
 def ensure_identities(recipe: Recipe, layout: RunLayout, ranks: Ranks, *, wait_seconds: float = 3600,
-                      renderer: Renderer | None = None) -> IdentityBank:
+                      renderer: RendererLike | None = None) -> IdentityBank:
     """The bank the shards render: rank 0 samples it once (it is seed-determined) and, with
     `identities.attrop`, optimises its centres once (`attrop_centres`, saved to attrop.safetensors
     before identities.safetensors; `renderer` is the Vec2Face generator it needs); other ranks wait
@@ -92,7 +92,7 @@ ATTROP_KEY = "attrop"
 ATTROP_STATUSES = ("converged", "not_converged", "too_close")
 
 
-def attrop_centres(recipe: Recipe, layout: RunLayout, bank: IdentityBank, renderer: Renderer | None) -> IdentityBank:
+def attrop_centres(recipe: Recipe, layout: RunLayout, bank: IdentityBank, renderer: RendererLike | None) -> IdentityBank:
     """`bank` with its centres optimised by AttrOP (`identities.attrop`), or `bank` itself when unset.
 
     Computed once and saved to attrop.safetensors (`vectors`: the unit centres rendered; metadata
@@ -152,22 +152,23 @@ def _read_attrop(path: Path, bank: IdentityBank) -> tuple[np.ndarray, list[dict]
     return vectors, records
 
 
-def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -> tuple[np.ndarray, list[dict]]:
+def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: RendererLike | None) -> tuple[np.ndarray, list[dict]]:
     import torch
 
-    from synthface.pipelines.vec2face_attrop import AttrOPConfig, attrop
-
     cfg = recipe.identities.attrop
-    if renderer is None or not _takes_attrop(renderer):
+    family = getattr(renderer, "family", None)
+    if family is None or "attrop" not in family.options:
+        takers = [m for f in families() if "attrop" in f.options for m in f.models]
         raise InvalidInputError(
-            f"identities.attrop optimises centres through a Vec2Face generator, but generation.model = "
-            f"{recipe.generation.model!r} is not one. Use a Vec2Face model ('vec2face', 'vec2face-tiny') or remove "
-            "identities.attrop."
+            f"identities.attrop optimises centres through a generator that declares AttrOP, but generation.model = "
+            f"{recipe.generation.model!r} does not. Use one that does ({', '.join(repr(m) for m in takers)}) or "
+            "remove identities.attrop."
         )
+    tools = family.attrop_tools()
     pose = cfg.yaw_target is not None
     estimators = attrop_estimators(cfg.estimators, renderer.device, bank.dim, pose=pose,
-                                   allow_pickle=recipe.generation.allow_pickle or None)
-    config = AttrOPConfig(lr=cfg.lr, max_steps=cfg.max_steps, max_retries=cfg.max_retries,
+                                   allow_pickle=recipe.generation.allow_pickle or None, tools=tools)
+    config = tools.AttrOPConfig(lr=cfg.lr, max_steps=cfg.max_steps, max_retries=cfg.max_retries,
                           quality_target=cfg.quality_target, max_identity_loss=cfg.max_identity_loss,
                           max_quality_gap=cfg.max_quality_gap, max_pose_error=cfg.max_pose_error,
                           identity_weight=cfg.identity_weight, quality_scale=cfg.quality_scale,
@@ -181,7 +182,7 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
         gens = [torch.Generator().manual_seed(derive_seed(recipe.seed, i, ATTROP_STREAM))
                 for i in range(lo, lo + len(rows))]
         yaw = torch.full((len(rows),), float(cfg.yaw_target)) if pose else None
-        result = attrop(renderer.pipeline, rows, rows, estimators, gens, config=config, yaw_target=yaw)
+        result = tools.attrop(renderer.pipeline, rows, rows, estimators, gens, config=config, yaw_target=yaw)
         out = torch.nn.functional.normalize(result.vectors.float(), dim=1).numpy()
         for j, st in enumerate(result.status):
             if st.converged:
@@ -198,15 +199,8 @@ def _run_attrop(recipe: Recipe, bank: IdentityBank, renderer: Renderer | None) -
     return optimised, records
 
 
-def _takes_attrop(renderer) -> bool:
-    """Whether the renderer's generator family declares AttrOP's tools (`GeneratorFamily.attrop_tools`)."""
-    family = getattr(renderer, "family", None)
-    if getattr(family, "attrop_tools", None) is not None:
-        return True
-    return getattr(family, "name", None) == "vec2face"  # TODO(lead): drop after generators merge
-
-
-def attrop_estimators(name: str, device, dim: int, *, pose: bool = False, allow_pickle: bool | None = None):
+def attrop_estimators(name: str, device, dim: int, *, pose: bool = False, allow_pickle: bool | None = None,
+                      tools=None):
     """AttrOP's judges. "vec2face": the registry's vec2face-arcface and vec2face-magface iresnet100s
     and, with `pose`, vec2face-6drepnet (`AttrOPEstimators.from_registry`, found locally:
     `synthface models download ...`); all are pickled .pth files, read only on the run's pickle opt-in
@@ -214,11 +208,16 @@ def attrop_estimators(name: str, device, dim: int, *, pose: bool = False, allow_
     fixed random projections of the 8x8-pooled image (plumbing only: they judge nothing about faces,
     and there is no tiny yaw judge, so `pose` is refused).
 
+    `tools` is the AttrOP module of the renderer's family (`GeneratorFamily.attrop_tools`); by default
+    that of the first registered family declaring "attrop".
+
     Raises ModelNotFoundError (a file not installed, naming its download command, or no pickle
     opt-in, naming it), FileFormatError (a damaged file) or InvalidInputError (tiny with `pose`)."""
     import torch
 
-    from synthface.pipelines.vec2face_attrop import AttrOPEstimators
+    if tools is None:  # the AttrOP of the (first) family that declares it
+        tools = next(f for f in families() if "attrop" in f.options).attrop_tools()
+    AttrOPEstimators = tools.AttrOPEstimators
 
     if name == "tiny":
         if pose:

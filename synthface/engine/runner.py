@@ -18,7 +18,7 @@ from synthface.engine.worker import MAX_IN_FLIGHT, ShardWorker, stage_report
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, RunInterruptedError, SynthfaceError
 from synthface.io import check_output_folder, output_errors
 from synthface.recipe import Recipe
-from synthface.render import Renderer
+from synthface.generators import RendererLike, renderer_name
 from synthface.runfolder import RunLayout, check_destination, lock_run, prepare_output, unit_name
 from synthface.stages import StageTimes
 
@@ -41,7 +41,7 @@ def run(
     *,
     ranks: Ranks | None = None,
     overwrite: bool = False,
-    renderer: Renderer | None = None,
+    renderer: RendererLike | None = None,
     analyzer=None,
     progress=None,
     command: str = "",
@@ -50,7 +50,7 @@ def run(
 ) -> RunSummary:
     """Make (or resume) the dataset of `recipe` in `out_dir`; see `synthface.engine`'s docstring.
 
-    `renderer` (a `synthface.render.Renderer`, or any callable `f(conditions, seeds) -> list of HxWx3 uint8
+    `renderer` (a `synthface.generators.Renderer`, or any callable `f(conditions, seeds) -> list of HxWx3 uint8
     arrays`) and `analyzer` default to the recipe's model and face analyser. `progress` is an
     object with `start(total_images, stage_times)`, `advance(images)` and `stop()` (the CLI passes a
     rich bar; `stage_times` is the live `StageTimes` of the render/analyse/write stages).
@@ -67,8 +67,21 @@ def run(
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
         if recipe.variation.pose is not None or recipe.identities.attrop is not None:
             renderer = build_renderer(recipe, ranks)  # so is a generator without pose control (loaded to find out)
+    elif not callable(renderer):
+        raise InvalidInputError(
+            f"engine.run(renderer=...) takes a callable f(conditions, seeds) -> list of (H, W, 3) uint8 arrays or a "
+            f"synthface.generators.Renderer, got {type(renderer).__name__}. Pass the function itself (not its "
+            "result), or leave renderer out to render with the recipe's generation.model."
+        )
     if recipe.variation.pose is not None:
-        renderer.require_poses(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
+        require = getattr(renderer, "require_poses", None)
+        if require is None:
+            raise InvalidInputError(
+                f"The recipe sets variation.pose, but the renderer {renderer_name(renderer)} is a plain function, "
+                "which takes no poses (a plain renderer is called as f(conditions, seeds)). Remove variation.pose, "
+                "or pass a synthface.generators.Renderer of a family that declares \"pose\"."
+            )
+        require(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
     with _resumable_interrupt(), output_errors(layout.root, action="write into the run folder"), \
             lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
@@ -171,12 +184,12 @@ def resolve_render_device(recipe: Recipe, ranks: Ranks):
         raise InvalidInputError(f"generation.device: {exc} In a recipe: --set generation.device=auto.") from None
 
 
-def build_renderer(recipe: Recipe, ranks: Ranks) -> Renderer:
-    """The recipe's generator as a `synthface.render.Renderer` on this rank's device
+def build_renderer(recipe: Recipe, ranks: Ranks) -> RendererLike:
+    """The recipe's generator as a `synthface.generators.Renderer` on this rank's device
     (`resolve_render_device`), with the recipe's speed settings (`compute.attention`,
     `compute.channels_last`, `compute.compile`)."""
-    from synthface.render import Optimizations, RenderSettings
-    from synthface.render import build_renderer as render_build
+    from synthface.generators import Optimizations, RenderSettings
+    from synthface.generators import build_renderer as render_build
 
     gen, compute = recipe.generation, recipe.compute
     return render_build(

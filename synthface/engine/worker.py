@@ -32,7 +32,7 @@ from synthface.filtering import FilterConfig, ImageVerdicts, filter_candidates, 
 from synthface.identity.perturb import perturb
 from synthface.io import fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
-from synthface.render import Renderer, check_images
+from synthface.generators import RendererLike, check_images, model_licence
 from synthface.runfolder import RunLayout, shard_unit
 from synthface.stages import Stage, StageTimes, run_stages
 
@@ -122,7 +122,7 @@ class ShardWorker:
     order. `stage_times` adds up over every unit.
     """
 
-    def __init__(self, recipe: Recipe, layout: RunLayout, renderer: Renderer, analyzer=None, *,
+    def __init__(self, recipe: Recipe, layout: RunLayout, renderer: RendererLike, analyzer=None, *,
                  max_in_flight: int = MAX_IN_FLIGHT, stage_times: StageTimes | None = None):
         if analyzer is not None:
             from synthface.faces import check_analyzer
@@ -255,9 +255,7 @@ class ShardWorker:
 
     def models(self) -> list[dict]:
         """What renders and judges the images, with licences: the dataset card lists these."""
-        from synthface.weights import licence
-
-        gen = licence(self.recipe.generation.model)
+        gen = model_licence(self.recipe.generation.model)
         out = [{"name": self.recipe.generation.model, "role": "generator", "licence": gen.text,
                 "restricted": gen.restricted}]
         if self.analyzer is not None:

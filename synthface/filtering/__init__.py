@@ -13,7 +13,7 @@ collisions, greedy packing) and `quality` (pose, sharpness, quality score). This
 their public names.
 """
 
-from synthface.filtering._arrays import BLOCK, _mm, class_centres, unit_rows
+from synthface.filtering._arrays import BLOCK, class_centres, gram_block, unit_rows
 from synthface.filtering.config import (
     DROP_REASONS,
     KEPT,
@@ -34,7 +34,7 @@ from synthface.filtering.quality import SHARPNESS_REF, pose_from_landmarks, qual
 
 __all__ = [
     "BLOCK", "DROP_REASONS", "KEPT", "SHARPNESS_REF", "FilterConfig", "FilterResult", "IdentityVerdict",
-    "ImageVerdicts", "_mm", "class_centres", "collision_losers", "curve_points", "filter_candidates",
+    "ImageVerdicts", "gram_block", "class_centres", "collision_losers", "curve_points", "filter_candidates",
     "find_collisions", "greedy_pack", "judge_identities", "keep_first", "near_duplicates", "pose_from_landmarks",
     "quality_failures", "quality_score", "robust_centres", "sharpness", "surplus", "unit_rows",
 ]

@@ -37,7 +37,7 @@ def class_centres(unit: np.ndarray, inv: np.ndarray, mask: np.ndarray, n: int) -
     return out.astype(np.float32)
 
 
-def _mm(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:
+def gram_block(a: np.ndarray, b: np.ndarray, device: str | None) -> np.ndarray:
     """a @ b.T as float32 numpy, on a torch device when one is named."""
     if device is None:
         return a @ b.T

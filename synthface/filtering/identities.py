@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from synthface.errors import InvalidInputError
-from synthface.filtering._arrays import BLOCK, _as_embeddings, _as_labels, _mm, _unit_or_nan, class_centres, unit_rows
+from synthface.filtering._arrays import BLOCK, _as_embeddings, _as_labels, _unit_or_nan, class_centres, gram_block, unit_rows
 from synthface.filtering.config import IdentityVerdict
 
 
@@ -83,7 +83,7 @@ def find_collisions(
         j_from = i0 if other is None else 0
         for j0 in range(j_from, ys.size, block):
             b = ys[j0 : j0 + block]
-            g = _mm(x[a], y[b], device)
+            g = gram_block(x[a], y[b], device)
             if other is None and j0 == i0:
                 g = np.triu(g, k=1) + np.tril(np.full_like(g, -2.0))
             ia, ib = np.nonzero(g > threshold)
@@ -126,7 +126,7 @@ def greedy_pack(
         rejected = {t: np.zeros(rows.size, dtype=bool) for t in thresholds}
         lowest = min(thresholds)
         for prev in pool_rows:
-            g = _mm(xb, x[prev], device)
+            g = gram_block(xb, x[prev], device)
             near = np.flatnonzero(g.max(axis=1) > lowest)  # usually few rows: only they need masking
             if near.size:
                 g = g[near]
@@ -134,7 +134,7 @@ def greedy_pack(
                     cols = keep[t][prev]
                     if cols.any():
                         rejected[t][near] |= (g[:, cols] > t).any(axis=1)
-        g = _mm(xb, xb, device)
+        g = gram_block(xb, xb, device)
         for t in thresholds:
             keep[t][rows] = _greedy_block(g, ~rejected[t], t)
         union = np.zeros(rows.size, dtype=bool)

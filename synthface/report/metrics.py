@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.filtering import _mm, curve_points, greedy_pack
+from synthface.filtering import curve_points, gram_block, greedy_pack
 from synthface.seeds import GENUINE_PAIRS_STREAM, IMPOSTOR_ROWS_STREAM
 
 ACCEPT_ALL = -2.0
@@ -147,7 +147,7 @@ def impostor_scores(
     lab = np.asarray(identity)[rows]
     parts = []
     for s in range(0, rows.size, 1024):
-        g = _mm(x[s : s + 1024], x, None)
+        g = gram_block(x[s : s + 1024], x, None)
         ii, jj = np.nonzero((np.arange(s, s + g.shape[0])[:, None] < np.arange(rows.size)[None, :]) & (lab[s : s + 1024, None] != lab[None, :]))
         parts.append(g[ii, jj])
     return (np.concatenate(parts) if parts else np.zeros(0, np.float32)).astype(np.float32), exact
@@ -209,7 +209,7 @@ def leakage(centres: np.ndarray, reference: np.ndarray, labels: np.ndarray, *, t
     for s in range(0, valid.size, block):
         a = centres[valid[s : s + block]]
         for r0 in range(0, ref.shape[0], block):
-            g = _mm(a, ref[r0 : r0 + block], None)
+            g = gram_block(a, ref[r0 : r0 + block], None)
             j = g.argmax(axis=1)
             v = g[np.arange(g.shape[0]), j]
             better = v > best[s : s + block]

@@ -78,9 +78,9 @@ def test_a_converged_centre_too_close_to_another_is_reverted(monkeypatch, tmp_pa
     assert np.array_equal(vectors, bank.vectors)
 
 
-def test_attrop_needs_a_vec2face_generator(tmp_path):
+def test_attrop_needs_a_generator_that_declares_it(tmp_path):
     recipe = load_recipe("smoke", [*ATTROP, "generation.model='tiny'"])
-    with pytest.raises(InvalidInputError, match="identities.attrop.*Vec2Face"):
+    with pytest.raises(InvalidInputError, match="identities.attrop.*declares AttrOP.*'tiny' does not.*'vec2face'"):
         engine.run(recipe, tmp_path / "run")
     assert load_recipe("smoke").fingerprint() == "9510f151679a89ce"  # unset: fingerprints as before
 

@@ -564,3 +564,25 @@ def test_ranks_of_one_job_share_the_folder_but_not_a_rank(tmp_path):
     assert layout.lock_file(1).read_text() == ""  # released: nobody named as holder
     with engine.lock_run(layout, engine.Ranks()):
         pass
+
+
+def test_a_renderer_that_is_not_callable_is_refused_before_the_folder_exists(tmp_path):
+    """Issue 22, class 8: engine.run(renderer=<not a function>) was a TypeError traceback mid-run."""
+    from synthface.errors import InvalidInputError
+    from tests.helpers.engine import noise_renderer, small_recipe
+
+    images = noise_renderer()(__import__("numpy").zeros((1, 64), "float32"), [0])  # a result, not the function
+    with pytest.raises(InvalidInputError, match="takes a callable .* got list. Pass the function itself"):
+        engine.run(small_recipe(), tmp_path / "run", renderer=images)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plain_function_with_a_pose_recipe_is_refused_naming_it(tmp_path):
+    """Issue 22, class 8: a plain f(conditions, seeds) takes no poses; was an AttributeError traceback."""
+    from synthface.errors import InvalidInputError
+    from tests.helpers.engine import noise_renderer, small_recipe
+
+    recipe = small_recipe(variation={"pose": {"yaw": [-30.0, 30.0]}})
+    with pytest.raises(InvalidInputError, match=r"the renderer .*render is a plain function, which takes no poses"):
+        engine.run(recipe, tmp_path / "run", renderer=noise_renderer())
+    assert not (tmp_path / "run").exists()
