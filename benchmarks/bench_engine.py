@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
     else:
         start = time.perf_counter()
         if args.full_size_vec2face:
-            from synthface.generators.vec2face.testing import full_size_vec2face_pipeline
             from synthface.generators import build_renderer as renderer_for
+            from synthface.generators.vec2face.testing import full_size_vec2face_pipeline
 
             renderer = renderer_for(full_size_vec2face_pipeline(), name="vec2face")
         else:

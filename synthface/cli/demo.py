@@ -26,8 +26,8 @@ def demo(
 
     Uploads and generated zips live in a private temporary folder, removed when the demo stops.
     """
-    from synthface.demo.session import DemoSession, default_model, require_model_weights, weights_notice
     from synthface.demo.page import build_demo, check_port_free, launch_demo, require_gradio
+    from synthface.demo.session import DemoSession, default_model, require_model_weights, weights_notice
     from synthface.faces import require_registered
 
     require_registered(analyzer)

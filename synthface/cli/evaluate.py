@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-
 from typer.core import TyperGroup
 
 console = Console()

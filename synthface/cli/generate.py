@@ -127,8 +127,8 @@ def _render_into(out: Path, renderer, vectors, images_per_id: int, seed: int, ba
     import shutil
     import tempfile
 
-    from synthface.seeds import derive_seed
     from synthface.io import fsync_tree, output_errors
+    from synthface.seeds import derive_seed
 
     created = out  # the first folder on the way that this command creates, removed again on failure
     while not created.parent.exists():

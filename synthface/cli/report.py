@@ -84,9 +84,9 @@ def report(
 def _analyzer_for(run_dir: Path, name: str | None):
     """The analyser to embed a run without embeddings: `name`, else the recipe's (with its options),
     else dlib; None for a run that has embeddings (nothing is loaded then)."""
-    from synthface.runfolder import RunLayout, load_run_recipe
     from synthface.faces import get_analyzer
     from synthface.report.run import map_tensor
+    from synthface.runfolder import RunLayout, load_run_recipe
 
     layout = RunLayout(run_dir)
     if not layout.embeddings.is_file() or map_tensor(layout.embeddings, "embeddings").shape[1:] != (0,):

@@ -13,14 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -48,9 +41,8 @@ def run_command(
     """Turn a recipe into a finished training set; rerun the same command to resume."""
     from synthface import engine
     from synthface.distributed import ranks_from_environment
-    from synthface.recipe import load_recipe
-
     from synthface.io import check_output_folder
+    from synthface.recipe import load_recipe
 
     spec = load_recipe(recipe, set_ or [])
     out_dir = check_output_folder(out or Path("out") / spec.name, what="run folder")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -216,8 +215,8 @@ class DemoSession:
     def render(self, identity: Identity, settings: Settings, model: str) -> list[Rendered]:
         """Render `settings.num_images` images of `identity`, then judge each one. Steps and
         guidance reach the renderer per request (families without them ignore them)."""
-        from synthface.identity import perturb
         from synthface.generators import RenderSettings
+        from synthface.identity import perturb
 
         settings.check()
         seeds = settings.image_seeds()

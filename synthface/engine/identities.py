@@ -13,11 +13,11 @@ import numpy as np
 
 from synthface.distributed import Ranks, wait_until
 from synthface.errors import FileFormatError, InvalidInputError
+from synthface.generators import RendererLike, families
 from synthface.identity.bank import IdentityBank, load_bank, load_vectors
 from synthface.identity.sample import sample_identities
 from synthface.io import atomic_write_bytes, safetensors_bytes
 from synthface.recipe import Recipe
-from synthface.generators import RendererLike, families
 from synthface.runfolder import RunLayout
 from synthface.seeds import ATTROP_STREAM, derive_seed
 

@@ -14,7 +14,6 @@ from synthface.runfolder import RunLayout, shard_unit
 from synthface.seeds import IMAGE_MIXTURE_STREAM, POSE_STREAM, derive_seed
 
 
-
 @dataclass(frozen=True)
 class ImageTask:
     """One candidate image. `round` counts the identity's rendering rounds over all its vectors;

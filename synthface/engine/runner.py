@@ -16,9 +16,9 @@ from synthface.engine.plan import num_shards, shard_identities
 from synthface.engine.resample import resample_collisions, resample_units_done
 from synthface.engine.worker import MAX_IN_FLIGHT, ShardWorker, stage_report
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, RunInterruptedError, SynthfaceError
+from synthface.generators import RendererLike, renderer_name
 from synthface.io import check_output_folder, output_errors
 from synthface.recipe import Recipe
-from synthface.generators import RendererLike, renderer_name
 from synthface.runfolder import RunLayout, check_destination, lock_run, prepare_output, unit_name
 from synthface.stages import StageTimes
 

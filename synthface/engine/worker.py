@@ -29,10 +29,10 @@ from synthface.engine.plan import ImageTask, plan_identity, shard_identities
 from synthface.errors import InvalidInputError, OutputPathError
 from synthface.export.manifest import manifest_row, write_manifest
 from synthface.filtering import FilterConfig, ImageVerdicts, filter_candidates, keep_first
+from synthface.generators import RendererLike, check_images, model_licence
 from synthface.identity.perturb import perturb
 from synthface.io import fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
-from synthface.generators import RendererLike, check_images, model_licence
 from synthface.runfolder import RunLayout, shard_unit
 from synthface.stages import Stage, StageTimes, run_stages
 

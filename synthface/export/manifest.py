@@ -18,6 +18,7 @@ from pathlib import Path
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.io import atomic_path
 
+
 @dataclass(frozen=True)
 class Column:
     """One manifest column: its name, its pyarrow type, what it means, and whether every manifest has it."""

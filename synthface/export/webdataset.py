@@ -16,7 +16,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from synthface.errors import FileFormatError, InvalidInputError
-from synthface.export._common import ExportFormat, ExportReader, ExportSummary, Sample, SampleChecker, Spool, dump_meta, staged_dir
+from synthface.export._common import (
+    ExportFormat,
+    ExportReader,
+    ExportSummary,
+    Sample,
+    SampleChecker,
+    Spool,
+    dump_meta,
+    staged_dir,
+)
 
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_GLOB = "shard-*.tar"

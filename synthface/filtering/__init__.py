@@ -14,14 +14,7 @@ their public names.
 """
 
 from synthface.filtering._arrays import BLOCK, class_centres, gram_block, unit_rows
-from synthface.filtering.config import (
-    DROP_REASONS,
-    KEPT,
-    FilterConfig,
-    FilterResult,
-    IdentityVerdict,
-    ImageVerdicts,
-)
+from synthface.filtering.config import DROP_REASONS, KEPT, FilterConfig, FilterResult, IdentityVerdict, ImageVerdicts
 from synthface.filtering.identities import (
     collision_losers,
     curve_points,

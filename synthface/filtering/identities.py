@@ -9,7 +9,15 @@ from typing import Literal
 import numpy as np
 
 from synthface.errors import InvalidInputError
-from synthface.filtering._arrays import BLOCK, _as_embeddings, _as_labels, _unit_or_nan, class_centres, gram_block, unit_rows
+from synthface.filtering._arrays import (
+    BLOCK,
+    _as_embeddings,
+    _as_labels,
+    _unit_or_nan,
+    class_centres,
+    gram_block,
+    unit_rows,
+)
 from synthface.filtering.config import IdentityVerdict
 
 

@@ -9,7 +9,6 @@ any work is done.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -89,23 +88,6 @@ class CheckedPipelineMixin:
         with output_errors(folder, action="save the pipeline into"):
             return super().save_pretrained(save_directory, *args, **kwargs)
 
-
-def check_int(name: str, value, low: int, high: int | None, *, why: str = "") -> None:
-    """`value` is an int (not a bool) in [low, high]; else an InvalidInputError naming the bound."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if ok and value >= low and (high is None or value <= high):
-        return
-    bound = f"from {low} to {high}" if high is not None else f"{low} or more"
-    raise InvalidInputError(f"{name} must be an integer {bound}, got {value!r}{f' ({why})' if why else ''}.")
-
-def check_real(name: str, value, low: float, high: float, *, why: str = "") -> None:
-    """`value` is a finite real number in [low, high]; NaN and inf are refused by name."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if ok and math.isfinite(value) and low <= value <= high:
-        return
-    raise InvalidInputError(
-        f"{name} must be a finite number from {low:g} to {high:g}, got {value!r}{f' ({why})' if why else ''}."
-    )
 
 def check_id_embeds(id_embeds, dim: int) -> torch.Tensor:
     """Validate ID vectors and return them as (N, dim) float32 unit rows on the CPU.

@@ -17,7 +17,6 @@ pipeline takes `id_embeds`, `generator` and `output_type="pt"` (floats in [0, 1]
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

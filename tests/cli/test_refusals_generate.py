@@ -180,7 +180,7 @@ def test_ids_sample_file_system_errors_are_one_message_and_write_nothing(tmp_pat
 def photo(tmp_path_factory) -> pathlib.Path:
     from PIL import Image
 
-    from tests.faces_fixtures import astronaut
+    from tests.helpers.faces import astronaut
 
     path = tmp_path_factory.mktemp("photo") / "a.png"
     Image.fromarray(astronaut()).save(path)

@@ -25,7 +25,7 @@ if not CHROMIUM.is_file():
     )
 
 from synthface import demo_page  # noqa: E402 (after the skip checks above)
-from tests.faces_fixtures import T1  # noqa: E402
+from tests.helpers.faces import T1  # noqa: E402
 
 NUM_IMAGES = 4  # the page's default
 

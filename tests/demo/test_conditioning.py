@@ -10,14 +10,14 @@ from PIL import Image
 
 from synthface import demo as demo_lib
 from synthface import demo_page, weights
-from synthface.generators import conditioning
-from synthface.generators.vec2face import conditioning as vec2face_conditioning
 from synthface.errors import InvalidInputError, ModelNotFoundError
 from synthface.faces import norm_crop
 from synthface.fr.backbones import iresnet
+from synthface.generators import conditioning
+from synthface.generators.vec2face import conditioning as vec2face_conditioning
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
-from tests.faces_fixtures import astronaut, dlib_analyzer
-from tests.test_faces_onnx import random_recogniser_bytes
+from tests.helpers.faces import astronaut, dlib_analyzer
+from tests.helpers.faces_onnx import random_recogniser_bytes
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from synthface import demo_page
 from synthface.errors import ModelNotFoundError
 from synthface.faces import load_image
 from synthface.render import GeneratorFamily, Renderer
-from tests.faces_fixtures import HANKS, T1, astronaut, dlib_analyzer
+from tests.helpers.faces import HANKS, T1, astronaut, dlib_analyzer
 
 CAPTION = re.compile(r"^(no face found|ID cos -?\d\.\d\d → (keep|drop)) · #(\d) seed (\d+) · condition cos (\d\.\d\d)$")
 TINY_CONTROLS = {"steps": 2, "guidance": 3.0, "randomize_seed": False, "lcm": False, "model_choice": "tiny"}

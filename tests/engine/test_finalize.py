@@ -12,13 +12,7 @@ import pytest
 
 from synthface import engine
 from synthface.faces import get_analyzer
-from tests.helpers.engine import (
-    PhotoRenderer,
-    noise_renderer,
-    photo_recipe,
-    run_photos,
-    small_recipe,
-)
+from tests.helpers.engine import PhotoRenderer, noise_renderer, photo_recipe, run_photos, small_recipe
 
 
 def test_drop_policy_drops_the_later_identity_of_a_collision(tmp_path):

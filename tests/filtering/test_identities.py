@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthface.filtering import FilterConfig, collision_losers, filter_candidates, find_collisions, greedy_pack, judge_identities
+from synthface.filtering import (
+    FilterConfig,
+    collision_losers,
+    filter_candidates,
+    find_collisions,
+    greedy_pack,
+    judge_identities,
+)
 from tests.helpers.filtering import planted_set, unit
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("dlib")
 
 from synthface.faces import DLIB_SAME_PERSON_COS
 from synthface.filtering import FilterConfig, filter_candidates, judge_identities
-from tests.faces_fixtures import dlib_analyzer, t1_faces, t1_image
+from tests.helpers.faces import dlib_analyzer, t1_faces, t1_image
 
 AUGMENT = (
     lambda im: im,

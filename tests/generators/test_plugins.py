@@ -19,7 +19,7 @@ def plugin(tmp_path, monkeypatch):
 
 
 def test_an_installed_plugin_is_a_family_like_the_built_in_ones(plugin):
-    from synthface.generators import family_for, families, generator_names
+    from synthface.generators import families, family_for, generator_names
 
     family = family_for("disc")
     assert family.name == "disc" and type(family).__module__ == "synthface_disc"

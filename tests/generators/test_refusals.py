@@ -295,9 +295,9 @@ def test_a_pickled_lora_is_never_swapped_for_an_unrelated_safetensors_beside_it(
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
+    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
     from synthface.io import safetensors_bytes
     from synthface.pipelines import Arc2FacePipeline
-    from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
     from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 
     def lora(seed):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from synthface import generators as render
-from synthface.generators import registry
 from synthface.errors import InvalidInputError
+from synthface.generators import registry
 from synthface.render import GeneratorFamily, Optimizations, RenderSettings, build_renderer, family_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)

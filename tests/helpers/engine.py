@@ -36,7 +36,7 @@ def face_crops(size: int = 160) -> list[np.ndarray]:
     """The six faces of t1.jpg, each cut with a wide margin so that dlib finds it again."""
     from PIL import Image
 
-    from tests.faces_fixtures import t1_faces, t1_image
+    from tests.helpers.faces import t1_faces, t1_image
 
     image = t1_image()
     crops = []

@@ -106,7 +106,6 @@ def _onnx_recognizer(path: Path, device) -> Recognizer:
     """onnxruntime on the CPU; on a CUDA device the graph runs as torch ops (no onnxruntime-gpu needed)."""
     from synthface.devices import resolve_device
     from synthface.faces.onnx_backend import ArcFaceRecognizer
-
     from synthface.faces.onnx_torch import float_initializers, read_onnx
 
     check_finite(dict(float_initializers(read_onnx(path, "Recogniser"))), str(path))

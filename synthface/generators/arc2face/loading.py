@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from synthface.errors import ModelNotFoundError
-from synthface.generators.arc2face.pipeline import Arc2FacePipeline, default_scheduler
 from synthface.generators._checks import check_device, check_dtype
+from synthface.generators.arc2face.pipeline import Arc2FacePipeline, default_scheduler
 from synthface.weights import pickle_allowed, pickle_refusal, pickled_only
 
 ARC2FACE_REPO = "FoivosPar/Arc2Face"

@@ -24,9 +24,10 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from synthface.checks import check_int, check_real
 from synthface.errors import DeviceMemoryError, InvalidInputError, ModelNotFoundError
+from synthface.generators._checks import CheckedPipelineMixin, check_id_embeds
 from synthface.generators.arc2face import id_encoder
-from synthface.generators._checks import CheckedPipelineMixin, check_id_embeds, check_int, check_real
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Largest output side accepted, in pixels (4x Arc2Face's native 512; as a recipe's `resolution`).

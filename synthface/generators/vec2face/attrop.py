@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from synthface.checks import check_int, check_real
 from synthface.errors import InvalidInputError
-from synthface.generators._checks import check_id_embeds, check_int, check_real
+from synthface.generators._checks import check_id_embeds
 
 #: images (B, 3, 112, 112) RGB in [-1, 1] -> (B, D) features (identity, quality) or (B,) yaw degrees.
 Estimator = Callable[[torch.Tensor], torch.Tensor]

@@ -21,9 +21,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from synthface.checks import check_int, check_real
 from synthface.errors import DeviceMemoryError, InvalidInputError
-from synthface.generators._checks import CheckedPipelineMixin
-from synthface.generators._checks import check_id_embeds, check_int, check_real
+from synthface.generators._checks import CheckedPipelineMixin, check_id_embeds
 from synthface.generators.vec2face.landmarks import IMAGE_SIZE, landmarks_to_tensor, render_pose_landmarks
 from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel, masks_from_noise, token_count
 

@@ -13,8 +13,8 @@ def full_size_vec2face_pipeline(*, plus: bool = False, device: str | torch.devic
                                 dtype: torch.dtype = torch.float32):
     """The published architecture (174M parameters; with `plus`, Vec2Face+'s LoRA and pose model)
     with `deterministic_tensor` weights: the golden-value model of VEC2FACE.md. Output is not a face."""
-    from synthface.generators.vec2face.pipeline import Vec2FacePipeline
     from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
+    from synthface.generators.vec2face.pipeline import Vec2FacePipeline
 
     with torch.device("meta"):
         vec2face = Vec2FaceModel(lora_rank=8 if plus else 0)

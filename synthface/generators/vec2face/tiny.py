@@ -43,8 +43,8 @@ TINY_VEC2FACE = dict(embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=64, d
 def tiny_vec2face_pipeline(*, plus: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A `Vec2FacePipeline` at `TINY_VEC2FACE` size with `deterministic_tensor` weights (512-d IDs in,
     112x112 out); `plus=True` adds rank-4 LoRA adapters (alpha 32) and a pose model, as Vec2Face+'s pose file."""
-    from synthface.generators.vec2face.pipeline import Vec2FacePipeline
     from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
+    from synthface.generators.vec2face.pipeline import Vec2FacePipeline
 
     return vec2face_pipeline_from_rule(Vec2FaceModel(**TINY_VEC2FACE, lora_rank=4 if plus else 0),
                                        PoseConditionModel(dim=TINY_VEC2FACE["embed_dim"]) if plus else None,

@@ -20,7 +20,7 @@ from synthface.errors import FileFormatError, InvalidInputError, OutputPathError
 from synthface.fr.backbones import iresnet
 from synthface.fr.benchmarks.bin import BIN_MAX_PIXELS, read_bin, write_bin
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
-from tests.faces_fixtures import astronaut, dlib_analyzer, t1_faces, t1_image
+from tests.helpers.faces import astronaut, dlib_analyzer, t1_faces, t1_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 

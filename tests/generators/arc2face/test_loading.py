@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from synthface.errors import ModelNotFoundError
-from synthface.pipelines import Arc2FacePipeline, load_arc2face
 from synthface.generators.arc2face.testing import save_tiny_published_layout
 from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
+from synthface.pipelines import Arc2FacePipeline, load_arc2face
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 

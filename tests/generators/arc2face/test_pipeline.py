@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from synthface.errors import DeviceMemoryError, InvalidInputError
-from synthface.pipelines import Arc2FacePipeline, Arc2FacePipelineOutput
 from synthface.generators.arc2face.id_encoder import ARC2FACE_PROMPT, id_token_id
 from synthface.generators.arc2face.tiny import TINY_SIZE, tiny_arc2face_pipeline
+from synthface.pipelines import Arc2FacePipeline, Arc2FacePipelineOutput
 
 STEPS = 3  # enough for a multistep scheduler to use its history; keeps each call well under a second
 

@@ -7,8 +7,8 @@ import torch
 
 from synthface.errors import InvalidInputError
 from synthface.fr.backbones import iresnet
-from synthface.pipelines import load_vec2face
 from synthface.generators.vec2face.attrop import AttrOPConfig, AttrOPEstimators, attrop
+from synthface.pipelines import load_vec2face
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -96,9 +96,9 @@ def test_generate_renders_vec2face_at_its_native_size(tmp_path, capsys):
 
 
 def test_the_hsface10k_vec2face_recipe_is_the_published_procedure():
-    from synthface.recipe import shipped_recipe
     from synthface.generators import family_for
     from synthface.generators.vec2face.family import Vec2FaceFamily
+    from synthface.recipe import shipped_recipe
 
     shipped = shipped_recipe("hsface10k-vec2face")
     recipe = load_recipe(shipped.path)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthface.pipelines import MaskRatio, load_vec2face
+from synthface.generators.vec2face.model import UNUSED_KEYS, masks_from_noise, token_count
 from synthface.generators.vec2face.testing import full_size_vec2face_pipeline
 from synthface.generators.vec2face.tiny import deterministic_tensor
-from synthface.generators.vec2face.model import UNUSED_KEYS, masks_from_noise, token_count
+from synthface.pipelines import MaskRatio, load_vec2face
 
 SHAPES = Path(__file__).resolve().parents[4] / "shared" / "data" / "vec2face_state_dict.json"
 

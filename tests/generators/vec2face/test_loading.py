@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from synthface.errors import FileFormatError, ModelNotFoundError
-from synthface.pipelines import load_vec2face
 from synthface.generators.arc2face.testing import save_tiny_published_layout
 from synthface.generators.vec2face.model import PoseConditionModel, Vec2FaceModel
+from synthface.pipelines import load_vec2face
 
 SHAPES = Path(__file__).resolve().parents[4] / "shared" / "data" / "vec2face_state_dict.json"
 

@@ -11,10 +11,10 @@ import torch
 
 from synthface.errors import InvalidInputError
 from synthface.faces.align import ARCFACE_TEMPLATE
-from synthface.pipelines import MASK_PRESETS, MaskRatio, load_vec2face
-from synthface.generators.vec2face.pipeline import to_uint8
 from synthface.generators.vec2face.landmarks import DOT_COLOURS, draw_landmarks, project_points, render_pose_landmarks
 from synthface.generators.vec2face.model import masks_from_noise, token_count
+from synthface.generators.vec2face.pipeline import to_uint8
+from synthface.pipelines import MASK_PRESETS, MaskRatio, load_vec2face
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

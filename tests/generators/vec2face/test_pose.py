@@ -134,9 +134,9 @@ def test_pose_ranges_are_checked_and_unset_poses_keep_old_fingerprints():
 
 
 def test_the_shipped_pose_recipe():
-    from synthface.recipe import shipped_recipe
     from synthface.generators import family_for
     from synthface.generators.vec2face.family import Vec2FaceFamily
+    from synthface.recipe import shipped_recipe
 
     shipped = shipped_recipe("vec2face-plus-pose")
     recipe = load_recipe(shipped.path)

@@ -12,7 +12,6 @@ from scipy.spatial.transform import Rotation
 from synthface import weights
 from synthface.errors import FileFormatError, ModelNotFoundError
 from synthface.fr.backbones import iresnet
-from synthface.pipelines import load_vec2face
 from synthface.generators.vec2face.attrop import AttrOPConfig, AttrOPEstimators, attrop
 from synthface.generators.vec2face.pose import (
     SixDRepNet,
@@ -21,6 +20,7 @@ from synthface.generators.vec2face.pose import (
     read_sixdrepnet_state,
     rotation_from_6d,
 )
+from synthface.pipelines import load_vec2face
 
 PUBLISHED = "6DRepNet_300W_LP_AFLW2000.pth"
 PUBLISHED_BYTES = 157_315_191  # VEC2FACE.md / synthface.weights (vec2face-6drepnet)

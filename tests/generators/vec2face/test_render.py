@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from synthface import generators as render
-from synthface.generators import registry
 from synthface.errors import InvalidInputError
-from synthface.generators import Optimizations, RenderSettings, build_renderer, family_for
+from synthface.generators import Optimizations, RenderSettings, build_renderer, family_for, registry
 from synthface.generators.vec2face.family import Vec2FaceFamily
 
 pytestmark = pytest.mark.usefixtures("one_thread")

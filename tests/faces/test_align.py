@@ -14,7 +14,7 @@ from synthface.faces.align import (
     transform_points,
     warp_affine_torch,
 )
-from tests.faces_fixtures import t1_image
+from tests.helpers.faces import t1_image
 
 
 def random_similarity(rng, scale=None):

@@ -6,7 +6,7 @@ import json
 
 from synthface.report import write_report
 from synthface.report.recognisers import recogniser_results
-from tests.test_report import hand_example
+from tests.helpers.report import hand_example
 
 
 def results(average: float, **sets: float) -> str:

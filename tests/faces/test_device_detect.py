@@ -27,8 +27,8 @@ from synthface.faces.onnx_torch import onnx_to_torch
 from synthface.faces.scrfd import ScrfdDetector, greedy_nms, nms_groups
 from synthface.faces.testing import random_scrfd_bytes
 from tests.helpers.engine import small_recipe
-from tests.test_faces_device import photos
-from tests.test_faces_onnx import random_recogniser_bytes
+from tests.helpers.faces_onnx import random_recogniser_bytes
+from tests.helpers.faces_photos import photos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,7 +20,7 @@ import pytest
 from tests.cli_helpers import assert_clean_refusal, run_cli, run_cli_inprocess
 from tests.helpers.engine import read_labels, tree_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "pipelines" / "smoke.toml"
 
 

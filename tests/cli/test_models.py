@@ -29,12 +29,12 @@ from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError
 from synthface.faces import get_analyzer, load_image
 from synthface.faces.dlib_backend import DLIB_MAX_DETECT_PIXELS
 from synthface.faces.image import MAX_ASPECT_RATIO
-from synthface.pipelines import Arc2FacePipeline, load_arc2face
 from synthface.generators.arc2face.pipeline import MAX_GUIDANCE_SCALE, MAX_IMAGE_SIDE
 from synthface.generators.arc2face.testing import save_tiny_published_layout
 from synthface.generators.arc2face.tiny import tiny_arc2face_pipeline
+from synthface.pipelines import Arc2FacePipeline, load_arc2face
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
-from tests.faces_fixtures import dlib_analyzer
+from tests.helpers.faces import dlib_analyzer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 

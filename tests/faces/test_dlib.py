@@ -17,7 +17,7 @@ from synthface.faces import (
     norm_crop,
 )
 from synthface.faces.dlib_backend import DLIB_TYPICAL_NORM
-from tests.faces_fixtures import HANKS, astronaut, dlib_analyzer, t1_faces, t1_image
+from tests.helpers.faces import HANKS, astronaut, dlib_analyzer, t1_faces, t1_image
 
 
 def test_finds_the_six_people_largest_first():

@@ -14,7 +14,7 @@ from synthface import weights
 from synthface.errors import ImageError, ModelNotFoundError, NoFaceError
 from synthface.faces import DLIB_SAME_PERSON_COS, get_analyzer, load_image
 from tests.cli_helpers import run_cli
-from tests.faces_fixtures import HANKS, T1, astronaut
+from tests.helpers.faces import HANKS, T1, astronaut
 
 
 class Result:

@@ -4,20 +4,12 @@ the onnxruntime path's Face results on real photos, here on the CPU device."""
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from synthface import engine
 from synthface.faces import get_analyzer
-from tests.helpers.engine import face_crops, small_recipe
-from tests.faces_fixtures import t1_image
-from tests.test_faces_onnx import random_recogniser_bytes
-
-
-def photos() -> list[np.ndarray]:
-    """t1.jpg (six people) and its six faces cut out at two sizes: three image shapes in one batch."""
-    crops = face_crops()
-    resized = [np.asarray(Image.fromarray(c).resize((200, 200), Image.BICUBIC)) for c in crops[:3]]
-    return [t1_image(), *crops, *resized]
+from tests.helpers.engine import small_recipe
+from tests.helpers.faces_onnx import random_recogniser_bytes
+from tests.helpers.faces_photos import photos
 
 
 def test_device_analysis_gives_the_onnxruntime_faces(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from synthface.report import write_report
-from tests.test_report import write_run
+from tests.helpers.report import write_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (

@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
-from tests.test_report import hand_example
+from tests.helpers.report import hand_example
 
 
 def test_unknown_analyser_is_refused_even_when_the_run_has_embeddings(tmp_path, capsys):

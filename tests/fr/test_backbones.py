@@ -20,7 +20,7 @@ from synthface.fr.backbones import (
 )
 
 # Names and shapes of arcface_torch's iresnet50/iresnet100 state dicts, in order (a data fixture).
-REFERENCE = json.loads((Path(__file__).parent / "data" / "iresnet_state_dict.json").read_text())
+REFERENCE = json.loads((Path(__file__).resolve().parents[1] / "data" / "iresnet_state_dict.json").read_text())
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
