@@ -19,10 +19,12 @@ from rich.text import Text
 
 console = Console()
 
-LICENCE_NOTE = (
-    "Pretrained face models carry non-commercial licences: Arc2Face weights (trained on WebFace42M) "
-    "and insightface models are for non-commercial research only; the dataset card records which models made the data."
-)
+def licence_note(model: str) -> str:
+    """What the console says before a run: the generator's licence as its family declares it."""
+    from synthface.generators import model_licence
+
+    return (f"Generator {model}: {model_licence(model)}. Pretrained face models carry their own, mostly "
+            "non-commercial, licences; the dataset card records every model that made the data and its terms.")
 
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +53,7 @@ def run_command(
     _print_plan(spec, plan, out_dir, ranks)
     if dry_run:
         return
-    console.print(f"[dim]{LICENCE_NOTE}[/]")
+    console.print(Text(licence_note(spec.generation.model), style="dim"))
     command = "synthface run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     start = time.perf_counter()
     with _engine_warnings_on_stderr():

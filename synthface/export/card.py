@@ -14,7 +14,6 @@ from pathlib import Path
 
 from synthface.io import atomic_write_bytes
 
-NON_COMMERCIAL = "non-commercial research only"
 
 
 def _models(facts: dict) -> list[dict]:
@@ -47,6 +46,8 @@ def _yaml_str(value: str) -> str:
 
 def render_card(facts: dict) -> str:
     """The card as markdown text with a YAML front matter."""
+    from synthface.weights import NON_COMMERCIAL
+
     stats = dict(facts.get("stats") or {})
     models = _models(facts)
     restricted = any(m["restricted"] for m in models)
