@@ -15,7 +15,6 @@ from pathlib import Path
 from synthface.io import atomic_write_bytes
 
 
-
 def _models(facts: dict) -> list[dict]:
     """The models that made the data, as given: each says its own licence and whether it restricts use
     (the engine takes them from the analyser and from synthface.weights); a model that does not is unknown,
