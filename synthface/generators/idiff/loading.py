@@ -353,7 +353,8 @@ def find_first_stage(first_stage: str | Path | None, checkpoint: Path | None) ->
             if candidate.is_file():
                 return candidate
     try:
-        return Path(weights.find(FIRST_STAGE_MODEL))
+        found = Path(weights.find(FIRST_STAGE_MODEL))
+        return found / DECODER_FILE if found.is_dir() else found
     except ModelNotFoundError:
         where = f"beside {checkpoint}, in its 3 parent folders or their models/autoencoder/, or" if folders else "in"
         raise ModelNotFoundError(
@@ -548,14 +549,14 @@ def load_idiff(model, first_stage=None, *, device="cpu", dtype=torch.float32, al
             schedule buffers are not the published schedule's.
         InvalidInputError: an unknown sampler_scheduler.
     """
-    from synthface.generators.idiff.pipeline import IDiffFacePipeline
-
     dtype, device = check_dtype(dtype), check_device(device)  # refused before anything is read
     if sampler_scheduler not in SCHEDULERS:
         raise InvalidInputError(f"sampler_scheduler must be one of {', '.join(SCHEDULERS)}, got {sampler_scheduler!r}: "
                                 "'ddim' for the cfg and uiface samplers, 'ddpm' for IDiff-Face's 1000-step DDPM.")
     unet, vqvae, _ = _load(model, first_stage, allow_pickle=allow_pickle, allow_download=allow_download,
                            sampler_scheduler=sampler_scheduler, head_dim=head_dim)
+    from synthface.generators.idiff.pipeline import IDiffFacePipeline
+
     pipe = IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler(sampler_scheduler))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)

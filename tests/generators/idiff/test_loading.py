@@ -1,0 +1,250 @@
+"""load_idiff and its parts: the four key layouts of the published checkpoints, the schedule buffers,
+the UNet config read from shapes, checkpoint and first-stage discovery in the published folders, the
+pickle opt-in, converted folders, and every refusal's message.
+
+Checkpoints are written at test time the way the originals save them (torch.save of the state dict
+with the real prefixes, under the real file names and folders), from the tiny models; full-size key
+sets are shape-only tensors (one element expanded), so they cost kilobytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthface import weights
+from synthface.errors import FileFormatError, InvalidInputError, ModelNotFoundError
+from synthface.generators.idiff.loading import (
+    CheckpointReport,
+    check_schedule_buffers,
+    find_checkpoint,
+    find_first_stage,
+    hydra_head_dim,
+    normalise_unet_keys,
+    unet_config_from_state,
+)
+from synthface.generators.idiff.schedule import BUFFER_NAMES, ddpm_buffers
+
+DATA = next((p / "shared" / "data" / "idiff_state_dict.json" for p in Path(__file__).resolve().parents
+             if (p / "shared" / "data" / "idiff_state_dict.json").is_file()), Path("shared/data/idiff_state_dict.json"))
+PUBLISHED_CONFIG = dict(in_channels=3, initial_channels=96, channel_multipliers=(1, 2, 2, 2),
+                        is_attention=(False, True, True, True), n_blocks=2, head_dim=32, context_dim=512,
+                        projected_context_dim=256, context_tokens=32, learn_empty_context=True)
+CKPT, DECODER, ENCODER = "ema_averaged_model.ckpt", "first_stage_decoder_state_dict.pt", "first_stage_encoder_state_dict.pt"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def no_opt_in(monkeypatch, tmp_path):
+    monkeypatch.delenv(weights.PICKLE_ENV, raising=False)
+    monkeypatch.setenv(weights.HOME_ENV, str(tmp_path / "synthface-home"))  # no hand-placed model leaks in
+
+
+def shape_only(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(1).expand(s) for k, s in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def published_unet() -> dict[str, torch.Tensor]:
+    """The published UIFace UNet's 843 names and shapes (IDIFF.md's data file), shape-only."""
+    if not DATA.is_file():
+        pytest.skip(f"{DATA} (the published key list) is not here")
+    return shape_only({k: tuple(s) for k, s, _ in json.loads(DATA.read_text())["keys"]})
+
+
+def with_prefix(state: dict, layout: str, buffers: dict | None = None) -> dict:
+    """`state` (bare UNet names) as a checkpoint of `layout` saves it: the wrapper's buffers beside
+    `eps_model.*`, every key under `module.` for the DDP-wrapped layouts."""
+    inner = "eps_model." if "eps_model." in layout else ""
+    out = {f"{inner}{k}": v for k, v in state.items()}
+    if inner:
+        out.update(ddpm_buffers() if buffers is None else buffers)
+    return {f"module.{k}": v for k, v in out.items()} if layout.startswith("module.") else out
+
+
+# ------------------------------------------------------------------ key layouts
+
+
+@pytest.mark.parametrize("layout", ["bare", "eps_model.", "module.eps_model.", "module."])
+def test_each_layout_normalises_to_the_bare_names_and_splits_the_buffers(layout):
+    state = {"image_proj.weight": torch.randn(4, 3, 3, 3), "empty_context_embedding": torch.randn(8)}
+    unet, buffers, name = normalise_unet_keys(with_prefix(state, layout))
+    assert name == layout and list(unet) == list(state) and all(torch.equal(unet[k], state[k]) for k in state)
+    expected = ddpm_buffers() if "eps_model." in layout else {}
+    assert list(buffers) == list(expected) and all(torch.equal(buffers[k], expected[k]) for k in expected)
+
+
+def test_mixed_prefixes_are_named():
+    state = {"module.eps_model.image_proj.weight": torch.ones(1), "image_proj.bias": torch.ones(1)}
+    with pytest.raises(FileFormatError, match=r"mixes key layouts: 1 keys start with 'module.' .*image_proj\.bias"):
+        normalise_unet_keys(state)
+
+
+def test_a_wrapper_key_that_is_neither_unet_nor_buffer_is_named():
+    state = {**with_prefix({"image_proj.weight": torch.ones(1)}, "eps_model."), "step": torch.tensor(3)}
+    with pytest.raises(FileFormatError, match=r"outside 'eps_model.' that are not schedule buffers: step\. "):
+        normalise_unet_keys(state)
+
+
+# ------------------------------------------------------------------ schedule buffers
+
+
+def test_the_published_buffers_match_and_none_is_a_bare_unet():
+    assert check_schedule_buffers(ddpm_buffers(), "x") is True
+    assert check_schedule_buffers({}, "x") is False
+    cumprod = dict(ddpm_buffers(), alpha_bars=torch.cumprod(1 - ddpm_buffers()["betas"], 0))  # 5e-7 relative
+    assert check_schedule_buffers(cumprod, "x") is True
+
+
+def test_another_schedule_is_refused_naming_each_differing_buffer():
+    scaled = ddpm_buffers(1000, 1e-4, 0.012)  # another beta range: every buffer differs
+    with pytest.raises(FileFormatError) as info:
+        check_schedule_buffers(scaled, "ckpt")
+    text = str(info.value)
+    assert text.startswith("ckpt: the DDPM schedule buffers are not the published schedule's")
+    for name in BUFFER_NAMES:
+        assert f"; {name} differs by up to" in f"; {text.split('(', 1)[1]}", name
+    longer = ddpm_buffers(2000)
+    with pytest.raises(FileFormatError, match=r"betas has shape \(2000,\) \(expected \(1000,\)\)"):
+        check_schedule_buffers(longer, "ckpt")
+    partial = {k: v for k, v in ddpm_buffers().items() if k not in ("sigmas", "alpha_bars")}
+    with pytest.raises(FileFormatError, match=r"missing sigmas, alpha_bars\)"):
+        check_schedule_buffers(partial, "ckpt")
+
+
+# ------------------------------------------------------------------ config from shapes
+
+
+def test_the_published_shapes_give_the_published_config(published_unet):
+    assert unet_config_from_state(published_unet) == PUBLISHED_CONFIG
+    idiff = {k: v for k, v in published_unet.items() if k != "empty_context_embedding"}
+    assert unet_config_from_state(idiff) == {**PUBLISHED_CONFIG, "learn_empty_context": False}
+    assert unet_config_from_state(published_unet, head_dim=96 // 3)["head_dim"] == 32
+
+
+def test_a_head_width_that_does_not_divide_the_attention_widths_is_refused(published_unet):
+    with pytest.raises(FileFormatError, match=r"heads of 64 channels do not divide .*\[96, 192, 384, 768\].*pass head_dim"):
+        unet_config_from_state(published_unet, head_dim=64)
+
+
+def test_down_blocks_out_of_layout_are_refused(published_unet):
+    broken = {k: v for k, v in published_unet.items() if not k.startswith("down.5.")}  # a downsampler gone
+    with pytest.raises(FileFormatError, match="do not follow IDiff-Face's UNet layout"):
+        unet_config_from_state(broken)
+
+
+@pytest.mark.parametrize("state, needles", [
+    ({"model_vec2face": {}}, ["Vec2Face checkpoint", "load_vec2face"]),
+    ({"decoder.conv_in.weight": torch.ones(1), "quantize.embedding.weight": torch.ones(1)},
+     ["LDM VQ-f4 first stage", "Pass it as first_stage"]),
+    ({"encoder.conv_in.weight": torch.ones(1)}, ["VQ-f4 encoder", "sampling does not need"]),
+    ({"fc.weight": torch.ones(1)}, ["no image_proj.weight", "it holds fc.weight", "ema_averaged_model_<step>.ckpt"]),
+], ids=["vec2face", "vq decoder", "vq encoder", "random"])
+def test_a_state_dict_of_another_model_says_what_it_is(state, needles):
+    with pytest.raises(FileFormatError) as info:
+        unet_config_from_state(state)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_checkpoint_discovery_in_the_published_folders(tmp_path):
+    uiface = touch(tmp_path / "uiface" / "ema_averaged_model_250000.ckpt")
+    assert find_checkpoint(uiface.parent) == uiface and find_checkpoint(uiface) == uiface
+    trained = tmp_path / "trained_models" / "unet-cond-ca-bs512-150K-cpd25"
+    final = touch(trained / "checkpoints" / CKPT)
+    touch(trained / "checkpoints" / "model.ckpt")  # not EMA: never picked
+    for snapshot in (70_000, 100_000):  # IDiff-Face's step snapshots: its sampler takes the final file
+        touch(trained / "checkpoints" / f"ema_averaged_model_{snapshot}.ckpt")
+    assert find_checkpoint(trained) == final and find_checkpoint(trained / "checkpoints") == final
+    touch(tmp_path / "two" / "ema_averaged_model_1000.ckpt")
+    touch(tmp_path / "two" / "ema_averaged_model_2000.ckpt")
+    with pytest.raises(ModelNotFoundError, match=r"2 candidate checkpoints \(ema_averaged_model_1000\.ckpt, "
+                                                 r"ema_averaged_model_2000\.ckpt\); pass the one"):
+        find_checkpoint(tmp_path / "two")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"holds no diffusion checkpoint: expected an ema_averaged_model\*\.ckpt"):
+        find_checkpoint(tmp_path / "empty")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        find_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("where", ["beside", "parent", "grandparent", "idiff-face repo", "registry"])
+def test_first_stage_lookup(tmp_path, where):
+    root = tmp_path / "IDiff-Face"
+    ckpt = touch(root / "trained_models" / "unet-cond-ca-bs512-150K-cpd25" / "checkpoints" / CKPT)
+    place = {"beside": ckpt.parent, "parent": ckpt.parent.parent, "grandparent": ckpt.parents[2],
+             "idiff-face repo": root / "models" / "autoencoder",
+             "registry": weights.models_home() / "idiff-vq-f4"}[where]
+    decoder = touch(place / DECODER)
+    assert find_first_stage(None, ckpt).resolve() == decoder.resolve()
+    assert find_first_stage(decoder, ckpt) == decoder and find_first_stage(place, None) == decoder
+
+
+def test_a_missing_first_stage_says_where_it_looked_and_where_to_get_it(tmp_path):
+    ckpt = touch(tmp_path / "uiface" / "ema_averaged_model_250000.ckpt")
+    with pytest.raises(ModelNotFoundError) as info:
+        find_first_stage(None, ckpt)
+    text = str(info.value)
+    for needle in (f"No LDM VQ-f4 first stage ({DECODER}) was found beside {ckpt}", "models/autoencoder",
+                   "Pass first_stage", "1d-zs3yjsnzOMNkz7qy3JSb-fMf0UmSdT", str(weights.models_home() / "idiff-vq-f4" / DECODER)):
+        assert needle in text, needle
+    with pytest.raises(ModelNotFoundError, match=f"neither a file nor a folder holding {DECODER}"):
+        find_first_stage(tmp_path / "uiface", ckpt)
+
+
+def test_the_hydra_config_gives_the_head_width(tmp_path):
+    ckpt = touch(tmp_path / "m" / "checkpoints" / CKPT)
+    assert hydra_head_dim(ckpt) is None
+    config = tmp_path / "m" / ".hydra" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("model:\n  _target_: models.diffusion.unet.ConditionalUNet\n  attention_heads: -1\n"
+                      "  attention_head_channels: 16\n  input_channels: ${constants.input_channels}\n")
+    assert hydra_head_dim(ckpt) == 16
+    config.write_text("model:\n  attention_heads: 4\n")
+    with pytest.raises(FileFormatError, match="sets model.attention_heads = 4"):
+        hydra_head_dim(ckpt)
+    config.write_text("model: [unclosed\n")
+    with pytest.raises(FileFormatError, match="cannot be read as the training config"):
+        hydra_head_dim(ckpt)
+
+
+def test_the_report_summary():
+    report = CheckpointReport(Path("x"), "module.eps_model.", True, True, {}, 1234)
+    assert report.summary() == "module.eps_model. layout, learned empty context, schedule buffers match, 1,234 UNet parameters"
+    report = CheckpointReport(Path("x"), "bare", False, False, {}, 5)
+    assert report.summary() == "bare layout, zero empty context (IDiff-Face variant), no schedule buffers, 5 UNet parameters"
+
+
+def test_an_unknown_scheduler_is_refused_before_anything_is_read(tmp_path):
+    from synthface.generators.idiff.loading import load_idiff
+
+    with pytest.raises(InvalidInputError, match="sampler_scheduler must be one of ddim, ddpm, got 'euler'"):
+        load_idiff(tmp_path / "nowhere", sampler_scheduler="euler")
+
+
+def test_an_unknown_name_says_what_is_accepted(tmp_path):
+    from synthface.generators.idiff.loading import load_idiff
+
+    with pytest.raises(ModelNotFoundError, match=r"'idiff-huge' is neither an IDiff-Face-family model name \(idiff-uiface-casia"):
+        load_idiff("idiff-huge")
+
+
+def test_a_registered_name_not_placed_says_where_to_get_it():
+    from synthface.generators.idiff.loading import load_idiff
+
+    with pytest.raises(ModelNotFoundError) as info:
+        load_idiff("idiff-ffhq-cpd50", allow_download=True)
+    assert str(info.value) == weights.manual_instructions(weights.spec("idiff-ffhq-cpd50"))
