@@ -305,6 +305,8 @@ def read_unet_checkpoint(path: str | Path, *, allow_pickle: bool | None, head_di
     content = load_pickled(path, model=IDIFF_MODELS[0], what="IDiff-Face diffusion checkpoint", allow_pickle=allow_pickle)
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):  # a Lightning-style wrapper
         content = content["state_dict"]
+    if isinstance(content, dict) and "model_vec2face" in content:
+        raise FileFormatError(f"{path} is not an IDiff-Face UNet checkpoint: {_foreign(content, [])}")
     if not isinstance(content, dict) or not content or not all(isinstance(v, torch.Tensor) for v in content.values()):
         found = (f"a dict with keys {_listed([repr(k) for k in content])}" if isinstance(content, dict) and content
                  else "an empty dict" if isinstance(content, dict) else f"a {type(content).__name__}")

@@ -248,3 +248,237 @@ def test_a_registered_name_not_placed_says_where_to_get_it():
     with pytest.raises(ModelNotFoundError) as info:
         load_idiff("idiff-ffhq-cpd50", allow_download=True)
     assert str(info.value) == weights.manual_instructions(weights.spec("idiff-ffhq-cpd50"))
+
+
+# ------------------------------------------------------------------ tiny models in the published layouts
+
+TINY_HEAD_DIM = 16  # tiny.TINY_UNET's; no checkpoint stores it
+
+
+def save_unet(folder: Path, unet, layout: str) -> Path:
+    """`unet` saved as a published file: "uiface" (module.eps_model. + module. buffers, UIFace's file name),
+    "idiff-face" (trained_models/<name>/checkpoints/ + .hydra/config.yaml), "bare" or "module."."""
+    state = unet.state_dict()
+    prefix = {"uiface": "module.eps_model.", "idiff-face": "eps_model.", "bare": "bare", "module.": "module."}[layout]
+    if layout == "uiface":
+        path = folder / "ema_averaged_model_250000.ckpt"
+    elif layout == "idiff-face":
+        path = folder / "trained_models" / "unet-tiny" / "checkpoints" / CKPT
+        hydra = path.parents[1] / ".hydra" / "config.yaml"
+        hydra.parent.mkdir(parents=True)
+        hydra.write_text(f"model:\n  attention_heads: -1\n  attention_head_channels: {TINY_HEAD_DIM}\n"
+                         f"  learn_empty_context: {'empty_context_embedding' in state}\n")
+    else:
+        path = folder / CKPT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(with_prefix(state, prefix), path)
+    return path
+
+
+def save_first_stage(folder: Path, vq, encoder: bool = True) -> Path:
+    """The VQ model as IDiff-Face's two LDM-named files (decoder + codebook, encoder)."""
+    from synthface.generators.idiff.autoencoder import vq_state_to_ldm
+
+    ldm = vq_state_to_ldm(vq.state_dict())
+    folder.mkdir(parents=True, exist_ok=True)
+    dec = {k: v for k, v in ldm.items() if k.startswith(("decoder.", "quantize.", "post_quant_conv."))}
+    torch.save(dec, folder / DECODER)
+    if encoder:
+        torch.save({k: v for k, v in ldm.items() if k not in dec}, folder / ENCODER)
+    return folder / DECODER
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from synthface.generators.idiff.tiny import tiny_unet, tiny_vqmodel
+
+    return {True: tiny_unet(), False: tiny_unet(learn_empty_context=False)}, tiny_vqmodel()
+
+
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k].to(sa[k].dtype)) for k in sa)
+
+
+def eps(unet) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x, c = torch.randn(2, 3, 8, 8, generator=g), torch.nn.functional.normalize(torch.randn(2, 512, generator=g), dim=1)
+    with torch.no_grad():
+        return torch.cat([unet(x, torch.tensor([999, 10]), c), unet(x, torch.tensor([500, 1]), None)])
+
+
+@pytest.mark.parametrize("learned", [True, False], ids=["learned empty", "zero empty"])
+@pytest.mark.parametrize("layout", ["uiface", "idiff-face", "bare", "module."])
+def test_every_published_layout_loads_the_same_weights(tmp_path, tiny, layout, learned):
+    from synthface.generators.idiff.tiny import TINY_UNET
+
+    from synthface.generators.idiff.loading import read_unet_checkpoint
+
+    unet = tiny[0][learned]
+    path = save_unet(tmp_path, unet, layout)
+    head_dim = None if layout == "idiff-face" else TINY_HEAD_DIM  # the .hydra config says it
+    loaded, report = read_unet_checkpoint(path, allow_pickle=True, head_dim=head_dim)
+    assert same_state(unet, loaded) and torch.equal(eps(unet), eps(loaded))
+    assert report.layout == {"uiface": "module.eps_model.", "idiff-face": "eps_model."}.get(layout, layout)
+    assert report.learned_empty_context is learned and report.buffers is (layout in ("uiface", "idiff-face"))
+    assert report.config == {**PUBLISHED_CONFIG, **TINY_UNET, "learn_empty_context": learned}
+    assert report.parameters == sum(p.numel() for p in unet.parameters())
+    if not learned:
+        assert torch.equal(loaded.empty_context_embedding, torch.zeros(TINY_UNET["projected_context_dim"]))
+
+
+def test_without_the_head_width_a_tiny_uiface_file_loads_with_the_published_one(tmp_path, tiny):
+    from synthface.generators.idiff.loading import read_unet_checkpoint
+
+    loaded, report = read_unet_checkpoint(save_unet(tmp_path, tiny[0][True], "uiface"), allow_pickle=True)
+    assert report.config["head_dim"] == 32 and same_state(tiny[0][True], loaded)
+
+
+@pytest.mark.parametrize("encoder", [True, False])
+def test_the_first_stage_loads_from_its_ldm_files(tmp_path, tiny, encoder):
+    from synthface.generators.idiff.loading import read_first_stage
+
+    vq = tiny[1]
+    vq_loaded, summary = read_first_stage(save_first_stage(tmp_path, vq, encoder=encoder), allow_pickle=True)
+    sa, sb = vq.state_dict(), vq_loaded.state_dict()
+    decoder_keys = [k for k in sa if not k.startswith(("encoder.", "quant_conv."))]
+    assert all(torch.equal(sa[k], sb[k]) for k in (sa if encoder else decoder_keys))
+    assert ("decoder + encoder" in summary) is encoder
+    assert summary.endswith(f"{sum(sa[k].numel() for k in (sa if encoder else decoder_keys)):,} parameters")
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("encoder as decoder", ["is not the LDM VQ-f4 decoder file: it holds the encoder file", f"Pass {DECODER}"]),
+    ("diffusion checkpoint", ["it holds a diffusion checkpoint"]),
+    ("missing key", ["do not match the LDM VQ-f4 autoencoder", "missing: decoder.norm_out.weight"]),
+])
+def test_a_wrong_first_stage_is_named(tmp_path, tiny, case, needles):
+    from synthface.generators.idiff.loading import read_first_stage
+
+    decoder = save_first_stage(tmp_path / "vq", tiny[1])
+    if case == "encoder as decoder":
+        decoder = decoder.parent / ENCODER
+    elif case == "diffusion checkpoint":
+        decoder = save_unet(tmp_path / "unet", tiny[0][True], "uiface")
+    else:
+        state = torch.load(decoder)
+        del state["decoder.norm_out.weight"]
+        torch.save(state, decoder)
+    with pytest.raises(FileFormatError) as info:
+        read_first_stage(decoder, allow_pickle=True)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+@pytest.fixture
+def uiface_folder(tmp_path, tiny) -> Path:
+    """UIFace's files as one folder: the checkpoint and the first stage beside it."""
+    folder = tmp_path / "uiface"
+    save_unet(folder, tiny[0][True], "uiface")
+    save_first_stage(folder, tiny[1])
+    return folder
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_load_idiff_reads_a_published_folder_on_the_opt_in(uiface_folder, tiny, monkeypatch, how):
+    from synthface.generators.idiff.loading import load_idiff
+
+    if how == "environment":
+        monkeypatch.setenv(weights.PICKLE_ENV, "1")
+    pipe = load_idiff(uiface_folder, allow_pickle=True if how == "argument" else None, head_dim=TINY_HEAD_DIM)
+    assert same_state(tiny[0][True], pipe.unet) and same_state(tiny[1], pipe.vqvae)
+    assert type(pipe.scheduler).__name__ == "IDiffDDIMScheduler"
+    assert type(load_idiff(uiface_folder, allow_pickle=True, sampler_scheduler="ddpm").scheduler).__name__ == \
+        "IDiffDDPMScheduler"
+
+
+def test_the_idiff_face_repository_layout_finds_its_first_stage_and_head_width(tmp_path, tiny):
+    from synthface.generators.idiff.loading import load_idiff
+
+    root = tmp_path / "IDiff-Face"
+    ckpt = save_unet(root, tiny[0][False], "idiff-face")
+    save_first_stage(root / "models" / "autoencoder", tiny[1])
+    pipe = load_idiff(ckpt.parents[1], allow_pickle=True)  # trained_models/<name>/
+    assert pipe.unet.config.head_dim == TINY_HEAD_DIM and not pipe.unet.config.learn_empty_context
+    assert torch.equal(eps(pipe.unet), eps(tiny[0][False])) and same_state(tiny[1], pipe.vqvae)
+
+
+def test_a_registered_name_loads_the_hand_placed_folder(tmp_path, tiny):
+    from synthface.generators.idiff.loading import load_idiff
+
+    folder = weights.models_home() / "idiff-uiface-casia"
+    torch.save(with_prefix(tiny[0][True].state_dict(), "module.eps_model."), touch(folder / "ema_averaged_model_150000.ckpt"))
+    save_first_stage(weights.models_home() / "idiff-vq-f4", tiny[1], encoder=False)  # the registry entry's place
+    pipe = load_idiff("idiff-uiface-casia", allow_pickle=True, head_dim=TINY_HEAD_DIM)
+    assert same_state(tiny[0][True], pipe.unet)
+
+
+def test_pickles_without_the_opt_in_are_refused_naming_both_files_and_the_fix(uiface_folder):
+    from synthface.generators.idiff.loading import load_idiff
+
+    with pytest.raises(ModelNotFoundError) as info:
+        load_idiff(uiface_folder)
+    text = str(info.value)
+    for needle in ("ema_averaged_model_250000.ckpt", DECODER, "allow_pickle=True", "--allow-pickle", weights.PICKLE_ENV,
+                   "convert them once to .safetensors"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("truncated", ["cannot be read as a torch checkpoint", "truncated"]),
+    ("vec2face", ["is a Vec2Face checkpoint", "load_vec2face"]),
+    ("random dict", ["no image_proj.weight", "it holds fc.weight"]),
+    ("a list", ["holds a list, not a state dict", "ema_averaged_model.ckpt"]),
+    ("mismatched keys", ["does not match the IDiff-Face UNet", "missing: final.bias", "unexpected: extra.weight",
+                         "wrong shape: norm.weight (7,) (expected (32,))"]),
+    ("other schedule", ["schedule buffers are not the published schedule's", "betas differs by up to"]),
+])
+def test_a_wrong_checkpoint_is_refused_with_what_is_wrong(tmp_path, tiny, case, needles):
+    from synthface.generators.idiff.loading import read_unet_checkpoint
+
+    path = save_unet(tmp_path, tiny[0][True], "idiff-face")
+    state = torch.load(path)
+    content = {
+        "vec2face": {"model_vec2face": {"latent_prior_proj_f.weight": torch.ones(2)}},
+        "random dict": {"fc.weight": torch.ones(2)},
+        "a list": [torch.ones(2)],
+        "mismatched keys": {**{k: v for k, v in state.items() if k != "eps_model.final.bias"},
+                            "eps_model.extra.weight": torch.ones(1), "eps_model.norm.weight": torch.ones(7)},
+        "other schedule": {**state, "betas": state["betas"] * 2},
+    }.get(case)
+    if content is not None:
+        torch.save(content, path)
+    else:
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(FileFormatError) as info:
+        read_unet_checkpoint(path, allow_pickle=True)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_a_converted_folder_round_trips_without_the_opt_in(uiface_folder, tmp_path, tiny):
+    from synthface.generators.idiff.loading import converted_idiff, load_idiff
+
+    pipe, summary = converted_idiff(uiface_folder, allow_pickle=True)
+    assert summary.startswith("module.eps_model. layout, learned empty context, schedule buffers match")
+    assert "VQ-f4 decoder + encoder" in summary
+    pipe.save_pretrained(tmp_path / "converted")
+    assert not any(p.suffix in weights.PICKLE_SUFFIXES for p in (tmp_path / "converted").rglob("*"))
+    again = load_idiff(tmp_path / "converted")  # safetensors: no pickle opt-in
+    assert same_state(pipe.unet, again.unet) and same_state(pipe.vqvae, again.vqvae)
+    assert torch.equal(eps(again.unet), eps(tiny[0][True]))
+
+
+def test_a_converted_folder_of_another_pipeline_is_refused(tmp_path):
+    from synthface.generators.idiff.loading import load_idiff
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "Vec2FacePipeline"}))
+    with pytest.raises(ModelNotFoundError, match="names 'Vec2FacePipeline', not IDiffFacePipeline"):
+        load_idiff(tmp_path)
+
+
+def test_the_tiny_model_and_dtype(tiny):
+    from synthface.generators.idiff.loading import load_idiff
+
+    pipe = load_idiff("idiff-tiny", dtype=torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16 and same_state(tiny[0][True], pipe.unet.float())
