@@ -47,6 +47,8 @@ EMPTY_KEY = "empty_context_embedding"
 LAYOUTS = ("bare", "eps_model.", "module.eps_model.", "module.")
 #: How far the schedule buffers may be from `ddpm_buffers()` (relative; the published ones match to ~1e-7).
 BUFFER_RTOL = 1e-4
+#: LDM's autoencoders normalise with 32 GroupNorm groups (hard-coded there; stored in no file).
+LDM_GROUPS = 32
 SCHEDULERS = ("ddim", "ddpm")
 
 
@@ -372,34 +374,50 @@ def _read_ldm_file(path: Path, allow_pickle, what: str) -> dict:
     return read_pickled_state_dict(path, model=FIRST_STAGE_MODEL, what=what, allow_pickle=allow_pickle)
 
 
-def vq_config_from_state(ldm_state: dict) -> dict:
+def vq_config_from_state(ldm_state: dict, *, norm_num_groups: int = LDM_GROUPS) -> dict:
     """`idiff_vqmodel` overrides for LDM-named first-stage weights, from their shapes: channels per
-    level, residual blocks per level, latent channels, codebook size and width (GroupNorm stays at
-    the published 32 groups)."""
+    level, residual blocks per level, latent channels, codebook size and width. The GroupNorm group
+    count is stored nowhere; LDM's is always 32 (`norm_num_groups` for models that are not LDM's).
+
+    Raises:
+        FileFormatError: the decoder's blocks are not LDM's layout, or the group count does not divide
+            its channel widths.
+    """
     dec = {k[len("decoder."):]: v for k, v in ldm_state.items() if k.startswith("decoder.")}
-    levels = sorted({int(k.split(".")[1]) for k in dec if k.startswith("up.")})
+    levels = sorted({int(k.split(".")[1]) for k in dec if k.startswith("up.") and k.split(".")[1].isdigit()})
     blocks = {int(k.split(".")[3]) for k in dec if k.startswith("up.0.block.")}
+    widths = [dec.get(f"up.{i}.block.0.conv2.weight") for i in levels]
+    if not levels or not blocks or any(w is None for w in widths) or levels != list(range(len(levels))):
+        raise FileFormatError(f"The first stage's decoder blocks (decoder.up.*) are not the LDM VQ-f4 layout; pass "
+                              f"{DECODER_FILE} of fdbtrs/IDiff-Face's first stage (registry entry {FIRST_STAGE_MODEL}).")
+    channels = [int(w.shape[0]) for w in widths]
+    if any(c % norm_num_groups for c in channels):
+        raise FileFormatError(
+            f"The first stage's channel widths {channels} are not multiples of {norm_num_groups} GroupNorm groups (LDM's "
+            f"autoencoders always use {LDM_GROUPS}); it is not an LDM VQ-f4 file. Pass {DECODER_FILE} of the published "
+            f"first stage (registry entry {FIRST_STAGE_MODEL})."
+        )
     codes, embed = ldm_state["quantize.embedding.weight"].shape
     out = dec["conv_out.weight"].shape[0]
     encoder_in = ldm_state.get("encoder.conv_in.weight")
     return dict(in_channels=int(encoder_in.shape[1]) if encoder_in is not None else int(out), out_channels=int(out),
-                block_out_channels=tuple(int(dec[f"up.{i}.block.0.conv2.weight"].shape[0]) for i in levels),
-                layers_per_block=len(blocks) - 1, latent_channels=int(dec["conv_in.weight"].shape[1]),
-                num_vq_embeddings=int(codes), vq_embed_dim=int(embed),
+                block_out_channels=tuple(channels), layers_per_block=len(blocks) - 1, norm_num_groups=norm_num_groups,
+                latent_channels=int(dec["conv_in.weight"].shape[1]), num_vq_embeddings=int(codes), vq_embed_dim=int(embed),
                 down_block_types=("DownEncoderBlock2D",) * len(levels), up_block_types=("UpDecoderBlock2D",) * len(levels))
 
 
-def read_first_stage(decoder: str | Path, *, allow_pickle: bool | None):
+def read_first_stage(decoder: str | Path, *, allow_pickle: bool | None, norm_num_groups: int = LDM_GROUPS):
     """(VQModel, one-line report) from the LDM VQ-f4 decoder file and, when it sits beside it, the
     encoder file (else the encoder stays at its initialisation: sampling never uses it). Strict: every
-    decoder, codebook and post-quantisation key must be there with its shape.
+    decoder, codebook and post-quantisation key must be there with its shape. `norm_num_groups`: see
+    `vq_config_from_state` (32 for every LDM file).
 
     Raises:
         ModelNotFoundError: no pickle opt-in.
         FileFormatError: damaged, not the decoder file (the encoder file or a diffusion checkpoint is
             named as such), or mismatched keys (named).
     """
-    from synthface.generators.idiff.autoencoder import idiff_vqmodel, vq_state_from_ldm
+    from synthface.generators.idiff.autoencoder import idiff_vqmodel, vq_state_from_ldm, vq_state_to_ldm
     from synthface.weights import state_dict_mismatch
 
     decoder = Path(decoder)
@@ -418,18 +436,18 @@ def read_first_stage(decoder: str | Path, *, allow_pickle: bool | None):
     has_encoder = encoder.is_file() and encoder != decoder
     if has_encoder:
         state = {**_read_ldm_file(encoder, allow_pickle, "LDM VQ-f4 first-stage encoder"), **state}
-    config = vq_config_from_state(state)
+    config = vq_config_from_state(state, norm_num_groups=norm_num_groups)
     vq = idiff_vqmodel(**config)
-    converted = vq_state_from_ldm(state)
-    expected = {k: tuple(v.shape) for k, v in vq.state_dict().items()
+    expected = {k: tuple(v.shape) for k, v in vq_state_to_ldm(vq.state_dict()).items()  # named as in the files
                 if has_encoder or not k.startswith(("encoder.", "quant_conv."))}
-    detail = state_dict_mismatch(expected, converted)
+    detail = state_dict_mismatch(expected, state)
     if detail:
         raise FileFormatError(
             f"{decoder}{' and ' + ENCODER_FILE if has_encoder else ''} do not match the LDM VQ-f4 autoencoder their "
             f"shapes describe ({detail}). Pass the files of fdbtrs/IDiff-Face's first stage (registry entry "
             f"{FIRST_STAGE_MODEL}), or a folder converted from them."
         )
+    converted = vq_state_from_ldm(state)
     vq.load_state_dict(converted, strict=False)
     parts = "decoder + encoder" if has_encoder else "decoder (encoder at its initialisation: sampling does not use it)"
     return vq.eval(), f"VQ-f4 {parts}, {sum(t.numel() for t in converted.values()):,} parameters"

@@ -290,9 +290,24 @@ def save_first_stage(folder: Path, vq, encoder: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from synthface.generators.idiff.tiny import tiny_unet, tiny_vqmodel
+    """The tiny UNets (learned and zero empty context) and a small first stage in LDM's 32 GroupNorm groups
+    (a published file stores no group count: every LDM autoencoder has 32)."""
+    from synthface.generators.idiff.tiny import TINY_VQ, tiny_unet, vq_from_rule
 
-    return {True: tiny_unet(), False: tiny_unet(learn_empty_context=False)}, tiny_vqmodel()
+    vq = vq_from_rule(**{**TINY_VQ, "block_out_channels": (32, 32, 32), "norm_num_groups": 32})
+    return {True: tiny_unet(), False: tiny_unet(learn_empty_context=False)}, vq
+
+
+def test_the_tiny_first_stage_loads_with_its_group_count_and_is_refused_without(tmp_path):
+    from synthface.generators.idiff.loading import read_first_stage
+    from synthface.generators.idiff.tiny import TINY_VQ, tiny_vqmodel
+
+    vq = tiny_vqmodel()
+    decoder = save_first_stage(tmp_path, vq)
+    loaded, _ = read_first_stage(decoder, allow_pickle=True, norm_num_groups=TINY_VQ["norm_num_groups"])
+    assert same_state(vq, loaded)
+    with pytest.raises(FileFormatError, match=r"channel widths \[16, 32, 32\] are not multiples of 32 GroupNorm groups"):
+        read_first_stage(decoder, allow_pickle=True)
 
 
 def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
