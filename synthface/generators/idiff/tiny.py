@@ -41,3 +41,25 @@ def tiny_unet(learn_empty_context: bool = True):
     IDiff-Face variant, zero empty context)."""
     return unet_from_rule(learn_empty_context, **TINY_UNET)
 
+
+#: The tiny first stage: VQ-f4's block types (three levels, so f = 4; mid attention), 16/32/32 channels in
+#: 8 GroupNorm groups, one residual block per level, 3-d latents and 16 codes.
+TINY_VQ = dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, num_vq_embeddings=16,
+               sample_size=32)
+
+
+def vq_from_rule(**overrides):
+    """An `idiff_vqmodel(**overrides)` built on meta and filled by the deterministic rule applied to the
+    original LDM names and shapes (as IDIFF.md's golden values were made), then renamed to VQModel's."""
+    from synthface.generators.idiff.autoencoder import idiff_vqmodel, vq_state_from_ldm, vq_state_to_ldm
+
+    with torch.device("meta"):
+        vq = idiff_vqmodel(**overrides)
+    ldm_shapes = {k: v.shape for k, v in vq_state_to_ldm(vq.state_dict()).items()}
+    vq.load_state_dict(vq_state_from_ldm(deterministic_state_dict(ldm_shapes)), strict=True, assign=True)
+    return vq.eval()
+
+
+def tiny_vqmodel():
+    """A `VQModel` at `TINY_VQ` size (f = 4, 3-d latents, 16 codes) with deterministic weights."""
+    return vq_from_rule(**TINY_VQ)

@@ -110,6 +110,24 @@ def test_time_embedding_is_cos_then_sin_of_48_frequencies(unet):
     np.testing.assert_allclose(seen["x"].numpy(), np.concatenate([np.cos(angles), np.sin(angles)], 1), atol=2e-4)
 
 
+def test_tiny_weights_follow_the_golden_rule_of_idiff_md(unet):
+    import zlib
+
+    def z(key, shape):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
+
+    state = unet.state_dict()
+    assert torch.equal(state["empty_context_embedding"], 0.1 * z("empty_context_embedding", (64,)))
+    assert torch.equal(state["down.0.res.norm1.weight"], 1 + 0.1 * z("down.0.res.norm1.weight", (32,)))
+    assert torch.equal(state["image_proj.bias"], 0.1 * z("image_proj.bias", (32,)))
+    torch.testing.assert_close(state["context_emb.weight"], z("context_emb.weight", (64, 512)) / math.sqrt(512),
+                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(state["image_proj.weight"], z("image_proj.weight", (32, 3, 3, 3)) / math.sqrt(27),
+                               rtol=1e-6, atol=0)
+    variant = tiny_unet(learn_empty_context=False)
+    assert variant.empty_context_embedding.device.type == "cpu" and not variant.empty_context_embedding.any()
+
+
 # ------------------------------------------------------------------ context and timesteps
 
 
