@@ -495,7 +495,7 @@ def _load_converted(folder: Path, sampler_scheduler: str):
     if not unet.config.learn_empty_context:
         unet.empty_context_embedding = torch.zeros(unet.config.projected_context_dim)
     summary = f"converted folder, {sum(p.numel() for p in unet.parameters()):,} UNet parameters"
-    return unet.eval(), parts["vqvae"].eval(), summary
+    return unet.eval(), parts["vqvae"].eval(), summary, index.get("latent_size")
 
 
 def _registered(name: str, allow_download: bool) -> Path:
@@ -509,14 +509,14 @@ def _registered(name: str, allow_download: bool) -> Path:
 
 
 def _load(model, first_stage, *, allow_pickle, allow_download, sampler_scheduler, head_dim):
-    """(unet, vqvae, summary) for `load_idiff` and `converted_idiff`."""
+    """(unet, vqvae, summary, latent side or None) for `load_idiff` and `converted_idiff`."""
     from synthface import weights
 
     name = str(model)
     if name == IDIFF_TINY:
         from synthface.generators.idiff.tiny import tiny_unet, tiny_vqmodel
 
-        return tiny_unet(), tiny_vqmodel(), "random tiny model"
+        return tiny_unet(), tiny_vqmodel(), "random tiny model", None
     if name in IDIFF_MODELS:
         path = _registered(name, allow_download)
     else:
@@ -535,7 +535,7 @@ def _load(model, first_stage, *, allow_pickle, allow_download, sampler_scheduler
         raise weights.pickle_refusal("IDiff-Face-family model", [checkpoint.name, decoder.name])
     unet, report = read_unet_checkpoint(checkpoint, allow_pickle=True, head_dim=head_dim)
     vqvae, vq_report = read_first_stage(decoder, allow_pickle=True)
-    return unet, vqvae, f"{report.summary()}; {vq_report}"
+    return unet, vqvae, f"{report.summary()}; {vq_report}", None
 
 
 def load_idiff(model, first_stage=None, *, device="cpu", dtype=torch.float32, allow_pickle=None,
@@ -573,11 +573,12 @@ def load_idiff(model, first_stage=None, *, device="cpu", dtype=torch.float32, al
     if sampler_scheduler not in SCHEDULERS:
         raise InvalidInputError(f"sampler_scheduler must be one of {', '.join(SCHEDULERS)}, got {sampler_scheduler!r}: "
                                 "'ddim' for the cfg and uiface samplers, 'ddpm' for IDiff-Face's 1000-step DDPM.")
-    unet, vqvae, _ = _load(model, first_stage, allow_pickle=allow_pickle, allow_download=allow_download,
-                           sampler_scheduler=sampler_scheduler, head_dim=head_dim)
+    unet, vqvae, _, latent_size = _load(model, first_stage, allow_pickle=allow_pickle, allow_download=allow_download,
+                                        sampler_scheduler=sampler_scheduler, head_dim=head_dim)
     from synthface.generators.idiff.pipeline import IDiffFacePipeline
 
-    pipe = IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler(sampler_scheduler))
+    pipe = IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler(sampler_scheduler),
+                             **({"latent_size": latent_size} if latent_size else {}))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
 
@@ -588,11 +589,13 @@ def converted_idiff(model, *, allow_pickle, first_stage=None):
     are refused (safetensors cannot store them)."""
     from synthface.generators.idiff.pipeline import IDiffFacePipeline
 
-    unet, vqvae, summary = _load(model, first_stage, allow_pickle=allow_pickle, allow_download=False,
-                                 sampler_scheduler="ddim", head_dim=None)
+    unet, vqvae, summary, latent_size = _load(model, first_stage, allow_pickle=allow_pickle, allow_download=False,
+                                              sampler_scheduler="ddim", head_dim=None)
     for part, module in (("unet", unet), ("vqvae", vqvae)):
         _refuse_shared_storage(module, part, str(model))
-    return IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler("ddim")), summary
+    pipe = IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler("ddim"),
+                             **({"latent_size": latent_size} if latent_size else {}))
+    return pipe, summary
 
 
 def _refuse_shared_storage(module, part: str, model: str) -> None:
