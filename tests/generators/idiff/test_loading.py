@@ -499,3 +499,61 @@ def test_the_tiny_model_and_dtype(tiny):
     pipe = load_idiff("idiff-tiny", dtype=torch.bfloat16)
     want, got = tiny[0][True].state_dict(), pipe.unet.state_dict()
     assert pipe.unet.dtype == torch.bfloat16 and all(torch.equal(want[k].bfloat16(), got[k]) for k in want)
+
+
+# ------------------------------------------------------------------ the published sizes (shape-only files)
+
+
+@pytest.mark.parametrize("variant, layout, parameters", [
+    ("uiface", "module.eps_model.", 216_341_443), ("idiff-face", "eps_model.", 216_341_187)])
+def test_the_published_key_sets_load_in_their_published_layouts(tmp_path, published_unet, variant, layout, parameters):
+    """IDIFF.md's 843 (UIFace) and 842 (IDiff-Face: no learned empty context) tensors, as the published
+    files hold them, load strictly with the published config and parameter count."""
+    from synthface.generators.idiff.loading import read_unet_checkpoint
+
+    state = {k: v for k, v in published_unet.items() if variant == "uiface" or k != "empty_context_embedding"}
+    path = tmp_path / ("ema_averaged_model_250000.ckpt" if variant == "uiface" else CKPT)
+    torch.save(with_prefix(state, layout), path)
+    unet, report = read_unet_checkpoint(path, allow_pickle=True)
+    assert report.layout == layout and report.buffers and report.parameters == parameters
+    assert report.config == {**PUBLISHED_CONFIG, "learn_empty_context": variant == "uiface"}
+    assert sum(p.numel() for p in unet.parameters()) == parameters
+
+
+def test_the_published_first_stage_files_load(tmp_path):
+    from synthface.generators.idiff.loading import read_first_stage
+
+    if not DATA.is_file():
+        pytest.skip(f"{DATA} (the published key list) is not here")
+    data = json.loads(DATA.read_text())
+    for part, name in (("vq_decoder", DECODER), ("vq_encoder", ENCODER)):
+        torch.save(shape_only({k: tuple(s) for k, s, _ in data[part]["keys"]}), tmp_path / name)
+    vq, summary = read_first_stage(tmp_path / DECODER, allow_pickle=True)
+    assert summary == f"VQ-f4 decoder + encoder, {data['vq_decoder']['parameters'] + data['vq_encoder']['parameters']:,} parameters"
+    assert vq.config.num_vq_embeddings == 8192 and tuple(vq.config.block_out_channels) == (128, 256, 512)
+    (tmp_path / ENCODER).unlink()
+    _, summary = read_first_stage(tmp_path / DECODER, allow_pickle=True)
+    assert summary.startswith("VQ-f4 decoder (encoder at its initialisation") and f"{32_985_359:,} parameters" in summary
+
+
+def test_load_idiff_without_a_first_stage_names_where_it_looked(uiface_folder):
+    from synthface.generators.idiff.loading import converted_idiff, load_idiff
+
+    (uiface_folder / DECODER).unlink()
+    with pytest.raises(ModelNotFoundError, match=r"No LDM VQ-f4 first stage \(first_stage_decoder_state_dict\.pt\) was found"):
+        load_idiff(uiface_folder, allow_pickle=True)
+    with pytest.raises(ModelNotFoundError, match=r"only available as pickled weights \(ema_averaged_model_250000\.ckpt"):
+        converted_idiff(uiface_folder, allow_pickle=False, first_stage=uiface_folder / ENCODER)
+
+
+def test_a_converted_folder_with_pickled_weights_is_refused(uiface_folder, tmp_path):
+    from synthface.generators.idiff.loading import converted_idiff, load_idiff
+
+    pipe, _ = converted_idiff(uiface_folder, allow_pickle=True)
+    pipe.save_pretrained(tmp_path / "converted")
+    unet = tmp_path / "converted" / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({}, unet / "diffusion_pytorch_model.bin")
+    with pytest.raises(ModelNotFoundError, match=r"lacks config.json or diffusion_pytorch_model.safetensors \(it holds "
+                                                 r"pickled diffusion_pytorch_model.bin"):
+        load_idiff(tmp_path / "converted")
