@@ -34,7 +34,8 @@ class ModelSpec:
     kind: "hf" (files in a Hub repo), "insightface-pack" (zip unpacked to <root>/models/<name>),
     "pypi" (model files shipped in an installed package), or "manual" (files placed by hand in
     `models_home() / name`, because they sit behind a request form synthface cannot fill in; `url`
-    is the folder to request them from, `drive_paths` where each file sits in it).
+    is the folder linked from `source`'s README, `access` what it asks for, `drive_paths` where each
+    file sits in it).
     files: paths relative to the repo / pack / package / model folder.
     optional: files that may sit beside `files` (checked by `verify` when present, not required).
     sha256: expected digests by file where published or pinned (checked by `models verify`).
@@ -58,6 +59,7 @@ class ModelSpec:
     commercial: bool = False  # True only where the licence allows commercial use of what the model makes
     optional: tuple[str, ...] = ()
     drive_paths: tuple[tuple[str, str], ...] = ()  # manual: file -> its path inside the request folder
+    access: str = ""  # manual: what the request folder asks for, e.g. a request form
 
     @property
     def fetch_command(self) -> str:
@@ -85,7 +87,7 @@ def _idiff_trained_model(name: str, folder: str, drive: str, licence: str, what:
     return ModelSpec(
         name, "manual", source, (_IDIFF_CKPT,), licence,
         f"{what} (the DDPM wrapper's EMA state dict; pickled)", "866 MB",
-        url=_DRIVE.format(drive), drive_paths=((_IDIFF_CKPT, f"trained_models/{folder}/{_IDIFF_CKPT}"),),
+        url=_DRIVE.format(drive), drive_paths=((_IDIFF_CKPT, f"trained_models/{folder}/{_IDIFF_CKPT}"),), access=_FORM,
     )
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -182,7 +184,7 @@ REGISTRY: dict[str, ModelSpec] = {
             sizes=(("shape_predictor_68_face_landmarks.dat", 99_693_937),),
         ),
         ModelSpec(
-            "idiff-uiface-casia", "manual", "linked from Tencent/TFace generation/uiface's README",
+            "idiff-uiface-casia", "manual", "Tencent/TFace generation/uiface",
             ("ema_averaged_model_250000.ckpt",),
             f"UIFace weights (TFace says Apache-2.0, but the model is IDiff-Face's, CC BY-NC-SA 4.0; {_CASIA}): "
             f"{NON_COMMERCIAL}",
@@ -192,25 +194,25 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         _idiff_trained_model("idiff-ffhq-cpd25", "unet-cond-ca-bs512-150K-cpd25", "1bzKEzM32WuEdQd8U2ShEdBiZWNqiyTMS",
                              _IDIFF_FFHQ_LICENCE, "IDiff-Face FFHQ model, 25 % context dropout",
-                             f"linked from fdbtrs/IDiff-Face's README, {_FORM}"),
+                             "fdbtrs/IDiff-Face"),
         _idiff_trained_model("idiff-ffhq-cpd50", "unet-cond-ca-bs512-150K-cpd50", "1bzKEzM32WuEdQd8U2ShEdBiZWNqiyTMS",
                              _IDIFF_FFHQ_LICENCE, "IDiff-Face FFHQ model, 50 % context dropout",
-                             f"linked from fdbtrs/IDiff-Face's README, {_FORM}"),
+                             "fdbtrs/IDiff-Face"),
         _idiff_trained_model("negfacediff-casia-cpd25", "CASIA-IDiff-cpd25", "1RXplM2j8cP4pyljcHweoq5I_xZFi3h_T",
                              f"NegFaceDiff's IDiff-Face model (CC BY-NC 4.0, Fraunhofer IGD; {_CASIA}): {NON_COMMERCIAL}",
                              "NegFaceDiff's CASIA-WebFace model, 25 % context dropout",
-                             f"linked from EduardaCaldeira/NegFaceDiff's README, {_FORM}"),
+                             "EduardaCaldeira/NegFaceDiff"),
         ModelSpec(
-            "idiff-vq-f4", "manual", "linked from fdbtrs/IDiff-Face's README (split from CompVis latent-diffusion's ffhq.zip)",
+            "idiff-vq-f4", "manual", "fdbtrs/IDiff-Face",
             ("first_stage_decoder_state_dict.pt",),
             f"LDM VQ-f4 autoencoder of CompVis latent-diffusion ffhq256 (code MIT; trained on FFHQ, CC BY-NC-SA 4.0): "
             f"{NON_COMMERCIAL}",
-            "LDM VQ-f4 first stage of the IDiff-Face family: decoder + codebook for sampling, encoder optional (training "
-            "only); pickled", "132 MB (+ 89 MB encoder)",
+            "LDM VQ-f4 first stage of the IDiff-Face family, split from CompVis latent-diffusion's ffhq.zip: decoder + "
+            "codebook for sampling, encoder optional (training only); pickled", "132 MB (+ 89 MB encoder)",
             url=_DRIVE.format("1d-zs3yjsnzOMNkz7qy3JSb-fMf0UmSdT"), optional=("first_stage_encoder_state_dict.pt",),
         ),
         ModelSpec(
-            "idiff-elasticface", "manual", "linked from fdbtrs/ElasticFace's README (ElasticFace-Arc)",
+            "idiff-elasticface", "manual", "fdbtrs/ElasticFace",
             ("295672backbone.pth",),
             f"ElasticFace-Arc R100 (CC BY-NC-SA 4.0, Fraunhofer IGD; trained on MS1MV2, non-commercial): {NON_COMMERCIAL}",
             "ElasticFace-Arc iresnet100 recogniser, the embedding space the IDiff-Face family is conditioned on "
@@ -477,7 +479,7 @@ def manual_instructions(s: ModelSpec) -> str:
     extra = "".join(f" ({f} may go beside it, optionally)" for f in s.optional)
     return (
         f"Model {s.name} ({s.description}) is not in {folder}, and synthface cannot download it (Google Drive needs a "
-        f"browser): its files sit in a Google Drive folder {s.source}. Get it from {s.url} ({s.size}), then place "
+        f"browser): its files sit in a Google Drive folder linked from {s.source}'s README{', ' + s.access if s.access else ''}. Get it from {s.url} ({s.size}), then place "
         f"{placed}{extra}, or pass the file or its folder instead of the name. Set {HOME_ENV} to keep hand-placed "
         f"models in ${HOME_ENV}/models/{s.name}/. Licence: {s.license}."
     )

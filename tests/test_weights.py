@@ -75,6 +75,8 @@ def test_download_refuses_with_where_to_request_and_where_each_file_goes(name, h
     for f in s.optional:
         assert f"{f} may go beside it" in text
     assert s.license in text and weights.HOME_ENV in text
+    behind_a_form = name in ("idiff-ffhq-cpd25", "idiff-ffhq-cpd50", "negfacediff-casia-cpd25")
+    assert ("behind a request form (name, affiliation, official email)" in text) is behind_a_form
     assert not home.exists()  # nothing written
     with pytest.raises(ModelNotFoundError) as found:  # find says the same, and so does an allowed download
         weights.find(name, allow_download=True)
