@@ -365,7 +365,8 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
                 f"mse_threshold must be greater than 0, got {mse_threshold!r}: the distance is never below 0, so no "
                 "image would ever switch to its identity in UIFace's stage 1. Use the published 0.006."
             )
-        check_int("stage_threshold", stage_threshold, 0, total - 1,
+        # Unused outside "uiface", where the schedule bounds it; elsewhere the published schedule's range.
+        check_int("stage_threshold", stage_threshold, 0, total - 1 if sampler == "uiface" else max(total, 1000) - 1,
                   why="the timestep where UIFace's stage 2 begins; published 500")
         check_real("eta", eta, 0.0, 1.0, why="DDIM's eta mixes in fresh noise, 0 (deterministic, published) to 1")
         if sampler == "ddpm" and eta != 0:
