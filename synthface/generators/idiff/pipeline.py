@@ -341,7 +341,15 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
                 "(IDperturb), 'uiface' UIFace's two-stage sampler, 'ddpm' IDiff-Face's 1000-step DDPM; negative "
                 "guidance (NegFaceDiff) is negative_embeds= with 'cfg' or 'ddpm'."
             )
-        unit = check_id_embeds(id_embeds, self.unet.config.context_dim)
+        width = self.unet.config.context_dim
+        shape = tuple(getattr(id_embeds, "shape", ()))
+        if isinstance(id_embeds, (torch.Tensor, np.ndarray)) and (len(shape) not in (1, 2) or shape[-1] != width):
+            raise InvalidInputError(
+                f"id_embeds has shape {shape}; expected (N, {width}): one L2-normalised {width}-d ElasticFace-Arc R100 "
+                "embedding per identity, the IDiff-Face family's conditioning space (not Arc2Face's ArcFace). Embed "
+                "faces with the family's recogniser, or pass the bank's vectors."
+            )
+        unit = check_id_embeds(id_embeds, width)
         n = unit.shape[0]
         total = self.scheduler.config.num_train_timesteps
         if sampler == "ddpm":

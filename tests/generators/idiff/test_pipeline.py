@@ -301,6 +301,8 @@ def test_callback_sees_and_replaces_latents(pipe):
 
 @pytest.mark.parametrize(("kw", "match"), [
     (dict(id_embeds=torch.ones(2, 256)), r"\(N, 512\)"),
+    (dict(id_embeds=np.ones((2, 3, 512))), "ElasticFace-Arc"),
+    (dict(id_embeds=torch.zeros(2, 512)), "zero vectors"),
     (dict(sampler="dpm"), "sampler must be one of"),
     (dict(num_inference_steps=0), "num_inference_steps"),
     (dict(num_inference_steps=1001), "num_inference_steps"),
