@@ -8,31 +8,26 @@ import math
 
 import torch
 
+from synthface.generators.testing import deterministic_state_dict as _shared_state_dict
+from synthface.generators.testing import deterministic_tensor as _shared_rule
+
 #: Keys whose deterministic test weights are 0.02 z (position tables), per VEC2FACE.md's rule.
-_POSITION_KEYS = ("decoder_pos_embed_learned", "token_emb.position_embeddings.weight")
+_POSITION_KEYS = {"decoder_pos_embed_learned": 0.02, "token_emb.position_embeddings.weight": 0.02}
 
 
 def deterministic_tensor(key: str, shape) -> torch.Tensor:
-    """VEC2FACE.md's deterministic weight for `key`: z ~ randn seeded by crc32(key); 1-D: 1 + 0.1z
-    for a "weight" else 0.1z; position tables 0.02z; `position_ids` arange; others z / sqrt(fan-in)."""
-    import zlib
-
+    """VEC2FACE.md's deterministic weight for `key`: the shared rule of `synthface.generators.testing`
+    (crc32(key)-seeded z; 1-D: 1 + 0.1z for a "weight" else 0.1z; others z / sqrt(fan-in)) with the
+    position tables at 0.02z, and `position_ids` as arange."""
     shape = tuple(shape)
     if key.endswith("position_ids"):
         return torch.arange(math.prod(shape)).reshape(shape)
-    z = torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
-    if key in _POSITION_KEYS:
-        return 0.02 * z
-    if len(shape) == 1:
-        return 1 + 0.1 * z if key.endswith("weight") else 0.1 * z
-    return z / math.sqrt(math.prod(shape) / shape[0])
+    return _shared_rule(key, shape, scaled_keys=_POSITION_KEYS)
 
 
 def deterministic_state_dict(module_or_shapes) -> dict[str, torch.Tensor]:
     """Every entry of a module's state dict (or of a {key: shape} mapping) by `deterministic_tensor`."""
-    if isinstance(module_or_shapes, torch.nn.Module):
-        module_or_shapes = {k: v.shape for k, v in module_or_shapes.state_dict().items()}
-    return {k: deterministic_tensor(k, shape) for k, shape in module_or_shapes.items()}
+    return _shared_state_dict(module_or_shapes, rule=deterministic_tensor)
 
 
 #: The tiny Vec2Face: every published module and code path, 64-wide transformer, 32-channel decoder.
