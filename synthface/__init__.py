@@ -16,6 +16,7 @@ _LAZY = {
     "verify": "synthface.identity",
     "perturb": "synthface.identity",
     "mixture_cosines": "synthface.identity",
+    "bounded_perturb": "synthface.identity",
     "load_bank": "synthface.identity",
     "Arc2FacePipeline": "synthface.generators.arc2face.pipeline",
     "Arc2FacePipelineOutput": "synthface.generators.arc2face.pipeline",

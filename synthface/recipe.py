@@ -20,7 +20,9 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -176,21 +178,75 @@ class PoseConfig(_Section):
         return value
 
 
+class BoundedSettings(_Section):
+    """IDperturb's bounded angular perturbation (variation.perturbation = "bounded",
+    `synthface.identity.bounded`): each image's condition vector at a cosine c drawn uniformly in
+    [lb, max_cos] to its identity, lb = max(floor, sqrt((1 + nearest) / 2)) with `nearest` the
+    identity's cosine to its nearest other identity: no variant crosses the bisector towards it."""
+
+    floor: Float = Field(
+        0.4, ge=-1.0, lt=1.0, description="the least bound lb on an image's cosine to its identity (IDperturb's "
+        "min_cos: 0.4); an identity closer to its nearest neighbour gets the higher bisector bound",
+    )
+    max_cos: Float = Field(
+        1.0, gt=-1.0, le=1.0, description="the largest cosine drawn (IDperturb: 1.0); above floor",
+    )
+
+    @model_validator(mode="after")
+    def _max_above_floor(self):
+        if not self.max_cos > self.floor:
+            raise ValueError(
+                f"has max_cos = {self.max_cos} at or below floor = {self.floor}, but each image's cosine is drawn "
+                "from its bound (at least floor) up to max_cos, so max_cos must be greater than floor: raise max_cos "
+                "(IDperturb: 1.0) or lower floor (IDperturb: 0.4)"
+            )
+        return self
+
+
+#: variation.perturbation's value for IDperturb's bounded perturbation (else a {cosine = share} mixture).
+BOUNDED = "bounded"
+_MIXTURE = TypeAdapter(dict[float, Finite])
+
+
 class VariationConfig(_Section):
     images_per_identity: Int = Field(50, ge=1, le=10_000)
     overgenerate: Float = Field(1.5, ge=1.0, le=20.0, description="candidates rendered per image kept")
-    perturbation: dict[float, Finite] = Field(
+    perturbation: dict[float, Finite] | Literal["bounded"] = Field(
         default_factory=lambda: {1.0: 1.0},
-        description="target cosine of each condition vector to its identity -> share of images",
+        description="target cosine of each condition vector to its identity -> share of images; or \"bounded\" "
+        "(IDperturb): each image's cosine uniform in [its identity's bisector bound, max_cos], see variation.bounded",
+    )
+    bounded: BoundedSettings | None = Field(
+        None, description="settings of perturbation = \"bounded\" (floor, max_cos); unset: IDperturb's 0.4 and 1.0",
     )
     pose: PoseConfig | None = Field(
         None, description="target yaw/pitch ranges (needs a generator with pose control, e.g. 'vec2face-plus-pose'); "
         "none: the generator's own poses",
     )
 
+    @field_validator("perturbation", mode="wrap")
+    @classmethod
+    def _mixture_or_bounded(cls, value, handler):
+        """"bounded", or a mixture validated as dict[float, Finite] (so its errors name the cosine)."""
+        if isinstance(value, str):
+            if value == BOUNDED:
+                return value
+            raise ValueError(
+                f"must be a {{cosine = share}} mixture such as {{ \"0.96\" = 0.4, \"0.9\" = 0.6 }} or the word "
+                f"\"bounded\" (IDperturb's bounded perturbation), given {value!r}"
+            )
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"must be a {{cosine = share}} mixture such as {{ \"0.96\" = 0.4, \"0.9\" = 0.6 }} or the word "
+                f"\"bounded\" (IDperturb's bounded perturbation), given {value!r}"
+            )
+        return _MIXTURE.validate_python(value)
+
     @field_validator("perturbation")
     @classmethod
     def _valid_mixture(cls, value):
+        if value == BOUNDED:
+            return value
         if not value:
             raise ValueError("needs at least one {cosine = share} pair, e.g. { \"1.0\" = 1.0 }")
         for cos, share in value.items():
@@ -202,9 +258,38 @@ class VariationConfig(_Section):
             raise ValueError("shares must sum to more than 0")
         return value
 
+    @field_validator("bounded")
+    @classmethod
+    def _bounded_needs_its_mode(cls, value, info: ValidationInfo):
+        if value is not None and info.data.get("perturbation", BOUNDED) != BOUNDED:
+            raise ValueError(_BOUNDED_ALONE)
+        return value
+
+    @model_validator(mode="after")
+    def _bounded_settings_only_when_bounded(self):
+        if self.bounded is not None and self.perturbation != BOUNDED:  # e.g. set by assignment
+            raise ValueError("variation.bounded " + _BOUNDED_ALONE)
+        return self
+
+    @property
+    def is_bounded(self) -> bool:
+        return self.perturbation == BOUNDED
+
+    @property
+    def bounded_settings(self) -> BoundedSettings:
+        """The settings of the bounded perturbation in force: variation.bounded, or its defaults."""
+        return self.bounded if self.bounded is not None else BoundedSettings()
+
     @property
     def candidates_per_identity(self) -> int:
         return -(-int(self.images_per_identity * self.overgenerate * 1000) // 1000)
+
+
+_BOUNDED_ALONE = (
+    "applies only with variation.perturbation = \"bounded\" (it holds that mode's floor and max_cos), and this "
+    "recipe's perturbation is a {cosine = share} mixture: set perturbation = \"bounded\" to use it, or remove "
+    "the [variation.bounded] section"
+)
 
 
 class FilteringConfig(_Section):
@@ -254,7 +339,7 @@ class ComputeConfig(_Section):
 
 #: Sections that leave a recipe's fingerprint alone while unset (None), so recipes written before
 #: they existed keep their fingerprint; set, they change the data.
-_OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"))
+_OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"), ("variation", "bounded"))
 
 #: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
 #: before they existed keep their fingerprint (and their runs resume); any other value may change
@@ -295,6 +380,8 @@ class Recipe(_Section):
         for key, default in _SPEED_DEFAULTS.items():
             if data["compute"][key] == default:
                 data["compute"].pop(key)
+        if data["variation"]["perturbation"] == BOUNDED:  # the settings in force: unset = written at the defaults
+            data["variation"]["bounded"] = self.variation.bounded_settings.model_dump(mode="json")
         for section, key in _OPTIONAL_SECTIONS:
             if data[section][key] is None:
                 data[section].pop(key)

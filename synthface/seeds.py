@@ -18,6 +18,7 @@ PERTURB_STREAM = 0x9E  # the orthogonal noise direction of perturb
 MIXTURE_STREAM = 0x3C  # the shuffled order of mixture_cosines' target cosines
 PROBE_STREAM = 0x71  # the plain draws that judge thresholds when sampling proves infeasible
 REPLACE_STREAM = 0xD7  # draw_replacements' candidates, per (seed, stream, round, row)
+BOUNDED_STREAM = 0xB5  # bounded_cosines' uniform draw s of an image's target cosine in [lb, max_cos]
 
 # --- the engine (synthface.engine): mixed into derive_seed(recipe seed, ..., STREAM)
 IMAGE_MIXTURE_STREAM = 0x6D6978  # ("mix") an identity's target cosines in one rendering round

@@ -148,3 +148,46 @@ def test_non_finite_numbers_and_settings_without_their_section_are_refused(data,
     with pytest.raises(InvalidInputError, match="not a valid recipe") as info:
         parse_recipe(data, source="r.toml")
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("variation", "fragment"), [
+    ({"perturbation": "boundd"}, "variation.perturbation must be a {cosine = share} mixture such as"),
+    ({"perturbation": 0.9}, "or the word \"bounded\" (IDperturb's bounded perturbation), given 0.9"),
+    ({"bounded": {"floor": 0.3}}, "variation.bounded applies only with variation.perturbation = \"bounded\""),
+    ({"perturbation": {"1.0": 1.0}, "bounded": {}}, "remove the [variation.bounded] section"),
+    ({"perturbation": "bounded", "bounded": {"floor": 1.0}}, "variation.bounded.floor must be less than 1"),
+    ({"perturbation": "bounded", "bounded": {"floor": -1.2}}, "variation.bounded.floor must be greater than or equal to -1"),
+    ({"perturbation": "bounded", "bounded": {"max_cos": 1.01}}, "variation.bounded.max_cos must be less than or equal to 1"),
+    ({"perturbation": "bounded", "bounded": {"floor": 0.6, "max_cos": 0.6}},
+     "variation.bounded has max_cos = 0.6 at or below floor = 0.6"),
+    ({"perturbation": "bounded", "bounded": {"floor": 0.5, "max_cos": 0.2}}, "so max_cos must be greater than floor"),
+    ({"perturbation": "bounded", "bounded": {"floor": float("nan")}}, "variation.bounded.floor"),
+    ({"perturbation": "bounded", "bounded": {"min_cos": 0.4}}, "variation.bounded.min_cos is not a recipe field"),
+])
+def test_bounded_perturbation_settings_are_refused_in_one_paragraph(variation, fragment):
+    with pytest.raises(InvalidInputError) as info:
+        parse_recipe({"variation": variation}, source="r.toml")
+    message = str(info.value)
+    assert fragment in message and message.startswith("r.toml is not a valid recipe: ") and "\n" not in message
+
+
+def test_bounded_perturbation_fingerprints_its_settings_in_force():
+    """perturbation = "bounded" without [variation.bounded] runs at IDperturb's floor 0.4 and max_cos 1.0,
+    so it is the same data (and fingerprint) as those values written out; mixture recipes keep theirs
+    (the shipped ones: tests/test_byte_identity.py)."""
+    plain = parse_recipe({"variation": {"perturbation": "bounded"}})
+    assert plain.variation.is_bounded and plain.variation.bounded is None
+    assert (plain.variation.bounded_settings.floor, plain.variation.bounded_settings.max_cos) == (0.4, 1.0)
+    explicit = parse_recipe({"variation": {"perturbation": "bounded", "bounded": {"floor": 0.4, "max_cos": 1.0}}})
+    assert explicit.fingerprint() == plain.fingerprint()
+    other = parse_recipe({"variation": {"perturbation": "bounded", "bounded": {"floor": 0.5}}})
+    mixture = parse_recipe({})
+    assert len({plain.fingerprint(), other.fingerprint(), mixture.fingerprint()}) == 3
+    assert mixture.fingerprint() == parse_recipe({"variation": {"perturbation": {"1.0": 1.0}}}).fingerprint()
+    for recipe in (plain, other):  # written out and read back: the same recipe
+        text = recipe.to_toml()
+        assert 'perturbation = "bounded"' in text
+        again = parse_recipe(tomllib.loads(text))
+        assert again == recipe and again.fingerprint() == recipe.fingerprint()
+    from_set = load_recipe(PIPELINES / "smoke.toml", ["variation.perturbation=bounded", "variation.bounded.floor=0.5"])
+    assert from_set.variation.is_bounded and from_set.variation.bounded_settings.floor == 0.5  # a bare word: a string

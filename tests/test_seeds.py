@@ -18,7 +18,7 @@ def test_streams_are_pinned_and_distinct():
     streams = {name: value for name, value in vars(seeds).items() if name.endswith("_STREAM")}
     assert streams == {
         "SAMPLE_STREAM": 0x5A, "PERTURB_STREAM": 0x9E, "MIXTURE_STREAM": 0x3C, "PROBE_STREAM": 0x71,
-        "REPLACE_STREAM": 0xD7, "IMAGE_MIXTURE_STREAM": 0x6D6978, "POSE_STREAM": 0x706F7365,
+        "REPLACE_STREAM": 0xD7, "BOUNDED_STREAM": 0xB5, "IMAGE_MIXTURE_STREAM": 0x6D6978, "POSE_STREAM": 0x706F7365,
         "ATTROP_STREAM": 0x617474, "GENUINE_PAIRS_STREAM": 1, "IMPOSTOR_ROWS_STREAM": 2, "EPOCH_ORDER_STREAM": 0x5EED,
     }
     assert len(set(streams.values())) == len(streams)

@@ -1,5 +1,6 @@
 """The plan: which images a run renders (`plan_identity`: seeds, target cosines, poses), the shards of
-identities, and what a run will do (`make_plan`). Everything here is derived from the recipe alone."""
+identities, and what a run will do (`make_plan`). Everything here is derived from the recipe alone
+(so a bounded perturbation's cosines, which need the bank, are drawn by the worker when it renders)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from synthface.seeds import IMAGE_MIXTURE_STREAM, POSE_STREAM, derive_seed
 
 @dataclass(frozen=True)
 class ImageTask:
-    """One candidate image. `round` counts the identity's rendering rounds over all its vectors;
+    """One candidate image (`target_cos`: NaN until rendered under bounded perturbation). `round` counts the identity's rendering rounds over all its vectors;
     `vector_round` says which vector it is rendered from (0: the sampled one, r: the replacement
     drawn in collision-resampling round r); `pose`: the target (yaw, pitch) in degrees when the recipe
     asks for poses (`variation.pose`), else None."""
@@ -45,13 +46,19 @@ def draw_pose(recipe: Recipe, identity: int, image: int) -> tuple[float, float] 
 def plan_identity(recipe: Recipe, identity: int, round_: int = 0, vector_round: int = 0) -> list[ImageTask]:
     """The candidate images of one identity in one rendering round of one of its vectors.
 
+    Target cosines come from the recipe's {cosine = share} mixture; with variation.perturbation =
+    "bounded" they are NaN here, as each is drawn when the image is rendered from its seed and its
+    identity's nearest cosine in the bank rendered from (`ShardWorker`, `synthface.identity.bounded`).
     Image indices (and so seeds and file names) never repeat within an identity: vector v's round r
     is attempt v * max_rounds + r, whose k candidates are images attempt * k .. attempt * k + k - 1.
     """
     k = recipe.variation.candidates_per_identity
     attempt = vector_round * recipe.filtering.max_rounds + round_
-    mix_seed = derive_seed(recipe.seed, identity, attempt, IMAGE_MIXTURE_STREAM)
-    targets = mixture_cosines(recipe.variation.perturbation, k, seed=mix_seed % 2**32)
+    if recipe.variation.is_bounded:  # drawn when rendered: the bound depends on the bank (ShardWorker)
+        targets = np.full(k, np.nan)
+    else:
+        mix_seed = derive_seed(recipe.seed, identity, attempt, IMAGE_MIXTURE_STREAM)
+        targets = mixture_cosines(recipe.variation.perturbation, k, seed=mix_seed % 2**32)
     return [
         ImageTask(identity, attempt * k + j, attempt, derive_seed(recipe.seed, identity, attempt * k + j),
                   float(targets[j]), vector_round, draw_pose(recipe, identity, attempt * k + j))

@@ -6,7 +6,9 @@ against every other identity, kept or replaced), rendered by a `ShardWorker` as 
 `resample_unit(r)` with derived seeds and the same per-image filter; then the whole set is judged
 again, for up to filtering.max_rounds rounds (identities still colliding are dropped at finalize as
 "collision"). Images of a replaced vector are dropped as "replaced"; the manifest's `vector_round`
-says which vector each image came from. Each round is a unit with its own done marker, and its
+says which vector each image came from. Under bounded perturbation a round's images are bounded by
+their identity's nearest cosine over the set as it stands in that round (replacements in place),
+computed exactly (`ShardWorker.run_units`). Each round is a unit with its own done marker, and its
 vectors depend only on the seeds and the set, so any kill and rerun, with any number of ranks,
 gives the same files.
 """

@@ -105,7 +105,8 @@ def run(
             if progress:
                 progress.start(total, times)
             try:
-                get_worker().run_shards(shards, bank.vectors, on_images=progress.advance if progress else None)
+                get_worker().run_shards(shards, bank.vectors, on_images=progress.advance if progress else None,
+                                        nearest=bank.nearest_cos)
             finally:
                 if progress:
                     progress.stop()

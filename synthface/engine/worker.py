@@ -9,6 +9,11 @@ The life cycle of a unit on its rank (`ShardWorker.run_units`), with its stages 
 3. when its last batch is through (the finish stage, a thread of its own) it is judged; identities
    still short of min_images get another round of batches (on_too_few = "resample"), rendered next;
 4. finished: kept files moved to their names, the folder renamed into place, then the done record.
+
+The condition vectors are made here (`ShardWorker._render_batch`), from each image's identity vector:
+at the image's planned cosine of the recipe's mixture (`synthface.identity.perturb`), or, with
+variation.perturbation = "bounded", at a cosine drawn from the image's seed above its identity's
+bisector bound (`synthface.identity.bounded`; the bound's rule: `ShardWorker.run_units`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,7 @@ from synthface.errors import InvalidInputError, OutputPathError
 from synthface.export.manifest import manifest_row, write_manifest
 from synthface.filtering import FilterConfig, ImageVerdicts, filter_candidates, keep_first
 from synthface.generators import RendererLike, check_images, model_licence
+from synthface.identity.bounded import bounded_perturb, nearest_cosines
 from synthface.identity.perturb import perturb
 from synthface.io import fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
@@ -81,7 +87,9 @@ class UnitWork:
 class _OpenUnit:
     """A unit between its first rendered batch and its done record (`ShardWorker.run_units`): its
     temporary folder, its candidates so far (pixels already encoded there), its rendering round, the
-    batches of that round not yet back at the sink, and when and from which stage times it started."""
+    batches of that round not yet back at the sink, and when and from which stage times it started;
+    `nearest`: under bounded perturbation, each of its identities' cosine to its nearest other identity
+    in the vectors it renders from (None otherwise)."""
 
     job: UnitWork
     tmp: Path
@@ -91,6 +99,7 @@ class _OpenUnit:
     round: int = 0
     waiting: int = 0
     candidates: list[Candidate] = field(default_factory=list)
+    nearest: dict[int, float] | None = None
 
 
 #: Batches between the renderer and the end of the write stage at once (`ShardWorker.max_in_flight`):
@@ -140,23 +149,37 @@ class ShardWorker:
 
     # units -------------------------------------------------------------------
 
-    def run_shard(self, shard: int, vectors: np.ndarray, on_images: Callable[[int], None] | None = None) -> UnitResult:
-        return self.run_shards([shard], vectors, on_images)[0]
+    def run_shard(self, shard: int, vectors: np.ndarray, on_images: Callable[[int], None] | None = None, *,
+                  nearest: np.ndarray | None = None) -> UnitResult:
+        return self.run_shards([shard], vectors, on_images, nearest=nearest)[0]
 
     def run_shards(self, shards: Sequence[int], vectors: np.ndarray,
-                   on_images: Callable[[int], None] | None = None) -> list[UnitResult]:
+                   on_images: Callable[[int], None] | None = None, *,
+                   nearest: np.ndarray | None = None) -> list[UnitResult]:
         """Render `shards` (their first vectors), streamed into each other; see `run_units`."""
         units = [UnitWork(shard_unit(s), list(shard_identities(self.recipe, s)), 0) for s in shards]
-        return self.run_units(units, vectors, on_images)
+        return self.run_units(units, vectors, on_images, nearest=nearest)
 
     def run_unit(self, unit: str, identities: list[int], vectors: np.ndarray, vector_round: int,
-                 on_images: Callable[[int], None] | None = None) -> UnitResult:
-        return self.run_units([UnitWork(unit, identities, vector_round)], vectors, on_images)[0]
+                 on_images: Callable[[int], None] | None = None, *, nearest: np.ndarray | None = None) -> UnitResult:
+        return self.run_units([UnitWork(unit, identities, vector_round)], vectors, on_images, nearest=nearest)[0]
 
     def run_units(self, units: Sequence[UnitWork], vectors: np.ndarray,
-                  on_images: Callable[[int], None] | None = None) -> list[UnitResult]:
+                  on_images: Callable[[int], None] | None = None, *,
+                  nearest: np.ndarray | None = None) -> list[UnitResult]:
         """Render, analyse, filter and write `units`, each from its identities' rows of `vectors`;
         the results of those finished, in the order they finished.
+
+        Bounded perturbation (variation.perturbation = "bounded") bounds each image by its identity's
+        cosine to its nearest other identity *in `vectors`, the set as it stands when the image is
+        drawn*. `nearest` gives those cosines for every row of `vectors` (the run's bank passes its
+        recorded `IdentityBank.nearest_cos`); None computes them exactly from `vectors` for the
+        identities rendered (`synthface.identity.bounded.nearest_cosines`): so a bank without
+        recorded cosines, and a collision-resampling round, whose `vectors` hold the replacements
+        in place, bound the replaced identities against every other current vector (kept or replaced
+        in the same round). Images rendered earlier are not redrawn when a neighbour is replaced (a
+        replacement keeps identities.max_cos to every identity, so floor >= sqrt((1 + max_cos) / 2)
+        bounds them against every vector a run ever uses).
 
         A unit's life cycle (`_OpenUnit`): opened (a fresh temporary folder) when its first batch is
         rendered; each round's batches stream their candidates into that folder; when the round's
@@ -179,7 +202,7 @@ class ShardWorker:
         def work() -> Iterator[tuple[_OpenUnit, list[ImageTask]]]:
             for job in units:
                 state = _OpenUnit(job, self._open_temp(job.unit), self._max_rounds(), time.perf_counter(),
-                                  self.stage_times.copy())
+                                  self.stage_times.copy(), nearest=self._unit_nearest(job.identities, vectors, nearest))
                 open_units.append(state)
                 yield from self._round_batches(state, job.identities)
 
@@ -209,7 +232,7 @@ class ShardWorker:
                 on_images(images)
             return self._round_batches(state, short) if short else None  # rendered before any later unit
 
-        stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors))),
+        stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors, w[0].nearest))),
                   Stage("analyse", lambda w: (w[0], self._analyse(*w[1]))),
                   Stage("write", lambda w: (w[0], self._stage_files(w[0].tmp, w[1]))),
                   Stage("finish", settle)]
@@ -226,6 +249,19 @@ class ShardWorker:
             for state in open_units:
                 shutil.rmtree(state.tmp, ignore_errors=True)
         return finished
+
+    def _unit_nearest(self, identities: list[int], vectors: np.ndarray,
+                      nearest: np.ndarray | None) -> dict[int, float] | None:
+        """Under bounded perturbation, each of `identities`' nearest cosine in `vectors` (given, or
+        computed exactly); None otherwise. See `run_units`."""
+        if not self.recipe.variation.is_bounded:
+            return None
+        if nearest is not None:
+            if len(nearest) != len(vectors):
+                raise InvalidInputError(f"run_units got {len(nearest)} nearest cosines for {len(vectors)} vectors; pass "
+                                        "one per row of vectors (the bank's nearest_cos), or None to compute them.")
+            return {i: float(nearest[i]) for i in identities}
+        return dict(zip(identities, nearest_cosines(vectors, identities).tolist()))
 
     def _max_rounds(self) -> int:
         filt = self.recipe.filtering
@@ -266,13 +302,22 @@ class ShardWorker:
                         "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
         return out
 
-    def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray):
+    def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray, nearest: dict[int, float] | None = None):
+        """The batch's condition vectors, each from its image's identity vector and seed alone, then
+        its images. Bounded perturbation draws each image's cosine here and records it in the
+        returned tasks' `target_cos`."""
         centres = vectors[[t.identity for t in batch]]
-        targets = np.array([t.target_cos for t in batch])
-        conditions = np.where(
-            (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=[t.seed for t in batch])
-        ).astype(np.float32)
         seeds = [t.seed for t in batch]
+        if self.recipe.variation.is_bounded:
+            settings = self.recipe.variation.bounded_settings
+            conditions, targets = bounded_perturb(centres, [nearest[t.identity] for t in batch], seeds,
+                                                  floor=settings.floor, max_cos=settings.max_cos)
+            batch = [replace(t, target_cos=float(c)) for t, c in zip(batch, targets)]
+        else:
+            targets = np.array([t.target_cos for t in batch])
+            conditions = np.where(
+                (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=seeds)
+            ).astype(np.float32)
         if self.recipe.variation.pose is None:
             images = self.renderer(conditions, seeds)
             return batch, conditions, centres, check_images(images, len(seeds), self.renderer)

@@ -41,7 +41,8 @@ MANIFEST_COLUMNS = (
     Column("path", "string", "the kept image's file, relative to the run folder (empty when dropped)", True),
     Column("round", "int64", "the identity's rendering round over all its vectors"),
     Column("vector_round", "int64", "which vector it was rendered from: 0 the sampled one, r collision round r's"),
-    Column("target_cos", "double", "the planned cosine of the condition vector to the identity's vector"),
+    Column("target_cos", "double", "the planned cosine of the condition vector to the identity's vector (bounded "
+           "perturbation: the one drawn in [lb, max_cos])"),
     Column("det_score", "double", "the face detector's score (NaN: no face or no analyser)"),
     Column("yaw", "double", "head yaw in degrees from the five landmarks (NaN: no face)"),
     Column("pitch", "double", "head pitch in degrees (NaN: no face)"),

@@ -17,7 +17,7 @@ pipeline takes `id_embeds`, `generator` and `output_type="pt"` (floats in [0, 1]
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +36,15 @@ class RenderSettings:
     """What one render call asks of the model; a family passes the fields its pipeline takes.
 
     steps: denoising steps; guidance: classifier-free guidance scale; resolution: image side in
-    pixels (None: the model's native size). The pipeline checks the bounds when it is called.
+    pixels (None: the model's native size); sampler: the recipe's `generation.sampler` section as a
+    mapping (which denoising procedure and its thresholds, for a family declaring "sampler"; None:
+    the family's default). The pipeline checks the bounds when it is called.
     """
 
     steps: int = 25
     guidance: float = 3.0
     resolution: int | None = None
+    sampler: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,10 @@ class Optimizations:
 
 #: Every option a family may declare (`GeneratorFamily.options`): the sampler fields of
 #: `RenderSettings` it reads ("steps", "guidance"), LCM-LoRA sampling ("lcm"), target head poses
-#: ("pose", for pipelines that load a pose model) and AttrOP on the identity centres ("attrop").
-OPTIONS = frozenset({"steps", "guidance", "lcm", "pose", "attrop"})
+#: ("pose", for pipelines that load a pose model), AttrOP on the identity centres ("attrop"), a choice
+#: of denoising procedure (`RenderSettings.sampler`, "sampler") and one negative identity per image
+#: (`negatives=` in the render call, "negatives").
+OPTIONS = frozenset({"steps", "guidance", "lcm", "pose", "attrop", "sampler", "negatives"})
 
 
 class GeneratorFamily:

@@ -4,7 +4,9 @@ A conditioner maps photos and their detected faces to unit ID vectors, `conditio
 -> (N, D) float32`. Each family declares its recognisers (`GeneratorFamily.recognisers`, registry
 names, first choice first); `conditioner_for` builds the first one found locally. The ONNX ArcFace
 conditioner here is the default for any insightface-style recogniser (`.onnx`); a family whose
-recogniser is another kind builds its own (`GeneratorFamily.recogniser_conditioner`).
+recogniser is another kind builds its own (`GeneratorFamily.recogniser_conditioner`); an IResNet
+state dict in arcface_torch's names (Vec2Face's Glint360K R100, IDiff-Face's ElasticFace-Arc R100) is
+`IResNetConditioner`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,36 @@ class ArcFaceConditioner:
 
         size = self.recognizer.input_size
         return self.recognizer(np.stack([norm_crop(im, f.kps, size) for im, f in zip(images, faces)]))
+
+
+class IResNetConditioner:
+    """Conditioning vectors from an IResNet recogniser stored as a (pickled) state dict in arcface_torch's
+    names: any IResNet the keys describe loads (`synthface.fr.backbones.backbone_from_state_dict`).
+
+    Each face is aligned to 112 x 112 from its 5 landmarks (`norm_crop`, as for ArcFaceConditioner),
+    fed as RGB in [-1, 1] ((x / 255 - 0.5) / 0.5, arcface_torch's and ElasticFace's preprocessing), and
+    its raw output is returned as a unit vector. Runs on the CPU (a few photos per request), in fp32.
+    `name` is the registry entry (`synthface.weights`) the file belongs to; `note` what the user should
+    know about it (a fallback, say).
+    """
+
+    def __init__(self, path, *, name: str, what: str, allow_pickle: bool | None = None, note: str = "") -> None:
+        from synthface.fr.backbones import backbone_from_state_dict
+        from synthface.weights import read_pickled_state_dict
+
+        self.path, self.name, self.note = Path(path), name, note
+        state = read_pickled_state_dict(self.path, model=name, allow_pickle=allow_pickle, what=what)
+        self.model = backbone_from_state_dict(state, source=str(self.path)).float().requires_grad_(False)
+
+    def __call__(self, images: Sequence[np.ndarray], faces: Sequence) -> np.ndarray:
+        import torch
+
+        from synthface.faces import l2_normalize, norm_crop
+
+        crops = np.stack([norm_crop(im, f.kps, 112) for im, f in zip(images, faces)])
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.inference_mode():
+            return l2_normalize(self.model(x).numpy())
 
 
 def onnx_conditioner(path: Path, analyzer, note: str = "") -> ArcFaceConditioner:

@@ -8,12 +8,21 @@ says how far sampling got and which threshold would work.
 
 One module per job: `prior` (distributions on the sphere), `bank` (`IdentityBank` and its file
 format), `separation` (the separation statistics and the screened checks that keep it), `sample`
-(`sample_identities` and its checkpoints), `eta`, `feasibility`, `verify`, `perturb` and `replace`
-(`draw_replacements`). This package re-exports their public names.
+(`sample_identities` and its checkpoints), `eta`, `feasibility`, `verify`, `perturb`, `bounded`
+(IDperturb's bounded perturbation: each variant at a random cosine no nearer the bisector towards
+its identity's nearest neighbour, `bounded_perturb`) and `replace` (`draw_replacements`). This
+package re-exports their public names.
 """
 
 from synthface.identity._vectors import UNIT_ATOL
 from synthface.identity.bank import BANK_FORMAT, IdentityBank, load_bank, load_vectors
+from synthface.identity.bounded import (
+    bank_nearest_cosines,
+    bounded_cosines,
+    bounded_perturb,
+    lower_bounds,
+    nearest_cosines,
+)
 from synthface.identity.feasibility import FEASIBLE_CAP
 from synthface.identity.perturb import mixture_cosines, perturb
 from synthface.identity.prior import PRIORS, Prior, gaussian_prior, isotropic_prior
@@ -33,5 +42,6 @@ __all__ = [
     "BANK_FORMAT", "CHECKPOINT_EVERY", "CHECKPOINT_FORMAT", "FEASIBLE_CAP", "GUARANTEE_MARGIN", "MAX_BINS",
     "PRIORS", "REPLACEMENT_DRAWS", "UNIT_ATOL", "IdentityBank", "Prior", "ProgressCallback", "SamplingProgress",
     "Verification", "draw_replacements", "gaussian_prior", "isotropic_prior", "load_bank", "load_vectors",
-    "mixture_cosines", "perturb", "sample_identities", "verify", "verify_vectors",
+    "bank_nearest_cosines", "bounded_cosines", "bounded_perturb", "lower_bounds", "mixture_cosines", "nearest_cosines",
+    "perturb", "sample_identities", "verify", "verify_vectors",
 ]

@@ -1,5 +1,6 @@
 """Perturbation: unit vectors at an exact target cosine to given identity vectors, and target
-cosines drawn in a mixture's proportions."""
+cosines drawn in a mixture's proportions. IDperturb's bounded perturbation (cosines drawn above each
+identity's bisector bound) is `synthface.identity.bounded`, built on `perturb`."""
 
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ def test_registry_routes_names_prefixes_and_pipelines(monkeypatch):
 
     assert registry.family_of_pipeline(Pipe()) is plus
     with pytest.raises(InvalidInputError, match="No generator family renders a list; the registered families are "
-                                                "arc2face, vec2face, vec2face-plus"):
+                                                "arc2face, idiff, vec2face, vec2face-plus"):
         registry.family_of_pipeline([])
 
 

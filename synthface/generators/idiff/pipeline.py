@@ -341,7 +341,15 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
                 "(IDperturb), 'uiface' UIFace's two-stage sampler, 'ddpm' IDiff-Face's 1000-step DDPM; negative "
                 "guidance (NegFaceDiff) is negative_embeds= with 'cfg' or 'ddpm'."
             )
-        unit = check_id_embeds(id_embeds, self.unet.config.context_dim)
+        width = self.unet.config.context_dim
+        shape = tuple(getattr(id_embeds, "shape", ()))
+        if isinstance(id_embeds, (torch.Tensor, np.ndarray)) and (len(shape) not in (1, 2) or shape[-1] != width):
+            raise InvalidInputError(
+                f"id_embeds has shape {shape}; expected (N, {width}): one L2-normalised {width}-d ElasticFace-Arc R100 "
+                "embedding per identity, the IDiff-Face family's conditioning space (not Arc2Face's ArcFace). Embed "
+                "faces with the family's recogniser, or pass the bank's vectors."
+            )
+        unit = check_id_embeds(id_embeds, width)
         n = unit.shape[0]
         total = self.scheduler.config.num_train_timesteps
         if sampler == "ddpm":
@@ -365,7 +373,8 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
                 f"mse_threshold must be greater than 0, got {mse_threshold!r}: the distance is never below 0, so no "
                 "image would ever switch to its identity in UIFace's stage 1. Use the published 0.006."
             )
-        check_int("stage_threshold", stage_threshold, 0, total - 1,
+        # Unused outside "uiface", where the schedule bounds it; elsewhere the published schedule's range.
+        check_int("stage_threshold", stage_threshold, 0, total - 1 if sampler == "uiface" else max(total, 1000) - 1,
                   why="the timestep where UIFace's stage 2 begins; published 500")
         check_real("eta", eta, 0.0, 1.0, why="DDIM's eta mixes in fresh noise, 0 (deterministic, published) to 1")
         if sampler == "ddpm" and eta != 0:
