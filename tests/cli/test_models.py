@@ -695,3 +695,28 @@ def test_models_verify_checks_a_hand_placed_model(capsys, tmp_path, monkeypatch)
     result = run_cli_inprocess(capsys, "models", "verify", "idiff-vq-f4")
     assert_clean_refusal(result, ModelNotFoundError.exit_code, "damaged model files", "idiff-vq-f4",
                          "synthface models download idiff-vq-f4")
+
+
+def test_models_convert_writes_an_idiff_folder_only_on_the_opt_in(capsys, tmp_path):
+    """A UIFace-layout folder (checkpoint + first stage beside it) converts to safetensors that load with no
+    opt-in; without the opt-in the refusal names both files and no output folder appears."""
+    from synthface.generators.idiff.autoencoder import vq_state_to_ldm
+    from synthface.generators.idiff.loading import load_idiff
+    from synthface.generators.idiff.schedule import ddpm_buffers
+    from synthface.generators.idiff.tiny import TINY_VQ, tiny_unet, vq_from_rule
+
+    folder, unet = tmp_path / "uiface", tiny_unet()
+    folder.mkdir()
+    state = {f"module.eps_model.{k}": v for k, v in unet.state_dict().items()}
+    torch.save({**state, **{f"module.{k}": v for k, v in ddpm_buffers().items()}}, folder / "ema_averaged_model_250000.ckpt")
+    vq = vq_from_rule(**{**TINY_VQ, "block_out_channels": (32, 32, 32), "norm_num_groups": 32})
+    torch.save({k: v for k, v in vq_state_to_ldm(vq.state_dict()).items() if not k.startswith(("encoder.", "quant_conv."))},
+               folder / "first_stage_decoder_state_dict.pt")
+    result = run_cli_inprocess(capsys, "models", "convert", folder, "--out", tmp_path / "out")
+    assert_clean_refusal(result, ModelNotFoundError.exit_code, "ema_averaged_model_250000.ckpt",
+                         "first_stage_decoder_state_dict.pt", "--allow-pickle")
+    assert not (tmp_path / "out").exists()
+    result = run_cli_inprocess(capsys, "models", "convert", folder, "--out", tmp_path / "out", "--allow-pickle")
+    assert result.returncode == 0 and "module.eps_model. layout, learned empty context" in " ".join(result.stdout.split())
+    loaded = load_idiff(tmp_path / "out")  # no opt-in needed
+    assert all(torch.equal(loaded.unet.state_dict()[k], v) for k, v in unet.state_dict().items())

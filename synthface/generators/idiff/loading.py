@@ -408,7 +408,8 @@ def vq_config_from_state(ldm_state: dict, *, norm_num_groups: int = LDM_GROUPS) 
 
 def read_first_stage(decoder: str | Path, *, allow_pickle: bool | None, norm_num_groups: int = LDM_GROUPS):
     """(VQModel, one-line report) from the LDM VQ-f4 decoder file and, when it sits beside it, the
-    encoder file (else the encoder stays at its initialisation: sampling never uses it). Strict: every
+    encoder file (else the encoder stays at its initialisation, seeded with 0 on a forked generator so
+    torch's global stream is untouched: sampling never uses it). Strict: every
     decoder, codebook and post-quantisation key must be there with its shape. `norm_num_groups`: see
     `vq_config_from_state` (32 for every LDM file).
 
@@ -437,7 +438,9 @@ def read_first_stage(decoder: str | Path, *, allow_pickle: bool | None, norm_num
     if has_encoder:
         state = {**_read_ldm_file(encoder, allow_pickle, "LDM VQ-f4 first-stage encoder"), **state}
     config = vq_config_from_state(state, norm_num_groups=norm_num_groups)
-    vq = idiff_vqmodel(**config)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(0)  # an encoder left at its initialisation is the same one every time
+        vq = idiff_vqmodel(**config)
     expected = {k: tuple(v.shape) for k, v in vq_state_to_ldm(vq.state_dict()).items()  # named as in the files
                 if has_encoder or not k.startswith(("encoder.", "quant_conv."))}
     detail = state_dict_mismatch(expected, state)

@@ -331,7 +331,9 @@ def test_every_published_layout_loads_the_same_weights(tmp_path, tiny, layout, l
     unet = tiny[0][learned]
     path = save_unet(tmp_path, unet, layout)
     head_dim = None if layout == "idiff-face" else TINY_HEAD_DIM  # the .hydra config says it
+    rng = torch.random.get_rng_state()
     loaded, report = read_unet_checkpoint(path, allow_pickle=True, head_dim=head_dim)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # built on meta: nothing drawn from the global stream
     assert same_state(unet, loaded) and torch.equal(eps(unet), eps(loaded))
     assert report.layout == {"uiface": "module.eps_model.", "idiff-face": "eps_model."}.get(layout, layout)
     assert report.learned_empty_context is learned and report.buffers is (layout in ("uiface", "idiff-face"))
@@ -358,6 +360,10 @@ def test_the_first_stage_loads_from_its_ldm_files(tmp_path, tiny, encoder):
     decoder_keys = [k for k in sa if not k.startswith(("encoder.", "quant_conv."))]
     assert all(torch.equal(sa[k], sb[k]) for k in (sa if encoder else decoder_keys))
     assert ("decoder + encoder" in summary) is encoder
+    state = torch.random.get_rng_state()
+    again, _ = read_first_stage(tmp_path / DECODER, allow_pickle=True)
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading draws nothing from the global stream
+    assert same_state(vq_loaded, again)  # an encoder left at its initialisation is the same every time
     assert summary.endswith(f"{sum(sa[k].numel() for k in (sa if encoder else decoder_keys)):,} parameters")
 
 
