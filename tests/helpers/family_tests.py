@@ -27,10 +27,11 @@ class GeneratorFamilyTests:
     seeds = (0, 1, 2**40 + 3)
 
     @pytest.fixture(scope="class")
-    def renderer(self, one_thread):
+    @classmethod
+    def renderer(cls, one_thread):
         from synthface.generators import build_renderer
 
-        return build_renderer(self.model, device="cpu")
+        return build_renderer(cls.model, device="cpu")
 
     def conditions(self, count: int = 3, seed: int = 0) -> np.ndarray:
         x = np.random.default_rng(seed).standard_normal((count, self.id_dim)).astype(np.float32)

@@ -40,13 +40,13 @@ class IDiffFaceFamily(GeneratorFamily):
 
     name = "idiff"
     title = "IDiff-Face"
-    models = ()  # the models land with the loading work of issue 24
-    random_models = ()
+    models = ("idiff-uiface-casia", "idiff-ffhq-cpd25", "idiff-ffhq-cpd50", "negfacediff-casia-cpd25", "idiff-tiny")
+    random_models = ("idiff-tiny",)
     aliases = ("idiff*", "uiface*", "idperturb*", "negfacediff*")
     options = frozenset({"steps", "guidance", "sampler", "negatives"})
     native_size = IDIFF_SIZE
     #: Its own ElasticFace-Arc R100 first; Arc2Face's arcface.onnx (another space: noted) when that is missing.
-    recognisers = ("arc2face-arcface",)
+    recognisers = ("idiff-elasticface", "arc2face-arcface")
     test_recognisers = ("arc2face-arcface",)
 
     def load(self, model, *, device, dtype, allow_download, allow_pickle, first_stage=None):
@@ -60,10 +60,8 @@ class IDiffFaceFamily(GeneratorFamily):
                           allow_download=allow_download)
 
     def accepts(self, pipeline) -> bool:
-        try:  # the pipeline lands with the sampling work of issue 24
-            from synthface.generators.idiff.pipeline import IDiffFacePipeline
-        except ModuleNotFoundError:
-            return False
+        from synthface.generators.idiff.pipeline import IDiffFacePipeline
+
         return isinstance(pipeline, IDiffFacePipeline)
 
     def claims(self, path: str) -> bool:

@@ -583,7 +583,7 @@ def load_idiff(model, first_stage=None, *, device="cpu", dtype=torch.float32, al
     pipe = IDiffFacePipeline(unet=unet, vqvae=vqvae, scheduler=_scheduler(sampler_scheduler),
                              **({"latent_size": latent_size} if latent_size else {}))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    return pipe.to(device=device) if pipe.dtype == dtype else pipe.to(device=device, dtype=dtype)
 
 
 def converted_idiff(model, *, allow_pickle, first_stage=None):
