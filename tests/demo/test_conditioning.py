@@ -144,3 +144,27 @@ def test_cli_demo_refuses_a_bad_insightface_value_before_loading(capsys, monkeyp
     result = run_cli_inprocess(capsys, "demo", "--model", "tiny", "--analyzer", "insightface",
                                "--analyzer-option", "det_size=abc")
     assert_clean_refusal(result, 2, "det_size must be a multiple of 32")
+
+
+def test_idiff_face_conditions_on_elasticface_when_placed_and_says_so_when_it_falls_back(installed, recogniser, tmp_path):
+    from synthface.generators.idiff.family import IDIFF_NOTE
+
+    analyzer = dlib_analyzer()
+    installed["idiff-elasticface"] = recogniser[0]  # an IResNet state dict, as ElasticFace's 295672backbone.pth
+    own = demo_lib.make_conditioner("auto", "idiff-uiface-casia", analyzer, allow_pickle=True)
+    assert isinstance(own, conditioning.IResNetConditioner) and own.name == "idiff-elasticface" and own.note == ""
+    image = astronaut()
+    face = analyzer.analyze([image])[0][0]
+    crop = norm_crop(image, face.kps, 112)
+    x = (torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        raw = recogniser[1](x)[0].numpy()
+    assert float(own([image], [face])[0] @ raw / np.linalg.norm(raw)) > 0.9999
+    del installed["idiff-elasticface"]
+    installed["arc2face-arcface"] = tmp_path / "arcface.onnx"
+    installed["arc2face-arcface"].write_bytes(random_recogniser_bytes())
+    fallback = demo_lib.make_conditioner("auto", "idiff-uiface-casia", analyzer)
+    assert isinstance(fallback, conditioning.ArcFaceConditioner) and fallback.note == IDIFF_NOTE
+    assert "ElasticFace" in fallback.note and "idiff-elasticface" in fallback.note
+    session = demo_lib.DemoSession("idiff-uiface-casia", analyzer)
+    assert demo_page._standin_note(session, "idiff-uiface-casia") == IDIFF_NOTE  # shown at the top of the page
