@@ -85,8 +85,8 @@ class GeneratorFamily:
     torch.Generator], output_type="pt", **call_kwargs(...))` and return an output whose `.images`
     is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone (unless its own
     `to_uint8` converts what it returns). A family defines load, accepts, optimize, call_kwargs and
-    native_resolution (the base raises for each it lacks; test doubles define only what they use);
-    the rest have defaults.
+    native_resolution, and one declaring "negatives" negative_kwargs (the base raises for each it
+    lacks; test doubles define only what they use); the rest have defaults.
     """
 
     name: str = ""
@@ -393,8 +393,8 @@ class Renderer:
 
             raise InvalidInputError(
                 f"{who} renders with a {self.family.name!r} generator, which takes no negative identities "
-                f"(NegFaceDiff's negative guidance). Use a generator whose family takes them ({families_with('negatives')}), "
-                "or remove generation.sampler.negative."
+                "(NegFaceDiff's negative guidance). Use a generator whose family takes them "
+                f"({families_with('negatives')}), or remove generation.sampler.negative."
             )
 
     def __call__(self, conditions: np.ndarray, seeds: Sequence[int], poses: np.ndarray | None = None,
