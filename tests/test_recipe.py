@@ -13,7 +13,7 @@ from synthface.recipe import Recipe, load_recipe, parse_recipe
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
-@pytest.mark.parametrize("name", ["smoke", "quickstart", "hsface10k", "scale-1m"])
+@pytest.mark.parametrize("name", ["smoke", "quickstart", "hsface10k", "scale-1m", "idperturb10k", "uiface10k", "negfacediff10k"])
 def test_shipped_recipes_validate_and_document_themselves(name):
     path = PIPELINES / f"{name}.toml"
     recipe = load_recipe(path)
@@ -278,3 +278,34 @@ def test_sampler_choices_are_the_owners():
     for field, paper in (("name", "IDperturb"), ("mse_threshold", "UIFace"), ("stage_threshold", "UIFace"),
                          ("negative", "NegFaceDiff"), ("negative_scale", "NegFaceDiff"), ("adaptive_negative", "AdaptDiff")):
         assert paper in SamplerConfig.model_fields[field].description
+
+
+def test_the_idiff_recipes_are_the_published_procedures_at_the_standard_size():
+    from synthface.generators import family_for, model_licence
+
+    recipes = {name: load_recipe(PIPELINES / f"{name}.toml") for name in ("idperturb10k", "uiface10k", "negfacediff10k")}
+    for recipe in recipes.values():
+        assert (recipe.identities.count, recipe.variation.images_per_identity) == (10_000, 50)
+        assert family_for(recipe.generation.model).name == "idiff" and model_licence(recipe.generation.model).restricted
+    idperturb, uiface, negfacediff = recipes.values()
+    # IDperturb: plain CFG (cfg_scale 1 = guidance 2), 50 DDIM steps, the bounded perturbation at floor 0.4
+    assert idperturb.generation.sampler is None and (idperturb.generation.steps, idperturb.generation.guidance) == (50, 2.0)
+    assert idperturb.variation.perturbation == "bounded" and idperturb.variation.bounded.floor == 0.4
+    # UIFace: the two stages with its published thresholds, no perturbation
+    assert (uiface.generation.sampler.name, uiface.generation.sampler.mse_threshold,
+            uiface.generation.sampler.stage_threshold) == ("uiface", 0.006, 500)
+    assert uiface.variation.perturbation == {1.0: 1.0}
+    # NegFaceDiff: DDPM with Far-Neg at w 0.5
+    sampler = negfacediff.generation.sampler
+    assert (sampler.name, sampler.negative, sampler.negative_scale) == ("ddpm", "far", 0.5)
+
+
+@pytest.mark.parametrize("name", ["idperturb10k", "uiface10k"])
+def test_the_idiff_recipes_run_on_the_tiny_model(name, tmp_path):
+    from synthface import engine
+
+    overrides = ["identities.count=2", "variation.images_per_identity=2", "variation.overgenerate=1.0",
+                 "generation.model=idiff-tiny", "generation.steps=2", "generation.device=cpu",
+                 "filtering.enabled=false", "export.formats=['imagefolder']", "filtering.min_images=1"]
+    summary = engine.run(load_recipe(PIPELINES / f"{name}.toml", overrides), tmp_path / "run")
+    assert summary.finalized and len(list((tmp_path / "run" / "export" / "imagefolder").rglob("*.jpg"))) == 4
