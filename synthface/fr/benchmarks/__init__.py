@@ -9,7 +9,7 @@ A new protocol is a new module declaring a `Benchmark` (see registry.py) and one
 
 from __future__ import annotations
 
-from synthface.fr.benchmarks import bin
+from synthface.fr.benchmarks import bin, rfw, tinyface
 from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, torch_recognizer
 from synthface.fr.benchmarks.registry import (
     BENCHMARKS,
@@ -21,6 +21,8 @@ from synthface.fr.benchmarks.registry import (
 )
 
 register_benchmark(bin.BENCHMARK)
+register_benchmark(tinyface.BENCHMARK)
+register_benchmark(rfw.BENCHMARK)
 
 __all__ = [
     "BENCHMARKS", "Benchmark", "Recognizer", "get_benchmark", "headline_scores", "load_recognizer",
