@@ -38,6 +38,9 @@ from synthface.fr.benchmarks.registry import Benchmark
 #: The FARs of the reference's table, and their keys in results.json (str of the float).
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FAR_KEYS = tuple(str(far) for far in FARS)  # "1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"
+#: The ArcFace template as eval_ijbc.py builds it: the 96 x 112 points in float32, x + 8.
+REFERENCE_TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                               [62.7299, 92.2041]], dtype=np.float32) + np.array([8.0, 0.0], dtype=np.float32)
 #: Float64 values gathered per block when pooling templates and scoring pairs (64 MB a block).
 BLOCK_VALUES = 1 << 23
 
@@ -55,15 +58,19 @@ def face_keys(meta: IJBMeta) -> list[str]:
 
 
 def align_face(meta: IJBMeta, i: int, size: int) -> np.ndarray:
-    """Face i aligned: (size, size, 3) uint8 RGB (step 1)."""
+    """Face i aligned: (size, size, 3) uint8 RGB (step 1). synthface.faces.norm_crop's fit and warp, onto the
+    template as eval_ijbc.py writes it (float32 96 x 112 points, x + 8: it differs from the rounded 112 x 112
+    constants by a float32 ulp, enough to move a few border pixels of the warp)."""
     import cv2
 
-    from synthface.faces import norm_crop
+    from synthface.faces.align import estimate_similarity
 
     bgr = cv2.imread(str(meta.image(i)), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileFormatError(f"{meta.where(i)} cannot be read as an image (truncated or not a JPEG/PNG). Copy it again from the release.")
-    return norm_crop(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), meta.landmarks[i], size)
+    matrix = estimate_similarity(meta.landmarks[i], REFERENCE_TEMPLATE * (size / 112.0))
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def embed_faces(recognizer: Recognizer, meta: IJBMeta, *, flip: bool = True, cache: EmbeddingCache | None = None,
