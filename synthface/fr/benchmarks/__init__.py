@@ -9,7 +9,7 @@ A new protocol is a new module declaring a `Benchmark` (see registry.py) and one
 
 from __future__ import annotations
 
-from synthface.fr.benchmarks import bin, rfw, tinyface
+from synthface.fr.benchmarks import bin, ijb, rfw, tinyface
 from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, torch_recognizer
 from synthface.fr.benchmarks.registry import (
     BENCHMARKS,
@@ -21,6 +21,8 @@ from synthface.fr.benchmarks.registry import (
 )
 
 register_benchmark(bin.BENCHMARK)
+register_benchmark(ijb.IJBC)
+register_benchmark(ijb.IJBB)
 register_benchmark(tinyface.BENCHMARK)
 register_benchmark(rfw.BENCHMARK)
 
