@@ -122,7 +122,7 @@ class AdaFaceHead(nn.Module):
 
     Class centres are `kernel` (D, C) as AdaFace stores them (so its checkpoints' `head.kernel` loads),
     initialised uniform(-1, 1) with unit-norm columns; `weight` is the same tensor as (C, D). A state
-    dict holding `weight` (C, D) instead of `kernel` loads too. The buffers move only in training mode
+    dict holding `weight` (C, D) instead of `kernel` loads too, and AdaFace's unused `t` buffer is dropped. The buffers move only in training mode
     (AdaFace never runs its head in eval mode; here an evaluation call leaves them as they are).
 
         head = AdaFaceHead(10_000, 512)          # s 64, m 0.4, h 0.333, t_alpha 0.01: the published recipe
@@ -156,6 +156,7 @@ class AdaFaceHead(nn.Module):
                 "scale": self.scale, "margin": self.margin, "h": self.h, "t_alpha": self.t_alpha}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "t", None)  # AdaFace's head registers an unused step counter `t`
         weight = state_dict.get(prefix + "weight")
         if prefix + "kernel" not in state_dict and isinstance(weight, torch.Tensor) and weight.dim() == 2:
             state_dict[prefix + "kernel"] = state_dict.pop(prefix + "weight").t().contiguous()

@@ -195,7 +195,7 @@ def test_adaface_kernel_layout_init_state_dict_and_refusals():
                                "h": 0.333, "t_alpha": 0.01}
     other = AdaFaceHead(10, 6)  # a state dict holding `weight` (C, D) loads into the kernel
     other.load_state_dict({"weight": head.weight.detach().clone(), "batch_mean": torch.tensor([3.0]),
-                           "batch_std": torch.tensor([4.0])})
+                           "batch_std": torch.tensor([4.0]), "t": torch.zeros(1)})  # AdaFace's own has `t`
     assert torch.equal(other.kernel, head.kernel) and other.batch_mean.item() == 3.0
     head.eval()  # an evaluation call leaves the statistics alone
     head(torch.randn(4, 6), torch.tensor([0, 1, 2, 3]))

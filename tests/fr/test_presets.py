@@ -31,9 +31,10 @@ def test_published_presets_fields_and_parameter_counts():
     assert (ada.head, ada.scale, ada.adaface_margin, ada.adaface_h, ada.adaface_t_alpha) == ("adaface", 64.0, 0.4, 0.333, 0.01)
     assert (ada.lr, ada.momentum, ada.weight_decay, ada.bn_weight_decay, ada.epochs) == (0.1, 0.9, 5e-4, False, 26)
     # AdaFace's MultiStepLR(12, 20, 24) steps once per finished epoch: / 10 entering 1-based epochs 13, 21, 25
-    assert (ada.schedule, ada.milestones, ada.gamma, ada.batch_size, ada.precision) == ("step", (13, 21, 25), 0.1, 512, "fp16")
+    assert (ada.schedule, ada.milestones, ada.gamma, ada.batch_size, ada.precision) == ("step", (13, 21, 25), 0.1, 256, "fp16")
+    assert (ada.clip_grad_norm, ada.seed) == (0.0, 42)
     counts = {"adaface-ir50": 43_585_600, "adaface-irse50": 43_808_320, "sota-fr-irse50": 43_634_368,
-              "hsface10k": 43_634_368, "arcface-torch": 43_590_848}
+              "arcface-torch": 43_590_848}
     for name, count in counts.items():
         assert count_parameters(IResNet.on_meta(PRESETS[name].backbone())) == count, name
     assert PRESETS["adaface-irse50"].to_dict() == {**ada.to_dict(), "se_residual": True}
@@ -46,7 +47,7 @@ def test_every_preset_is_documented_with_its_source_and_numbers():
     assert set(PRESET_NOTES) == set(PRESETS)
     for name in ("adaface-ir50", "sota-fr-irse50", "hsface10k"):
         assert "Source:" in PRESET_NOTES[name] and re.search(r"\d\d\.\d\d", PRESET_NOTES[name]), name
-    assert all(n in PRESET_NOTES["adaface-ir50"] for n in ("89.56", "91.73", "92.30", "mk-minchul/AdaFace"))
+    assert all(n in PRESET_NOTES["adaface-ir50"] for n in ("89.56", "91.73", "92.30", "94.68", "mk-minchul/AdaFace"))
     assert all(n in PRESET_NOTES["sota-fr-irse50"] for n in ("92.00", "98.87", "89.94", "RandomErasing"))
 
 
@@ -127,3 +128,20 @@ def test_ir_se_layout_trains_and_its_model_loads_back(tmp_path, capsys):
     model = backbone_from_state_dict(state)
     assert model.config.layout == "ir" and model.config.se_residual
     assert json.loads((tmp_path / "run" / "config.json").read_text())["head"]["name"] == "adaface"
+
+
+def test_a_run_from_before_the_head_and_layout_settings_resumes(tmp_path):
+    """config.json written before `head`, `adaface_*`, `layout` and `se_residual` existed meant their defaults."""
+    data = imagefolder(tmp_path, per_class=4)
+    config = preset_config("tiny", sets=["batch_size=8", "widths=[8, 8, 16, 16]", "input_size=16"])
+    run = tmp_path / "run"
+    train(data, run, config, max_steps=1, progress=False, device="cpu")
+    saved = json.loads((run / "config.json").read_text())
+    new = ("head", "adaface_margin", "adaface_h", "adaface_t_alpha", "layout", "se_residual")
+    saved["train"] = {k: v for k, v in saved["train"].items() if k not in new}
+    del saved["head"]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert train(data, run, config, max_steps=2, resume=True, progress=False, device="cpu").steps == 2
+    with pytest.raises(InvalidInputError, match="head"):
+        train(data, run, preset_config("tiny", sets=["batch_size=8", "widths=[8, 8, 16, 16]", "input_size=16",
+                                                     "head=adaface"]), resume=True, progress=False, device="cpu")
