@@ -5,6 +5,13 @@
 data path a redesign moves: the smoke recipe on the tiny Arc2Face and on vec2face-tiny (every export
 format), a filtered run on real photos judged by dlib, and a run whose collision is resampled.
 Regenerate only when an output is *meant* to change: `python -m tests.run_digests --write`.
+
+The random-weight models' float kernels differ between CPUs (AVX2 vs AVX-512 GEMMs round differently),
+so the two smoke runs can give other bytes on another machine with the very same code.
+`tests/data/run_digests_variants.json` holds, per run, the digests other machines give, each made from a
+commit whose outputs are known right (the landed main) and checked equal at the new code: a run passes
+when it reproduces the record or one of its variants. Add one with `python -m tests.run_digests
+--add-variant "PLATFORM"` run at such a commit, never to make a changed output pass.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 DIGESTS = Path(__file__).parent / "data" / "run_digests.json"
+VARIANTS = Path(__file__).parent / "data" / "run_digests_variants.json"
 # What records the command line, the folder's name or timings rather than data.
 NOT_DATA = {"run.log", "run.lock", "run.json", "finalize.done", "README.md", "report.json", "report.html"}
 
@@ -76,9 +84,25 @@ def compute(name: str, workdir: Path) -> dict[str, str]:
     return data_digests(RUNS[name](workdir / name))
 
 
+def accepted(name: str) -> list[dict[str, str]]:
+    """The digests run `name` may give: the record, then each machine's variant."""
+    variants = json.loads(VARIANTS.read_text()) if VARIANTS.is_file() else {}
+    return [json.loads(DIGESTS.read_text())[name], *(v["digests"] for v in variants.get(name, []))]
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--add-variant":
+        variants = json.loads(VARIANTS.read_text()) if VARIANTS.is_file() else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in RUNS:
+                now = compute(name, Path(tmp))
+                if now not in accepted(name):
+                    variants.setdefault(name, []).append({"platform": argv[1], "digests": now})
+        VARIANTS.write_text(json.dumps(variants, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {VARIANTS}")
+        return 0
     if argv != ["--write"]:
-        print("usage: python -m tests.run_digests --write", file=sys.stderr)
+        print("usage: python -m tests.run_digests --write | --add-variant PLATFORM", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         digests = {name: compute(name, Path(tmp)) for name in RUNS}

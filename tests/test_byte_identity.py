@@ -10,13 +10,15 @@ import json
 
 import pytest
 
-from tests.run_digests import DIGESTS, RUNS, compute
+from tests.run_digests import DIGESTS, RUNS, accepted, compute
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_reference_run_reproduces_its_recorded_files(name, tmp_path, one_thread):
-    recorded = json.loads(DIGESTS.read_text())[name]
     now = compute(name, tmp_path)
+    if now in accepted(name)[1:]:
+        return  # this machine's float kernels give one of the recorded variants (tests/run_digests.py)
+    recorded = json.loads(DIGESTS.read_text())[name]
     assert sorted(now) == sorted(recorded), f"{name}: other files ({set(now) ^ set(recorded)})"
     changed = sorted(path for path in now if now[path] != recorded[path])
     assert not changed, f"{name}: {len(changed)} files changed bytes: {changed[:8]}"
