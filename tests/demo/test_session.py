@@ -171,7 +171,7 @@ def test_cli_demo_refuses_an_unknown_model_listing_the_generators(capsys):
     from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 
     result = run_cli_inprocess(capsys, "demo", "--model", "vec3face")
-    assert_clean_refusal(result, 2, "unknown generator 'vec3face'", "arc2face, tiny, vec2face, vec2face-plus")
+    assert_clean_refusal(result, 2, "unknown generator 'vec3face'", "arc2face, tiny, idiff-uiface-casia")
 
 
 def test_upload_over_the_size_limit_is_refused(app, tmp_path):
@@ -296,8 +296,8 @@ def test_a_real_model_without_the_arcface_recogniser_names_the_download(tmp_path
     assert not demo_lib.lcm_available("arc2face")
     # Model choices come from synthface.render's families: the launched one, no real one whose weights are
     # missing, and the random-weight test models.
-    assert demo_lib.installed_models("tiny") == ["tiny", "vec2face-tiny", "vec2face-plus-tiny"]
-    assert demo_lib.installed_models("vec2face") == ["vec2face", "tiny", "vec2face-tiny", "vec2face-plus-tiny"]
+    assert demo_lib.installed_models("tiny") == ["tiny", "idiff-tiny", "vec2face-tiny", "vec2face-plus-tiny"]
+    assert demo_lib.installed_models("vec2face") == ["vec2face", "tiny", "idiff-tiny", "vec2face-tiny", "vec2face-plus-tiny"]
     assert not demo_lib.lcm_available("vec2face") and not demo_lib.lcm_available("vec2face-tiny")
 
 

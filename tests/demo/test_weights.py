@@ -17,7 +17,7 @@ from synthface.errors import ModelNotFoundError
 from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-TINY = ["tiny", "vec2face-tiny", "vec2face-plus-tiny"]
+TINY = ["tiny", "idiff-tiny", "vec2face-tiny", "vec2face-plus-tiny"]
 
 
 @pytest.fixture
@@ -77,7 +77,9 @@ def test_installed_weights_are_offered_and_the_demo_starts_on_them(installed, la
     installed.update({"arc2face", "sd15", "dlib"})
     assert demo_lib.installed_models("vec2face") == ["vec2face", "arc2face", *TINY]
     assert demo_lib.default_model() == "arc2face"
-    assert [line.split()[0] for line in demo_lib.weights_notice("arc2face")] == ["vec2face-plus", "vec2face-plus-pose"]
+    assert [line.split()[0] for line in demo_lib.weights_notice("arc2face")] == [
+        "idiff-uiface-casia", "idiff-ffhq-cpd25", "idiff-ffhq-cpd50", "negfacediff-casia-cpd25", "vec2face-plus",
+        "vec2face-plus-pose"]
     assert "antelopev2" in " ".join(demo_lib.weights_notice("arc2face", "insightface"))
 
 
