@@ -137,6 +137,76 @@ class IdentitiesConfig(_Section):
         return self
 
 
+class SamplerConfig(_Section):
+    """The denoising procedure of a generator family that offers a choice (one declaring "sampler":
+    the IDiff-Face family), with NegFaceDiff's negative identities for one declaring "negatives".
+
+    The names belong to the family's pipeline (`IDiffFacePipeline`'s SAMPLERS), which the family
+    checks when the generator is loaded, before anything is rendered; importing the pipeline here
+    would load diffusers for every recipe read. The engine passes this section to the renderer as
+    `RenderSettings.sampler` (a mapping) and, with a negative, each image's negative identity: the
+    bank row chosen for its identity over the set it is rendered from (`synthface.identity.negatives`).
+    """
+
+    name: str = Field(
+        "cfg", description="'cfg' (IDperturb: DDIM with plain classifier-free guidance, generation.guidance), "
+        "'uiface' (UIFace: two stages, the empty context until each image's attention map settles below "
+        "mse_threshold, guided below stage_threshold), or 'ddpm' (IDiff-Face: its 1000-step DDPM; generation.steps "
+        "does not apply)",
+    )
+    mse_threshold: Float = Field(
+        0.006, gt=0.0, le=1.0, description="UIFace's MSE_th: the attention-map distance below which an image "
+        "switches to its identity in stage 1 (UIFace: 0.006); only with name = 'uiface'",
+    )
+    stage_threshold: Int = Field(
+        500, ge=0, le=999, description="UIFace's step_th: stage 1 is every timestep at or above it (UIFace: 500); "
+        "only with name = 'uiface'",
+    )
+    negative: Literal["far", "close", "mid"] | None = Field(
+        None, description="NegFaceDiff's negative identity for each identity, from the bank it is rendered from: "
+        "'far' the least similar (NegFaceDiff's default), 'close' the most similar other one, 'mid' the median; "
+        "eps = (1 + w) eps(c) - w eps(c_neg), the negative in the empty context's place (so generation.guidance "
+        "does not apply). Unset: no negative guidance. Not with name = 'uiface'",
+    )
+    negative_scale: Float = Field(
+        0.5, ge=0.0, le=100.0, description="NegFaceDiff's w, the negative's weight (NegFaceDiff: 0.5); only with "
+        "a negative",
+    )
+    adaptive_negative: Bool = Field(
+        False, description="AdaptDiff's schedule w_t = w (1 - t / T) instead of a constant w; only with a negative",
+    )
+
+    @model_validator(mode="after")
+    def _settings_need_their_sampler(self):
+        defaults = type(self).model_fields
+        if self.name != "uiface":
+            for key in ("mse_threshold", "stage_threshold"):
+                if getattr(self, key) != defaults[key].default:
+                    raise ValueError(
+                        f"sets {key} = {getattr(self, key)!r}, one of UIFace's two-stage thresholds, but name = "
+                        f"{self.name!r}: set name = \"uiface\" to use it, or remove {key}"
+                    )
+        if self.negative is None:
+            for key in ("negative_scale", "adaptive_negative"):
+                if getattr(self, key) != defaults[key].default:
+                    raise ValueError(
+                        f"sets {key} = {_toml_value(getattr(self, key))}, which weights NegFaceDiff's negative "
+                        f"identity, but no negative is chosen: set negative = \"far\" (or \"close\", \"mid\") to "
+                        f"use it, or remove {key}"
+                    )
+        elif self.name == "uiface":
+            raise ValueError(
+                f"sets negative = {self.negative!r} with name = \"uiface\", but NegFaceDiff's negative guidance "
+                "applies to the 'cfg' and 'ddpm' samplers (UIFace's two stages have their own empty-context "
+                "guidance): set name = \"cfg\" or \"ddpm\", or remove negative"
+            )
+        return self
+
+    def settings(self) -> dict:
+        """This section as the plain mapping a renderer takes (`RenderSettings.sampler`)."""
+        return self.model_dump(mode="json")
+
+
 class GenerationConfig(_Section):
     model: str = Field(
         "arc2face", description="a generator name synthface.generators routes ('arc2face', 'vec2face', 'vec2face-plus', "
@@ -151,6 +221,10 @@ class GenerationConfig(_Section):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     allow_pickle: Bool = Field(
         False, description="also load pickled weights (the published Arc2Face encoder is a pytorch_model.bin)"
+    )
+    sampler: SamplerConfig | None = Field(
+        None, description="the denoising procedure, for generators offering a choice (IDiff-Face: 'cfg', 'uiface', "
+        "'ddpm') and NegFaceDiff's negative identities; unset: the generator's own (IDiff-Face: 'cfg')",
     )
 
     @field_validator("resolution")
@@ -339,7 +413,8 @@ class ComputeConfig(_Section):
 
 #: Sections that leave a recipe's fingerprint alone while unset (None), so recipes written before
 #: they existed keep their fingerprint; set, they change the data.
-_OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"), ("variation", "bounded"))
+_OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"), ("variation", "bounded"),
+                      ("generation", "sampler"))
 
 #: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
 #: before they existed keep their fingerprint (and their runs resume); any other value may change
@@ -369,6 +444,13 @@ class Recipe(_Section):
                 f"filtering.min_images = {f.min_images} is more than variation.images_per_identity = {want}: an "
                 f"identity keeps at most {want} images, so with on_too_few = {f.on_too_few!r} every identity would be "
                 "dropped and the dataset would be empty. Lower filtering.min_images or raise images_per_identity"
+            )
+        sampler = self.generation.sampler
+        if sampler is not None and sampler.negative is not None and self.identities.count < 2:
+            raise ValueError(
+                f"generation.sampler.negative = {sampler.negative!r} takes each identity's negative from the other "
+                f"identities of the bank, but identities.count = {self.identities.count}: raise identities.count to "
+                "at least 2, or remove negative"
             )
         return self
 

@@ -13,7 +13,7 @@ from synthface.recipe import Recipe, load_recipe, parse_recipe
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
-@pytest.mark.parametrize("name", ["smoke", "quickstart", "hsface10k", "scale-1m"])
+@pytest.mark.parametrize("name", ["smoke", "quickstart", "hsface10k", "scale-1m", "idperturb10k", "uiface10k", "negfacediff10k"])
 def test_shipped_recipes_validate_and_document_themselves(name):
     path = PIPELINES / f"{name}.toml"
     recipe = load_recipe(path)
@@ -191,3 +191,121 @@ def test_bounded_perturbation_fingerprints_its_settings_in_force():
         assert again == recipe and again.fingerprint() == recipe.fingerprint()
     from_set = load_recipe(PIPELINES / "smoke.toml", ["variation.perturbation=bounded", "variation.bounded.floor=0.5"])
     assert from_set.variation.is_bounded and from_set.variation.bounded_settings.floor == 0.5  # a bare word: a string
+
+
+@pytest.mark.parametrize(("sampler", "fragment"), [
+    ({"name": "cfg", "mse_threshold": 0.01}, "generation.sampler sets mse_threshold = 0.01, one of UIFace's two-stage "
+     "thresholds, but name = 'cfg': set name = \"uiface\" to use it, or remove mse_threshold"),
+    ({"name": "ddpm", "stage_threshold": 300}, "sets stage_threshold = 300, one of UIFace's two-stage thresholds, but "
+     "name = 'ddpm'"),
+    ({"negative_scale": 1.0}, "generation.sampler sets negative_scale = 1.0, which weights NegFaceDiff's negative "
+     "identity, but no negative is chosen: set negative = \"far\" (or \"close\", \"mid\") to use it, or remove "
+     "negative_scale"),
+    ({"adaptive_negative": True}, "sets adaptive_negative = true, which weights NegFaceDiff's negative identity"),
+    ({"name": "uiface", "negative": "far"}, "sets negative = 'far' with name = \"uiface\", but NegFaceDiff's negative "
+     "guidance applies to the 'cfg' and 'ddpm' samplers"),
+    ({"name": "uiface", "mse_threshold": 0}, "generation.sampler.mse_threshold must be greater than 0"),
+    ({"name": "uiface", "mse_threshold": 1.5}, "generation.sampler.mse_threshold must be less than or equal to 1"),
+    ({"name": "uiface", "mse_threshold": float("nan")}, "generation.sampler.mse_threshold"),
+    ({"name": "uiface", "stage_threshold": 1000}, "generation.sampler.stage_threshold must be less than or equal to 999"),
+    ({"name": "uiface", "stage_threshold": -1}, "generation.sampler.stage_threshold must be greater than or equal to 0"),
+    ({"name": "uiface", "stage_threshold": 500.5}, "generation.sampler.stage_threshold"),
+    ({"negative": "fc"}, "generation.sampler.negative must be one of 'far', 'close' or 'mid' (given: 'fc')"),
+    ({"negative": "far", "negative_scale": -0.1}, "generation.sampler.negative_scale must be greater than or equal to 0"),
+    ({"negative": "far", "negative_scale": float("inf")}, "generation.sampler.negative_scale"),
+    ({"negative": "far", "adaptive_negative": 1}, "generation.sampler.adaptive_negative"),
+    ({"steps": 10}, "generation.sampler.steps is not a recipe field"),
+])
+def test_sampler_settings_are_refused_in_one_paragraph(sampler, fragment):
+    with pytest.raises(InvalidInputError) as info:
+        parse_recipe({"generation": {"sampler": sampler}}, source="r.toml")
+    message = str(info.value)
+    assert fragment in message and message.startswith("r.toml is not a valid recipe: ") and "\n" not in message
+
+
+def test_a_negative_needs_another_identity():
+    with pytest.raises(InvalidInputError, match=r"generation.sampler.negative = 'mid' takes each identity's negative "
+                       r"from the other identities of the bank, but identities.count = 1: raise identities.count"):
+        parse_recipe({"identities": {"count": 1}, "generation": {"sampler": {"negative": "mid"}}})
+    assert parse_recipe({"identities": {"count": 2}, "generation": {"sampler": {"negative": "mid"}}})
+
+
+def test_sampler_section_is_out_of_the_fingerprint_while_unset_and_in_it_when_set():
+    """Recipes written before [generation.sampler] keep their fingerprints (the shipped ones:
+    tests/test_byte_identity.py); every setting of the section changes the data."""
+    from synthface.recipe import SamplerConfig
+
+    base = {"name": "fp", "seed": 3, "identities": {"count": 10}, "generation": {"model": "idiff-uiface-casia"}}
+    unset = parse_recipe(base)
+    assert unset.generation.sampler is None and unset.fingerprint() == parse_recipe(
+        {**base, "generation": {**base["generation"], "sampler": None}}).fingerprint()
+    assert "sampler" not in unset.to_toml()
+    variants = [{}, {"name": "uiface"}, {"name": "uiface", "mse_threshold": 0.01}, {"name": "uiface", "stage_threshold": 600},
+                {"name": "ddpm"}, {"negative": "far"}, {"negative": "close"}, {"negative": "mid"},
+                {"negative": "far", "negative_scale": 1.0}, {"negative": "far", "adaptive_negative": True},
+                {"name": "ddpm", "negative": "far"}]
+    prints = {}
+    for sampler in variants:
+        recipe = parse_recipe({**base, "generation": {**base["generation"], "sampler": sampler}})
+        text = recipe.to_toml()
+        again = parse_recipe(tomllib.loads(text))  # written out (every field) and read back: the same recipe
+        assert again == recipe and again.fingerprint() == recipe.fingerprint()
+        prints[str(sampler)] = recipe.fingerprint()
+    assert len(set(prints.values()) | {unset.fingerprint()}) == len(variants) + 1, prints
+    # A [generation.sampler] table in a file and --set overrides are the same recipe.
+    explicit = parse_recipe({**base, "generation": {**base["generation"], "sampler": {"name": "uiface"}}})
+    written = tomllib.loads('name = "fp"\nseed = 3\n[identities]\ncount = 10\n[generation]\nmodel = "idiff-uiface-casia"\n'
+                            '[generation.sampler]\nname = "uiface"\nmse_threshold = 0.006\n')
+    assert parse_recipe(written) == explicit
+    from_set = load_recipe(PIPELINES / "smoke.toml", ["generation.sampler.negative=close",
+                                                     "generation.sampler.negative_scale=1.5"])
+    assert (from_set.generation.sampler.name, from_set.generation.sampler.negative,
+            from_set.generation.sampler.negative_scale) == ("cfg", "close", 1.5)
+    assert SamplerConfig().settings() == {"name": "cfg", "mse_threshold": 0.006, "stage_threshold": 500, "negative": None,
+                                          "negative_scale": 0.5, "adaptive_negative": False}
+
+
+def test_sampler_choices_are_the_owners():
+    """The negative kinds are synthface.identity.negatives' choices; the sampler names are the IDiff-Face
+    pipeline's SAMPLERS, checked by its family (tests/generators/idiff/test_family.py)."""
+    import typing
+
+    from synthface.identity.negatives import KINDS
+    from synthface.recipe import SamplerConfig
+
+    negative = SamplerConfig.model_fields["negative"].annotation
+    assert set(typing.get_args(typing.get_args(negative)[0])) <= set(KINDS)
+    for field, paper in (("name", "IDperturb"), ("mse_threshold", "UIFace"), ("stage_threshold", "UIFace"),
+                         ("negative", "NegFaceDiff"), ("negative_scale", "NegFaceDiff"), ("adaptive_negative", "AdaptDiff")):
+        assert paper in SamplerConfig.model_fields[field].description
+
+
+def test_the_idiff_recipes_are_the_published_procedures_at_the_standard_size():
+    from synthface.generators import family_for, model_licence
+
+    recipes = {name: load_recipe(PIPELINES / f"{name}.toml") for name in ("idperturb10k", "uiface10k", "negfacediff10k")}
+    for recipe in recipes.values():
+        assert (recipe.identities.count, recipe.variation.images_per_identity) == (10_000, 50)
+        assert family_for(recipe.generation.model).name == "idiff" and model_licence(recipe.generation.model).restricted
+    idperturb, uiface, negfacediff = recipes.values()
+    # IDperturb: plain CFG (cfg_scale 1 = guidance 2), 50 DDIM steps, the bounded perturbation at floor 0.4
+    assert idperturb.generation.sampler is None and (idperturb.generation.steps, idperturb.generation.guidance) == (50, 2.0)
+    assert idperturb.variation.perturbation == "bounded" and idperturb.variation.bounded.floor == 0.4
+    # UIFace: the two stages with its published thresholds, no perturbation
+    assert (uiface.generation.sampler.name, uiface.generation.sampler.mse_threshold,
+            uiface.generation.sampler.stage_threshold) == ("uiface", 0.006, 500)
+    assert uiface.variation.perturbation == {1.0: 1.0}
+    # NegFaceDiff: DDPM with Far-Neg at w 0.5
+    sampler = negfacediff.generation.sampler
+    assert (sampler.name, sampler.negative, sampler.negative_scale) == ("ddpm", "far", 0.5)
+
+
+@pytest.mark.parametrize("name", ["idperturb10k", "uiface10k"])
+def test_the_idiff_recipes_run_on_the_tiny_model(name, tmp_path):
+    from synthface import engine
+
+    overrides = ["identities.count=2", "variation.images_per_identity=2", "variation.overgenerate=1.0",
+                 "generation.model=idiff-tiny", "generation.steps=2", "generation.device=cpu",
+                 "filtering.enabled=false", "export.formats=['imagefolder']", "filtering.min_images=1"]
+    summary = engine.run(load_recipe(PIPELINES / f"{name}.toml", overrides), tmp_path / "run")
+    assert summary.finalized and len(list((tmp_path / "run" / "export" / "imagefolder").rglob("*.jpg"))) == 4

@@ -27,7 +27,15 @@ from synthface.engine.identities import (
 )
 from synthface.engine.plan import ImageTask, Plan, draw_pose, make_plan, num_shards, plan_identity, shard_identities
 from synthface.engine.resample import Resampled, resample_collisions
-from synthface.engine.runner import RunSummary, build_renderer, make_analyzer, resolve_render_device, run
+from synthface.engine.runner import (
+    RunSummary,
+    build_renderer,
+    check_sampler,
+    make_analyzer,
+    render_settings,
+    resolve_render_device,
+    run,
+)
 from synthface.engine.worker import (
     MAX_IN_FLIGHT,
     Candidate,
@@ -54,9 +62,9 @@ from synthface.seeds import derive_seed
 __all__ = [
     "ATTROP_KEY", "ATTROP_STATUSES", "MAX_IN_FLIGHT", "REPLACED_KEY", "Candidate", "ImageTask", "Plan", "Ranks",
     "Resampled", "RunLayout", "RunSummary", "ShardWorker", "UnitResult", "UnitWork", "attrop_centres",
-    "attrop_estimators", "build_renderer", "check_destination", "clear_run", "dataset_card_facts", "derive_seed",
-    "draw_pose", "encode_jpeg", "encode_png", "ensure_identities", "export_run", "finalize",
+    "attrop_estimators", "build_renderer", "check_destination", "check_sampler", "clear_run", "dataset_card_facts",
+    "derive_seed", "draw_pose", "encode_jpeg", "encode_png", "ensure_identities", "export_run", "finalize",
     "load_run_recipe", "lock_run", "make_analyzer", "make_plan", "num_shards", "plan_identity", "prepare_output",
-    "ranks_from_environment", "read_run_info", "resample_collisions", "resample_unit", "resolve_render_device", "run",
-    "shard_identities", "shard_unit", "stage_report",
+    "ranks_from_environment", "read_run_info", "render_settings", "resample_collisions", "resample_unit",
+    "resolve_render_device", "run", "shard_identities", "shard_unit", "stage_report",
 ]

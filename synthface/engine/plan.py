@@ -20,7 +20,9 @@ class ImageTask:
     """One candidate image (`target_cos`: NaN until rendered under bounded perturbation). `round` counts the identity's rendering rounds over all its vectors;
     `vector_round` says which vector it is rendered from (0: the sampled one, r: the replacement
     drawn in collision-resampling round r); `pose`: the target (yaw, pitch) in degrees when the recipe
-    asks for poses (`variation.pose`), else None."""
+    asks for poses (`variation.pose`), else None; `negative`: with generation.sampler.negative, the
+    identity whose vector it was steered away from (NegFaceDiff), set when it is rendered (the choice
+    needs the bank, `ShardWorker`), else None."""
 
     identity: int
     image: int
@@ -29,6 +31,7 @@ class ImageTask:
     target_cos: float
     vector_round: int = 0
     pose: tuple[float, float] | None = None
+    negative: int | None = None
 
 
 

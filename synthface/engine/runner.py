@@ -56,8 +56,9 @@ def run(
     rich bar; `stage_times` is the live `StageTimes` of the render/analyse/write stages).
     `max_in_flight` bounds the batches between rendering and writing (1: the serial engine; the
     files are the same either way).
-    Ranks, the device and the destination are checked before anything is written; the folder is
-    locked for the whole run (`lock_run`). Shards whose files were damaged are redone; a run that
+    Ranks, the device and the destination are checked before anything is written, and so is a
+    generator that cannot follow the recipe (poses, [generation.sampler], negatives: `check_sampler`);
+    the folder is locked for the whole run (`lock_run`). Shards whose files were damaged are redone; a run that
     keeps no image raises EmptyDatasetError after writing the manifest that says why.
     """
     ranks = ranks or Ranks()
@@ -65,8 +66,11 @@ def run(
     check_destination(layout)
     if renderer is None:
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
-        if recipe.variation.pose is not None or recipe.identities.attrop is not None:
-            renderer = build_renderer(recipe, ranks)  # so is a generator without pose control (loaded to find out)
+        check_sampler(recipe, None)  # so is a family without the recipe's sampler (its declarations say)
+        if (recipe.variation.pose is not None or recipe.identities.attrop is not None
+                or recipe.generation.sampler is not None):
+            # loaded to find out: a generator without pose control, a sampler name its pipeline lacks
+            renderer = build_renderer(recipe, ranks)
     elif not callable(renderer):
         raise InvalidInputError(
             f"engine.run(renderer=...) takes a callable f(conditions, seeds) -> list of (H, W, 3) uint8 arrays or a "
@@ -82,6 +86,7 @@ def run(
                 "or pass a synthface.generators.Renderer of a family that declares \"pose\"."
             )
         require(f"The recipe sets variation.pose, but generation.model = {recipe.generation.model!r}")
+    check_sampler(recipe, renderer)
     with _resumable_interrupt(), output_errors(layout.root, action="write into the run folder"), \
             lock_run(layout, ranks, command):
         prepare_output(recipe, layout.root, overwrite=overwrite and ranks.rank == 0, command=command)
@@ -185,17 +190,61 @@ def resolve_render_device(recipe: Recipe, ranks: Ranks):
         raise InvalidInputError(f"generation.device: {exc} In a recipe: --set generation.device=auto.") from None
 
 
+def render_settings(recipe: Recipe):
+    """What the recipe asks of each render call (`synthface.generators.RenderSettings`): generation's
+    steps, guidance and resolution, and its [generation.sampler] section as a mapping (None unset)."""
+    from synthface.generators import RenderSettings
+
+    gen = recipe.generation
+    return RenderSettings(gen.steps, gen.guidance, gen.resolution,
+                          sampler=gen.sampler.settings() if gen.sampler is not None else None)
+
+
+def check_sampler(recipe: Recipe, renderer: RendererLike | None) -> None:
+    """Refuse, in one paragraph, a [generation.sampler] section the generator cannot follow: its family
+    (the renderer's, or with None the recipe's generation.model's, from declarations alone) must declare
+    "sampler", and with a negative also "negatives"; a plain function takes no negatives."""
+    from synthface.generators import Renderer, families_with, family_for
+
+    sampler = recipe.generation.sampler
+    if sampler is None:
+        return
+    negative = f"generation.sampler.negative = {sampler.negative!r} (NegFaceDiff's negative identities)"
+    if renderer is not None and not isinstance(renderer, Renderer):
+        if sampler.negative is not None:
+            raise InvalidInputError(
+                f"The recipe sets {negative}, but the renderer {renderer_name(renderer)} is a plain function, which "
+                "takes no negatives (a plain renderer is called as f(conditions, seeds)). Remove negative, or pass a "
+                f"synthface.generators.Renderer of a family that takes them ({families_with('negatives')})."
+            )
+        return
+    family = family_for(recipe.generation.model) if renderer is None else renderer.family
+    who = (f"generation.model = {recipe.generation.model!r}" if renderer is None else renderer_name(renderer)) + \
+        f" renders with the {family.display_name} family"
+    if "sampler" not in family.options:
+        raise InvalidInputError(
+            f"The recipe sets [generation.sampler] (name = {sampler.name!r}), but {who}, which offers no choice "
+            f"of denoising procedure. Use a model of a family that does ({families_with('sampler')}), or "
+            "remove the [generation.sampler] section."
+        )
+    if sampler.negative is not None and "negatives" not in family.options:
+        raise InvalidInputError(
+            f"The recipe sets {negative}, but {who}, which takes none. Use a model of a family that takes "
+            f"them ({families_with('negatives')}), or remove negative."
+        )
+
+
 def build_renderer(recipe: Recipe, ranks: Ranks) -> RendererLike:
     """The recipe's generator as a `synthface.generators.Renderer` on this rank's device
-    (`resolve_render_device`), with the recipe's speed settings (`compute.attention`,
-    `compute.channels_last`, `compute.compile`)."""
-    from synthface.generators import Optimizations, RenderSettings
+    (`resolve_render_device`), with the recipe's settings (`render_settings`) and speed settings
+    (`compute.attention`, `compute.channels_last`, `compute.compile`)."""
+    from synthface.generators import Optimizations
     from synthface.generators import build_renderer as render_build
 
     gen, compute = recipe.generation, recipe.compute
     return render_build(
         gen.model,
-        settings=RenderSettings(gen.steps, gen.guidance, gen.resolution),
+        settings=render_settings(recipe),
         device=resolve_render_device(recipe, ranks),
         dtype=gen.dtype,
         optimizations=Optimizations(attention=compute.attention, channels_last=compute.channels_last,

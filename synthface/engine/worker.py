@@ -13,7 +13,9 @@ The life cycle of a unit on its rank (`ShardWorker.run_units`), with its stages 
 The condition vectors are made here (`ShardWorker._render_batch`), from each image's identity vector:
 at the image's planned cosine of the recipe's mixture (`synthface.identity.perturb`), or, with
 variation.perturbation = "bounded", at a cosine drawn from the image's seed above its identity's
-bisector bound (`synthface.identity.bounded`; the bound's rule: `ShardWorker.run_units`).
+bisector bound (`synthface.identity.bounded`; the bound's rule: `ShardWorker.run_units`). With
+generation.sampler.negative, each image also gets its identity's negative (NegFaceDiff), chosen over
+the same vectors (`synthface.identity.negatives`), passed to the renderer as `negatives=`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from synthface.export.manifest import manifest_row, write_manifest
 from synthface.filtering import FilterConfig, ImageVerdicts, filter_candidates, keep_first
 from synthface.generators import RendererLike, check_images, model_licence
 from synthface.identity.bounded import bounded_perturb, nearest_cosines
+from synthface.identity.negatives import negative_indices
 from synthface.identity.perturb import perturb
 from synthface.io import fsync_tree, safetensors_bytes
 from synthface.recipe import Recipe
@@ -89,7 +92,8 @@ class _OpenUnit:
     temporary folder, its candidates so far (pixels already encoded there), its rendering round, the
     batches of that round not yet back at the sink, and when and from which stage times it started;
     `nearest`: under bounded perturbation, each of its identities' cosine to its nearest other identity
-    in the vectors it renders from (None otherwise)."""
+    in the vectors it renders from (None otherwise); `negatives`: with generation.sampler.negative, each
+    of its identities' negative, a row of those vectors (None otherwise)."""
 
     job: UnitWork
     tmp: Path
@@ -100,6 +104,7 @@ class _OpenUnit:
     waiting: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     nearest: dict[int, float] | None = None
+    negatives: dict[int, int] | None = None
 
 
 #: Batches between the renderer and the end of the write stage at once (`ShardWorker.max_in_flight`):
@@ -181,6 +186,12 @@ class ShardWorker:
         replacement keeps identities.max_cos to every identity, so floor >= sqrt((1 + max_cos) / 2)
         bounds them against every vector a run ever uses).
 
+        NegFaceDiff's negatives (generation.sampler.negative) follow the same rule: each identity's
+        negative is the row of `vectors` that `synthface.identity.negatives.negative_indices` picks for
+        it over all of `vectors` (the bank for shards, the set with its replacements in place for a
+        resampling round), so an image's negative depends on its identity and that set alone, never
+        on its batch, shard or rank; the manifest records it as `negative_identity`.
+
         A unit's life cycle (`_OpenUnit`): opened (a fresh temporary folder) when its first batch is
         rendered; each round's batches stream their candidates into that folder; when the round's
         last batch reaches the finish stage the unit is judged, and either a next round is rendered for the
@@ -202,7 +213,8 @@ class ShardWorker:
         def work() -> Iterator[tuple[_OpenUnit, list[ImageTask]]]:
             for job in units:
                 state = _OpenUnit(job, self._open_temp(job.unit), self._max_rounds(), time.perf_counter(),
-                                  self.stage_times.copy(), nearest=self._unit_nearest(job.identities, vectors, nearest))
+                                  self.stage_times.copy(), nearest=self._unit_nearest(job.identities, vectors, nearest),
+                                  negatives=self._unit_negatives(job.identities, vectors))
                 open_units.append(state)
                 yield from self._round_batches(state, job.identities)
 
@@ -232,7 +244,7 @@ class ShardWorker:
                 on_images(images)
             return self._round_batches(state, short) if short else None  # rendered before any later unit
 
-        stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors, w[0].nearest))),
+        stages = [Stage("render", lambda w: (w[0], self._render_batch(w[1], vectors, w[0].nearest, w[0].negatives))),
                   Stage("analyse", lambda w: (w[0], self._analyse(*w[1]))),
                   Stage("write", lambda w: (w[0], self._stage_files(w[0].tmp, w[1]))),
                   Stage("finish", settle)]
@@ -262,6 +274,14 @@ class ShardWorker:
                                         "one per row of vectors (the bank's nearest_cos), or None to compute them.")
             return {i: float(nearest[i]) for i in identities}
         return dict(zip(identities, nearest_cosines(vectors, identities).tolist()))
+
+    def _unit_negatives(self, identities: list[int], vectors: np.ndarray) -> dict[int, int] | None:
+        """With generation.sampler.negative, each of `identities`' negative (a row of `vectors`, chosen
+        over all of them); None otherwise. See `run_units`."""
+        sampler = self.recipe.generation.sampler
+        if sampler is None or sampler.negative is None:
+            return None
+        return dict(zip(identities, negative_indices(vectors, sampler.negative, identities).tolist()))
 
     def _max_rounds(self) -> int:
         filt = self.recipe.filtering
@@ -302,10 +322,12 @@ class ShardWorker:
                         "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
         return out
 
-    def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray, nearest: dict[int, float] | None = None):
+    def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray, nearest: dict[int, float] | None = None,
+                      negatives: dict[int, int] | None = None):
         """The batch's condition vectors, each from its image's identity vector and seed alone, then
-        its images. Bounded perturbation draws each image's cosine here and records it in the
-        returned tasks' `target_cos`."""
+        its images (with each image's target pose and negative identity, when the recipe asks for
+        them). Bounded perturbation draws each image's cosine here and records it in the returned
+        tasks' `target_cos`; a negative is recorded in their `negative`."""
         centres = vectors[[t.identity for t in batch]]
         seeds = [t.seed for t in batch]
         if self.recipe.variation.is_bounded:
@@ -318,11 +340,13 @@ class ShardWorker:
             conditions = np.where(
                 (targets >= 1.0)[:, None], centres, perturb(centres, targets, seed=seeds)
             ).astype(np.float32)
-        if self.recipe.variation.pose is None:
-            images = self.renderer(conditions, seeds)
-            return batch, conditions, centres, check_images(images, len(seeds), self.renderer)
-        poses = np.array([t.pose for t in batch], dtype=np.float32)
-        images = self.renderer(conditions, seeds, poses=poses)
+        extra = {}  # a plain renderer is called f(conditions, seeds): engine.run refuses it for poses and negatives
+        if self.recipe.variation.pose is not None:
+            extra["poses"] = np.array([t.pose for t in batch], dtype=np.float32)
+        if negatives is not None:
+            batch = [replace(t, negative=negatives[t.identity]) for t in batch]
+            extra["negatives"] = vectors[[t.negative for t in batch]].astype(np.float32)
+        images = self.renderer(conditions, seeds, **extra)
         return batch, conditions, centres, check_images(images, len(seeds), self.renderer)
 
     def _analyse(self, batch, conditions, centres, images) -> list[Candidate]:
@@ -427,13 +451,15 @@ class ShardWorker:
                     (tmp / final[prefix:]).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(staged, tmp / final[prefix:])
             yaw, pitch, roll = (float(v) for v in verdict.pose[i])
-            pose = {} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}
+            planned = {} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}
+            if c.task.negative is not None:
+                planned["negative_identity"] = c.task.negative
             rows.append(manifest_row(
                 identity=c.task.identity, image=c.task.image, round=c.task.round, vector_round=c.task.vector_round,
                 seed=c.task.seed, target_cos=c.task.target_cos, condition_cos=c.condition_cos,
                 filter_cos=float(verdict.filter_cos[i]), det_score=c.det_score, yaw=yaw, pitch=pitch, roll=roll,
                 quality=float(verdict.quality[i]), kept=kept, drop_reason="" if kept else verdict.reason[i], path=rel,
-                unit=unit, **pose,
+                unit=unit, **planned,
             ))
         shutil.rmtree(tmp / RunLayout.STAGED)  # the dropped candidates
         write_manifest(tmp / RunLayout.MANIFEST, rows)

@@ -51,6 +51,8 @@ MANIFEST_COLUMNS = (
     Column("unit", "string", "the unit of work that rendered it (shard-NNNNNN or resample-NN)"),
     Column("target_yaw", "double", "the planned yaw in degrees (only with variation.pose)"),
     Column("target_pitch", "double", "the planned pitch in degrees (only with variation.pose)"),
+    Column("negative_identity", "int64", "the identity whose vector steered it away, NegFaceDiff's negative, as "
+           "the set stood when it was rendered (only with generation.sampler.negative)"),
     Column("label", "int64", "the class label in the exports (-1: dropped); written by finalize"),
 )
 

@@ -11,6 +11,9 @@ Gradient: "straight-through" (arcface_torch and the HSFace recipe apply the marg
 no_grad) passes d loss / d c_y unchanged through the margin, so d loss / d c = s (softmax - onehot);
 "exact" differentiates the margin as written (for ArcFace a factor sin(theta + m) / sin(theta) on
 the target cosine; sin(theta) is floored at sqrt(1e-7) so c_y = +-1 stays finite).
+
+AdaFaceHead (AdaFace, Kim et al. CVPR 2022; written from the description in FR-EVAL.md section 4)
+scales the margin per sample by the embedding's norm, a proxy of image quality: see its docstring.
 """
 
 from __future__ import annotations
@@ -103,3 +106,90 @@ class MarginHead(nn.Module):
         """Mean cross entropy of the margin logits (float32)."""
         logits, labels = self.logits(embeddings, labels)
         return F.cross_entropy(logits, labels)
+
+
+class AdaFaceHead(nn.Module):
+    """AdaFace's adaptive-margin head on raw (un-normalised) embeddings: head(embeddings, labels) -> mean CE.
+
+    With n = clip(|x|, 0.001, 100) (detached), the buffers are first updated from the batch,
+    batch_mean <- t_alpha * mean(n) + (1 - t_alpha) * batch_mean and batch_std likewise with torch's
+    unbiased std (they start at 20 and 100), then ms = clip(h * (n - batch_mean) / (batch_std + 1e-3), -1, 1)
+    per sample. Cosines c = (x / |x|) . (kernel columns / their norms), clamped to [-1 + 1e-3, 1 - 1e-3];
+    every logit is s * cos(clip(arccos(c) + g, 1e-3, pi - 1e-3)), with g = -m * ms on the target and 0
+    elsewhere, and the target also loses s * (m + m * ms). ms = -1 is ArcFace(m), 0 CosFace(m), +1
+    cos(theta - m) - 2m. The margin is differentiated as written; the norm reaches it only through the
+    detached n. Computed in float32, also under autocast.
+
+    Class centres are `kernel` (D, C) as AdaFace stores them (so its checkpoints' `head.kernel` loads),
+    initialised uniform(-1, 1) with unit-norm columns; `weight` is the same tensor as (C, D). A state
+    dict holding `weight` (C, D) instead of `kernel` loads too, and AdaFace's unused `t` buffer is dropped. The buffers move only in training mode
+    (AdaFace never runs its head in eval mode; here an evaluation call leaves them as they are).
+
+        head = AdaFaceHead(10_000, 512)          # s 64, m 0.4, h 0.333, t_alpha 0.01: the published recipe
+        loss = head(backbone(images), labels)    # raw embeddings: the head normalises
+    """
+
+    eps = 1e-3
+
+    def __init__(self, num_classes: int, embedding_size: int = 512, scale: float = 64.0, margin: float = 0.4,
+                 h: float = 0.333, t_alpha: float = 0.01):
+        super().__init__()
+        if num_classes < 2:
+            raise InvalidInputError(f"The AdaFace head needs at least 2 classes, got {num_classes}.")
+        if not 0.0 < t_alpha <= 1.0:
+            raise InvalidInputError(f"t_alpha (the norm statistics' EMA weight) must be in (0, 1], got {t_alpha}.")
+        self.num_classes, self.embedding_size = num_classes, embedding_size
+        self.scale, self.margin, self.h, self.t_alpha = float(scale), float(margin), float(h), float(t_alpha)
+        kernel = torch.empty(embedding_size, num_classes).uniform_(-1.0, 1.0)
+        self.kernel = nn.Parameter(kernel / kernel.norm(dim=0, keepdim=True))
+        self.register_buffer("batch_mean", torch.full((1,), 20.0))
+        self.register_buffer("batch_std", torch.full((1,), 100.0))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The class centres as (C, D), a view of `kernel` (D, C)."""
+        return self.kernel.t()
+
+    def settings(self) -> dict:
+        """The constructor's arguments (config.json records them)."""
+        return {"name": "adaface", "num_classes": self.num_classes, "embedding_size": self.embedding_size,
+                "scale": self.scale, "margin": self.margin, "h": self.h, "t_alpha": self.t_alpha}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "t", None)  # AdaFace's head registers an unused step counter `t`
+        weight = state_dict.get(prefix + "weight")
+        if prefix + "kernel" not in state_dict and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            state_dict[prefix + "kernel"] = state_dict.pop(prefix + "weight").t().contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
+        """(N,) detached norms -> (N, 1) ms in [-1, 1], after the training-mode EMA update of the buffers."""
+        n = norms.detach().clamp(0.001, 100.0).reshape(-1, 1)
+        if self.training:
+            if n.shape[0] < 2:
+                raise InvalidInputError(
+                    "The AdaFace head needs at least 2 embeddings per batch in training (its norm statistics use "
+                    "the unbiased std); raise the batch size (--set batch_size=N).")
+            with torch.no_grad():
+                self.batch_mean.copy_(self.t_alpha * n.mean() + (1.0 - self.t_alpha) * self.batch_mean)
+                self.batch_std.copy_(self.t_alpha * n.std() + (1.0 - self.t_alpha) * self.batch_std)
+        ms = (n - self.batch_mean) / (self.batch_std + self.eps)
+        return (self.h * ms).clamp(-1.0, 1.0)
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, C) float32 logits with the adaptive margin on each row's target column."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            x = embeddings.float()
+            norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+            kernel = self.kernel.float()
+            cos = (x / norms) @ (kernel / torch.linalg.vector_norm(kernel, dim=0, keepdim=True))
+            cos = cos.clamp(-1.0 + self.eps, 1.0 - self.eps)
+            ms = self.margin_scaler(norms)
+            onehot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+            theta = torch.acos(cos) + onehot * (-self.margin * ms)
+            cos = torch.cos(theta.clamp(self.eps, math.pi - self.eps)) - onehot * (self.margin + self.margin * ms)
+            return self.scale * cos
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross entropy of the AdaFace logits (float32)."""
+        return F.cross_entropy(self.logits(embeddings, labels), labels)

@@ -40,12 +40,12 @@ from synthface.distributed import ranks_from_environment
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, SynthfaceError
 from synthface.fr.backbones import DEPTHS, IResNet
 from synthface.fr.data import EpochView, TrainingSet
-from synthface.fr.heads import MarginHead
+from synthface.fr.heads import AdaFaceHead, MarginHead
 from synthface.fr.mixing import data_changes, open_mix
 from synthface.fr.settings import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, parse_overrides, preset_config
 
-__all__ = ["DEPTHS", "PRECISIONS", "PRESETS", "SCHEDULES", "TrainConfig", "TrainResult", "learning_rate", "load_metrics",
-           "parameter_groups", "parse_overrides", "preset_config", "train"]
+__all__ = ["DEPTHS", "PRECISIONS", "PRESETS", "SCHEDULES", "TrainConfig", "TrainResult", "build_head", "learning_rate",
+           "load_metrics", "parameter_groups", "parse_overrides", "preset_config", "train"]
 
 CONFIG, MODEL, CHECKPOINT, METRICS, RESULTS = "config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "results.json"
 
@@ -90,9 +90,10 @@ class TrainResult:
 
 
 class _Model(nn.Module):
-    """Backbone + head in one module, so DistributedDataParallel sees one forward."""
+    """Backbone + head in one module, so DistributedDataParallel sees one forward. The head gets the
+    backbone's raw (un-normalised) embeddings: each head normalises, and AdaFace reads their norms."""
 
-    def __init__(self, backbone: IResNet, head: MarginHead):
+    def __init__(self, backbone: IResNet, head: MarginHead | AdaFaceHead):
         super().__init__()
         self.backbone, self.head = backbone, head
 
@@ -168,6 +169,7 @@ def _check_resume(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
         raise OutputPathError(f"--resume needs a run folder; {out_dir} has no {CONFIG}. Drop --resume to start a new run there.")
     saved = _read_config(out_dir)
     mine = config.to_dict()
+    saved["train"] = {**TrainConfig.field_defaults(), **saved["train"]}  # a run from before a setting existed
     if saved["train"] != mine:
         diff = sorted(k for k in set(saved["train"]) | set(mine) if saved["train"].get(k) != mine.get(k))
         raise InvalidInputError(
@@ -197,7 +199,8 @@ def _create_out(out_dir: Path, config: TrainConfig, data_info: dict) -> list[Pat
     try:
         with output_errors(out_dir, action="create the training run folder"):
             out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / CONFIG, (json.dumps({"train": config.to_dict(), "data": data_info}, indent=2) + "\n").encode())
+        saved = {"train": config.to_dict(), "head": config.head_settings(), "data": data_info}
+        atomic_write_bytes(out_dir / CONFIG, (json.dumps(saved, indent=2) + "\n").encode())
     except BaseException:
         _remove_new_run(out_dir, made)
         raise
@@ -345,8 +348,7 @@ def train(
 
     torch.manual_seed(config.seed)
     backbone = IResNet(config.backbone())
-    head = MarginHead(source.num_classes, config.num_features, scale=config.scale, arc_margin=config.arc_margin,
-                      cos_margin=config.cos_margin, gradient=config.gradient, sample_rate=config.sample_rate)
+    head = build_head(config, source.num_classes)
     # fp16 (and auto's bf16) pay only on CUDA; a CPU run keeps fp32 unless bf16 is asked for explicitly
     precision = config.precision if dev.type == "cuda" else ("bf16" if config.precision == "bf16" else "fp32")
     if precision == "auto":
@@ -456,6 +458,15 @@ def train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return TrainResult(out_dir, step, step / steps_per_epoch, last_loss, run_images / max(train_seconds, 1e-9), results, log, rank)
+
+
+def build_head(config: TrainConfig, num_classes: int) -> MarginHead | AdaFaceHead:
+    """The head `config.head` names, with its settings (draws its initial centres from torch's global RNG)."""
+    if config.head == "adaface":
+        return AdaFaceHead(num_classes, config.num_features, scale=config.scale, margin=config.adaface_margin,
+                           h=config.adaface_h, t_alpha=config.adaface_t_alpha)
+    return MarginHead(num_classes, config.num_features, scale=config.scale, arc_margin=config.arc_margin,
+                      cos_margin=config.cos_margin, gradient=config.gradient, sample_rate=config.sample_rate)
 
 
 def _batches(loader):

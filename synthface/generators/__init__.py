@@ -26,6 +26,7 @@ from synthface.generators.registry import (
     build_renderer,
     default_family,
     families,
+    families_with,
     family_for,
     family_of_pipeline,
     generator_names,
@@ -37,6 +38,6 @@ from synthface.generators.registry import (
 __all__ = [
     "DTYPES", "ENTRY_POINT_GROUP", "MAX_SEED", "OPTIONS", "GeneratorFamily", "Optimizations", "RenderFunction",
     "RenderSettings", "Renderer", "RendererLike", "build_renderer", "check_images", "default_family", "families",
-    "family_for", "family_of_pipeline", "generator_names", "image_generators", "model_licence", "register_family",
-    "register_generator", "renderer_name", "resolve_dtype", "to_uint8",
+    "families_with", "family_for", "family_of_pipeline", "generator_names", "image_generators", "model_licence",
+    "register_family", "register_generator", "renderer_name", "resolve_dtype", "to_uint8",
 ]

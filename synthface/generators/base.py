@@ -85,8 +85,8 @@ class GeneratorFamily:
     torch.Generator], output_type="pt", **call_kwargs(...))` and return an output whose `.images`
     is a (B, 3, H, W) float tensor in [0, 1], image i drawn from generator i alone (unless its own
     `to_uint8` converts what it returns). A family defines load, accepts, optimize, call_kwargs and
-    native_resolution (the base raises for each it lacks; test doubles define only what they use);
-    the rest have defaults.
+    native_resolution, and one declaring "negatives" negative_kwargs (the base raises for each it
+    lacks; test doubles define only what they use); the rest have defaults.
     """
 
     name: str = ""
@@ -136,6 +136,11 @@ class GeneratorFamily:
         if self.native_size is None:
             raise NotImplementedError(f"{type(self).__name__} must define native_resolution() or native_size")
         return self.native_size
+
+    def negative_kwargs(self, pipeline, negatives: torch.Tensor) -> dict[str, Any]:
+        """The pipeline's keyword arguments carrying `negatives` ((B, D) float32, one negative identity
+        per image, in the conditions' space), for a family declaring "negatives"."""
+        raise NotImplementedError(f"{type(self).__name__} declares 'negatives' and must define negative_kwargs()")
 
     def takes_poses(self, pipeline) -> bool:
         """Whether `pipeline` takes `poses=` ((B, 2) float32 target yaw, pitch in degrees, one row per
@@ -375,13 +380,51 @@ class Renderer:
                 "(variation.pose)."
             )
 
-    def __call__(self, conditions: np.ndarray, seeds: Sequence[int], poses: np.ndarray | None = None) -> list[np.ndarray]:
+    @property
+    def takes_negatives(self) -> bool:
+        """Whether this generator takes one negative identity per image (`negatives=` in `__call__`):
+        a family declaring "negatives"."""
+        return "negatives" in self.family.options
+
+    def require_negatives(self, who: str) -> None:
+        """InvalidInputError, starting with `who` (who asks for negatives), unless the generator takes them."""
+        if not self.takes_negatives:
+            from synthface.generators.registry import families_with
+
+            raise InvalidInputError(
+                f"{who} renders with a {self.family.name!r} generator, which takes no negative identities "
+                "(NegFaceDiff's negative guidance). Use a generator whose family takes them "
+                f"({families_with('negatives')}), or remove generation.sampler.negative."
+            )
+
+    def __call__(self, conditions: np.ndarray, seeds: Sequence[int], poses: np.ndarray | None = None,
+                 negatives: np.ndarray | None = None) -> list[np.ndarray]:
         """Image i from conditions[i], seeds[i] and, when given, poses[i] ((B, 2) target yaw, pitch in
-        degrees; only for a generator with pose control, see `require_poses`)."""
+        degrees; only for a generator with pose control, see `require_poses`) and negatives[i] ((B, D):
+        the identity image i is steered away from, in the conditions' space; only for a family
+        declaring "negatives", see `require_negatives`, and needed when `settings.sampler` names a
+        negative)."""
         kwargs = self.family.call_kwargs(self.pipeline, self.settings)
         if poses is not None:
             self.require_poses("This render call")
             kwargs["poses"] = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
+        wanted = (self.settings.sampler or {}).get("negative")
+        if negatives is not None:
+            self.require_negatives("This render call")
+            shape = getattr(negatives, "shape", None)
+            if shape is None or len(shape) != 2 or shape[0] != len(seeds):
+                raise InvalidInputError(
+                    f"Render negatives must be a (B, D) array, one negative identity per image ({len(seeds)} here), "
+                    f"in the conditions' space; got {'a ' + type(negatives).__name__ if shape is None else shape}."
+                )
+            kwargs.update(self.family.negative_kwargs(
+                self.pipeline, torch.from_numpy(np.ascontiguousarray(negatives, dtype=np.float32))))
+        elif wanted:
+            raise InvalidInputError(
+                f"This renderer's settings ask for NegFaceDiff's negative guidance (sampler negative = {wanted!r}), "
+                "but the render call passes no negatives: pass negatives= (B, D), one negative identity per image "
+                "(synthface.identity.negatives picks them from the bank), or drop the negative from the settings."
+            )
         try:
             embeds = torch.from_numpy(np.ascontiguousarray(conditions, dtype=np.float32))
         except (TypeError, ValueError) as exc:

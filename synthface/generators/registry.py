@@ -136,6 +136,29 @@ def family_for(model: str | os.PathLike) -> GeneratorFamily:
     return default_family()
 
 
+def families_with(option: str) -> str:
+    """The registered families declaring `option` (of `OPTIONS`), as a message names them: each with
+    its models (random-weight ones marked for plumbing tests) or, lacking models, the names routed to
+    it; "none is installed" when no family declares it."""
+    parts = []
+    for family in families():
+        if option not in family.options:
+            continue
+        real = [repr(m) for m in family.models if not family.is_random(m)]
+        tests = [repr(m) for m in family.models if family.is_random(m)]
+        names = ", ".join(real) + (f"; {', '.join(tests)} for plumbing tests" if tests else "")
+        if not names and family.aliases:
+            prefixes = [repr(a[:-1]) for a in family.aliases if a.endswith("*")]
+            exact = [repr(a) for a in family.aliases if not a.endswith("*")]
+            names = "; ".join(([f"names starting {_either(prefixes)}"] if prefixes else []) + exact)
+        parts.append(f"{family.display_name}: {names}" if names else family.display_name)
+    return "; ".join(parts) if parts else "none is installed"
+
+
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
 def generator_names() -> list[str]:
     """Every model name a registered family loads by name alone (`GeneratorFamily.models`), in
     registration order: the choices the demo and the CLI offer besides local paths."""

@@ -10,7 +10,8 @@ One module per job: `prior` (distributions on the sphere), `bank` (`IdentityBank
 format), `separation` (the separation statistics and the screened checks that keep it), `sample`
 (`sample_identities` and its checkpoints), `eta`, `feasibility`, `verify`, `perturb`, `bounded`
 (IDperturb's bounded perturbation: each variant at a random cosine no nearer the bisector towards
-its identity's nearest neighbour, `bounded_perturb`) and `replace` (`draw_replacements`). This
+its identity's nearest neighbour, `bounded_perturb`), `replace` (`draw_replacements`) and `negatives`
+(NegFaceDiff's far / close / mid negative identity of each identity, `negative_indices`). This
 package re-exports their public names.
 """
 
@@ -24,6 +25,7 @@ from synthface.identity.bounded import (
     nearest_cosines,
 )
 from synthface.identity.feasibility import FEASIBLE_CAP
+from synthface.identity.negatives import negative_embeddings, negative_indices
 from synthface.identity.perturb import mixture_cosines, perturb
 from synthface.identity.prior import PRIORS, Prior, gaussian_prior, isotropic_prior
 from synthface.identity.replace import REPLACEMENT_DRAWS, draw_replacements
@@ -43,5 +45,5 @@ __all__ = [
     "PRIORS", "REPLACEMENT_DRAWS", "UNIT_ATOL", "IdentityBank", "Prior", "ProgressCallback", "SamplingProgress",
     "Verification", "draw_replacements", "gaussian_prior", "isotropic_prior", "load_bank", "load_vectors",
     "bank_nearest_cosines", "bounded_cosines", "bounded_perturb", "lower_bounds", "mixture_cosines", "nearest_cosines",
-    "perturb", "sample_identities", "verify", "verify_vectors",
+    "negative_embeddings", "negative_indices", "perturb", "sample_identities", "verify", "verify_vectors",
 ]

@@ -20,7 +20,8 @@ from synthface.export.manifest import MANIFEST_COLUMNS
 REQUIRED_COLUMNS = ("identity", "image", "kept", "drop_reason")
 #: The declared manifest columns the report measures, besides the required ones.
 OPTIONAL_COLUMNS = tuple(c.name for c in MANIFEST_COLUMNS if c.name not in REQUIRED_COLUMNS
-                         and c.name not in ("round", "target_cos", "unit", "target_yaw", "target_pitch", "label"))
+                         and c.name not in ("round", "target_cos", "unit", "target_yaw", "target_pitch", "label",
+                                                "negative_identity"))
 
 
 @dataclass

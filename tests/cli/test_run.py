@@ -3,7 +3,7 @@ input and the plan (in process: a subprocess start adds nothing to what they che
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import random
 import shutil
@@ -172,6 +172,23 @@ sys.exit(cli(args))
 """
 
 
+def _release(fifo, child) -> None:
+    """Let the child's blocked call go on: write one byte to the FIFO it reads. Ctrl-C interrupts its blocking
+    open (EINTR), and Python retries the open only after the handler has printed its line, so the FIFO may
+    have no reader for a moment: retry while the child lives (ENXIO), never longer."""
+    while child.poll() is None:
+        try:
+            release = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            time.sleep(0.01)  # the child is about to reopen the FIFO; poll, it is not a fixed wait
+            continue
+        os.write(release, b"x")
+        os.close(release)
+        return
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     from synthface import engine
@@ -205,10 +222,7 @@ def test_ctrl_c_inside_a_native_call_exits_130_and_the_rerun_resumes(small_run, 
     if presses == 2:
         child.send_signal(signal.SIGINT)
     else:  # the interrupted call returns; the run stops at its next safe point
-        with contextlib.suppress(OSError):  # ENXIO: the child is gone already (and the asserts below say why)
-            release = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            os.write(release, b"x")
-            os.close(release)
+        _release(fifo, child)
     rest = child.stderr.read()
     code = child.wait(timeout=600)
     watchdog.cancel()

@@ -151,6 +151,23 @@ def test_registry_routes_names_prefixes_and_pipelines(monkeypatch):
         registry.family_of_pipeline([])
 
 
+def test_families_with_an_option_are_named_from_their_declarations(monkeypatch):
+    class Named(GeneratorFamily):
+        def __init__(self, title, options, models=(), random_models=(), aliases=()):
+            self.title, self.options, self.models = title, frozenset(options), models
+            self.random_models, self.aliases = random_models, aliases
+
+    found = [Named("Disc", {"negatives"}, ("disc-a", "disc-b", "disc-tiny"), ("disc-tiny",)),
+             Named("Cone", {"negatives", "sampler"}, aliases=("cone*", "kegel*", "pointy")),
+             Named("Flat", {"steps"}, ("flat",)), Named("Lone", {"negatives"}, aliases=("lone*",))]
+    monkeypatch.setattr(registry, "families", lambda: found)
+    assert registry.families_with("negatives") == ("Disc: 'disc-a', 'disc-b'; 'disc-tiny' for plumbing tests; Cone: "
+                                                   "names starting 'cone' or 'kegel'; 'pointy'; Lone: names starting "
+                                                   "'lone'")
+    assert registry.families_with("sampler") == "Cone: names starting 'cone' or 'kegel'; 'pointy'"
+    assert registry.families_with("lcm") == "none is installed"
+
+
 def test_options_a_family_does_not_take_are_refused():
     with pytest.raises(InvalidInputError, match="'arc2face' generator family does not take the option.*pose"):
         build_renderer("tiny", device="cpu", pose=True)

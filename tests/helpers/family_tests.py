@@ -103,6 +103,10 @@ class GeneratorFamilyTests:
         if "pose" not in renderer.family.options or not renderer.takes_poses:
             with pytest.raises(InvalidInputError, match="no pose control"):
                 renderer(self.conditions(1), [0], poses=np.zeros((1, 2), np.float32))
+        if "negatives" not in renderer.family.options:
+            assert not renderer.takes_negatives
+            with pytest.raises(InvalidInputError, match="which takes no negative identities"):
+                renderer(self.conditions(1), [0], negatives=self.conditions(1))
         if renderer.family.native_size is not None:
             with pytest.raises(InvalidInputError):
                 replace(renderer, settings=RenderSettings(resolution=renderer.family.native_size * 2))(

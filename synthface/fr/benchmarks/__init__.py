@@ -10,7 +10,7 @@ call below (one line each, in the order `synthface eval` lists them).
 
 from __future__ import annotations
 
-from synthface.fr.benchmarks import bin
+from synthface.fr.benchmarks import bin, ijb, rfw, tinyface
 from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, torch_recognizer
 from synthface.fr.benchmarks.registry import (
     BENCHMARKS,
@@ -24,6 +24,10 @@ from synthface.fr.benchmarks.registry import (
 )
 
 register_benchmark(bin.BENCHMARK)
+register_benchmark(ijb.IJBC)
+register_benchmark(ijb.IJBB)
+register_benchmark(tinyface.BENCHMARK)
+register_benchmark(rfw.BENCHMARK)
 
 __all__ = [
     "BENCHMARKS", "Benchmark", "Recognizer", "column_rows", "get_benchmark", "headline_scores", "load_recognizer",

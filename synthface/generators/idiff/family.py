@@ -104,16 +104,30 @@ class IDiffFaceFamily(GeneratorFamily):
                 f"IDiff-Face models render {IDIFF_SIZE} x {IDIFF_SIZE} images only (128 x 128 decodes resized as the "
                 f"published scripts do), got resolution {settings.resolution}; leave the resolution unset."
             )
+        from synthface.generators.idiff.pipeline import SAMPLERS  # the one declaration of the names
+
         sampler = dict(settings.sampler or {})
-        kwargs = {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance, "rng": "per_image",
-                  "sampler": sampler.get("name", "cfg")}
-        if kwargs["sampler"] == "uiface":
+        name = sampler.get("name", "cfg")
+        if name not in SAMPLERS:
+            raise InvalidInputError(
+                f"generation.sampler.name = {name!r} is not an IDiff-Face sampler; choose one of {SAMPLERS}: 'cfg' "
+                "(IDperturb's DDIM with plain guidance), 'uiface' (UIFace's two stages), 'ddpm' (IDiff-Face's "
+                "1000-step DDPM)."
+            )
+        kwargs = {"num_inference_steps": None if name == "ddpm" else settings.steps,  # DDPM: always all 1000
+                  "guidance_scale": settings.guidance, "rng": "per_image", "sampler": name}
+        if name == "uiface":
             kwargs.update(mse_threshold=sampler.get("mse_threshold", 0.006),
                           stage_threshold=sampler.get("stage_threshold", 500))
-        if sampler.get("negative"):
+        if sampler.get("negative"):  # the negative takes the empty context's place: w replaces the guidance
+            del kwargs["guidance_scale"]
             kwargs.update(negative_scale=sampler.get("negative_scale", 0.5),
                           adaptive_negative=sampler.get("adaptive_negative", False))
         return kwargs
+
+    def negative_kwargs(self, pipeline, negatives):
+        """NegFaceDiff's negative identities are the pipeline's `negative_embeds`."""
+        return {"negative_embeds": negatives}
 
     def required_weights(self, model):
         """Its checkpoint, the VQ-f4 first stage, its recogniser (the random model needs none)."""

@@ -13,7 +13,7 @@ published scripts write them. Samplers (`sampler=`):
 - "ddpm": IDiff-Face's 1000-step DDPM (`IDiffDDPMScheduler`), unguided by default (guidance_scale 1).
 - Negative guidance (NegFaceDiff), with `negative_embeds`, for "cfg" and "ddpm": the negative takes
   the empty context's place, eps = (1 + w) eps(c) - w eps(c_neg), optionally w_t = w (1 - t/T).
-  `synthface.generators.idiff.negatives` picks each identity's negative from a bank.
+  `synthface.identity.negatives` picks each identity's negative from a bank.
 
 Randomness: `rng="per_image"` (the engine's mode) draws image i's starting noise, and any later
 noise (DDPM steps, DDIM eta), from `generator[i]` alone, so an image never depends on its
@@ -190,7 +190,7 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
             negative_embeds: NegFaceDiff's negative identities, "cfg" and "ddpm" only: (N, 512), one per
                 identity, or one (512,) vector for all. Non-zero rows are L2-normalised; a zero row is
                 kept as NegFaceDiff's "empty" negative (a zero context, i.e. the projection's bias).
-                `negatives.negative_embeddings` picks them from a bank (far / close / mid).
+                `synthface.identity.negatives.negative_embeddings` picks them from a bank (far / close / mid).
             negative_scale: NegFaceDiff's w, finite, 0 to `MAX_GUIDANCE_SCALE`: eps = (1 + w) eps(c) -
                 w eps(c_neg). None: guidance_scale - 1 if guidance_scale is given, else 0.5 (README).
             adaptive_negative: AdaptDiff's schedule w_t = w (1 - t / 1000) instead of a constant w.
@@ -402,7 +402,7 @@ class IDiffFacePipeline(CheckedPipelineMixin, DiffusionPipeline):
             if negative_scale is not None or adaptive_negative:
                 raise InvalidInputError(
                     "negative_scale and adaptive_negative weight NegFaceDiff's negative guidance, but no "
-                    "negative_embeds were given; pass negative_embeds (see synthface.generators.idiff.negatives) "
+                    "negative_embeds were given; pass negative_embeds (see synthface.identity.negatives) "
                     "or drop them."
                 )
             return None, None

@@ -34,15 +34,9 @@ def test_idiff_declares_its_space_weights_options_and_licences():
     assert "FFHQ" in str(model_licence("idiff-ffhq-cpd25"))
 
 
-def test_recipe_sampler_settings_become_the_pipelines_arguments():
-    family = IDiffFaceFamily()
-    plain = family.call_kwargs(None, RenderSettings(steps=50, guidance=2.0))
-    assert plain == {"num_inference_steps": 50, "guidance_scale": 2.0, "rng": "per_image", "sampler": "cfg"}
-    two_stage = family.call_kwargs(None, RenderSettings(50, 2.0, sampler={"name": "uiface", "mse_threshold": 0.01,
-                                                                            "stage_threshold": 400}))
-    assert (two_stage["sampler"], two_stage["mse_threshold"], two_stage["stage_threshold"]) == ("uiface", 0.01, 400)
+def test_it_renders_112_pixels_only():
     with pytest.raises(InvalidInputError, match="112 x 112 images only"):
-        family.call_kwargs(None, RenderSettings(resolution=128))
+        IDiffFaceFamily().call_kwargs(None, RenderSettings(resolution=128))
 
 
 def test_uint8_is_torchvision_rounding_half_up():

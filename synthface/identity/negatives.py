@@ -1,5 +1,7 @@
 """NegFaceDiff's negative identities: for each identity of a bank, the other identity whose embedding
-steers its samples away (eps = (1 + w) eps(c) - w eps(c_neg), see `IDiffFacePipeline`).
+steers its samples away (eps = (1 + w) eps(c) - w eps(c_neg), see
+`synthface.generators.idiff.pipeline.IDiffFacePipeline`). A bank operation: the engine picks each
+rendered identity's negative over the vectors it is rendered from (recipe `generation.sampler.negative`).
 
 The choices, by cosine similarity between the bank's unit vectors:
 
@@ -11,7 +13,8 @@ The choices, by cosine similarity between the bank's unit vectors:
 - "previous" ("rand" in the script, which is not random): identity i - 1, with 0 -> N - 1.
 
 Ties go to the lowest index (argmin / argmax / a stable sort). Similarities are computed in float64,
-a block of rows at a time, so a bank of 10,050 identities needs no N x N matrix.
+a block of rows at a time, so a bank of 10,050 identities needs no N x N matrix; `rows` asks for some
+identities only (a shard's), each row's answer being the one the whole bank gives it.
 """
 
 from __future__ import annotations
@@ -46,12 +49,14 @@ def _unit_bank(bank) -> torch.Tensor:
     return x / norms
 
 
-def negative_indices(bank, kind: str = "far") -> torch.Tensor:
-    """(N,) int64: for each identity of `bank` (N, D), the index of its negative by `kind` ("far",
-    "close", "mid", "previous", or the published names "fc", "cc", "mc", "rand"; module docstring).
+def negative_indices(bank, kind: str = "far", rows=None) -> torch.Tensor:
+    """(R,) int64: for each identity `rows` of `bank` (N, D) (default: all N), the index of its negative
+    by `kind` ("far", "close", "mid", "previous", or the published names "fc", "cc", "mc", "rand";
+    module docstring), over the whole bank.
 
     Raises:
-        InvalidInputError: an unknown kind, or a bank that is not (N >= 2, D) finite non-zero vectors.
+        InvalidInputError: an unknown kind, a bank that is not (N >= 2, D) finite non-zero vectors, or
+            rows that do not index it.
     """
     name = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
     if name not in KINDS:
@@ -61,25 +66,32 @@ def negative_indices(bank, kind: str = "far") -> torch.Tensor:
         )
     unit = _unit_bank(bank)
     n = unit.shape[0]
+    wanted = torch.arange(n) if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64)).reshape(-1)
+    if wanted.numel() and (int(wanted.min()) < 0 or int(wanted.max()) >= n):
+        raise InvalidInputError(
+            f"negative rows must index the bank's {n} identities (0 to {n - 1}), got {int(wanted.min())} to "
+            f"{int(wanted.max())}; pass the indices of the identities whose negatives you want."
+        )
     if name == "previous":
-        return (torch.arange(n) - 1) % n
-    out = torch.empty(n, dtype=torch.int64)
-    for start in range(0, n, BLOCK_ROWS):
-        rows = torch.arange(start, min(n, start + BLOCK_ROWS))
-        cos = unit[rows] @ unit.T
+        return (wanted - 1) % n
+    out = torch.empty(wanted.numel(), dtype=torch.int64)
+    for start in range(0, wanted.numel(), BLOCK_ROWS):
+        ids = wanted[start : start + BLOCK_ROWS]
+        cos = unit[ids] @ unit.T
+        block = slice(start, start + ids.numel())
         if name == "far":
-            out[rows] = cos.argmin(dim=1)
+            out[block] = cos.argmin(dim=1)
         elif name == "close":
-            cos[torch.arange(len(rows)), rows] = -torch.inf
-            out[rows] = cos.argmax(dim=1)
+            cos[torch.arange(ids.numel()), ids] = -torch.inf
+            out[block] = cos.argmax(dim=1)
         else:
-            out[rows] = torch.sort(cos, dim=1, stable=True).indices[:, n // 2]
+            out[block] = torch.sort(cos, dim=1, stable=True).indices[:, n // 2]
     return out
 
 
-def negative_embeddings(bank, kind: str = "far") -> torch.Tensor:
-    """(N, D) float32: each identity's negative embedding (the bank's own row, as given), by `kind`
-    as in `negative_indices`; pass row i as `negative_embeds` when sampling identity i."""
+def negative_embeddings(bank, kind: str = "far", rows=None) -> torch.Tensor:
+    """(R, D) float32: each identity's negative embedding (the bank's own row, as given), by `kind`
+    for `rows` as in `negative_indices`; pass row i as `negative_embeds` when sampling identity rows[i]."""
     source = torch.from_numpy(bank) if isinstance(bank, np.ndarray) else bank
-    index = negative_indices(bank, kind)
+    index = negative_indices(bank, kind, rows)
     return source.detach().to("cpu", torch.float32)[index]

@@ -1,4 +1,5 @@
-"""NegFaceDiff's negative choice against a brute-force computation, per identity."""
+"""NegFaceDiff's negative choice (synthface.identity.negatives) against a brute-force computation, per
+identity; some rows only give each row the whole bank's answer."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from synthface.errors import InvalidInputError
-from synthface.generators.idiff import negatives
-from synthface.generators.idiff.negatives import negative_embeddings, negative_indices
+from synthface.identity import negatives
+from synthface.identity.negatives import negative_embeddings, negative_indices
 
 
 def bank(n: int, seed: int = 0, dim: int = 512) -> torch.Tensor:
@@ -90,3 +91,24 @@ def test_refuses_bad_banks(bad):
 def test_refuses_unknown_kind():
     with pytest.raises(InvalidInputError, match="'far'"):
         negative_indices(bank(3), "nearest")
+
+
+@pytest.mark.parametrize("kind", ["far", "close", "mid", "previous"])
+def test_rows_get_the_whole_bank_s_answer_whatever_is_asked_with_them(kind, monkeypatch):
+    """A shard asks for its identities only; each gets the negative the whole bank gives it (blocks
+    of any size, rows in any order or repeated), so it depends on the identity and the bank alone."""
+    b = bank(37, seed=8, dim=16)
+    whole = negative_indices(b, kind)
+    assert whole.tolist() == (brute(b, kind) if kind != "previous" else [36, *range(36)])
+    rows = [30, 2, 2, 17, 36, 0]
+    monkeypatch.setattr(negatives, "BLOCK_ROWS", 4)
+    assert negative_indices(b, kind, rows).tolist() == whole[rows].tolist()
+    assert negative_indices(b.numpy(), kind, np.array(rows[3:])).tolist() == whole[rows[3:]].tolist()
+    assert negative_indices(b, kind, []).tolist() == []
+    assert torch.equal(negative_embeddings(b, kind, rows), b[whole[rows]])
+
+
+@pytest.mark.parametrize("rows", [[0, 5], [-1]])
+def test_rows_outside_the_bank_are_refused(rows):
+    with pytest.raises(InvalidInputError, match="must index the bank's 5 identities"):
+        negative_indices(bank(5), "far", rows)
