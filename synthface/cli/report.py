@@ -74,9 +74,12 @@ def report(
         table.add_row("unique identities", "skipped")
     if d["leakage"]:
         table.add_row("leakage flagged", str(d["leakage"]["flagged_count"]))
-    for name, result in d.get("recognisers", {}).items():  # synthface train RUN --out RUN/fr/NAME --eval-bins
-        sets = ", ".join(f"{s} {100 * a:.2f}" for s, a in result["sets"].items())
-        table.add_row(f"recogniser {name}", f"average {100 * result['average']:.2f} % ({sets})")
+    for name, result in d.get("recognisers", {}).items():  # synthface train RUN --out RUN/fr/NAME --eval-bins, synthface eval
+        if result.get("average") is not None:
+            sets = ", ".join(f"{s} {100 * a:.2f}" for s, a in result["sets"].items())
+            table.add_row(f"recogniser {name}", f"average {100 * result['average']:.2f} % ({sets})")
+        for bench, shown in result.get("benchmarks", {}).items():
+            table.add_row(f"recogniser {name} {bench}", ", ".join(f"{label} {100 * v:.2f}" for label, v in shown.items()) + " %")
     table.add_row("written", str(json_path) + (f", {html_path}" if html_path else ""))
     console.print(table)
 

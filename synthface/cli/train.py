@@ -1,4 +1,5 @@
-"""`synthface train DATA --out RUN`: train a face recogniser on a synthface export (library: synthface.fr.train)."""
+"""`synthface train DATA [DATA ...] --out RUN`: train a face recogniser on a synthface export, or on several
+mixed (library: synthface.fr.train, synthface.fr.mixing)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
-    data: Annotated[Path, typer.Argument(help=f"An export folder ({', '.join(format_names())}) or a run folder with export/.")],
+    data: Annotated[list[Path], typer.Argument(help=f"An export folder ({', '.join(format_names())}) or a run folder with "
+        "export/; several (A B ...) train together, each source's labels after the classes of those before it.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for model.pt, config.json, checkpoint.pt, metrics.jsonl.")],
     preset: Annotated[str, typer.Option(help="hsface10k (Vec2Face's IR-SE50 recipe), arcface-torch (IResNet-50, poly) or tiny (CPU smoke runs).")] = "hsface10k",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: key=value, the value in TOML (--set lr=0.05, --set milestones=[8,12], --set se=true); repeatable. The README lists the settings and their ranges.")] = None,
@@ -27,12 +29,18 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped or killed run in --out (same preset and --set values).")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda when available). Multi-GPU: torchrun/accelerate launch.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar with images/s.")] = True,
+    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="SOURCE=W: sample SOURCE (as given, or its folder's "
+        "name) W times per epoch, e.g. --weight casia=0.5 (repeatable; default 1). An epoch holds round(W x images) "
+        "samples of each source: floor(W) passes plus a fresh draw of the fraction, all shuffled together.")] = None,
 ) -> None:
-    """Train an IResNet with an ArcFace head on a synthetic set; resumable, one checkpoint per epoch."""
+    """Train an IResNet with an ArcFace head on a synthetic set (or several, mixed); resumable, one checkpoint per epoch."""
+    from synthface.fr.mixing import parse_weights
     from synthface.fr.train import preset_config, train
 
     config = preset_config(preset, sets=set_ or [])
-    result = train(data, out, config, eval_bins=eval_bins, max_steps=max_steps, resume=resume, device=device, progress=progress)
+    weights = parse_weights(weight, data) if weight else None
+    result = train(data[0] if len(data) == 1 else data, out, config, eval_bins=eval_bins, max_steps=max_steps,
+                   resume=resume, device=device, progress=progress, weights=weights)
     if result.rank != 0:  # under torchrun / accelerate launch, one summary
         return
     console.print(f"{result.steps} steps ({result.epochs_done:g} epochs), last loss {result.last_loss:.4f}, "

@@ -11,6 +11,9 @@ first use, so DataLoader workers never share one.
 Images are decoded to RGB, resized to `input_size` when they differ, and fed as (x/255 - 0.5)/0.5.
 Augmentation is drawn from a generator seeded by (seed, epoch, index): the same sample gets the same
 pixels whatever the number of workers or an interruption, which makes resumed runs exact.
+
+Several sources train as one (`open_mix`, synthface.fr.mixing: `synthface train A B ...`), labels kept
+apart and each source weighted; one source is read exactly as before.
 """
 
 from __future__ import annotations
@@ -230,14 +233,16 @@ class TrainingSet:
     def num_classes(self) -> int:
         return self.source.num_classes
 
-    def item(self, i: int, epoch: int) -> tuple[np.ndarray, int]:
+    def item(self, i: int, epoch: int, repeat: int = 0) -> tuple[np.ndarray, int]:
+        """Image `i` as epoch `epoch` sees it; `repeat` > 0 is its repeat-th extra copy in that epoch (an
+        oversampled source), which draws its own augmentation."""
         data, label = self.source.read(i)
         if label != self.source.labels[i]:
             raise FileFormatError(
                 f"{self.source.where(i)} now has label {label}, not the {self.source.labels[i]} it had when training "
                 "started: the export changed under the run. Restore it, or train on the new export into a new --out."
             )
-        rng = np.random.default_rng((self.seed, epoch, i))
+        rng = np.random.default_rng((self.seed, epoch, i) if repeat == 0 else (self.seed, epoch, i, repeat))
         return augment_image(decode_rgb(data, self.input_size, self.source.where(i)), self.augment, rng), label
 
 
@@ -256,7 +261,8 @@ def open_training_set(path: str | Path, *, fmt: str = "auto", augment: Augment =
 
 
 class EpochView:
-    """torch Dataset over one epoch of a TrainingSet: index -> (tensor, label); picklable for workers."""
+    """torch Dataset over one epoch of a TrainingSet: sample id -> (tensor, label); picklable for workers.
+    A sample id is i + repeat x len(data) (see `Mix.order`): image i, its repeat-th extra copy this epoch."""
 
     def __init__(self, data: TrainingSet, epoch: int):
         self.data, self.epoch = data, epoch
@@ -267,13 +273,17 @@ class EpochView:
     def __getitem__(self, i: int):
         import torch
 
-        x, label = self.data.item(int(i), self.epoch)
+        repeat, index = divmod(int(i), len(self.data))
+        x, label = self.data.item(index, self.epoch, repeat)
         return torch.from_numpy(x), label
 
 
 def epoch_order(n: int, seed: int, epoch: int, *, rank: int = 0, world: int = 1, batch_size: int = 1) -> np.ndarray:
     """This rank's sample indices for `epoch`: one seeded permutation, cut to whole global batches
     (the tail that does not fill one is dropped), every world-th batch slot to this rank."""
-    order = np.random.default_rng((seed, epoch, EPOCH_ORDER_STREAM)).permutation(n)
-    usable = n // (batch_size * world) * batch_size * world
+    return _deal(np.random.default_rng((seed, epoch, EPOCH_ORDER_STREAM)).permutation(n), rank, world, batch_size)
+
+
+def _deal(order: np.ndarray, rank: int, world: int, batch_size: int) -> np.ndarray:
+    usable = len(order) // (batch_size * world) * batch_size * world
     return order[:usable].reshape(-1, world, batch_size)[:, rank].reshape(-1)

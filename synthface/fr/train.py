@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +39,9 @@ from torch import nn
 from synthface.distributed import ranks_from_environment
 from synthface.errors import FileFormatError, InvalidInputError, OutputPathError, SynthfaceError
 from synthface.fr.backbones import DEPTHS, IResNet
-from synthface.fr.data import EpochView, TrainingSet, epoch_order, fingerprint, open_source
+from synthface.fr.data import EpochView, TrainingSet
 from synthface.fr.heads import AdaFaceHead, MarginHead
+from synthface.fr.mixing import data_changes, open_mix
 from synthface.fr.settings import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, parse_overrides, preset_config
 
 __all__ = ["DEPTHS", "PRECISIONS", "PRESETS", "SCHEDULES", "TrainConfig", "TrainResult", "build_head", "learning_rate",
@@ -175,15 +176,11 @@ def _check_resume(out_dir: Path, config: TrainConfig, data_info: dict) -> None:
             f"{out_dir} was started with other settings ({', '.join(diff)} differ). Resume with the same preset and "
             "--set values, or start a new run in another --out folder."
         )
-    before = saved.get("data", {})
-    changed = [k for k in ("num_images", "num_classes", "fingerprint") if k in before and before[k] != data_info[k]]
+    changed = data_changes(saved.get("data", {}), data_info)  # every source's counts, fingerprint and weight
     if changed:
-        was = ", ".join(f"{k} {before[k]}" for k in changed)
-        now = ", ".join(f"{k} {data_info[k]}" for k in changed)
         raise InvalidInputError(
-            f"{out_dir} was started on another data set ({before.get('path', 'unknown path')}: {was}; now "
-            f"{data_info['path']}: {now}). Resume with the data the run started on, or start a new run in another "
-            "--out folder."
+            f"{out_dir} was started on another data set ({changed}). Resume with the data the run started on, or start "
+            "a new run in another --out folder."
         )
 
 
@@ -279,7 +276,7 @@ def _unwrap_worker_error(exc: SynthfaceError) -> SynthfaceError:
 
 
 def train(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     config: TrainConfig | None = None,
     *,
@@ -289,13 +286,15 @@ def train(
     device: str | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    weights: Sequence[float] | dict[str, float] | None = None,
 ) -> TrainResult:
     """Train on the export at `data` into `out_dir` (see the module docstring for the folder and guarantees).
 
     max_steps stops (with a checkpoint) after that many optimiser steps in total, counted across epochs
     (each epoch is images // (batch_size x processes) steps, its tail dropped) and never beyond
     `epochs`; `resume` continues a stopped or killed run from its checkpoint (same config and data required). `on_step(step, loss)` is called
-    after every optimiser step.
+    after every optimiser step. Several `data` sources train together with disjoint labels, each weighted by
+    `weights` (one number per source, or {source: weight}); synthface.fr.mixing says how an epoch is composed.
     """
     from synthface.devices import resolve_device
     from synthface.fr.benchmarks import get_benchmark, headline_scores, torch_recognizer, write_results
@@ -319,17 +318,19 @@ def train(
     # so the fix it suggests (another --set, --resume, other data) works at once.
     if rank == 0:
         check_output_folder(out_dir, what="training run folder", option="--out")
-    source = open_source(data, config.format)
-    steps_per_epoch = len(source) // (config.batch_size * world)
+    mix = open_mix(data, config.format, weights)
+    source = mix.source
+    steps_per_epoch = mix.epoch_size // (config.batch_size * world)
     if steps_per_epoch == 0:
+        what = f"The export has {len(source)} images" if len(mix.readers) == 1 else \
+            f"An epoch of the {len(mix.readers)} sources has {mix.epoch_size} samples"
         raise InvalidInputError(
-            f"The export has {len(source)} images, fewer than one global batch ({config.batch_size} x {world} processes). "
+            f"{what}, fewer than one global batch ({config.batch_size} x {world} processes). "
             "Lower batch_size with --set batch_size=N."
         )
     bench = get_benchmark("bin")  # --eval-bins: insightface's .bin verification sets
     packs = [bench.load(p) for p in bench.find(eval_bins)] if eval_bins is not None and rank == 0 else []
-    data_info = {"path": str(Path(data).resolve()), "format": source.fmt, "num_images": len(source),
-                 "num_classes": source.num_classes, "fingerprint": fingerprint(source)}
+    data_info = mix.info()
     state, kept, made = None, [], None
     if rank == 0:
         if resume:
@@ -402,7 +403,7 @@ def train(
         model.train()
         while step < end_step:
             epoch, in_epoch = divmod(step, steps_per_epoch)
-            order = epoch_order(len(dataset), config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
+            order = mix.order(config.seed, epoch, rank=rank, world=world, batch_size=config.batch_size)
             batches = order.reshape(-1, config.batch_size)[in_epoch : in_epoch + end_step - step].tolist()
             loader = torch.utils.data.DataLoader(  # its own generator: creating it must not move the global RNG
                 EpochView(dataset, epoch), batch_sampler=batches, num_workers=config.num_workers, pin_memory=dev.type == "cuda",

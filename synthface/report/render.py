@@ -114,16 +114,41 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
         if lk["flagged"]:
             parts.append(_table([(f["identity"], f["reference"], _f(f["cos"])) for f in lk["flagged"][:200]], head=("identity", "real identity", "cos")))
     if d.get("recognisers"):
-        parts.append("<h2>Recognisers trained on this set (verification accuracy, %)</h2>")
-        names = sorted({k for fr in d["recognisers"].values() for k in fr["sets"]})
-        parts.append(_table(
-            [(f"fr/{n}", *(f"{100 * fr['sets'][k]:.2f}" if k in fr["sets"] else "-" for k in names), f"{100 * fr['average']:.2f}")
-             for n, fr in d["recognisers"].items()],
-            head=("run", *names, "average"),
-        ))
+        parts.extend(_recogniser_tables(d["recognisers"]))
     parts.append(f'<p class="note">Timings (s): {_e(", ".join(f"{k} {x}" for k, x in d["seconds"].items()))}</p>')
     body = "\n".join(parts)
     return f'<!doctype html>\n<html><head><meta charset="utf-8"><title>synthface report</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n'
+
+
+def _recogniser_tables(trained: dict) -> list[str]:
+    """The five .bin sets and their average per trained recogniser; then, when any has benchmark sections
+    (IJB-B/C, TinyFace, RFW, ...), each section's numbers beside the five-set average."""
+    parts = []
+    five = {n: fr for n, fr in trained.items() if fr.get("average") is not None}
+    if five:
+        parts.append("<h2>Recognisers trained on this set (verification accuracy, %)</h2>")
+        names = sorted({k for fr in five.values() for k in fr["sets"]})
+        parts.append(_table(
+            [(f"fr/{n}", *(f"{100 * fr['sets'][k]:.2f}" if k in fr["sets"] else "-" for k in names), f"{100 * fr['average']:.2f}")
+             for n, fr in five.items()],
+            head=("run", *names, "average"),
+        ))
+    from synthface.report.recognisers import SECTION_FIELDS
+
+    columns = list(dict.fromkeys((b, label) for fr in trained.values() for b, shown in fr.get("benchmarks", {}).items()
+                                 for label in shown))
+    known = list(SECTION_FIELDS)  # the known protocols in their order, then the others as they come
+    columns.sort(key=lambda c: known.index(c[0]) if c[0] in known else len(known))
+    if columns:
+        parts.append("<h2>Recognisers trained on this set: benchmarks (%)</h2>")
+        parts.append(_table(
+            [(f"fr/{n}", "-" if fr.get("average") is None else f"{100 * fr['average']:.2f}",
+              *(f"{100 * fr['benchmarks'][b][label]:.2f}" if label in fr.get("benchmarks", {}).get(b, {}) else "-"
+                for b, label in columns))
+             for n, fr in trained.items() if fr.get("benchmarks")],
+            head=("run", "five-set average", *(f"{b} {label}" for b, label in columns)),
+        ))
+    return parts
 
 
 SECTION_TITLES = {

@@ -4,7 +4,8 @@
     bench = get_benchmark("bin")                       # insightface's .bin sets, 10-fold
     results = bench.evaluate(load_recognizer(model), bench.find(folder))
 
-A new protocol is a new module declaring a `Benchmark` (see registry.py) and one register call below.
+A new protocol is a new module declaring a `Benchmark` (see registry.py), its import and one register
+call below (one line each, in the order `synthface eval` lists them).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from synthface.fr.benchmarks.recognizers import Recognizer, load_recognizer, tor
 from synthface.fr.benchmarks.registry import (
     BENCHMARKS,
     Benchmark,
+    column_rows,
     get_benchmark,
     headline_scores,
+    protocols_help,
     register_benchmark,
     write_results,
 )
@@ -27,6 +30,6 @@ register_benchmark(tinyface.BENCHMARK)
 register_benchmark(rfw.BENCHMARK)
 
 __all__ = [
-    "BENCHMARKS", "Benchmark", "Recognizer", "get_benchmark", "headline_scores", "load_recognizer",
-    "register_benchmark", "torch_recognizer", "write_results",
+    "BENCHMARKS", "Benchmark", "Recognizer", "column_rows", "get_benchmark", "headline_scores", "load_recognizer",
+    "protocols_help", "register_benchmark", "torch_recognizer", "write_results",
 ]

@@ -318,8 +318,26 @@ class SetResult:
     fold_accuracy: tuple[float, ...] = field(default=())
 
 
-def verify_pack(recognizer: Recognizer, pack: BinPack, *, flip: bool = True) -> SetResult:
-    dist = pair_distances(embed_pack(recognizer, pack, flip=flip))
+def pack_keys(pack: BinPack) -> list[str]:
+    """Cache keys of a pack's images: where each is (for messages) and a digest of its bytes, so a rebuilt
+    pack, or another folder's pack of the same name, is embedded again."""
+    import hashlib
+
+    return [f"{pack.record(i)}, content {hashlib.sha1(image).hexdigest()[:16]}" for i, image in enumerate(pack.images)]
+
+
+def embed_cached(recognizer: Recognizer, pack: BinPack, *, flip: bool = True, cache=None, progress=None) -> np.ndarray:
+    """`embed_pack` through embeddings.embed: the same unit-norm embeddings, cached and reported to `progress`."""
+    from synthface.fr.benchmarks.embeddings import embed
+
+    size = recognizer.input_size
+    raw = embed(recognizer, lambda index: np.stack([decode_image(pack.images[i], size, pack.record(i)) for i in index]),
+                pack_keys(pack), flip=flip, cache=cache, progress=progress, what="the")
+    return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+
+
+def verify_pack(recognizer: Recognizer, pack: BinPack, *, flip: bool = True, cache=None, progress=None) -> SetResult:
+    dist = pair_distances(embed_cached(recognizer, pack, flip=flip, cache=cache, progress=progress))
     acc = ten_fold_accuracy(dist, pack.issame)
     tar, _, far = tar_at_far(dist, pack.issame)
     return SetResult(pack.name, pack.pairs, acc.mean, acc.std, float(np.mean(acc.thresholds)), tar, far, acc.fold_accuracy)
@@ -348,12 +366,13 @@ def find_bins(bins_dir: str | Path, sets: Sequence[str] | None = None) -> list[P
     return [bins_dir / f"{n}.bin" for n in names]
 
 
-def evaluate(recognizer: Recognizer, bins: Sequence[Path | BinPack], *, flip: bool = True) -> dict:
-    """results.json's content: {"sets": {name: SetResult fields}, "average": mean accuracy over them, ...}."""
+def evaluate(recognizer: Recognizer, bins: Sequence[Path | BinPack], *, flip: bool = True, cache=None, progress=None) -> dict:
+    """results.json's content: {"sets": {name: SetResult fields}, "average": mean accuracy over them, ...}.
+    `cache` (embeddings.EmbeddingCache) keeps each image's embedding by its bytes; `progress(n)` counts images."""
     results = {}
     for item in bins:
         pack = item if isinstance(item, BinPack) else read_bin(item)
-        results[pack.name] = asdict(verify_pack(recognizer, pack, flip=flip))
+        results[pack.name] = asdict(verify_pack(recognizer, pack, flip=flip, cache=cache, progress=progress))
     average = float(np.mean([r["accuracy"] for r in results.values()])) if results else math.nan
     return {
         "model": recognizer.description, "protocol": "insightface 10-fold, flip-sum, squared L2", "flip": flip,
@@ -371,4 +390,7 @@ BENCHMARK = Benchmark(
     evaluate=evaluate,
     headline="accuracy",
     columns=(("accuracy %", "accuracy", 100), ("std", "std", 100), ("TAR@FAR1e-3 %", "tar_at_far", 100), ("pairs", "pairs", None)),
+    size=lambda packs: sum(2 * read_bin(p).pairs if not isinstance(p, BinPack) else len(p.images) for p in packs),
+    expects="a folder of insightface .bin packs (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, cplfw.bin or any <name>.bin; "
+            "they come inside insightface's training-set archives such as faces_emore or faces_webface_112x112)",
 )

@@ -92,8 +92,11 @@ def embed(
     what: str = "item",
 ) -> np.ndarray:
     """(N, D) float32 raw embeddings of the N items named by `keys` (see the module docstring).
-    `progress(n)` is called after each chunk with the number of items it finished (cached ones at once)."""
+    `progress(n)` is called after each chunk with the number of items it finished (cached ones at once);
+    a `progress` with an `expect(n)` method is told the call's item count first."""
     n = len(keys)
+    if callable(getattr(progress, "expect", None)):  # a bar without the protocol's `size` learns its total here
+        progress.expect(n)
     rows: list[np.ndarray | None] = [cache.get(k) if cache is not None else None for k in keys]
     todo = np.array([i for i, row in enumerate(rows) if row is None], dtype=np.int64)
     if progress is not None and n - len(todo):
