@@ -261,6 +261,23 @@ def state_dict_mismatch(expected: dict[str, tuple[int, ...]], state) -> str | No
                      for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
 
 
+def strict_module(cls, config: dict, state, problem):
+    """`cls(**config)` built on the meta device and loaded strictly from `state` (assigned, no copy).
+    When the names or shapes differ, a FileFormatError with `problem(detail)`, detail naming every
+    mismatched key (`state_dict_mismatch`); each loader words the fix for its own files."""
+    import torch
+
+    from synthface.errors import FileFormatError
+
+    with torch.device("meta"):
+        module = cls(**config)
+    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
+    if detail:
+        raise FileFormatError(problem(detail))
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
 def load_pickled(path: str | Path, *, model: str, what: str, allow_pickle: bool | None = None,
                  safe_globals: tuple[type, ...] = ()):
     """The content of a pickled torch checkpoint (`.pth`), read with torch's weights_only loader

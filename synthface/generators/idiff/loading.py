@@ -274,19 +274,12 @@ def hydra_head_dim(checkpoint: Path) -> int | None:
 
 
 def _strict_module(cls, config: dict, state: dict, source: str, what: str):
-    """`cls(**config)` built on meta and loaded strictly from `state` (assign); mismatches named."""
-    from synthface.weights import state_dict_mismatch
+    """`cls(**config)` loaded strictly from `state` (`synthface.weights.strict_module`); mismatches named."""
+    from synthface.weights import strict_module
 
-    with torch.device("meta"):
-        module = cls(**config)
-    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
-    if detail:
-        raise FileFormatError(
-            f"{source} does not match the {what} its shapes describe ({detail}). It is damaged, another model, or "
-            "saved with extra entries; pass the published file or a folder converted from it."
-        )
-    module.load_state_dict(state, strict=True, assign=True)
-    return module
+    return strict_module(cls, config, state, lambda detail: (
+        f"{source} does not match the {what} its shapes describe ({detail}). It is damaged, another model, or "
+        "saved with extra entries; pass the published file or a folder converted from it."))
 
 
 def read_unet_checkpoint(path: str | Path, *, allow_pickle: bool | None, head_dim: int | None = None):

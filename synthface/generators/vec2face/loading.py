@@ -142,20 +142,12 @@ def read_vec2face_checkpoint(path: Path, *, allow_pickle: bool):
 
 
 def _strict_load(cls, config: dict, state: dict, source: str):
-    """`cls(**config)` with `state` loaded strictly; a FileFormatError naming every mismatched key."""
-    from synthface.errors import FileFormatError
-    from synthface.weights import state_dict_mismatch
+    """`cls(**config)` with `state` loaded strictly (`synthface.weights.strict_module`); every mismatched key named."""
+    from synthface.weights import strict_module
 
-    with torch.device("meta"):
-        module = cls(**config)
-    detail = state_dict_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
-    if detail:
-        raise FileFormatError(
-            f"{source} does not match the published {cls.__name__} ({detail}). It is another model or another "
-            "size; pass the published Vec2Face / Vec2Face+ files, or a folder converted from them."
-        )
-    module.load_state_dict(state, strict=True, assign=True)
-    return module
+    return strict_module(cls, config, state, lambda detail: (
+        f"{source} does not match the published {cls.__name__} ({detail}). It is another model or another "
+        "size; pass the published Vec2Face / Vec2Face+ files, or a folder converted from them."))
 
 
 def _load_converted_vec2face(folder: Path):
