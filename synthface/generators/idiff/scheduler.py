@@ -70,6 +70,14 @@ def _train_steps_why(steps: int) -> str:
     return f"the model was trained with {steps} diffusion steps"
 
 
+def _set_schedule(scheduler, num_train_timesteps: int, beta_start: float, beta_end: float) -> None:
+    """What both schedulers hold: the published DDPM buffers (`ddpm_buffers`), alphas_cumprod, sigma 1."""
+    check_int("num_train_timesteps", num_train_timesteps, 2, None)
+    scheduler.buffers = ddpm_buffers(num_train_timesteps, beta_start, beta_end)
+    scheduler.alphas_cumprod = scheduler.buffers["alpha_bars"]
+    scheduler.init_noise_sigma = 1.0
+
+
 class IDiffDDIMScheduler(SchedulerMixin, ConfigMixin):
     """DDIM as coded in UIFace / IDperturb / NegFaceDiff (see the module docstring for the rule).
 
@@ -83,10 +91,7 @@ class IDiffDDIMScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
                  beta_end: float = BETA_END):
-        check_int("num_train_timesteps", num_train_timesteps, 2, None)
-        self.buffers = ddpm_buffers(num_train_timesteps, beta_start, beta_end)
-        self.alphas_cumprod = self.buffers["alpha_bars"]
-        self.init_noise_sigma = 1.0
+        _set_schedule(self, num_train_timesteps, beta_start, beta_end)
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
@@ -179,10 +184,7 @@ class IDiffDDPMScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START,
                  beta_end: float = BETA_END):
-        check_int("num_train_timesteps", num_train_timesteps, 2, None)
-        self.buffers = ddpm_buffers(num_train_timesteps, beta_start, beta_end)
-        self.alphas_cumprod = self.buffers["alpha_bars"]
-        self.init_noise_sigma = 1.0
+        _set_schedule(self, num_train_timesteps, beta_start, beta_end)
         self.num_inference_steps = num_train_timesteps
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
