@@ -32,8 +32,8 @@ from synthface.errors import FileFormatError, InvalidInputError
 from synthface.export import FORMATS, ExportReader, detect_format
 from synthface.seeds import EPOCH_ORDER_STREAM
 
-AUGMENTATIONS = ("hsface", "flip", "none")
-Augment = Literal["hsface", "flip", "none"]
+AUGMENTATIONS = ("hsface", "adaface", "flip", "none")
+Augment = Literal["hsface", "adaface", "flip", "none"]
 
 # ----------------------------------------------------------------------------------------------- finding the export
 
@@ -195,17 +195,39 @@ def to_input(img: np.ndarray) -> np.ndarray:
     return (img.transpose(2, 0, 1).astype(np.float32) / 255.0 - 0.5) / 0.5
 
 
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """One augmentation mode: the probability of each of crop on black, low resolution and colour jitter
+    (applied in that order), of the horizontal flip, and of RandomErasing after normalisation."""
+
+    photometric_p: float = 0.0
+    flip_p: float = 0.0
+    erasing_p: float = 0.0
+
+
+#: The modes: HSFace / SOTA-FR's (p 0.3 each, flip, RandomErasing p 0.5), AdaFace's (its Augmenter:
+#: crop / low-res / photometric p 0.2 each, in that order, then the flip; no erasing), flip only, none.
+AUGMENT_POLICIES = {
+    "hsface": AugmentPolicy(photometric_p=0.3, flip_p=0.5, erasing_p=0.5),
+    "adaface": AugmentPolicy(photometric_p=0.2, flip_p=0.5),
+    "flip": AugmentPolicy(flip_p=0.5),
+    "none": AugmentPolicy(),
+}
+assert tuple(AUGMENT_POLICIES) == AUGMENTATIONS
+
+
 def augment_image(img: np.ndarray, mode: Augment, rng: np.random.Generator) -> np.ndarray:
-    """HSFace (p 0.3 each: crop on black, low resolution, colour jitter; flip 0.5; RandomErasing p 0.5
-    after normalisation), flip only, or none; returns the normalised (3, H, W) float32 input."""
-    if mode == "hsface":
+    """`mode`'s policy (AUGMENT_POLICIES) on one (H, W, 3) uint8 RGB image; returns the normalised
+    (3, H, W) float32 input. A mode draws only what it uses, so "flip" and "none" draw as before."""
+    policy = AUGMENT_POLICIES[mode]
+    if policy.photometric_p:
         for p_op in (crop_on_black, low_resolution, color_jitter):
-            if rng.random() < 0.3:
+            if rng.random() < policy.photometric_p:
                 img = p_op(img, rng)
-    if mode in ("hsface", "flip") and rng.random() < 0.5:
+    if policy.flip_p and rng.random() < policy.flip_p:
         img = img[:, ::-1]
     x = to_input(np.ascontiguousarray(img))
-    if mode == "hsface" and rng.random() < 0.5:
+    if policy.erasing_p and rng.random() < policy.erasing_p:
         x = random_erasing(x, rng)
     return x
 

@@ -31,6 +31,7 @@ from pydantic import (
 from synthface.errors import InvalidInputError
 from synthface.export import format_names
 from synthface.fr.backbones import DEPTHS, WIDTHS, BackboneConfig
+from synthface.fr.data import Augment
 from synthface.overrides import all_from_overrides, apply_override, explain
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -92,9 +93,10 @@ class TrainConfig(BaseModel):
     power: Float = Field(1.0, ge=0.0, le=100.0, description="the poly schedule's exponent")
     epochs: Int = Field(26, ge=1, le=10_000, description="passes over the data set")
     batch_size: Int = Field(128, ge=1, le=65_536, description="images per optimiser step and process")
-    augment: Literal["hsface", "flip", "none"] = Field(
-        "hsface", description="'hsface': HSFace's crop, low resolution, colour jitter, flip and erasing; 'flip' only; "
-        "'none'")
+    augment: Augment = Field(
+        "hsface", description="'hsface': HSFace's crop, low resolution, colour jitter (p 0.3 each), flip and erasing; "
+        "'adaface': AdaFace's crop, low resolution, photometric (p 0.2 each) and flip; 'flip' only; 'none' "
+        "(synthface.fr.data.AUGMENT_POLICIES)")
     format: Literal[("auto", *format_names())] = Field(
         "auto", description="which export of the data folder to read")
     num_workers: Int = Field(8, ge=0, le=256, description="DataLoader worker processes (0: read in the training process)")
@@ -187,15 +189,16 @@ PRESETS: dict[str, TrainConfig] = {
     # (43,585,600 parameters), dropout 0.4, AdaFace head s 64 m 0.4 h 0.333 t_alpha 0.01, SGD 0.1 momentum 0.9,
     # weight decay 5e-4 on non-BN weights and the kernel, MultiStepLR 12/20/24 over 26 epochs stepped per epoch
     # (so / 10 entering 1-based epochs 13, 21, 25), 256 images per step in all (4 GPUs x 64 there: under
-    # torchrun with 4 processes --set batch_size=64), no gradient clipping, fp16, seed 42. See PRESET_NOTES
+    # torchrun with 4 processes --set batch_size=64), its augmentation (crop / low resolution / photometric p 0.2
+    # each, flip), no gradient clipping, fp16, seed 42. See PRESET_NOTES
     # for what it does not copy.
     "adaface-ir50": TrainConfig(network="r50", layout="ir", dropout=0.4, head="adaface", scale=64.0, adaface_margin=0.4,
                                 adaface_h=0.333, adaface_t_alpha=0.01, milestones=(13, 21, 25), epochs=26,
-                                batch_size=256, augment="flip", precision="fp16", clip_grad_norm=0.0),
+                                batch_size=256, augment="adaface", precision="fp16", clip_grad_norm=0.0),
     # the same with AdaFace/TFace's IR-SE-50 (43,808,320 parameters): the SE gate in every residual branch
     "adaface-irse50": TrainConfig(network="r50", layout="ir", se_residual=True, dropout=0.4, head="adaface",
                                   scale=64.0, adaface_margin=0.4, adaface_h=0.333, adaface_t_alpha=0.01,
-                                  milestones=(13, 21, 25), epochs=26, batch_size=256, augment="flip", precision="fp16",
+                                  milestones=(13, 21, 25), epochs=26, batch_size=256, augment="adaface", precision="fp16",
                                   clip_grad_norm=0.0),
     # CPU smoke runs and tests: a narrow r18 at 32x32, a softer margin, few epochs.
     "tiny": TrainConfig(network="r18", widths=(16, 16, 32, 32), num_features=64, input_size=32, scale=16.0,
@@ -222,9 +225,9 @@ PRESET_NOTES: dict[str, str] = {
         "section 4): IR-50 (43,585,600 parameters, 467 entries), dropout 0.4, AdaFace s 64 m 0.4 h 0.333 t_alpha 0.01, "
         "SGD 0.1 momentum 0.9, weight decay 5e-4 except BN, MultiStepLR 12/20/24 of 26 epochs (Lightning steps it per "
         "finished epoch: lr / 10 entering 1-based epochs 13, 21, 25), 256 images per step in all (the script: 4 GPUs, "
-        "--batch_size 256 divided among them), no gradient clipping, fp16, seed 42. Not copied: AdaFace's crop / low-resolution / "
-        "photometric augmentation at p 0.2 each (synthface has no such mode yet: flip only; augment=hsface is the "
-        "nearest, with RandomErasing added) and its BGR input (synthface trains and evaluates RGB). Expected, papers' "
+        "--batch_size 256 divided among them), AdaFace's Augmenter (crop on black / low resolution / photometric at "
+        "p 0.2 each, in that order, then the flip: augment=adaface), no gradient clipping, fp16, seed 42. Not copied: "
+        "its BGR input (synthface trains and evaluates RGB; fr/irse.py folds a BGR checkpoint into RGB). Expected, papers' "
         "own tables at 10K x 50 with AdaFace-head recipes: DCFace 89.56, Arc2Face 91.73, CemiFace 92.30 (" + _FIVE +
         "); CASIA-WebFace (real) 94.62-94.79; AdaFace's own R50 on CASIA-WebFace 94.68 (LFW 99.42, CFP-FP 96.41, "
         "CPLFW 89.97, CALFW 93.23, AgeDB 94.38; AdaFace README). CVLface's IR50 AdaFace on CASIA: IJB-B / IJB-C TAR at FAR 1e-4 46.04 / "

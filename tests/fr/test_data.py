@@ -130,6 +130,26 @@ def test_hsface_operations():
     assert 0.02 * 1024 * 0.8 <= len(zero) <= 0.33 * 1024 * 1.2 and (erased[:, erased[0] == 0] == 0).all()
 
 
+def test_adaface_mode_is_its_augmenter_order_at_p_02_without_erasing():
+    """AdaFace's Augmenter: crop on black, low resolution, photometric (each p 0.2, in that order), then the
+    flip (p 0.5); no RandomErasing. Recomputed here from the primitives with the same draws."""
+    img = np.random.default_rng(0).integers(1, 255, (24, 24, 3), dtype=np.uint8)
+    fired = np.zeros(3)
+    for s in range(300):
+        rng, want = np.random.default_rng(s), img
+        for k, op in enumerate((crop_on_black, low_resolution, color_jitter)):
+            if rng.random() < 0.2:
+                want, fired[k] = op(want, rng), fired[k] + 1
+        if rng.random() < 0.5:
+            want = want[:, ::-1]
+        got = augment_image(img, "adaface", np.random.default_rng(s))
+        assert np.array_equal(got, to_input(np.ascontiguousarray(want)))
+        assert not (got == 0.0).all(axis=0).any()  # no pixel is 127.5 after normalising: zeros only from erasing
+    assert np.all(np.abs(fired / 300 - 0.2) < 0.07)
+    # the hsface mode does erase (exact zeros in all channels) in some of the same draws
+    assert any((augment_image(img, "hsface", np.random.default_rng(s)) == 0.0).all(axis=0).any() for s in range(40))
+
+
 def test_epoch_order_splits_whole_global_batches_between_ranks():
     full = epoch_order(103, seed=1, epoch=2, batch_size=4, world=2, rank=0)
     other = epoch_order(103, seed=1, epoch=2, batch_size=4, world=2, rank=1)

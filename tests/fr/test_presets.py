@@ -32,7 +32,7 @@ def test_published_presets_fields_and_parameter_counts():
     assert (ada.lr, ada.momentum, ada.weight_decay, ada.bn_weight_decay, ada.epochs) == (0.1, 0.9, 5e-4, False, 26)
     # AdaFace's MultiStepLR(12, 20, 24) steps once per finished epoch: / 10 entering 1-based epochs 13, 21, 25
     assert (ada.schedule, ada.milestones, ada.gamma, ada.batch_size, ada.precision) == ("step", (13, 21, 25), 0.1, 256, "fp16")
-    assert (ada.clip_grad_norm, ada.seed) == (0.0, 42)
+    assert (ada.clip_grad_norm, ada.seed, ada.augment) == (0.0, 42, "adaface")
     counts = {"adaface-ir50": 43_585_600, "adaface-irse50": 43_808_320, "sota-fr-irse50": 43_634_368,
               "arcface-torch": 43_590_848}
     for name, count in counts.items():
@@ -145,3 +145,10 @@ def test_a_run_from_before_the_head_and_layout_settings_resumes(tmp_path):
     with pytest.raises(InvalidInputError, match="head"):
         train(data, run, preset_config("tiny", sets=["batch_size=8", "widths=[8, 8, 16, 16]", "input_size=16",
                                                      "head=adaface"]), resume=True, progress=False, device="cpu")
+
+
+def test_train_help_names_every_preset():
+    from synthface.cli.train import PRESET_HELP
+
+    missing = [name for name in PRESETS if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", PRESET_HELP)]
+    assert not missing, missing
