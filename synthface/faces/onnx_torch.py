@@ -64,6 +64,9 @@ class OnnxModule(nn.Module):
                 self._add_constant(node.output[0], _constant_value(attrs))
                 continue
             inputs = list(node.input)
+            if node.op_type == "Softmax" and self.opset is not None and self.opset < 13:
+                # Softmax-1/11 flattens to 2-D at `axis` (default 1) and normalises over the trailing block
+                attrs = {"axis": attrs.get("axis", 1), "coerce_2d": True}
             if node.op_type == "Resize" and self.opset is not None and self.opset < 11:
                 # Resize-10 takes (X, scales) and always resizes asymmetrically, nearest as onnxruntime's
                 # opset-10 kernel rounds; bind scales as the later opsets' third input
@@ -339,6 +342,40 @@ def _avg_pool(x, **kw):
         count_include_pad=bool(kw.get("count_include_pad", 0)),
     )
 
+
+@_op("Softmax")
+def _softmax(x, *, axis=-1, coerce_2d=False):
+    """ONNX Softmax: from opset 13 along `axis`; before it (OnnxModule sets `coerce_2d`) over all the
+    dimensions from `axis` on, as the input flattened to 2-D there."""
+    if coerce_2d:
+        axis = axis % x.dim()
+        return torch.softmax(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)
+    return torch.softmax(x, dim=axis)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+@_op("Pad")
+def _pad_op(x, pads=None, constant_value=None, axes=None, *, mode="constant", value=0.0, **attrs):
+    """ONNX Pad (opset 11+: pads, constant_value and axes as inputs; before: `pads`/`value` attributes).
+    pads lists every padded axis's begin amounts, then their end amounts; negative amounts crop."""
+    if mode not in _PAD_MODES:
+        raise FileFormatError(f"Pad mode={mode!r} is not an ONNX padding mode ({', '.join(_PAD_MODES)}).")
+    amounts = _ints(pads if pads is not None else attrs["pads"])
+    dims = [a % x.dim() for a in _ints(axes)] if axes is not None else list(range(x.dim()))
+    if len(amounts) != 2 * len(dims):
+        raise FileFormatError(f"Pad has {len(amounts)} pad amounts for {len(dims)} axes; it needs two per axis.")
+    per_axis = {d: (amounts[i], amounts[i + len(dims)]) for i, d in enumerate(dims)}
+    padded = [d for d, p in per_axis.items() if p != (0, 0)]
+    if not padded:
+        return x
+    # F.pad takes (begin, end) pairs from the last dimension backwards, down to the first padded one
+    flat = [p for d in range(x.dim() - 1, min(padded) - 1, -1) for p in per_axis.get(d, (0, 0))]
+    fill = float(constant_value.reshape(-1)[0]) if constant_value is not None and constant_value.numel() else float(value)
+    if mode == "constant":
+        return F.pad(x, flat, mode="constant", value=fill)
+    return F.pad(x, flat, mode=_PAD_MODES[mode])
 
 
 # --- Resize (FPN upsampling in detector graphs) ----------------------------------------------------
