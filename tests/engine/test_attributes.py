@@ -25,8 +25,17 @@ def _recipe(images=4, **filtering):
 
 
 def test_attributes_are_measured_on_the_found_faces_and_written_per_image(tmp_path):
-    run_photos(_recipe(), tmp_path / "run")
+    from synthface.faces.attributes import register_attribute_analyzer
+
+    seen = known.KnownPeople()
+    register_attribute_analyzer("known-people-seen")(lambda: seen)
+    recipe = _recipe()
+    recipe.filtering.attribute_analyzer = "known-people-seen"
+    run_photos(recipe, tmp_path / "run")
     rows = _rows(tmp_path / "run")
+    # given the face analyser's boxes (one per image, inside it): detection is paid once
+    assert seen.calls and all(b is not None and all(len(per) == 1 for per in b) for b in seen.calls)
+    assert all(0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 200 for b in seen.calls for (x0, y0, x1, y1), in b)
     for (ident, _), row in rows.items():
         age, gender = known.KNOWN[PLANTED[ident]]
         assert (row["age"], row["gender"]) == (age, gender)
@@ -92,7 +101,8 @@ def test_a_balanced_run_resamples_the_surplus_until_it_meets_its_target(tmp_path
     assert by_identity == {0: "female", 1: "female", 2: "male", 3: "male"}
     assert {r["vector_round"] for r in kept if r["identity"] == 2} == {1}
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "known-people" in card and "test double (no model)" in card
+    assert "measured by known-people (licence: test double (no model))" in card
+    assert "- identities by apparent gender: female: 2 (50 %), male: 2 (50 %)" in card
 
 
 def test_a_balance_that_cannot_be_filled_fails_naming_the_bin(tmp_path):
