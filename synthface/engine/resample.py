@@ -11,6 +11,11 @@ their identity's nearest cosine over the set as it stands in that round (replace
 computed exactly (`ShardWorker.run_units`). Each round is a unit with its own done marker, and its
 vectors depend only on the seeds and the set, so any kill and rerun, with any number of ranks,
 gives the same files.
+
+The same rounds resample, besides colliding identities: inconsistent ones (filtering.attribute_consistency
+with on_attribute_drift = "resample": more than max_drift_share of their images drifted) and, with
+identities.balance, the surplus of over-full gender or age bins (`to_resample`); finalize drops those still
+inconsistent and fails with BalanceError when a bin is still off its target.
 """
 
 from __future__ import annotations
