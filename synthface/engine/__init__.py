@@ -32,6 +32,7 @@ from synthface.engine.runner import (
     build_renderer,
     check_sampler,
     make_analyzer,
+    make_attribute_analyzer,
     render_settings,
     resolve_render_device,
     run,
@@ -64,7 +65,7 @@ __all__ = [
     "Resampled", "RunLayout", "RunSummary", "ShardWorker", "UnitResult", "UnitWork", "attrop_centres",
     "attrop_estimators", "build_renderer", "check_destination", "check_sampler", "clear_run", "dataset_card_facts",
     "derive_seed", "draw_pose", "encode_jpeg", "encode_png", "ensure_identities", "export_run", "finalize",
-    "load_run_recipe", "lock_run", "make_analyzer", "make_plan", "num_shards", "plan_identity", "prepare_output",
+    "load_run_recipe", "lock_run", "make_analyzer", "make_attribute_analyzer", "make_plan", "num_shards", "plan_identity", "prepare_output",
     "ranks_from_environment", "read_run_info", "render_settings", "resample_collisions", "resample_unit",
     "resolve_render_device", "run", "shard_identities", "shard_unit", "stage_report",
 ]

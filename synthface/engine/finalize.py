@@ -40,6 +40,8 @@ def finalize(recipe: Recipe, layout: RunLayout, bank: IdentityBank, resampled: R
     vectors, replaced, units = resampled.vectors, resampled.replaced, resampled.units
 
     identity = np.array([r["identity"] for r in rows], dtype=np.int64)
+    if filt.attribute_consistency and filt.on_attribute_drift != "keep":
+        drop_inconsistent(rows, filt.max_drift_share)
     verdict = filtering.judge_identities(
         identity, embeddings, [r["kept"] for r in rows], [r["drop_reason"] for r in rows],
         collision_cos=filt.collision_cos if judging else None,
@@ -80,10 +82,15 @@ def finalize(recipe: Recipe, layout: RunLayout, bank: IdentityBank, resampled: R
             "filtering.min_det_score, filtering.min_images) or check that the model draws faces the analyser finds, "
             "then run again."
         )
+    if recipe.identities.balance is not None:
+        check_balance(recipe, rows, layout)
     export_run(recipe, layout, kept_rows)
     from synthface.export.card import write_card
 
-    write_card(layout.card, dataset_card_facts(recipe, layout, stats, units))
+    facts = dataset_card_facts(recipe, layout, stats, units)
+    if recipe.filtering.attributes:
+        facts["attributes"] = attribute_stats(rows)
+    write_card(layout.card, facts)
     if judging:
         from synthface.report import write_report
 
@@ -91,6 +98,73 @@ def finalize(recipe: Recipe, layout: RunLayout, bank: IdentityBank, resampled: R
     layout.mark_done(layout.FINALIZE, stats)
     log.info("finalized: %s", stats)
     return stats
+
+
+def drop_inconsistent(rows: list[dict], max_share: float) -> None:
+    """Drop (reason attribute_drift) every kept image of the identities more than `max_share` of whose
+    judged images drifted (`synthface.filtering.attributes.inconsistent_identities`), in place."""
+    from synthface.filtering.attributes import DRIFT, inconsistent_identities
+
+    lost = set(inconsistent_identities([r["identity"] for r in rows], [r["drop_reason"] for r in rows],
+                                       max_share).tolist())
+    for row in rows:
+        if row["kept"] and row["identity"] in lost:
+            row["kept"], row["drop_reason"] = False, DRIFT
+
+
+def _kept_attributes(rows: list[dict]):
+    from synthface.filtering.attributes import identity_attributes
+
+    kept = [r for r in rows if r["kept"]]
+    summary = identity_attributes([r["identity"] for r in kept], [r["age"] for r in kept],
+                                  [r["gender"] for r in kept], [r["gender_confidence"] for r in kept])
+    return kept, summary
+
+
+def attribute_stats(rows: list[dict]) -> dict:
+    """What the card states about who is in the set: kept identities and images per apparent gender, and
+    the identities' median ages (`synthface.filtering.attributes`)."""
+    from synthface.faces.attributes import GENDERS
+    from synthface.filtering.attributes import REPORT_AGE_BINS, group_of
+
+    kept, summary = _kept_attributes(rows)
+    ages = summary.median_age[np.isfinite(summary.median_age)]
+    age_groups = group_of(summary, "age", REPORT_AGE_BINS)
+    return {
+        "identities_by_gender": {g: int(np.count_nonzero(summary.gender == g)) for g in GENDERS},
+        "images_by_gender": {g: sum(r["gender"] == g for r in kept) for g in GENDERS},
+        "identities_by_age": {name: int(np.count_nonzero(age_groups == name)) for name in REPORT_AGE_BINS},
+        "median_age": float(np.median(ages)) if ages.size else None,
+        "median_age_range": [float(ages.min()), float(ages.max())] if ages.size else None,
+    }
+
+
+def check_balance(recipe: Recipe, rows: list[dict], layout: RunLayout) -> None:
+    """identities.balance against the kept identities: a BalanceError naming the first bin off its
+    target (and why) when one is, raised after the manifest is written."""
+    from synthface.engine.resample import balance_targets
+    from synthface.errors import BalanceError
+    from synthface.filtering.attributes import balance_report
+
+    _, summary = _kept_attributes(rows)
+    status = balance_report(summary, summary.images > 0, *balance_targets(recipe))
+    off = [s for s in status if not s.met]
+    if not off:
+        return
+    total = int(np.count_nonzero(summary.images > 0))
+    worst = min(off, key=lambda s: s.share - s.target)  # the emptiest bin: the one that could not be filled
+    rounds = recipe.filtering.max_rounds
+    why = ("it is short: the generator rendered too few identities the attribute analyser judges so, within "
+           f"filtering.max_rounds = {rounds} resampling rounds" if worst.share < worst.target else
+           "it is over-full and the resampled identities kept landing in it")
+    raise BalanceError(
+        f"identities.balance could not be met: {worst.describe(total)}; {why}. "
+        + ("Other bins off target: " + "; ".join(s.describe(total) for s in off if s is not worst) + ". "
+           if len(off) > 1 else "")
+        + f"Every identity's images and attributes are in {layout.manifest}. Raise filtering.max_rounds or "
+        "identities.count, widen identities.balance.tolerance, or change the target.",
+        bin=f"{worst.marginal}={worst.name}",
+    )
 
 
 def export_run(recipe: Recipe, layout: RunLayout, kept_rows: list[dict], formats: Sequence[str] | None = None) -> None:

@@ -11,6 +11,11 @@ their identity's nearest cosine over the set as it stands in that round (replace
 computed exactly (`ShardWorker.run_units`). Each round is a unit with its own done marker, and its
 vectors depend only on the seeds and the set, so any kill and rerun, with any number of ranks,
 gives the same files.
+
+The same rounds resample, besides colliding identities: inconsistent ones (filtering.attribute_consistency
+with on_attribute_drift = "resample": more than max_drift_share of their images drifted) and, with
+identities.balance, the surplus of over-full gender or age bins (`to_resample`); finalize drops those still
+inconsistent and fails with BalanceError when a bin is still off its target.
 """
 
 from __future__ import annotations
@@ -51,18 +56,14 @@ def resample_collisions(recipe: Recipe, layout: RunLayout, bank: IdentityBank, *
     module docstring); `worker()` gives the `ShardWorker` that renders a round not yet done (None: every
     round needed must already be done, else InvalidInputError). Without collision_policy "resample"
     this only reads the shards."""
-    from synthface import filtering
 
     filt = recipe.filtering
     units: list[int | str] = list(range(num_shards(recipe)))
     rows, embeddings = read_units(layout, units)
     judging = filt.enabled and embeddings.shape[1] > 0
     vectors, replaced = bank.vectors, {}
-    for round_ in range(1, filt.max_rounds + 1) if judging and filt.collision_policy == "resample" else ():
-        collided = filtering.judge_identities(
-            [r["identity"] for r in rows], embeddings, [r["kept"] for r in rows], [r["drop_reason"] for r in rows],
-            collision_cos=filt.collision_cos, collision_policy="resample", drop_too_few=False,
-        ).collided
+    for round_ in range(1, filt.max_rounds + 1) if judging and resamples(recipe) else ():
+        collided = to_resample(recipe, rows, embeddings)
         if not collided.size:
             break
         vectors = vectors.copy()
@@ -88,6 +89,66 @@ def resample_collisions(recipe: Recipe, layout: RunLayout, bank: IdentityBank, *
         units.append(unit)
         replaced.update(dict.fromkeys(lost, round_))
     return Resampled(rows, embeddings, vectors, units, replaced, judging)
+
+
+def resamples(recipe: Recipe) -> bool:
+    """Whether the recipe resamples identities: colliding ones (collision_policy "resample"), inconsistent
+    ones (attribute_consistency with on_attribute_drift "resample") or unbalanced ones (identities.balance)."""
+    filt = recipe.filtering
+    return (filt.collision_policy == "resample" or recipe.identities.balance is not None
+            or (filt.attribute_consistency and filt.on_attribute_drift == "resample"))
+
+
+def to_resample(recipe: Recipe, rows: list[dict], embeddings: np.ndarray) -> np.ndarray:
+    """The identities (ascending labels) the next round gives fresh vectors: the losers of collisions
+    (collision_policy "resample"), the inconsistent ones (on_attribute_drift "resample"), and with
+    identities.balance the surplus of over-full bins among the identities that would be kept
+    (`synthface.filtering.attributes.balance_surplus`)."""
+    from synthface import filtering
+
+    filt = recipe.filtering
+    identity = np.array([r["identity"] for r in rows], dtype=np.int64)
+    reason = np.array([r["drop_reason"] for r in rows], dtype=object)
+    kept = np.array([r["kept"] for r in rows], dtype=bool)
+    collided = filtering.judge_identities(
+        identity, embeddings, kept, reason, collision_cos=filt.collision_cos, collision_policy="resample",
+        drop_too_few=False,
+    ).collided
+    parts = [collided] if filt.collision_policy == "resample" else []
+    lost = set(collided.tolist()) if filt.collision_policy != "flag" else set()
+    if filt.attribute_consistency and filt.on_attribute_drift != "keep":
+        from synthface.filtering.attributes import inconsistent_identities
+
+        inconsistent = inconsistent_identities(identity, reason, filt.max_drift_share)
+        if filt.on_attribute_drift == "resample":
+            parts.append(inconsistent)
+        lost |= set(inconsistent.tolist())
+    if recipe.identities.balance is not None:
+        parts.append(_unbalanced(recipe, rows, identity, kept & ~np.isin(identity, sorted(lost))))
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(parts)).astype(np.int64)
+
+
+def _unbalanced(recipe: Recipe, rows: list[dict], identity: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """identities.balance's surplus among the identities keeping enough images in `kept`."""
+    from synthface.filtering.attributes import balance_surplus, identity_attributes
+
+    summary = identity_attributes(identity, [r.get("age") for r in rows], [r.get("gender") or "" for r in rows],
+                                  [r.get("gender_confidence") for r in rows], kept)
+    alive = np.bincount(np.searchsorted(summary.labels, identity[kept]), minlength=summary.labels.size)
+    enough = alive >= (recipe.filtering.min_images if recipe.filtering.on_too_few != "keep" else 1)
+    return balance_surplus(summary, enough, *balance_targets(recipe))
+
+
+def balance_targets(recipe: Recipe) -> tuple[dict, float, dict]:
+    """identities.balance as `balance_report`'s (targets, tolerance, age bin edges)."""
+    from synthface.recipe import age_bin_edges
+
+    balance = recipe.identities.balance
+    targets = balance.marginals()
+    edges = {name: age_bin_edges(name) for name in targets.get("age", {})}
+    return targets, balance.tolerance, edges
 
 
 def resample_units_done(recipe: Recipe, layout: RunLayout) -> list[str]:

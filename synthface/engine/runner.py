@@ -64,6 +64,8 @@ def run(
     ranks = ranks or Ranks()
     layout = RunLayout(check_output_folder(out_dir, what="run folder"))
     check_destination(layout)
+    # built before anything is rendered or written: a missing extra refuses with nothing left behind
+    attribute_analyzer = make_attribute_analyzer(recipe) if recipe.filtering.attributes else None
     if renderer is None:
         resolve_render_device(recipe, ranks)  # a device this machine lacks is refused before the folder exists
         check_sampler(recipe, None)  # so is a family without the recipe's sampler (its declarations say)
@@ -102,7 +104,8 @@ def run(
             if analyzer is None and recipe.filtering.enabled:
                 analyzer = make_analyzer(recipe)
             worker = worker or ShardWorker(recipe, layout, renderer or build_renderer(recipe, ranks), analyzer,
-                                           max_in_flight=max_in_flight, stage_times=times)
+                                           max_in_flight=max_in_flight, stage_times=times,
+                                           attribute_analyzer=attribute_analyzer)
             return worker
 
         def render(shards: list[int]) -> None:
@@ -175,6 +178,21 @@ def make_analyzer(recipe: Recipe):
             f"filtering.analyzer_options {cfg.analyzer_options} do not fit the {cfg.analyzer!r} analyser ({exc}). "
             "Remove or rename the option; the analyser's keyword arguments are listed in the README under "
             "'Face analysis'."
+        ) from None
+
+
+def make_attribute_analyzer(recipe: Recipe):
+    """The recipe's attribute analyser (filtering.attribute_analyzer, built with its options); options it
+    does not take are an InvalidInputError naming them, a missing extra the backend's own SynthfaceError."""
+    from synthface.faces.attributes import get_attribute_analyzer
+
+    cfg = recipe.filtering
+    try:
+        return get_attribute_analyzer(cfg.attribute_analyzer, **cfg.attribute_analyzer_options)
+    except TypeError as exc:
+        raise InvalidInputError(
+            f"filtering.attribute_analyzer_options {cfg.attribute_analyzer_options} do not fit the "
+            f"{cfg.attribute_analyzer!r} attribute analyser ({exc}). Remove or rename the option."
         ) from None
 
 

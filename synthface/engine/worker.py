@@ -65,6 +65,8 @@ class Candidate:
     embedding: np.ndarray | None  # filter-space embedding, None when no face
     det_score: float = float("nan")
     kps: np.ndarray | None = None
+    box: np.ndarray | None = None  # the face's (x0, y0, x1, y1) in the rendered image, None when no face
+    attributes: object | None = None  # its `synthface.faces.attributes.Attributes` (filtering.attributes)
 
 
 @dataclass
@@ -137,7 +139,8 @@ class ShardWorker:
     """
 
     def __init__(self, recipe: Recipe, layout: RunLayout, renderer: RendererLike, analyzer=None, *,
-                 max_in_flight: int = MAX_IN_FLIGHT, stage_times: StageTimes | None = None):
+                 max_in_flight: int = MAX_IN_FLIGHT, stage_times: StageTimes | None = None,
+                 attribute_analyzer=None):
         if analyzer is not None:
             from synthface.faces import check_analyzer
 
@@ -148,6 +151,7 @@ class ShardWorker:
         self.layout = layout
         self.renderer = renderer
         self.analyzer = analyzer
+        self.attribute_analyzer = attribute_analyzer  # apparent age and gender, on the analyser's face boxes
         self.max_in_flight = max_in_flight
         self.stage_times = stage_times if stage_times is not None else StageTimes()
         self.images = 0  # rendered by this worker so far (the images of `stage_times`)
@@ -320,6 +324,12 @@ class ShardWorker:
             out.append({"name": f"{a.name} ({options})" if options else a.name, "role": "filter / face analysis",
                         "licence": a.license, "restricted": a.license_restricted,
                         "embedding_space": a.embedding_space, "same_person_cos": a.same_person_cos})
+        if self.attribute_analyzer is not None:
+            a = self.attribute_analyzer
+            options = ", ".join(f"{k}={v}" for k, v in sorted(self.recipe.filtering.attribute_analyzer_options.items()))
+            out.append({"name": f"{a.name} ({options})" if options else a.name,
+                        "role": "apparent " + " and ".join(a.measures), "licence": a.license,
+                        "restricted": a.license_restricted})
         return out
 
     def _render_batch(self, batch: list[ImageTask], vectors: np.ndarray, nearest: dict[int, float] | None = None,
@@ -356,13 +366,17 @@ class ShardWorker:
         keep_full = self.recipe.export.keep_full_images
         cond_cos = np.sum(conditions * centres, axis=1)
         faces = self.analyzer.analyze(images) if self.analyzer is not None else [None] * len(images)
+        people = [[None]] * len(images)
+        if self.attribute_analyzer is not None:  # on the boxes found above: detection is paid once
+            boxes = [[tuple(float(v) for v in found[0].bbox)] if found else [] for found in faces]
+            people = [p or [None] for p in self.attribute_analyzer.analyze(images, boxes=boxes)]
         result = []
-        for task, cos, image, found in zip(batch, cond_cos, images, faces):
+        for task, cos, image, found, person in zip(batch, cond_cos, images, faces, people):
             face = found[0] if found else None
             if face is not None:
                 crop = norm_crop(image, face.kps, size)
                 cand = Candidate(task, float(cos), crop, image if keep_full else None, face.embedding,
-                                 float(face.det_score), face.kps)
+                                 float(face.det_score), face.kps, face.bbox, person[0])
             else:
                 crop = _resize(image, size)  # no face to align: keep the whole image for inspection
                 cand = Candidate(task, float(cos), crop, image if keep_full else None, None)
@@ -389,12 +403,17 @@ class ShardWorker:
         identity = np.array([c.task.identity for c in candidates], dtype=np.int64)
         if not self.recipe.filtering.enabled:
             return keep_first(identity, self.recipe.variation.images_per_identity)
+        measured = {}
+        if self.recipe.filtering.attribute_consistency:
+            values = [_attribute_values(c.attributes) for c in candidates]
+            measured = {name: np.array([v[name] for v in values]) for name in ("age", "gender", "gender_confidence")}
         return filter_candidates(
             identity,
             _stack_embeddings(candidates, self.analyzer.embedding_dim),
             id_vectors=vectors if self._compare_with_id_vectors(vectors) else None,
             det_score=np.array([c.det_score for c in candidates], dtype=np.float32),
             kps=np.stack([c.kps if c.kps is not None else np.full((5, 2), np.nan, np.float32) for c in candidates]),
+            **measured,
             config=FilterConfig.from_recipe(self.recipe.filtering, same_person_cos=self.analyzer.same_person_cos,
                                             keep_per_identity=self.recipe.variation.images_per_identity),
         )
@@ -454,6 +473,8 @@ class ShardWorker:
             planned = {} if c.task.pose is None else {"target_yaw": c.task.pose[0], "target_pitch": c.task.pose[1]}
             if c.task.negative is not None:
                 planned["negative_identity"] = c.task.negative
+            if self.attribute_analyzer is not None:
+                planned.update(_attribute_values(c.attributes))
             rows.append(manifest_row(
                 identity=c.task.identity, image=c.task.image, round=c.task.round, vector_round=c.task.vector_round,
                 seed=c.task.seed, target_cos=c.task.target_cos, condition_cos=c.condition_cos,
@@ -468,6 +489,14 @@ class ShardWorker:
         fsync_tree(tmp)
         os.replace(tmp, self.layout.unit_dir(unit))
         return int(np.count_nonzero(verdict.kept))
+
+
+def _attribute_values(attributes) -> dict:
+    """The manifest's attribute columns of one candidate (NaN and "" where no face was measured)."""
+    if attributes is None:
+        return {"age": float("nan"), "age_confidence": float("nan"), "gender": "", "gender_confidence": float("nan")}
+    return {"age": attributes.age, "age_confidence": attributes.age_confidence, "gender": attributes.gender,
+            "gender_confidence": attributes.gender_confidence}
 
 
 def _stack_embeddings(candidates: list[Candidate], dim: int) -> np.ndarray:

@@ -4,7 +4,9 @@ which models made it under which licences, the counts, the command and the recip
 Facts (all optional): name, description, models (list of {name, role, licence, restricted}: what
 actually ran, the analyser with its options; a model without a licence counts as unknown and
 restricted), stats (dict of counts; `images_kept`, `identities_kept` are shown first), command,
-recipe_toml, formats. Licences are never guessed from a model's name.
+recipe_toml, formats, attributes (with filtering.attributes: identities_by_gender, images_by_gender,
+identities_by_age, median_age, median_age_range; the models with role "apparent ..." measured them).
+Licences are never guessed from a model's name.
 """
 
 from __future__ import annotations
@@ -92,12 +94,35 @@ def render_card(facts: dict) -> str:
         body.append(f"- {key.replace('_', ' ')}: {value}")
     if facts.get("formats"):
         body.append(f"- formats: {', '.join(facts['formats'])}")
+    body += _who(facts.get("attributes"), models)
     body += ["", "## How it was made", ""]
     if facts.get("command"):
         body += ["```bash", str(facts["command"]), "```", ""]
     if facts.get("recipe_toml"):
         body += ["Recipe:", "", "```toml", str(facts["recipe_toml"]).rstrip(), "```", ""]
     return "\n".join(header + body).rstrip() + "\n"
+
+
+def _who(attributes: dict | None, models: list[dict]) -> list[str]:
+    """The measured distribution of apparent gender and age, and the models that measured it."""
+    if not attributes:
+        return []
+    judges = [m for m in models if str(m.get("role", "")).startswith("apparent")]
+    by = ", ".join(f"{m['name']} (licence: {m['licence']})" for m in judges) or "an unrecorded attribute analyser"
+    lines = ["", "## Who is in the set", "",
+             f"Apparent age and gender as measured by {by}: estimates from the images, not facts about anyone.", ""]
+    for key, what in (("identities_by_gender", "identities by apparent gender"),
+                      ("images_by_gender", "images by apparent gender"),
+                      ("identities_by_age", "identities by median apparent age (years)")):
+        counts = attributes.get(key) or {}
+        total = sum(counts.values())
+        shares = ", ".join(f"{k}: {v} ({100 * v / total:.0f} %)" for k, v in counts.items()) if total else "none"
+        lines.append(f"- {what}: {shares}")
+    if attributes.get("median_age") is not None:
+        lo, hi = attributes["median_age_range"]
+        lines.append(f"- median apparent age over identities: {attributes['median_age']:.1f} years "
+                     f"(identities from {lo:.1f} to {hi:.1f})")
+    return lines
 
 
 def write_card(path: str | Path, facts: dict) -> Path:

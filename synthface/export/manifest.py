@@ -53,6 +53,13 @@ MANIFEST_COLUMNS = (
     Column("target_pitch", "double", "the planned pitch in degrees (only with variation.pose)"),
     Column("negative_identity", "int64", "the identity whose vector steered it away, NegFaceDiff's negative, as "
            "the set stood when it was rendered (only with generation.sampler.negative)"),
+    Column("age", "double", "apparent age in years (only with filtering.attributes; NaN: no face)"),
+    Column("age_confidence", "double", "the age model's largest class probability, in [0, 1] (only with "
+           "filtering.attributes; NaN: no face)"),
+    Column("gender", "string", "apparent gender, \"female\" or \"male\" (only with filtering.attributes; empty: no "
+           "face)"),
+    Column("gender_confidence", "double", "the probability of `gender`, in [0.5, 1] (only with filtering.attributes; "
+           "NaN: no face)"),
     Column("label", "int64", "the class label in the exports (-1: dropped); written by finalize"),
 )
 

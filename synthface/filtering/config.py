@@ -15,8 +15,10 @@ from synthface.recipe import FilteringConfig
 #: too far from its identity, poor quality, a near-copy of a better image, beyond the images wanted.
 #: Per identity: its centre collides with an earlier identity's; its vector was replaced by a fresh
 #: one (collision_policy "resample": these are the images of the old vector); it kept too few images.
+#: Added later (so appended, not in check order: it runs after low_quality, and for whole inconsistent
+#: identities at the end): the apparent gender or age disagrees with its identity's (filtering.attribute_consistency).
 DROP_REASONS = ("no_face", "low_similarity", "low_quality", "near_duplicate", "surplus", "collision", "replaced",
-                "too_few")
+                "too_few", "attribute_drift")
 #: The reason of a kept image.
 KEPT = ""
 
@@ -38,6 +40,7 @@ class FilterConfig:
     min_det_score: float | None = _recipe_default("min_det_score")
     duplicate_cos: float | None = _recipe_default("near_duplicate_cos")
     keep_per_identity: int | None = None
+    max_age_gap: float | None = None  # the attribute-drift rule's gap in years; None: the rule is off
 
     def __post_init__(self):
         for name in ("min_cos", "duplicate_cos"):
@@ -50,12 +53,14 @@ class FilterConfig:
     @classmethod
     def from_recipe(cls, filtering: FilteringConfig, *, same_person_cos: float, keep_per_identity: int) -> FilterConfig:
         """The per-image configuration of a recipe's `filtering` section: min_cos defaults to the
-        analyser's declared `same_person_cos`; `keep_per_identity` is variation.images_per_identity."""
+        analyser's declared `same_person_cos`; `keep_per_identity` is variation.images_per_identity; the
+        attribute-drift rule is on (max_age_gap) with filtering.attribute_consistency."""
         return cls(
             min_cos=same_person_cos if filtering.min_cos is None else filtering.min_cos,
             min_det_score=filtering.min_det_score,
             duplicate_cos=filtering.near_duplicate_cos,
             keep_per_identity=keep_per_identity,
+            max_age_gap=filtering.max_age_gap if filtering.attribute_consistency else None,
         )
 
 

@@ -22,6 +22,9 @@ def filter_candidates(
     kps=None,
     pose=None,
     sharpness=None,
+    age=None,
+    gender=None,
+    gender_confidence=None,
     config: FilterConfig | None = None,
     device: str | None = None,
 ) -> FilterResult:
@@ -32,8 +35,11 @@ def filter_candidates(
     conditioning spaces are the same recogniser, otherwise each image is compared with the robust
     centre of its class. det_score (M,), kps (M, 5, 2) landmarks or pose (M, 3) yaw/pitch/roll in
     degrees, sharpness (M,) (see `sharpness`) feed the quality score; the detection score is checked
-    against `config.min_det_score`. Checks run in the order of `DROP_REASONS`; an image gets the first
-    reason that applies. Identity verdicts (collisions, too few images) are `judge_identities`'.
+    against `config.min_det_score`. Checks run in the order of `DROP_REASONS` (attribute_drift after
+    low_quality); an image gets the first reason that applies. With `config.max_age_gap` and the images'
+    apparent `age`, `gender` (and `gender_confidence`, for ties), an image still in whose gender or age
+    disagrees with its identity's (over the images still in) is dropped as "attribute_drift"
+    (`synthface.filtering.attributes.attribute_drift`). Identity verdicts (collisions, too few images) are `judge_identities`'.
     """
     cfg = config or FilterConfig()
     labels_in = _as_labels(identity)
@@ -72,6 +78,14 @@ def filter_candidates(
     if cfg.min_cos is not None:
         _assign(reason, face & ~(filter_cos >= cfg.min_cos), "low_similarity")
     _assign(reason, face & low_quality, "low_quality")
+    if cfg.max_age_gap is not None:
+        if age is None or gender is None:
+            raise InvalidInputError("FilterConfig.max_age_gap (the attribute-drift rule) needs each candidate's "
+                                    "apparent age and gender: pass age= and gender=.")
+        from synthface.filtering.attributes import attribute_drift
+
+        _assign(reason, attribute_drift(labels_in, age, gender, reason == KEPT, cfg.max_age_gap, gender_confidence),
+                "attribute_drift")
 
     priority = -np.arange(m, dtype=np.float64)  # rendering order: the planned spread of variations
     if cfg.duplicate_cos is not None:

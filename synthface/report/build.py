@@ -13,6 +13,7 @@ import numpy as np
 from synthface.errors import FileFormatError, InvalidInputError
 from synthface.filtering import DROP_REASONS
 from synthface.report import metrics as M
+from synthface.report.demographics import who_is_in_the_set
 from synthface.report.recognisers import recogniser_results
 from synthface.report.run import Run, embedding_width, load_run, map_tensor, tensor_names
 from synthface.report.sections import FACE_SECTIONS
@@ -126,6 +127,10 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
             lap("leakage")
     pose = _pose(run, skipped)
     lap("pose")
+    who = who_is_in_the_set(run, fars=FARS, max_genuine_pairs=opt.max_genuine_pairs,
+                            impostor_images=opt.impostor_images, seed=opt.seed)
+    if who is not None:
+        lap("who")
 
     data = {
         "version": REPORT_VERSION,
@@ -137,6 +142,7 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
         "intra_class": spread,
         "pose": pose,
         "leakage": leak,
+        **({"who": who} if who is not None else {}),  # only a run that measured apparent age and gender
         "skipped": skipped,
         "options": {k: v for k, v in opt.__dict__.items() if k != "device"},
         "seconds": seconds,

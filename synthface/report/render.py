@@ -96,6 +96,9 @@ def render_html(report, run: Run, *, sheet_identities: int = 8, sheet_images: in
         parts.append(_table([(k, _f(p["mean"]), _f(p["std"]), _f(p["p05"]), _f(p["p95"])) for k, p in d["pose"].items()], head=("angle", "mean", "std", "p05", "p95")))
         parts.append(_img(_pose_plot(d["pose"]), "pose distribution"))
 
+    if d.get("who"):
+        parts.extend(_who_section(d["who"]))
+
     parts.append("<h2>Sample identities</h2>")
     sheet = contact_sheet(run, identities=sheet_identities, images=sheet_images)
     parts.append(_img(sheet, "contact sheet") if sheet else '<p class="note">No image files in this run folder (embeddings only).</p>')
@@ -151,6 +154,48 @@ def _recogniser_tables(trained: dict) -> list[str]:
     return parts
 
 
+def _who_section(w: dict) -> list[str]:
+    """Who is in the set: gender and age over identities and images, consistency, verification per group."""
+    ids, ims, con = w["identities"], w["images"], w["consistency"]
+    parts = [f"<h2>{SECTION_TITLES['who']}</h2>",
+             _table([(g, ids["gender"][g], ims["gender"][g]) for g in ids["gender"]], head=("gender", "identities",
+                                                                                         "images")),
+             _table([("median age of identities (median)", _f(ids["median_age"]["median"])),
+                     ("age of images (median)", _f(ims["age"]["median"])),
+                     ("gender agreement per identity (mean / min)",
+                      f"{_f(con['gender_agreement']['mean'])} / {_f(con['gender_agreement']['min'])}"),
+                     ("age spread (IQR, years) per identity (mean / max)",
+                      f"{_f(con['age_spread']['mean'])} / {_f(con['age_spread']['max'])}")]),
+             _table([(name, n) for name, n in ids["age_groups"].items()], head=("median age", "identities")),
+             _img(_age_plot(ids["age_histogram"], ims["age_histogram"]), "apparent age histograms")]
+    groups = w.get("verification_by_group")
+    if groups:
+        fars = next(iter(next(iter(groups.values())).values()))["tar_at_far"]
+        parts.append(_table(
+            [(f"{marginal} {name}", r["identities"], _f(r["eer"]), *(_f(r["tar_at_far"][far]) for far in fars))
+             for marginal, by in groups.items() for name, r in by.items()],
+            head=("group", "identities", "EER", *(f"TAR @ FAR {far}" for far in fars)),
+        ))
+    if con["least_consistent"]:
+        parts.append(_table([(r["identity"], r["images"], r["gender"], _f(r["agreement"]), _f(r["median_age"]),
+                              _f(r["age_spread"])) for r in con["least_consistent"]],
+                            head=("identity", "images", "gender", "agreement", "median age", "age spread")))
+    return parts
+
+
+def _age_plot(identities: dict, images: dict) -> bytes:
+    plt, fig = _figure()
+    ax = fig.add_subplot()
+    edges = np.asarray(identities["edges"])
+    for name, hist in (("identities (median age)", identities), ("images", images)):
+        counts = np.asarray(hist["counts"], dtype=np.float64)
+        ax.step(edges[:-1], counts / max(counts.sum(), 1), where="post", label=name)
+    ax.set_xlabel("apparent age (years)")
+    ax.set_ylabel("share")
+    ax.legend()
+    return _png(plt, fig)
+
+
 SECTION_TITLES = {
     "identity_bank": "Identity bank",
     "verification": "Genuine and impostor scores",
@@ -158,6 +203,7 @@ SECTION_TITLES = {
     "intra_class": "Intra-class spread",
     "pose": "Pose",
     "leakage": "Leakage against real identities",
+    "who": "Who is in the set (apparent age and gender)",
 }
 
 

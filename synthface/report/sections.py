@@ -12,6 +12,7 @@ SECTION_NAMES = {
     "intra_class": "intra-class spread",
     "pose": "pose",
     "leakage": "leakage",
+    "who": "who is in the set (apparent age and gender)",
 }
 
 

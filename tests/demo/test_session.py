@@ -316,3 +316,20 @@ def test_cli_demo_help():
     assert out.returncode == 0, out.stderr
     for option in ("--model", "--analyzer", "--analyzer-option", "--allow-pickle", "--host", "--port", "--share", "127.0.0.1"):
         assert option in out.stdout
+
+
+def test_captions_give_the_apparent_age_and_gender_when_an_attribute_analyser_is_installed(tmp_path, monkeypatch):
+    from tests.helpers import attributes as known
+    from tests.helpers.engine import face_crops
+
+    crops = face_crops()
+    with_attrs = demo_lib.DemoSession("tiny", dlib_analyzer(), attribute_analyzer=known.NAME)
+    without = demo_lib.DemoSession("tiny", dlib_analyzer(), attribute_analyzer="not-installed")
+    for session in (with_attrs, without):
+        ident = session.identity([str(_png(tmp_path / "a.png", crops[1]))], "tiny")
+        monkeypatch.setattr(session, "renderer", lambda model: _photo_renderer([crops[1], crops[4]]))
+        session.rendered = session.render(ident, demo_lib.Settings(num_images=2, steps=1, seed=0), "tiny")
+    first, second = with_attrs.rendered
+    assert first.caption.endswith(" · apparent age 61, male") and second.caption.endswith(" · apparent age 52, female")
+    assert all(CAPTION.match(r.caption) for r in without.rendered)  # not installed: the caption as before
+    assert without.attribute_analyzer is None

