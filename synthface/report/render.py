@@ -167,7 +167,7 @@ def _who_section(w: dict) -> list[str]:
                      ("age spread (IQR, years) per identity (mean / max)",
                       f"{_f(con['age_spread']['mean'])} / {_f(con['age_spread']['max'])}")]),
              _table([(name, n) for name, n in ids["age_groups"].items()], head=("median age", "identities")),
-             _img(_age_plot(ids["age_histogram"], ims["age_histogram"]), "apparent age histograms")]
+             _img(_who_plot(ids, ims), "apparent age and gender histograms")]
     groups = w.get("verification_by_group")
     if groups:
         fars = next(iter(next(iter(groups.values())).values()))["tar_at_far"]
@@ -183,16 +183,25 @@ def _who_section(w: dict) -> list[str]:
     return parts
 
 
-def _age_plot(identities: dict, images: dict) -> bytes:
+def _who_plot(identities: dict, images: dict) -> bytes:
+    """Left: the apparent-age histograms (identities by median age, images); right: gender shares."""
     plt, fig = _figure()
-    ax = fig.add_subplot()
-    edges = np.asarray(identities["edges"])
-    for name, hist in (("identities (median age)", identities), ("images", images)):
+    ages, genders = fig.add_subplot(1, 3, (1, 2)), fig.add_subplot(1, 3, 3)
+    edges = np.asarray(identities["age_histogram"]["edges"])
+    for name, hist in (("identities (median age)", identities["age_histogram"]), ("images", images["age_histogram"])):
         counts = np.asarray(hist["counts"], dtype=np.float64)
-        ax.step(edges[:-1], counts / max(counts.sum(), 1), where="post", label=name)
-    ax.set_xlabel("apparent age (years)")
-    ax.set_ylabel("share")
-    ax.legend()
+        ages.step(edges[:-1], counts / max(counts.sum(), 1), where="post", label=name)
+    ages.set_xlabel("apparent age (years)")
+    ages.set_ylabel("share")
+    ages.legend()
+    names = list(identities["gender"])
+    x = np.arange(len(names))
+    for k, (name, counts) in enumerate((("identities", identities["gender"]), ("images", images["gender"]))):
+        values = np.asarray([counts[g] for g in names], dtype=np.float64)
+        genders.bar(x + (k - 0.5) * 0.4, values / max(values.sum(), 1), width=0.4, label=name)
+    genders.set_xticks(x, names)
+    genders.set_ylabel("share")
+    genders.legend(fontsize="small")
     return _png(plt, fig)
 
 

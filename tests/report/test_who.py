@@ -80,6 +80,6 @@ def test_the_page_shows_the_section_and_a_run_without_attributes_has_none(tmp_pa
     _run(tmp_path / "run")
     _, html_path, _ = write_report(tmp_path / "run")
     page = html_path.read_text()
-    assert "Who is in the set" in page and "apparent age histograms" in page and "TAR @ FAR 0.001" in page
+    assert "Who is in the set" in page and "apparent age and gender histograms" in page and "TAR @ FAR 0.001" in page
     write_run(tmp_path / "plain", [0, 0, 1, 1], np.eye(4, 16), [True] * 4, [""] * 4)
     assert "who" not in compute_report(load_run(tmp_path / "plain")).data
