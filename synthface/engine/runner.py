@@ -171,14 +171,8 @@ def make_analyzer(recipe: Recipe):
     from synthface.faces import get_analyzer
 
     cfg = recipe.filtering
-    try:
-        return get_analyzer(cfg.analyzer, **cfg.analyzer_options)
-    except TypeError as exc:
-        raise InvalidInputError(
-            f"filtering.analyzer_options {cfg.analyzer_options} do not fit the {cfg.analyzer!r} analyser ({exc}). "
-            "Remove or rename the option; the analyser's keyword arguments are listed in the README under "
-            "'Face analysis'."
-        ) from None
+    return _built(get_analyzer, cfg.analyzer, cfg.analyzer_options, "analyzer_options", "analyser",
+                  " the analyser's keyword arguments are listed in the README under 'Face analysis'.")
 
 
 def make_attribute_analyzer(recipe: Recipe):
@@ -187,12 +181,18 @@ def make_attribute_analyzer(recipe: Recipe):
     from synthface.faces.attributes import get_attribute_analyzer
 
     cfg = recipe.filtering
+    return _built(get_attribute_analyzer, cfg.attribute_analyzer, cfg.attribute_analyzer_options,
+                  "attribute_analyzer_options", "attribute analyser")
+
+
+def _built(factory, name: str, options: dict, field: str, what: str, where: str = ""):
+    """`factory(name, **options)`; a TypeError (an option the backend does not take) is an InvalidInputError."""
     try:
-        return get_attribute_analyzer(cfg.attribute_analyzer, **cfg.attribute_analyzer_options)
+        return factory(name, **options)
     except TypeError as exc:
         raise InvalidInputError(
-            f"filtering.attribute_analyzer_options {cfg.attribute_analyzer_options} do not fit the "
-            f"{cfg.attribute_analyzer!r} attribute analyser ({exc}). Remove or rename the option."
+            f"filtering.{field} {options} do not fit the {name!r} {what} ({exc}). Remove or rename the option;"
+            + (where or " the option names are the backend's keyword arguments.")
         ) from None
 
 
