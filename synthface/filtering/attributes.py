@@ -73,8 +73,10 @@ def identity_attributes(identity, age, gender, gender_confidence=None, mask=None
     median = np.full(n, np.nan)
     spread = np.full(n, np.nan)
     rows = np.flatnonzero(mask)
+    rows = rows[np.argsort(inv[rows], kind="stable")]  # grouped by identity: one pass, not one scan per identity
+    starts = np.concatenate([[0], np.cumsum(images)])
     for k in np.flatnonzero(images):
-        ages = age[rows[inv[rows] == k]]
+        ages = age[rows[starts[k]:starts[k + 1]]]
         median[k] = np.median(ages)
         p25, p75 = np.percentile(ages, [25, 75])
         spread[k] = p75 - p25

@@ -39,3 +39,23 @@ def test_identity_summaries_and_inconsistency():
     assert summary.agreement.tolist() == [1.0, 0.8]
     reason = np.array(["", "", "", "attribute_drift", "", "", "", "attribute_drift", "attribute_drift", "no_face"])
     assert inconsistent_identities(labels, reason, 0.25).tolist() == [1]  # 2 of its 4 judged images drifted
+
+
+def test_summaries_of_interleaved_identities_equal_a_per_identity_computation():
+    """Rows of several identities in any order (as resampling rounds append them) and unmeasured rows:
+    each identity's median, IQR, majority and agreement equal numpy over that identity's rows alone."""
+    rng = np.random.default_rng(5)
+    ident = rng.permutation(np.repeat([3, 7, 11, 40, 41], [9, 1, 6, 12, 4]))
+    age = rng.uniform(5, 90, ident.size)
+    gender = np.where(rng.random(ident.size) < 0.4, "female", "male").astype(object)
+    gender[::7] = ""  # no face: not measured
+    s = identity_attributes(ident, age, gender)
+    for k, label in enumerate(s.labels):
+        mine = (ident == label) & (gender != "")
+        a, g = age[mine], gender[mine]
+        assert s.images[k] == mine.sum() and s.median_age[k] == pytest.approx(np.median(a))
+        assert s.age_spread[k] == pytest.approx(np.percentile(a, 75) - np.percentile(a, 25))
+        female, male = int((g == "female").sum()), int((g == "male").sum())
+        if female != male:
+            assert s.gender[k] == ("female" if female > male else "male")
+        assert s.agreement[k] == pytest.approx(max(female, male) / mine.sum())
