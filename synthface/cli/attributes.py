@@ -46,6 +46,8 @@ def attributes(
                 raise NoFaceError(message)
             err_console.print(f"[yellow]skipped:[/] {escape(message)}", highlight=False)
         rows.extend((str(path), face) for face in found)
+    if not rows:  # as `synthface embed`: skipping every photo leaves nothing to report
+        raise NoFaceError(f"No face found in any of the {len(images)} photo(s); see the messages above.")
     if as_json:
         typer.echo(json.dumps([{"image": image, **face.to_dict()} for image, face in rows], indent=2))
         return

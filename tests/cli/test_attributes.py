@@ -52,6 +52,8 @@ def test_no_face_is_an_error_unless_skipped(capsys, blank):
     assert result.returncode == 0, result.output
     assert "skipped" in result.stderr and str(blank) in " ".join(result.stderr.split()).replace(" ", "")
     assert [f["image"] for f in json.loads(result.stdout)] == [str(HANKS)]
+    result = run_cli_inprocess(capsys, "attributes", blank, "--skip-no-face")  # every photo skipped: nothing to report
+    assert_clean_refusal(result, NoFaceError.exit_code, "no face found in any of the 1 photo")
 
 
 def test_missing_or_unreadable_files_are_refused_before_any_work(capsys, tmp_path, monkeypatch):
