@@ -1,6 +1,6 @@
 """Time and memory of `compute_report` on a large synthetic run folder, against baselines run here.
 
-    python benchmarks/bench_report.py [--identities 100000] [--images 50] [--dim 512] [--workdir DIR]
+    python benchmarks/bench_report.py [--identities 100000] [--images 50] [--dim 512] [--workdir DIR] [--attributes]
 
 Writes a run folder of synthetic embeddings (identities x images rows, 10 GB at the defaults;
 a tenth of the identities re-render an earlier identity so the unique-identity curve bends),
@@ -8,6 +8,8 @@ then times the report (no HTML) and two baselines in the same process:
 - gemm: one blocked all-pairs product of the identity centres (N x N x D), the least an exact
   unique-identity count can do;
 - read: one sequential pass over the embeddings file (the I/O floor).
+With --attributes the manifest also holds apparent ages and genders (each identity a gender and an age,
+each image noisy around them), so the report computes its "who is in the set" section (stage "who").
 Memory is the peak anonymous RSS sampled every 20 ms (the mapped embeddings file is page cache,
 not process memory), printed beside the size of the embeddings it covers.
 """
@@ -54,7 +56,7 @@ class PeakAnon:
         self._thread.join()
 
 
-def write_synthetic_run(root: Path, n: int, k: int, dim: int, seed: int = 0) -> None:
+def write_synthetic_run(root: Path, n: int, k: int, dim: int, seed: int = 0, attributes: bool = False) -> None:
     """Stream a run folder to disk identity-chunk by identity-chunk (bounded memory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -89,6 +91,14 @@ def write_synthetic_run(root: Path, n: int, k: int, dim: int, seed: int = 0) -> 
         "drop_reason": reasons,
         "yaw": rng.normal(0, 20, m).astype(np.float32),
     })
+    if attributes:
+        female = np.repeat(rng.random(n) < 0.5, k) ^ (rng.random(m) < 0.05)  # 5 % of images read the other way
+        columns = {"age": (np.repeat(rng.uniform(18, 70, n), k) + rng.normal(0, 4, m)).astype(np.float32),
+                   "age_confidence": rng.uniform(0.2, 0.9, m).astype(np.float32),
+                   "gender": np.where(female, "female", "male"),
+                   "gender_confidence": rng.uniform(0.5, 1.0, m).astype(np.float32)}
+        for name, values in columns.items():
+            table = table.append_column(name, pa.array(values))
     pq.write_table(table, root / "manifest.parquet")
 
 
@@ -115,6 +125,7 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=100_000)
     ap.add_argument("--images", type=int, default=50)
     ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--attributes", action="store_true", help="add apparent age and gender columns (the who section)")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the run folder (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -124,7 +135,7 @@ def main() -> None:
     root = work / "run"
     try:
         t = time.perf_counter()
-        write_synthetic_run(root, args.identities, args.images, args.dim)
+        write_synthetic_run(root, args.identities, args.images, args.dim, attributes=args.attributes)
         gen_s = time.perf_counter() - t
         run = load_run(root)
         emb_bytes = run.embeddings.nbytes
