@@ -94,7 +94,7 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
         skipped["identity_bank"] = bank_nearest
         bank_nearest = np.zeros(0, np.float32)
     arrays = {"bank_nearest": bank_nearest}
-    verification = unique = spread = leak = None
+    verification = unique = spread = leak = cp = impostors = None
     if run.no_faces:
         why = f"{run.no_faces}, and these measures need faces"
         for name in FACE_SECTIONS:
@@ -107,7 +107,8 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
         if opt.max_genuine_pairs == 0:
             skipped["verification"] = "genuine pairs skipped (--max-genuine-pairs 0): no EER or TAR"
         else:
-            verification, arrays["genuine"], arrays["impostor"] = _verification(run, cp, opt)
+            verification, impostors = _verification(run, cp, opt)
+            arrays["genuine"], arrays["impostor"] = cp.genuine, impostors.scores
             lap("rates")
         unique = M.unique_identities(cp.centres, opt.thresholds, device=opt.device)
         for curve in unique.values():
@@ -127,8 +128,7 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
             lap("leakage")
     pose = _pose(run, skipped)
     lap("pose")
-    who = who_is_in_the_set(run, fars=FARS, max_genuine_pairs=opt.max_genuine_pairs,
-                            impostor_images=opt.impostor_images, seed=opt.seed)
+    who = who_is_in_the_set(run, fars=FARS, genuine=cp if impostors is not None else None, impostors=impostors)
     if who is not None:
         lap("who")
 
@@ -150,8 +150,10 @@ def compute_report(run: Run, reference: np.ndarray | None = None, options: Repor
     return Report(data=_jsonable(data), arrays=arrays)
 
 
-def _verification(run: Run, cp: M.ClassPass, opt: ReportOptions) -> tuple[dict, np.ndarray, np.ndarray]:
-    impostor, imp_exact = M.impostor_scores(run.embeddings, run.identity, cp.rows, images=opt.impostor_images, seed=opt.seed)
+def _verification(run: Run, cp: M.ClassPass, opt: ReportOptions) -> tuple[dict, M.ImpostorPairs]:
+    """The verification section and the impostor pairs it scored (the who section splits them by group)."""
+    impostors = M.impostor_pairs(run.embeddings, run.identity, cp.rows, images=opt.impostor_images, seed=opt.seed)
+    impostor, imp_exact = impostors.scores, impostors.exact
     eer, eer_t = M.equal_error_rate(cp.genuine, impostor)
     verification = {
         "genuine_pairs": int(cp.genuine.size),
@@ -170,7 +172,7 @@ def _verification(run: Run, cp: M.ClassPass, opt: ReportOptions) -> tuple[dict, 
             "impostor": np.histogram(impostor, HIST_EDGES)[0].tolist(),
         },
     }
-    return verification, cp.genuine, impostor
+    return verification, impostors
 
 
 def _pose(run: Run, skipped: dict[str, str]) -> dict | None:

@@ -16,9 +16,12 @@ AGE_EDGES = np.arange(0.0, 101.0, 5.0)
 LEAST_CONSISTENT = 20
 
 
-def who_is_in_the_set(run, *, fars, max_genuine_pairs: int, impostor_images: int, seed: int) -> dict | None:
-    """The section, or None when the manifest holds no attributes. Verification per group is skipped
-    (None) on a run without faces or without genuine pairs (`max_genuine_pairs` 0)."""
+def who_is_in_the_set(run, *, fars, genuine: M.ClassPass | None = None, impostors: M.ImpostorPairs | None = None
+                      ) -> dict | None:
+    """The section, or None when the manifest holds no attributes. Verification per group splits the
+    report's own genuine scores (`genuine`: its class pass) and impostor pairs (`impostors`) by the group
+    of their identities (an impostor pair counts for a group when both identities are in it); it is None
+    when the report scored no pairs (no faces, or --max-genuine-pairs 0)."""
     cols = run.columns
     if not attribute_columns(cols):
         return None
@@ -50,28 +53,28 @@ def who_is_in_the_set(run, *, fars, max_genuine_pairs: int, impostor_images: int
         },
         "verification_by_group": None,
     }
-    if not run.no_faces and max_genuine_pairs > 0:
+    if genuine is not None and impostors is not None:
         section["verification_by_group"] = {
-            marginal: {name: _group_rates(run, kept & np.isin(run.identity, summary.labels[have & (group == name)]),
-                                          fars, max_genuine_pairs, impostor_images, seed)
+            marginal: {name: _group_rates(run, summary.labels[have & (group == name)], genuine, impostors, fars)
                        for name in names}
             for (marginal, group), names in zip(groups.items(), (GENDERS, list(REPORT_AGE_BINS)))
         }
     return section
 
 
-def _group_rates(run, kept: np.ndarray, fars, max_genuine_pairs: int, impostor_images: int, seed: int) -> dict:
-    """EER and TAR @ FAR of the kept images in `kept`: genuine pairs within its identities, impostor pairs
-    between them (the report's own measures, restricted to the group)."""
-    identities = int(np.unique(run.identity[kept]).size)
-    if identities < 2:
-        return {"identities": identities, "genuine_pairs": 0, "impostor_pairs": 0, "eer": math.nan,
-                "tar_at_far": {f"{far:g}": math.nan for far in fars}}
-    cp = M.class_pass(run.embeddings, run.identity, kept, max_genuine_pairs=max_genuine_pairs, seed=seed)
-    impostor, _ = M.impostor_scores(run.embeddings, run.identity, cp.rows, images=impostor_images, seed=seed)
-    eer, _ = M.equal_error_rate(cp.genuine, impostor)
-    return {"identities": identities, "genuine_pairs": int(cp.genuine.size), "impostor_pairs": int(impostor.size),
-            "eer": eer, "tar_at_far": {f"{far:g}": M.tar_at_far(cp.genuine, impostor, far)["tar"] for far in fars}}
+def _group_rates(run, members: np.ndarray, genuine: M.ClassPass, impostors: M.ImpostorPairs, fars) -> dict:
+    """EER and TAR @ FAR over the report's pairs whose identities are all in `members` (labels)."""
+    in_group = np.isin(genuine.labels, members)
+    gen = genuine.genuine[in_group[genuine.genuine_class]]
+    row_in = np.isin(run.identity[impostors.rows], members)
+    imp = impostors.scores[row_in[impostors.a] & row_in[impostors.b]]
+    identities = int(np.count_nonzero(np.isin(members, run.identity[run.kept])))
+    if gen.size == 0 or imp.size == 0:
+        return {"identities": identities, "genuine_pairs": int(gen.size), "impostor_pairs": int(imp.size),
+                "eer": math.nan, "tar_at_far": {f"{far:g}": math.nan for far in fars}}
+    eer, _ = M.equal_error_rate(gen, imp)
+    return {"identities": identities, "genuine_pairs": int(gen.size), "impostor_pairs": int(imp.size),
+            "eer": eer, "tar_at_far": {f"{far:g}": M.tar_at_far(gen, imp, far)["tar"] for far in fars}}
 
 
 def _hist(values: np.ndarray) -> list[int]:

@@ -41,6 +41,7 @@ class ClassPass:
     genuine: np.ndarray  # genuine scores
     genuine_pairs_total: int
     genuine_exact: bool
+    genuine_class: np.ndarray | None = None  # (G,) int32: the index into `labels` of each genuine score's identity
 
 
 def class_pass(
@@ -77,6 +78,7 @@ def class_pass(
     centres = np.full((n, dim), np.nan, dtype=np.float32)
     cos_to_centre = np.empty(rows.size, dtype=np.float32)
     genuine = np.empty(wanted.size, dtype=np.float32)
+    genuine_class = np.empty(wanted.size, dtype=np.int32)
     c0 = 0
     while c0 < present.size:
         # a chunk of whole classes, at least one class, at most about chunk_rows images
@@ -96,12 +98,13 @@ def class_pass(
             k = np.searchsorted(pair_cum[c0 : c1 + 1], w, side="right") - 1  # class within chunk
             i, j = _pair_from_index(w - pair_cum[c0 + k], sizes[k].astype(np.int64))
             a, b = local_starts[k] + i, local_starts[k] + j
+            genuine_class[p0:p1] = present[c0 + k]
             for q in range(0, a.size, PAIR_BATCH):  # gather a bounded number of rows at a time
                 genuine[p0 + q : min(p1, p0 + q + PAIR_BATCH)] = np.einsum(
                     "ij,ij->i", x[a[q : q + PAIR_BATCH]], x[b[q : q + PAIR_BATCH]]
                 )
         c0 = c1
-    return ClassPass(labels, counts, centres, cos_to_centre, rows, genuine, total_pairs, exact)
+    return ClassPass(labels, counts, centres, cos_to_centre, rows, genuine, total_pairs, exact, genuine_class)
 
 
 def _read_unit(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -135,22 +138,49 @@ def _pair_from_index(r: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return i, r - offset(i) + i + 1
 
 
-def impostor_scores(
+@dataclass
+class ImpostorPairs:
+    """Impostor scores and where they come from: `rows` (the sampled manifest rows, sorted) and, per
+    score, the positions `a` < `b` of its two images in `rows` (so a caller can keep the pairs of a group)."""
+
+    scores: np.ndarray
+    exact: bool
+    rows: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+
+def impostor_pairs(
     embeddings: np.ndarray, identity: np.ndarray, rows: np.ndarray, *, images: int = 4096, seed: int = 0
-) -> tuple[np.ndarray, bool]:
-    """Scores of all different-identity pairs among `images` sampled rows (all rows when fewer); (scores, exact)."""
+) -> ImpostorPairs:
+    """Scores of all different-identity pairs among `images` sampled rows (all rows when fewer)."""
     rows = np.sort(np.asarray(rows))
     exact = rows.size <= images
     if not exact:
         rows = np.sort(np.random.default_rng([seed, IMPOSTOR_ROWS_STREAM]).choice(rows, size=images, replace=False))
     x = _read_unit(embeddings, rows)
     lab = np.asarray(identity)[rows]
-    parts = []
+    index = np.min_scalar_type(max(rows.size - 1, 0))
+    parts, firsts, seconds = [], [], []
     for s in range(0, rows.size, 1024):
         g = gram_block(x[s : s + 1024], x, None)
         ii, jj = np.nonzero((np.arange(s, s + g.shape[0])[:, None] < np.arange(rows.size)[None, :]) & (lab[s : s + 1024, None] != lab[None, :]))
         parts.append(g[ii, jj])
-    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)).astype(np.float32), exact
+        firsts.append((ii + s).astype(index))
+        seconds.append(jj.astype(index))
+
+    def joined(chunks, dtype):
+        return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype)
+
+    return ImpostorPairs(joined(parts, np.float32), exact, rows, joined(firsts, index), joined(seconds, index))
+
+
+def impostor_scores(
+    embeddings: np.ndarray, identity: np.ndarray, rows: np.ndarray, *, images: int = 4096, seed: int = 0
+) -> tuple[np.ndarray, bool]:
+    """(scores, exact) of `impostor_pairs`."""
+    pairs = impostor_pairs(embeddings, identity, rows, images=images, seed=seed)
+    return pairs.scores, pairs.exact
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:

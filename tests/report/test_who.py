@@ -83,3 +83,18 @@ def test_the_page_shows_the_section_and_a_run_without_attributes_has_none(tmp_pa
     assert "Who is in the set" in page and "apparent age and gender histograms" in page and "TAR @ FAR 0.001" in page
     write_run(tmp_path / "plain", [0, 0, 1, 1], np.eye(4, 16), [True] * 4, [""] * 4)
     assert "who" not in compute_report(load_run(tmp_path / "plain")).data
+
+
+def test_groups_split_the_reports_own_sampled_pairs(tmp_path):
+    """With sampled pairs (fewer genuine pairs and impostor images than the run has), the groups' scores are
+    the report's own: every genuine score lies in exactly one gender group, and a group's impostor scores are
+    the report's impostor pairs whose two images both belong to it."""
+    from synthface.report import ReportOptions
+
+    labels, emb, kept = _run(tmp_path / "run")
+    report = compute_report(load_run(tmp_path / "run"), options=ReportOptions(max_genuine_pairs=6, impostor_images=9))
+    v, by = report.data["verification"], report.data["who"]["verification_by_group"]
+    assert not v["genuine_exact"] and not v["impostor_exact"] and v["genuine_pairs"] == 6
+    assert sum(g["genuine_pairs"] for g in by["gender"].values()) == 6
+    assert sum(g["impostor_pairs"] for g in by["gender"].values()) < v["impostor_pairs"] == report.arrays["impostor"].size
+    assert sum(g["genuine_pairs"] for g in by["age"].values()) == 6
