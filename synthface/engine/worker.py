@@ -492,11 +492,13 @@ class ShardWorker:
 
 
 def _attribute_values(attributes) -> dict:
-    """The manifest's attribute columns of one candidate (NaN and "" where no face was measured)."""
+    """The manifest's attribute columns of one candidate (Attributes' FIELDS; NaN and "" where no face was
+    measured)."""
+    from synthface.faces.attributes import FIELDS
+
     if attributes is None:
-        return {"age": float("nan"), "age_confidence": float("nan"), "gender": "", "gender_confidence": float("nan")}
-    return {"age": attributes.age, "age_confidence": attributes.age_confidence, "gender": attributes.gender,
-            "gender_confidence": attributes.gender_confidence}
+        return {name: "" if name == "gender" else float("nan") for name in FIELDS}
+    return {name: getattr(attributes, name) for name in FIELDS}
 
 
 def _stack_embeddings(candidates: list[Candidate], dim: int) -> np.ndarray:
